@@ -1,0 +1,1 @@
+"""allfed: federated risk models and statistics for multi-site research cohorts."""

@@ -1,0 +1,232 @@
+"""The ``allfed`` command line: demo, synth, simulate and site check.
+
+A user mistake (bad spec, bad file, bad option) prints one line on stderr and exits 2, never a
+traceback; a run that cannot finish (too few sites left) exits 1 with its reason; success is 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from federation.errors import AllfedError
+
+app = typer.Typer(
+    help="Federated risk models and statistics for multi-site research cohorts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+site_app = typer.Typer(help="Commands for a site operator.", no_args_is_help=True)
+app.add_typer(site_app, name="site")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run directory to write.")] = Path("allfed-demo"),
+    sites: Annotated[int, typer.Option(min=2, max=50, help="Number of synthetic sites.")] = 3,
+    records: Annotated[int, typer.Option(min=100, help="Records per site (about).")] = 1000,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort.")] = 0,
+) -> None:
+    """Synthesize a multi-site cohort and train a risk model on it at epsilon 3."""
+    from federation.spec import load_spec
+    from federation.synth import write_cohort
+
+    site_files, spec_path = write_cohort(out / "data", sites, records, seed=seed)
+    spec = load_spec(spec_path).with_overrides(training={"rounds": rounds})
+    out_console.print(
+        f"[bold]allfed demo[/]: {sites} synthetic sites, {rounds} rounds, DP-SGD at "
+        f"epsilon {spec.privacy.target_epsilon} per site; data in {out / 'data'}"
+    )
+    _run_and_report(spec, site_files, out / "run")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder for the site files and study.toml.")],
+    sites: Annotated[int, typer.Option(min=1, help="Number of sites.")] = 3,
+    records: Annotated[int, typer.Option(min=1, help="Records per site (about).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    file_format: Annotated[
+        str, typer.Option("--format", help="csv or parquet.", case_sensitive=False)
+    ] = "csv",
+) -> None:
+    """Write synthetic site files and a matching study spec."""
+    from federation.synth import write_cohort
+
+    if file_format.lower() not in ("csv", "parquet"):
+        raise AllfedError(f"--format must be csv or parquet, not {file_format!r}")
+    files, spec_path = write_cohort(out, sites, records, seed=seed, fmt=file_format.lower())
+    for name, path in files.items():
+        out_console.print(f"{name}: {path}")
+    out_console.print(f"study spec: {spec_path}")
+
+
+@app.command()
+def simulate(
+    study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
+    site: Annotated[list[str], typer.Option(help="NAME=PATH of a site's data file; repeat.")],
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    rounds: Annotated[int | None, typer.Option(min=1, help="Override [training] rounds.")] = None,
+    target_epsilon: Annotated[
+        float | None, typer.Option(help="Override [privacy] target-epsilon.")
+    ] = None,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without differential privacy.")] = False,
+    strategy: Annotated[str | None, typer.Option(help="Override [training] strategy.")] = None,
+    local_epochs: Annotated[int | None, typer.Option(min=1, help="Override local-epochs.")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Override learning-rate.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Override batch-size.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Run a study on local site files, every site a simulated node."""
+    from federation.spec import STRATEGIES, load_spec
+
+    spec = load_spec(study)
+    training = {
+        k: v
+        for k, v in {
+            "rounds": rounds,
+            "strategy": strategy,
+            "local_epochs": local_epochs,
+            "learning_rate": learning_rate,
+            "batch_size": batch_size,
+        }.items()
+        if v is not None
+    }
+    if strategy is not None and strategy not in STRATEGIES:
+        raise AllfedError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    privacy: dict[str, Any] = {}
+    if target_epsilon is not None:
+        privacy["target_epsilon"] = target_epsilon
+    if no_dp:
+        privacy["enabled"] = False
+    spec = spec.with_overrides(training=training, privacy=privacy)
+    _run_and_report(spec, _parse_sites(site), out, verbose=verbose)
+
+
+@site_app.command("check")
+def site_check(
+    path: Annotated[Path, typer.Argument(help="The site's data file (CSV or Parquet).")],
+    study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
+) -> None:
+    """Check a site file exactly as the node will; exit 0 if it can join the study."""
+    from federation.client.data import load_site_table
+    from federation.spec import load_spec
+
+    spec = load_spec(study)
+    table = load_site_table(path, spec)
+    out_console.print(
+        f"{path}: ok, {table.n_train} training and {table.n_test} test records "
+        f"({len(spec.features.columns)} features, label {spec.study.label!r})"
+    )
+
+
+def _parse_sites(values: list[str]) -> dict[str, Path]:
+    sites: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise AllfedError(f"--site {value!r}: expected NAME=PATH")
+        if name in sites:
+            raise AllfedError(f"--site {name}: given twice; site names must be unique")
+        sites[name.strip()] = Path(path.strip())
+    return sites
+
+
+def _run_and_report(spec, sites: dict[str, Path], out: Path, verbose: bool = False) -> None:
+    from federation.simulation import simulate as run_simulation
+
+    rounds = spec.training.rounds
+    with Progress(
+        TextColumn("[bold]round {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=out_console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("rounds", total=rounds, status="starting the sites...")
+
+        def on_round(server_round: int, row: dict[str, Any]) -> None:
+            auroc = (row["metrics"].get("pooled") or {}).get("auroc")
+            spent = [e for e in row["epsilon"].values() if e is not None]
+            status = f"pooled AUROC {auroc:.3f}" if auroc is not None else "pooled AUROC n/a"
+            if spent:
+                status += f", max site epsilon {max(spent):.2f}"
+            progress.update(task, completed=server_round, status=status)
+
+        summary = run_simulation(spec, sites, out, on_round=on_round, verbose=verbose)
+    _print_summary(summary, out)
+    if summary["status"] != "completed":
+        err_console.print(f"[red]run failed:[/] {summary['error']}")
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    pooled = (summary.get("metrics") or {}).get("pooled") or {}
+    per_site = (summary.get("metrics") or {}).get("per_site") or {}
+    table = Table(title=f"{summary['study']}: {summary['rounds']} rounds, {summary['model']}")
+    for column in ("site", "status", "train", "test", "AUROC", "epsilon"):
+        table.add_column(column, justify="left" if column in ("site", "status") else "right")
+    for name, site in summary["sites"].items():
+        auroc = (per_site.get(name) or {}).get("auroc")
+        table.add_row(
+            name,
+            site["status"] if not site["reason"] else f"{site['status']}: {site['reason']}",
+            str(site["n_train"]),
+            str(site["n_test"]),
+            _fmt(auroc),
+            _fmt(site["epsilon"], 2) if site["epsilon"] is not None else "no DP",
+        )
+    ci = pooled.get("auroc_ci") or [None, None]
+    table.add_section()
+    table.add_row(
+        "pooled",
+        "",
+        str(sum(s["n_train"] for s in summary["sites"].values())),
+        str(pooled.get("n", "")),
+        f"{_fmt(pooled.get('auroc'))} ({_fmt(ci[0])}-{_fmt(ci[1])})",
+        "",
+    )
+    out_console.print(table)
+    out_console.print(
+        f"AUPRC {_fmt(pooled.get('auprc'))}, Brier {_fmt(pooled.get('brier'))}, "
+        f"accuracy {_fmt(pooled.get('accuracy'))}. Run directory: {out}"
+    )
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    """Console entry point: user mistakes become one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except AllfedError as error:
+        err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as error:  # click usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise

@@ -1,0 +1,1 @@
+"""The site node (Flower ClientApp): data checks, local DP training, evaluation."""

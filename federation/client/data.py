@@ -1,0 +1,293 @@
+"""A site's data: load the file, check it against the study spec, split it, encode it.
+
+The one boundary where participant records are read. ``allfed site check`` and the node call the
+same functions, so an operator sees exactly what the node would refuse. Every error is a
+``DataError`` whose message names the file, the column, how many rows and the first row numbers
+(as a spreadsheet shows them: the header is row 1), and never quotes a participant's value.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from federation.errors import DataError
+from federation.spec import StudySpec
+
+MIN_TRAIN_RECORDS = 30
+_TRUE_CONSENT = {"1", "1.0", "true", "yes", "y", "t"}
+_FALSE_CONSENT = {"0", "0.0", "false", "no", "n", "f"}
+_IDENTIFIER = re.compile(
+    r"^(first_?name|last_?name|full_?name|name|patient_?name|surname|address|street|"
+    r"street_?address|ssn|social_?security(_?number)?|mrn|medical_?record(_?number)?|"
+    r"dob|date_?of_?birth|birth_?date|phone|phone_?number|telephone|email|e_?mail)$"
+)
+
+
+@dataclass(frozen=True)
+class SiteTable:
+    """A site's checked, consented records, split into train and test.
+
+    ``numeric`` holds raw numeric features (NaN where the spec says impute); ``categorical``
+    holds level indices (-1 where missing and imputed); ``groups`` holds group levels as text.
+    """
+
+    numeric: np.ndarray
+    categorical: np.ndarray
+    label: np.ndarray
+    is_test: np.ndarray
+    groups: dict[str, np.ndarray]
+
+    @property
+    def n_train(self) -> int:
+        return int((~self.is_test).sum())
+
+    @property
+    def n_test(self) -> int:
+        return int(self.is_test.sum())
+
+
+def load_site_table(path: str | Path, spec: StudySpec) -> SiteTable:
+    """Read ``path`` (CSV or Parquet) and check it against ``spec``; raise ``DataError``."""
+    path = Path(path)
+    frame = read_table(path)
+    return check_table(frame, spec, source=str(path))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Every column as text (NaN for empty cells), so that types are checked by us, not guessed."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a CSV or Parquet file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+            frame = frame.astype(object).where(frame.notna(), np.nan)
+            frame = frame.map(lambda v: v if v is np.nan else str(v))
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text (binary or another encoding)") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file has no header row") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: malformed CSV ({_parser_reason(exc)})") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as {suffix or 'CSV'} ({type(exc).__name__})") from None
+    if suffix not in (".parquet", ".pq"):
+        _reject_duplicate_header(path)
+    if frame.empty:
+        raise DataError(f"{path}: header only, no records")
+    return frame
+
+
+def _reject_duplicate_header(path: Path) -> None:
+    """pandas renames a repeated column to ``name.1``; catch it in the raw header instead."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    seen: set[str] = set()
+    for name in (h.strip() for h in header):
+        if name in seen:
+            raise DataError(f"{path}: column {name!r} appears twice in the header")
+        seen.add(name)
+
+
+def check_table(frame: pd.DataFrame, spec: StudySpec, source: str) -> SiteTable:
+    """Check a frame of text cells against the spec and build a ``SiteTable``."""
+    _reject_identifiers(frame, source)
+    study, features = spec.study, spec.features
+    required = [study.label, *features.columns, *study.groups]
+    required += [c for c in (study.consent, study.split) if c]
+    missing_columns = [c for c in dict.fromkeys(required) if c not in frame.columns]
+    if missing_columns:
+        raise DataError(f"{source}: missing column {missing_columns[0]!r} required by the study spec")
+
+    rows = pd.Series(np.arange(len(frame)) + 2, index=frame.index)  # spreadsheet row numbers
+    if study.consent:
+        frame, rows = _keep_consented(frame, rows, study.consent, source)
+
+    numeric = {c: _to_numeric(frame[c], rows, c, source) for c in features.numeric}
+    label = _to_label(frame[study.label], rows, study.label, source)
+    categorical = {
+        c: _to_levels(frame[c], rows, c, features.categorical[c], source) for c in features.categorical
+    }
+
+    keep = np.ones(len(frame), dtype=bool)
+    for column in features.columns:
+        values = numeric[column] if column in numeric else categorical[column]
+        absent = np.isnan(values) if column in numeric else values < 0
+        if not absent.any():
+            continue
+        rule = features.missing.get(column)
+        if rule is None:
+            raise DataError(
+                f"{source}: column {column!r} has {int(absent.sum())} missing values "
+                f"({_first_rows(rows, absent)}) and the spec has no rule for it; "
+                f'add {column} = "impute" or "drop" to [features] missing'
+            )
+        if rule == "drop":
+            keep &= ~absent
+
+    is_test = _split(frame, rows, label, spec, source)
+    groups = {g: frame[g].fillna("missing").astype(str).str.strip().to_numpy() for g in study.groups}
+    table = SiteTable(
+        numeric=np.column_stack([numeric[c] for c in features.numeric]).astype(float)[keep]
+        if features.numeric
+        else np.zeros((int(keep.sum()), 0)),
+        categorical=np.column_stack([categorical[c] for c in features.categorical])[keep]
+        if features.categorical
+        else np.zeros((int(keep.sum()), 0), dtype=int),
+        label=label[keep],
+        is_test=is_test[keep],
+        groups={g: v[keep] for g, v in groups.items()},
+    )
+    _check_trainable(table, source)
+    return table
+
+
+def _reject_identifiers(frame: pd.DataFrame, source: str) -> None:
+    for column in frame.columns:
+        key = re.sub(r"[\s\-]+", "_", str(column).strip().lower())
+        if _IDENTIFIER.match(key):
+            raise DataError(
+                f"{source}: column {column!r} looks like a direct identifier; "
+                "remove it from the analysis file"
+            )
+
+
+def _keep_consented(frame, rows, column, source):
+    text = frame[column].fillna("").astype(str).str.strip().str.lower()
+    unknown = ~(text.isin(_TRUE_CONSENT) | text.isin(_FALSE_CONSENT) | (text == ""))
+    if unknown.any():
+        raise DataError(
+            f"{source}: consent column {column!r} has {int(unknown.sum())} values that are not "
+            f"yes/no, true/false or 1/0 ({_first_rows(rows, unknown.to_numpy())})"
+        )
+    consented = text.isin(_TRUE_CONSENT).to_numpy()
+    if not consented.any():
+        raise DataError(f"{source}: no record has consent in column {column!r}")
+    return frame[consented], rows[consented]
+
+
+def _to_numeric(values: pd.Series, rows: pd.Series, column: str, source: str) -> np.ndarray:
+    text = values.astype(object).where(values.notna(), None)
+    stripped = text.map(lambda v: v.strip() if isinstance(v, str) else v)
+    empty = stripped.isna() | (stripped == "")
+    parsed = pd.to_numeric(stripped.where(~empty, None), errors="coerce")
+    bad = parsed.isna() & ~empty
+    if bad.any():
+        raise DataError(
+            f"{source}: column {column!r} is numeric in the spec but has {int(bad.sum())} "
+            f"non-numeric values ({_first_rows(rows, bad.to_numpy())})"
+        )
+    array = parsed.to_numpy(dtype=float)
+    infinite = np.isinf(array)
+    if infinite.any():
+        raise DataError(
+            f"{source}: column {column!r} has {int(infinite.sum())} infinite values "
+            f"({_first_rows(rows, infinite)})"
+        )
+    return array
+
+
+def _to_label(values: pd.Series, rows: pd.Series, column: str, source: str) -> np.ndarray:
+    absent = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+    if absent.any():
+        raise DataError(
+            f"{source}: label column {column!r} is missing in {int(absent.sum())} rows "
+            f"({_first_rows(rows, absent)}); remove those records or fill the label"
+        )
+    parsed = pd.to_numeric(values.astype(str).str.strip(), errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isin(parsed, (0.0, 1.0))
+    if bad.any():
+        raise DataError(
+            f"{source}: label column {column!r} must be 0 or 1; {int(bad.sum())} rows are not "
+            f"({_first_rows(rows, bad)})"
+        )
+    return parsed.astype(np.float32)
+
+
+def _to_levels(values, rows, column, levels, source) -> np.ndarray:
+    text = values.astype(object).where(values.notna(), None)
+    text = text.map(lambda v: _normalize_level(v) if v is not None else None)
+    empty = text.isna() | (text == "")
+    index = {level: i for i, level in enumerate(levels)}
+    codes = text.map(lambda v: index.get(v, -2) if v not in (None, "") else -1).to_numpy(dtype=int)
+    unknown = (codes == -2) & ~empty.to_numpy()
+    if unknown.any():
+        raise DataError(
+            f"{source}: column {column!r} has {int(unknown.sum())} values that are not among its "
+            f"declared levels ({_first_rows(rows, unknown)}); declared: {', '.join(levels)}"
+        )
+    return codes
+
+
+def _normalize_level(value: object) -> str:
+    """Text of a level, with integral floats written as integers ("1.0" -> "1")."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
+def _split(frame, rows, label, spec: StudySpec, source: str) -> np.ndarray:
+    study = spec.study
+    if study.split:
+        text = frame[study.split].fillna("").astype(str).str.strip().str.lower()
+        bad = ~text.isin(("train", "test"))
+        if bad.any():
+            raise DataError(
+                f"{source}: split column {study.split!r} must be 'train' or 'test'; "
+                f"{int(bad.sum())} rows are not ({_first_rows(rows, bad.to_numpy())})"
+            )
+        return (text == "test").to_numpy()
+    indices = np.arange(len(label))
+    stratify = label if min(label.sum(), len(label) - label.sum()) >= 2 else None
+    if len(label) < 2:
+        raise DataError(f"{source}: only {len(label)} usable records; need at least {MIN_TRAIN_RECORDS}")
+    _, test = train_test_split(
+        indices, test_size=study.test_fraction, random_state=study.seed, stratify=stratify
+    )
+    is_test = np.zeros(len(label), dtype=bool)
+    is_test[test] = True
+    return is_test
+
+
+def _check_trainable(table: SiteTable, source: str) -> None:
+    if table.n_train < MIN_TRAIN_RECORDS:
+        raise DataError(
+            f"{source}: {table.n_train} training records after consent and missing-value rules; "
+            f"DP training needs at least {MIN_TRAIN_RECORDS} (with fewer, the noise that protects "
+            "each record swamps what the site can contribute)"
+        )
+    train_labels = table.label[~table.is_test]
+    if train_labels.min() == train_labels.max():
+        raise DataError(f"{source}: every training record has the same label; a risk model needs both")
+
+
+def _first_rows(rows: pd.Series, mask: np.ndarray, limit: int = 5) -> str:
+    numbers = rows.to_numpy()[np.asarray(mask)][:limit]
+    more = ", ..." if int(np.asarray(mask).sum()) > limit else ""
+    label = "row" if len(numbers) == 1 and not more else "rows"
+    return f"{label} {', '.join(str(n) for n in numbers)}{more}"
+
+
+def _parser_reason(exc: Exception) -> str:
+    """Pandas' parser message without any cell content."""
+    match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+    if match:
+        expected, line, saw = match.groups()
+        return f"line {line} has {saw} fields, the header has {expected}"
+    return "cannot parse"

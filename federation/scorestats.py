@@ -1,0 +1,368 @@
+"""Additive evaluation statistics: all that a site's evaluate reply says about its scores.
+
+A site never sends per-record scores. It sends counts and sums that add across sites and
+records, so the server pools sites by summing them. Metrics that are ratios of sums (Brier, log
+loss, the confusion matrix, calibration) are then exact; ranking metrics (AUROC, AUPRC) are
+exact up to ties within one fine score bin. Bins sit on the logit scale: a risk model's scores
+crowd near 0 (or 1), where a uniform probability grid would lump many records together.
+
+Record layout (``to_record(prefix)``; every value an int, float, list[int] or list[float]):
+
+- ``{prefix}.n_bins``: N_BINS, so a site and a server on different grids cannot mix.
+- ``{prefix}.hist_pos.bins`` / ``.hist_pos.counts`` (and ``hist_neg``): the histograms, sparse:
+  strictly increasing bin indices of the nonzero bins, and their counts (> 0).
+- ``{prefix}.tp``, ``.fp``, ``.tn``, ``.fn``: the confusion matrix at THRESHOLD.
+- ``{prefix}.sum_sq_error``, ``.sum_log_loss``, ``.sum_score``, ``.sum_score_pos``: float sums.
+- ``{prefix}.cal_count``, ``.cal_sum_y`` (list[int]) and ``.cal_sum_p`` (list[float]): per
+  calibration bin (CAL_BINS equal-width probability bins) the records, events and summed scores.
+
+Groups (``groups_to_record``) nest the same layout under ``{prefix}.{column}.{level}``, with the
+column and level names percent-encoded (dots too) so that a key splits on dots unambiguously. A
+withheld level sends only ``{prefix}.{column}.{level}.withheld = 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from numbers import Integral, Real
+from typing import Any
+from urllib.parse import quote, unquote
+
+import numpy as np
+import pandas as pd
+
+from privacy.disclosure import is_disclosive
+
+LOGIT_MIN, LOGIT_MAX = -12.0, 12.0  # scores beyond (p < 6e-6 or > 1 - 6e-6) share an end bin
+N_BINS = 4800  # bin width 0.005 on the logit scale; the threshold 0.5 (logit 0) is a bin edge
+THRESHOLD = 0.5
+CAL_BINS = 10
+LOG_LOSS_EPS = 1e-7
+MISSING_LEVEL = "missing"
+WITHHELD = "withheld"
+
+_HISTS = ("hist_pos", "hist_neg")
+_COUNTS = ("tp", "fp", "tn", "fn")
+_SUMS = ("sum_sq_error", "sum_log_loss", "sum_score", "sum_score_pos")
+_CAL_COUNTS = ("cal_count", "cal_sum_y")
+_CAL_SUMS = ("cal_sum_p",)
+_KEYS = frozenset(
+    [
+        "n_bins",
+        *(f"{h}.{part}" for h in _HISTS for part in ("bins", "counts")),
+        *_COUNTS,
+        *_SUMS,
+        *_CAL_COUNTS,
+        *_CAL_SUMS,
+    ]
+)
+_SLACK = 1e-9  # relative rounding allowed when checking a float sum against its count
+
+
+@dataclass
+class ScoreStats:
+    """Additive evaluation statistics of one set of records (a site, a group level, or pooled)."""
+
+    hist_pos: np.ndarray  # int64 [N_BINS]: positives per logit-scale score bin
+    hist_neg: np.ndarray  # int64 [N_BINS]: negatives per logit-scale score bin
+    sum_sq_error: float  # sum of (p - y)^2
+    sum_log_loss: float  # sum of -[y log p + (1 - y) log(1 - p)], p clipped to LOG_LOSS_EPS
+    sum_score: float  # sum of p
+    sum_score_pos: float  # sum of p over positives
+    tp: int  # confusion matrix at THRESHOLD (p >= THRESHOLD predicts positive)
+    fp: int
+    tn: int
+    fn: int
+    cal_count: np.ndarray  # int64 [CAL_BINS]: records per equal-width probability bin
+    cal_sum_y: np.ndarray  # int64 [CAL_BINS]: positives per probability bin
+    cal_sum_p: np.ndarray  # float64 [CAL_BINS]: summed scores per probability bin
+
+    @property
+    def n(self) -> int:
+        return int(self.hist_pos.sum() + self.hist_neg.sum())
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.hist_pos.sum())
+
+    @classmethod
+    def from_scores(cls, y: np.ndarray, p: np.ndarray) -> ScoreStats:
+        """The statistics of labels ``y`` (0/1) scored with probabilities ``p``."""
+        y, p = _checked_scores(y, p)
+        pos = y == 1
+        bins = score_bins(p)
+        clipped = np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+        predicted = p >= THRESHOLD
+        cal = np.minimum(np.floor(p * CAL_BINS), CAL_BINS - 1).astype(np.int64)
+        return cls(
+            hist_pos=np.bincount(bins[pos], minlength=N_BINS).astype(np.int64),
+            hist_neg=np.bincount(bins[~pos], minlength=N_BINS).astype(np.int64),
+            sum_sq_error=float(np.sum((p - y) ** 2)),
+            sum_log_loss=float(-np.sum(np.where(pos, np.log(clipped), np.log1p(-clipped)))),
+            sum_score=float(np.sum(p)),
+            sum_score_pos=float(np.sum(p[pos])),
+            tp=int(np.sum(pos & predicted)),
+            fp=int(np.sum(~pos & predicted)),
+            tn=int(np.sum(~pos & ~predicted)),
+            fn=int(np.sum(pos & ~predicted)),
+            cal_count=np.bincount(cal, minlength=CAL_BINS).astype(np.int64),
+            cal_sum_y=np.bincount(cal[pos], minlength=CAL_BINS).astype(np.int64),
+            cal_sum_p=np.bincount(cal, weights=p, minlength=CAL_BINS).astype(np.float64),
+        )
+
+    @classmethod
+    def empty(cls) -> ScoreStats:
+        """The statistics of no records: the identity for ``+``."""
+        return cls.from_scores(np.zeros(0, dtype=np.int64), np.zeros(0))
+
+    def __add__(self, other: ScoreStats) -> ScoreStats:
+        if not isinstance(other, ScoreStats):
+            return NotImplemented
+        return ScoreStats(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ScoreStats):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+        )
+
+    def to_record(self, prefix: str) -> dict[str, int | float | list[int] | list[float]]:
+        """Flat MetricRecord items under ``prefix`` (layout in the module docstring)."""
+        record: dict[str, int | float | list[int] | list[float]] = {f"{prefix}.n_bins": N_BINS}
+        for name in _HISTS:
+            hist = getattr(self, name)
+            nonzero = np.flatnonzero(hist)
+            record[f"{prefix}.{name}.bins"] = nonzero.tolist()
+            record[f"{prefix}.{name}.counts"] = hist[nonzero].tolist()
+        record.update({f"{prefix}.{name}": int(getattr(self, name)) for name in _COUNTS})
+        record.update({f"{prefix}.{name}": float(getattr(self, name)) for name in _SUMS})
+        for name in _CAL_COUNTS:
+            record[f"{prefix}.{name}"] = [int(v) for v in getattr(self, name)]
+        for name in _CAL_SUMS:
+            record[f"{prefix}.{name}"] = [float(v) for v in getattr(self, name)]
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], prefix: str) -> ScoreStats:
+        """Inverse of ``to_record``; ValueError names the first problem in a malformed record."""
+        _check_keys(record, prefix)
+        key = f"{prefix}.n_bins"
+        if _int(record, key) != N_BINS:
+            raise ValueError(f"{key} is {record[key]}, expected {N_BINS}")
+        stats = cls(
+            **{name: _sparse_histogram(record, f"{prefix}.{name}") for name in _HISTS},
+            **{name: _int(record, f"{prefix}.{name}") for name in _COUNTS},
+            **{name: _float(record, f"{prefix}.{name}") for name in _SUMS},
+            **{
+                name: np.array(_int_list(record, f"{prefix}.{name}", CAL_BINS), dtype=np.int64)
+                for name in _CAL_COUNTS
+            },
+            **{
+                name: np.array(_float_list(record, f"{prefix}.{name}", CAL_BINS))
+                for name in _CAL_SUMS
+            },
+        )
+        _check_consistent(stats, prefix)
+        return stats
+
+
+def score_bins(p: np.ndarray) -> np.ndarray:
+    """Each probability's fine bin on the logit scale; 0 and 1 land in the end bins."""
+    with np.errstate(divide="ignore"):
+        logit = np.log(p) - np.log1p(-p)
+    position = np.floor((logit - LOGIT_MIN) * (N_BINS / (LOGIT_MAX - LOGIT_MIN)))
+    return np.clip(position, 0, N_BINS - 1).astype(np.int64)
+
+
+def _checked_scores(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as int64 0/1 and scores as float64 in [0, 1], or ValueError."""
+    y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
+    if y.ndim != 1 or p.shape != y.shape:
+        raise ValueError(f"labels {y.shape} and scores {p.shape} must be 1-D of equal length")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be 0 or 1")
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("scores must be probabilities in [0, 1] (no NaN)")
+    return y.astype(np.int64), p
+
+
+# -- record validation: a site's reply is untrusted input ------------------------------------
+
+
+def _check_keys(record: Mapping[str, Any], prefix: str) -> None:
+    """Every expected key present and no unexpected one under ``prefix`` (nothing extra leaks)."""
+    start = f"{prefix}."
+    present = {k[len(start) :] for k in record if isinstance(k, str) and k.startswith(start)}
+    if missing := sorted(_KEYS - present):
+        raise ValueError(f"missing keys under {prefix!r}: {', '.join(missing)}")
+    if extra := sorted(present - _KEYS):
+        raise ValueError(f"unexpected keys under {prefix!r}: {', '.join(extra)}")
+
+
+def _int(record: Mapping[str, Any], key: str) -> int:
+    value = record[key]
+    if not isinstance(value, Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def _float(record: Mapping[str, Any], key: str) -> float:
+    value = record[key]
+    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _int_list(record: Mapping[str, Any], key: str, length: int | None = None) -> list[int]:
+    values = record[key]
+    if not isinstance(values, list) or (length is not None and len(values) != length):
+        raise ValueError(
+            f"{key} must be a list of ints" + (f" of length {length}" if length is not None else "")
+        )
+    return [_int({key: v}, key) for v in values]
+
+
+def _float_list(record: Mapping[str, Any], key: str, length: int) -> list[float]:
+    values = record[key]
+    if not isinstance(values, list) or len(values) != length:
+        raise ValueError(f"{key} must be a list of {length} numbers")
+    return [_float({key: v}, key) for v in values]
+
+
+def _sparse_histogram(record: Mapping[str, Any], key: str) -> np.ndarray:
+    """A dense histogram from strictly increasing in-range bins and positive counts."""
+    bins = np.array(_int_list(record, f"{key}.bins"), dtype=np.int64)
+    counts = np.array(_int_list(record, f"{key}.counts", len(bins)), dtype=np.int64)
+    if np.any(np.diff(bins) <= 0) or np.any(bins >= N_BINS):
+        raise ValueError(f"{key}.bins must be strictly increasing indices below {N_BINS}")
+    if np.any(counts == 0):
+        raise ValueError(f"{key}.counts must be positive (zero bins are left out)")
+    hist = np.zeros(N_BINS, dtype=np.int64)
+    hist[bins] = counts
+    return hist
+
+
+def _check_consistent(stats: ScoreStats, prefix: str) -> None:
+    """The parts of one record must describe the same records (catches garbled replies)."""
+    n, n_pos = stats.n, stats.n_pos
+    problems = {
+        "tp + fn != positives": stats.tp + stats.fn != n_pos,
+        "fp + tn != negatives": stats.fp + stats.tn != n - n_pos,
+        "calibration counts do not sum to n": int(stats.cal_count.sum()) != n,
+        "calibration events do not sum to positives": int(stats.cal_sum_y.sum()) != n_pos,
+        "calibration events exceed counts": bool(np.any(stats.cal_sum_y > stats.cal_count)),
+        "calibration score sums out of range": not all(
+            map(_within, stats.cal_sum_p, stats.cal_count)
+        ),
+        "sum_score out of range": not _within(stats.sum_score, n),
+        "sum_score_pos out of range": not _within(stats.sum_score_pos, n_pos),
+        "sum_sq_error out of range": not _within(stats.sum_sq_error, n),
+        "sum_log_loss out of range": not _within(stats.sum_log_loss, -math.log(LOG_LOSS_EPS) * n),
+    }
+    if failed := [name for name, bad in problems.items() if bad]:
+        raise ValueError(f"inconsistent statistics under {prefix!r}: {'; '.join(failed)}")
+
+
+def _within(value: float, upper: float) -> bool:
+    return 0 <= value <= upper * (1 + _SLACK)
+
+
+# -- groups ----------------------------------------------------------------------------------
+
+
+def group_stats(
+    y: np.ndarray, p: np.ndarray, groups: Mapping[str, np.ndarray], min_cell_count: int
+) -> dict[str, dict[str, ScoreStats | None]]:
+    """Per group column and level present in the data: its statistics, or None when withheld.
+
+    A level with 1..min_cell_count records is withheld (small-cell suppression); its existence
+    is released, its count is not. Missing values form the level ``"missing"``.
+    """
+    y, p = _checked_scores(y, p)
+    result: dict[str, dict[str, ScoreStats | None]] = {}
+    for column, values in groups.items():
+        levels = _level_names(values, len(y), column)
+        result[column] = {
+            str(level): _level_stats(y, p, levels == level, min_cell_count)
+            for level in np.unique(levels)
+        }
+    return result
+
+
+def _level_names(values: np.ndarray, n: int, column: str) -> np.ndarray:
+    values = np.asarray(values, dtype=object)
+    if values.shape != (n,):
+        raise ValueError(f"group {column!r} has shape {values.shape}, expected ({n},)")
+    return np.array([MISSING_LEVEL if pd.isna(v) else str(v) for v in values], dtype=object)
+
+
+def _level_stats(
+    y: np.ndarray, p: np.ndarray, mask: np.ndarray, min_cell_count: int
+) -> ScoreStats | None:
+    if is_disclosive(int(mask.sum()), min_cell_count):
+        return None
+    return ScoreStats.from_scores(y[mask], p[mask])
+
+
+def groups_to_record(
+    stats: Mapping[str, Mapping[str, ScoreStats | None]], prefix: str = "group"
+) -> dict[str, int | float | list[int] | list[float]]:
+    """Flat MetricRecord items for ``group_stats`` output; withheld levels send only a flag."""
+    record: dict[str, int | float | list[int] | list[float]] = {}
+    for column, levels in stats.items():
+        for level, level_stats in levels.items():
+            base = f"{prefix}.{_encode_name(column)}.{_encode_name(level)}"
+            if level_stats is None:
+                record[f"{base}.{WITHHELD}"] = 1
+            else:
+                record.update(level_stats.to_record(base))
+    return record
+
+
+def groups_from_record(
+    record: Mapping[str, Any], prefix: str = "group"
+) -> dict[str, dict[str, ScoreStats | None]]:
+    """Inverse of ``groups_to_record``; ValueError on a malformed key or level."""
+    start = f"{prefix}."
+    fields_by_level: dict[tuple[str, str], set[str]] = {}
+    for key in record:
+        if not (isinstance(key, str) and key.startswith(start)):
+            continue
+        parts = key[len(start) :].split(".", 2)
+        if len(parts) != 3:
+            raise ValueError(f"malformed group key {key!r}")
+        fields_by_level.setdefault((parts[0], parts[1]), set()).add(parts[2])
+    result: dict[str, dict[str, ScoreStats | None]] = {}
+    for (column, level), names in fields_by_level.items():
+        stats = _level_from_record(record, f"{start}{column}.{level}", names)
+        result.setdefault(_decode_name(column), {})[_decode_name(level)] = stats
+    return result
+
+
+def _level_from_record(record: Mapping[str, Any], base: str, names: set[str]) -> ScoreStats | None:
+    if WITHHELD not in names:
+        return ScoreStats.from_record(record, base)
+    key = f"{base}.{WITHHELD}"
+    if names != {WITHHELD}:
+        raise ValueError(f"{key} is set but the level also carries statistics")
+    if record[key] != 1 or isinstance(record[key], bool | float):
+        raise ValueError(f"{key} must be the int 1, got {record[key]!r}")
+    return None
+
+
+def _encode_name(name: str) -> str:
+    """Percent-encoding with dots escaped too, so that a name never contains the separator."""
+    return quote(name, safe="", errors="surrogatepass").replace(".", "%2E")
+
+
+def _decode_name(text: str) -> str:
+    """Inverse of ``_encode_name``; only canonical encodings, so two keys never mean one name."""
+    name = unquote(text, errors="surrogatepass")
+    if _encode_name(name) != text:
+        raise ValueError(f"group name {text!r} is not canonically encoded")
+    return name

@@ -1,0 +1,1 @@
+"""The aggregator (Flower ServerApp): strategy, pooled evaluation, run outputs."""

@@ -1,0 +1,53 @@
+"""The aggregator as a Flower ServerApp, for simulation and for a real SuperLink."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from federation import protocol as p
+from federation.errors import AllfedError
+from federation.server.run import RoundCallback, StudyRun
+from federation.spec import StudySpec, load_spec, parse_spec
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The study to run, where to write its run directory, and who to tell after each round."""
+
+    spec: StudySpec
+    out: Path
+    on_round: RoundCallback | None = None
+
+
+def settings_from_run_config(context: Context) -> RunSettings:
+    """Deployment (``flwr run``): the study and output folder from the run config."""
+    run = context.run_config
+    if run.get(p.RUN_STUDY):
+        spec = parse_spec(str(run[p.RUN_STUDY]), source="run config 'study'")
+    elif run.get(p.RUN_STUDY_FILE):
+        spec = load_spec(str(run[p.RUN_STUDY_FILE]))
+    else:
+        raise AllfedError("the run config has no study spec: pass --run-config study-file=PATH")
+    out = Path(str(run.get(p.RUN_OUT) or "runs/latest"))
+    return RunSettings(spec=spec, out=out)
+
+
+def make_server_app(
+    resolve: Callable[[Context], RunSettings] = settings_from_run_config,
+) -> ServerApp:
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        settings = resolve(context)
+        StudyRun(grid, settings.spec, settings.out, settings.on_round).run()
+
+    return server_app
+
+
+app = make_server_app()

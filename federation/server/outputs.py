@@ -1,0 +1,130 @@
+"""The run directory: what a central team keeps from a run.
+
+``summary.json`` (the contract in DESIGN.md), ``metrics.jsonl`` (one line per round),
+``model.pt`` (the final weights) with ``model_card.json`` and ``model_card.md``, and ``run.log``.
+Files are written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+MODEL = "model.pt"
+MODEL_CARD = "model_card.json"
+MODEL_CARD_MD = "model_card.md"
+LOG = "run.log"
+
+_LOGGERS = ("allfed", "flwr")
+
+
+class RunDirectory:
+    """Writes one run's outputs under ``path`` (created if needed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / METRICS).unlink(missing_ok=True)
+        self._log_handler: logging.Handler | None = None
+
+    def start_log(self) -> None:
+        """Copy allfed's and Flower's log records of this run into ``run.log``."""
+        handler = logging.FileHandler(self.path / LOG, mode="w", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler.setLevel(logging.INFO)
+        for name in _LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+        self._log_handler = handler
+
+    def stop_log(self) -> None:
+        if self._log_handler is not None:
+            for name in _LOGGERS:
+                logging.getLogger(name).removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+    def append_round(self, row: dict[str, Any]) -> None:
+        with (self.path / METRICS).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(clean_json(row)) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self._write_text(SUMMARY, json.dumps(clean_json(summary), indent=2) + "\n")
+
+    def write_model(self, state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> None:
+        tmp = self.path / (MODEL + ".tmp")
+        torch.save(state_dict, tmp)
+        tmp.replace(self.path / MODEL)
+        self._write_text(MODEL_CARD, json.dumps(clean_json(card), indent=2) + "\n")
+        self._write_text(MODEL_CARD_MD, render_model_card(card))
+
+    def _write_text(self, name: str, text: str) -> None:
+        tmp = self.path / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(self.path / name)
+
+
+def clean_json(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become null, tuples lists, numpy scalars numbers."""
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def render_model_card(card: dict[str, Any]) -> str:
+    """A short human-readable card: what the model is, what it expects, how private it is."""
+    lines = [
+        f"# Model card: {card['study']}",
+        "",
+        f"- Model: {card['model']['name']} ({card['model']['parameters']} parameters)",
+        f"- Task: {card['task']}, label `{card['label']}`, trained in {card['rounds']} rounds "
+        f"with {card['strategy']} across {len(card['sites'])} sites",
+        f"- Inputs ({len(card['features'])}): " + ", ".join(f"`{f}`" for f in card["features"]),
+        "- Numeric scaling: (value clipped to its bounds - center) / scale; a missing value "
+        "becomes 0 (the federation's mean); categorical levels are one-hot",
+        "",
+        "| feature | center | scale | bounds | scaled by |",
+        "|---|---|---|---|---|",
+    ]
+    for row in card["scaling"]:
+        bounds = row["bounds"] or "none"
+        lines.append(
+            f"| {row['feature']} | {row['center']:.4g} | {row['scale']:.4g} | {bounds} | "
+            f"{row['source']} |"
+        )
+    privacy = card["privacy"]
+    lines += ["", "## Privacy", ""]
+    if not privacy["enabled"]:
+        lines.append("Trained without differential privacy.")
+    else:
+        lines.append(
+            f"Record-level DP-SGD at every site (Opacus, {privacy['accountant']} accountant), "
+            f"target epsilon {privacy['target_epsilon']} at delta {privacy['delta']} per site "
+            "for the whole run."
+        )
+        lines += ["", "| site | epsilon | noise multiplier | sample rate | steps |", "|---|---|---|---|---|"]
+        for name, site in card["sites"].items():
+            eps = site.get("epsilon")
+            lines.append(
+                f"| {name} | {eps if eps is None else round(eps, 4)} | "
+                f"{site.get('noise_multiplier')} | {site.get('sample_rate')} | {site.get('steps')} |"
+            )
+    return "\n".join(lines) + "\n"

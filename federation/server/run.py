@@ -1,0 +1,408 @@
+"""One federated training run, driven from the aggregator.
+
+Setup (sites check their data and release standardization sums), then rounds of train and
+evaluate. Per-site facts (status, epsilon and the accounting behind it) are kept per site and
+never averaged; only updates that pass validation reach the Flower strategy; pooled metrics are
+computed from the sites' additive statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from federation import protocol as p
+from federation.scorestats import ScoreStats, groups_from_record
+from federation.server.metrics import compute_metrics, metrics_or_none
+from federation.server.outputs import RunDirectory
+from federation.server.standardization import pooled_scaling
+from federation.server.strategy import build_strategy
+from federation.spec import StudySpec, feature_names, federated_columns
+from models.registry import build_model
+
+log = logging.getLogger("allfed.server")
+
+RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
+class RunFailed(Exception):
+    """The run could not go on (too few sites left); the summary says why."""
+
+
+@dataclass
+class SiteRecord:
+    """What the aggregator knows about one site; only whitelisted facts ever get here."""
+
+    name: str
+    status: str = p.OK
+    reason: str | None = None
+    n_train: int = 0
+    n_test: int = 0
+    epsilon: float | None = None
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    steps: int = 0
+    other_releases: list[dict[str, float]] = field(default_factory=list)
+
+    def fail(self, state: str, reason: str) -> None:
+        self.status, self.reason = state, reason
+        log.warning("site %s %s: %s", self.name, state, reason)
+
+
+class StudyRun:
+    """Runs ``spec`` over the nodes of ``grid`` and writes the run directory ``out``."""
+
+    def __init__(
+        self, grid: Grid, spec: StudySpec, out: Path, on_round: RoundCallback | None = None
+    ) -> None:
+        self.grid, self.spec, self.on_round = grid, spec, on_round
+        self.outputs = RunDirectory(out)
+        self.sites: dict[int, SiteRecord] = {}
+        self.metrics: dict[str, Any] = {}
+        self.rounds_done = 0
+        self.scaling: tuple[list[float], list[float]] = ([], [])
+
+    def run(self) -> dict[str, Any]:
+        self.outputs.start_log()
+        try:
+            arrays = self._run_rounds()
+            self._finish(arrays)
+            summary = self._summary("completed", None)
+            self.outputs.write_summary(summary)
+            return summary
+        except RunFailed as error:
+            self.outputs.write_summary(self._summary("failed", str(error)))
+            raise
+        except Exception as error:
+            self.outputs.write_summary(self._summary("failed", f"{type(error).__name__}: {error}"))
+            raise
+        finally:
+            self.outputs.stop_log()
+
+    def _run_rounds(self) -> ArrayRecord:
+        spec = self.spec
+        self._setup()
+        model = _initial_model(spec, len(feature_names(spec)))
+        arrays = ArrayRecord(model.state_dict())
+        strategy = build_strategy(spec)
+        for server_round in range(1, spec.training.rounds + 1):
+            started = time.perf_counter()
+            config = self._scaling_config()
+            train_messages = strategy.configure_train(server_round, arrays, config, self.grid)
+            replies = self._exchange(_only(train_messages, self._active()))
+            accepted = [r for r in replies if self._accept_update(r, arrays)]
+            self._require_sites(f"round {server_round}")
+            new_arrays, _ = strategy.aggregate_train(server_round, accepted)
+            if new_arrays is not None:
+                arrays = new_arrays
+            self.metrics = self._evaluate(arrays)
+            self.rounds_done = server_round
+            row = {
+                "round": server_round,
+                "seconds": round(time.perf_counter() - started, 3),
+                "epsilon": {s.name: s.epsilon for s in self.sites.values()},
+                "metrics": self.metrics,
+            }
+            self.outputs.append_round(row)
+            log.info(
+                "round %d/%d: pooled AUROC %s",
+                server_round,
+                spec.training.rounds,
+                self.metrics["pooled"].get("auroc") if self.metrics.get("pooled") else None,
+            )
+            if self.on_round:
+                self.on_round(server_round, row)
+        return arrays
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        nodes = self._wait_for_nodes()
+        messages = [
+            Message(content=RecordDict({p.CONFIG: ConfigRecord()}), message_type=p.SETUP, dst_node_id=n)
+            for n in nodes
+        ]
+        for node in nodes:
+            self.sites[node] = SiteRecord(name=f"node-{node}")
+        sums, squares, counts = [], [], []
+        for reply in self._exchange(messages):
+            site = self.sites[reply.metadata.src_node_id]
+            status = reply.content.config_records.get(p.STATUS)
+            if status is None:
+                site.fail(p.FAILED, "setup reply without a status")
+                continue
+            site.name = str(status[p.STATUS_SITE])
+            if status[p.STATUS_STATE] != p.OK:
+                site.fail(str(status[p.STATUS_STATE]), str(status[p.STATUS_REASON]))
+                continue
+            metrics = reply.content[p.METRICS]
+            site.n_train, site.n_test = int(metrics[p.N_TRAIN]), int(metrics[p.N_TEST])
+            if p.STANDARDIZATION_NOISE in metrics:
+                site.other_releases.append(
+                    {
+                        "noise_multiplier": float(metrics[p.STANDARDIZATION_NOISE]),
+                        "sample_rate": 1.0,
+                        "steps": 1,
+                    }
+                )
+            if p.SUM in metrics:
+                sums.append(list(metrics[p.SUM]))
+                squares.append(list(metrics[p.SUM_SQUARES]))
+                counts.append(list(metrics[p.COUNT]))
+        _reject_duplicate_names(self.sites.values())
+        self._require_sites("setup")
+        columns = [self.spec.features.numeric[i] for i in federated_columns(self.spec)]
+        if columns:
+            self.scaling = pooled_scaling(self.spec, columns, sums, squares, counts)
+
+    def _wait_for_nodes(self) -> list[int]:
+        """Nodes connected once ``min-sites`` have joined, or when the round timeout runs out."""
+        deadline = time.monotonic() + self.spec.training.round_timeout
+        while True:
+            nodes = sorted(self.grid.get_node_ids())
+            if len(nodes) >= self.spec.training.min_sites or time.monotonic() > deadline:
+                return nodes
+            time.sleep(1.0)
+
+    # -- rounds ----------------------------------------------------------------------------
+
+    def _active(self) -> set[int]:
+        return {node for node, site in self.sites.items() if site.status == p.OK}
+
+    def _require_sites(self, stage: str) -> None:
+        active = len(self._active())
+        if active < self.spec.training.min_sites:
+            raise RunFailed(
+                f"{stage}: only {active} site(s) left, the study needs min-sites = "
+                f"{self.spec.training.min_sites}"
+            )
+
+    def _scaling_config(self) -> ConfigRecord:
+        center, scale = self.scaling
+        return ConfigRecord({p.SCALING_CENTER: list(center), p.SCALING_SCALE: list(scale)})
+
+    def _exchange(self, messages: list[Message]) -> list[Message]:
+        """Send, wait up to the round timeout, and mark sites that did not answer as failed."""
+        if not messages:
+            return []
+        timeout = self.spec.training.round_timeout
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        answered = {r.metadata.src_node_id for r in replies}
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node not in answered and node in self.sites:
+                self.sites[node].fail(p.FAILED, f"no reply within {timeout:g} s")
+        usable = []
+        for reply in replies:
+            site = self.sites.get(reply.metadata.src_node_id)
+            if site is None:
+                continue
+            if reply.has_error():
+                site.fail(p.FAILED, f"node error: {_short(reply.error.reason)}")
+            elif p.STATUS in reply.content.config_records and reply.content[p.STATUS][
+                p.STATUS_STATE
+            ] != p.OK:
+                status = reply.content[p.STATUS]
+                site.fail(str(status[p.STATUS_STATE]), str(status[p.STATUS_REASON]))
+            else:
+                usable.append(reply)
+        return usable
+
+    def _accept_update(self, reply: Message, global_arrays: ArrayRecord) -> bool:
+        """Record the site's accounting facts; keep the update only if it is well formed."""
+        site = self.sites[reply.metadata.src_node_id]
+        problem = _update_problem(reply.content, global_arrays, self.spec.privacy.enabled)
+        if problem:
+            site.fail(p.FAILED, f"update rejected: {problem}")
+            return False
+        metrics = reply.content[p.METRICS]
+        if self.spec.privacy.enabled:
+            site.epsilon = float(metrics[p.EPSILON])
+            site.delta = float(metrics[p.DELTA])
+            site.noise_multiplier = float(metrics[p.NOISE_MULTIPLIER])
+            site.sample_rate = float(metrics[p.SAMPLE_RATE])
+            site.steps = int(metrics[p.STEPS])
+            if site.epsilon > self.spec.privacy.target_epsilon * 1.0001:
+                log.warning("site %s reports epsilon %.4f above the target", site.name, site.epsilon)
+        return True
+
+    def _evaluate(self, arrays: ArrayRecord) -> dict[str, Any]:
+        config = self._scaling_config()
+        content = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
+        messages = [
+            Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
+            for node in sorted(self._active())
+        ]
+        pooled = ScoreStats.empty()
+        per_site: dict[str, Any] = {}
+        groups: dict[str, dict[str, ScoreStats]] = {}
+        withheld: dict[str, dict[str, int]] = {}
+        for reply in self._exchange(messages):
+            site = self.sites[reply.metadata.src_node_id]
+            try:
+                record = reply.content[p.METRICS]
+                stats = ScoreStats.from_record(record, p.SITE_STATS)
+                site_groups = groups_from_record(record, p.GROUP_STATS)
+            except (KeyError, ValueError) as error:
+                site.fail(p.FAILED, f"evaluation reply rejected: {_short(str(error))}")
+                continue
+            pooled = pooled + stats
+            per_site[site.name] = compute_metrics(stats)
+            for column, levels in site_groups.items():
+                for level, level_stats in levels.items():
+                    if level_stats is None:
+                        withheld.setdefault(column, {}).setdefault(level, 0)
+                        withheld[column][level] += 1
+                    else:
+                        merged = groups.setdefault(column, {})
+                        merged[level] = merged.get(level, ScoreStats.empty()) + level_stats
+        per_group: dict[str, Any] = {}
+        for column in sorted(set(groups) | set(withheld)):
+            levels = sorted(set(groups.get(column, {})) | set(withheld.get(column, {})))
+            per_group[column] = {
+                level: {
+                    "metrics": metrics_or_none(groups.get(column, {}).get(level)),
+                    "sites_withheld": withheld.get(column, {}).get(level, 0),
+                }
+                for level in levels
+            }
+        return {"pooled": compute_metrics(pooled), "per_site": per_site, "per_group": per_group}
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def _finish(self, arrays: ArrayRecord) -> None:
+        spec = self.spec
+        state_dict = arrays.to_torch_state_dict()
+        names = feature_names(spec)
+        center, scale = self.scaling
+        pooled = dict(zip([spec.features.numeric[i] for i in federated_columns(spec)], zip(center, scale, strict=True), strict=True))
+        scaling_rows = []
+        for column in spec.features.numeric:
+            c, s = pooled.get(column, (None, None))
+            scaling_rows.append(
+                {
+                    "feature": column,
+                    "center": c,
+                    "scale": s,
+                    "bounds": list(spec.features.bounds[column]) if column in spec.features.bounds else None,
+                    "source": "federation" if column in pooled else "each site's own training rows",
+                }
+            )
+        card = {
+            "study": spec.study.name,
+            "task": spec.study.task,
+            "label": spec.study.label,
+            "rounds": self.rounds_done,
+            "strategy": spec.training.strategy,
+            "model": {
+                "name": spec.model.name,
+                "hidden": list(spec.model.hidden) if spec.model.name == "mlp" else [],
+                "parameters": int(sum(t.numel() for t in state_dict.values())),
+            },
+            "features": names,
+            "scaling": scaling_rows,
+            "privacy": self._privacy_header(),
+            "sites": {s.name: self._site_summary(s) for s in self.sites.values()},
+            "spec": spec.to_toml(),
+        }
+        self.outputs.write_model(state_dict, card)
+
+    def _privacy_header(self) -> dict[str, Any]:
+        privacy = self.spec.privacy
+        return {
+            "enabled": privacy.enabled,
+            "target_epsilon": privacy.target_epsilon if privacy.enabled else None,
+            "delta": privacy.delta if privacy.enabled else None,
+            "accountant": privacy.accountant if privacy.enabled else None,
+        }
+
+    def _site_summary(self, site: SiteRecord) -> dict[str, Any]:
+        privacy = self.spec.privacy
+        return {
+            "status": site.status,
+            "reason": site.reason,
+            "epsilon": site.epsilon if privacy.enabled else None,
+            "delta": site.delta if privacy.enabled else None,
+            "noise_multiplier": site.noise_multiplier,
+            "sample_rate": site.sample_rate,
+            "steps": site.steps,
+            "other_releases": site.other_releases,
+            "accountant": privacy.accountant if privacy.enabled else None,
+            "n_train": site.n_train,
+            "n_test": site.n_test,
+        }
+
+    def _summary(self, status: str, error: str | None) -> dict[str, Any]:
+        return {
+            "study": self.spec.study.name,
+            "status": status,
+            "error": error,
+            "rounds": self.rounds_done,
+            "planned_rounds": self.spec.training.rounds,
+            "strategy": self.spec.training.strategy,
+            "model": self.spec.model.name,
+            "privacy": self._privacy_header(),
+            "sites": {s.name: self._site_summary(s) for s in self.sites.values()},
+            "metrics": self.metrics,
+        }
+
+
+def _initial_model(spec: StudySpec, n_features: int) -> torch.nn.Module:
+    """Deterministic start: zeros for logistic regression, seeded weights for an MLP."""
+    torch.manual_seed(spec.study.seed)
+    model = build_model(spec.model.name, n_features, spec.model.hidden)
+    if spec.model.name == "logistic":
+        with torch.no_grad():
+            for param in model.parameters():
+                param.zero_()
+    return model
+
+
+def _update_problem(content: RecordDict, global_arrays: ArrayRecord, dp: bool) -> str | None:
+    """Why a train reply cannot be aggregated, or None if it can."""
+    if set(content.keys()) != {p.ARRAYS, p.METRICS}:
+        return f"unexpected records {sorted(content.keys())}"
+    arrays, metrics = content[p.ARRAYS], content[p.METRICS]
+    if not isinstance(arrays, ArrayRecord):
+        return "the weights are not an ArrayRecord"
+    expected_metrics = set(p.TRAIN_METRICS) if dp else {p.NUM_EXAMPLES}
+    if set(metrics.keys()) != expected_metrics:
+        return f"metrics {sorted(metrics.keys())} are not the whitelist {sorted(expected_metrics)}"
+    if list(arrays.keys()) != list(global_arrays.keys()):
+        return "the weights do not match the model's layers"
+    for key, array in arrays.items():
+        values = array.numpy()
+        if values.shape != global_arrays[key].numpy().shape:
+            return f"layer {key} has shape {values.shape}, expected {global_arrays[key].numpy().shape}"
+        if not np.issubdtype(values.dtype, np.floating) or not np.isfinite(values).all():
+            return f"layer {key} holds non-finite or non-float values"
+    if int(metrics[p.NUM_EXAMPLES]) < 1:
+        return "num-examples must be positive"
+    return None
+
+
+def _only(messages: Iterable[Message], nodes: set[int]) -> list[Message]:
+    return [m for m in messages if m.metadata.dst_node_id in nodes]
+
+
+def _reject_duplicate_names(sites: Iterable[SiteRecord]) -> None:
+    seen: set[str] = set()
+    for site in sites:
+        if site.name in seen:
+            raise RunFailed(f"two nodes call themselves {site.name!r}; site names must be unique")
+        seen.add(site.name)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -1,0 +1,40 @@
+"""The Flower strategy a study asks for, assembled from its spec.
+
+Aggregation is Flower's own. The run loop (``app.py``) picks which sites take part in a round and
+hands the strategy only replies that passed validation; the strategy never averages epsilon or
+any other per-site metric, which the loop records per site instead.
+"""
+
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from federation import protocol as p
+from federation.spec import StudySpec
+
+
+def build_strategy(spec: StudySpec) -> Strategy:
+    """FedAvg, FedProx or FedAdam over every site that is still in the run."""
+    common = dict(
+        fraction_train=1.0,
+        fraction_evaluate=1.0,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=1,
+        weighted_by_key=p.NUM_EXAMPLES,
+        arrayrecord_key=p.ARRAYS,
+        configrecord_key=p.CONFIG,
+        train_metrics_aggr_fn=_total_examples,
+        evaluate_metrics_aggr_fn=_total_examples,
+    )
+    strategy = spec.training.strategy
+    if strategy == "fedprox":
+        return FedProx(proximal_mu=spec.training.proximal_mu, **common)
+    if strategy == "fedadam":
+        # Server learning rate eta; the sites' own rate is the spec's learning-rate.
+        return FedAdam(eta=0.1, eta_l=spec.training.learning_rate, **common)
+    return FedAvg(**common)
+
+
+def _total_examples(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+    """The only cross-site train metric the strategy keeps: how many records took part."""
+    return MetricRecord({weight_key: sum(int(c[p.METRICS][weight_key]) for c in contents)})

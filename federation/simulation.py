@@ -1,0 +1,110 @@
+"""Run a study on one machine with Flower's simulation engine: every site a simulated node.
+
+The nodes run the same ClientApp code as a deployed SuperNode; only where a node learns its site
+(file and name) differs: here from its partition id, there from ``--node-config``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from federation.errors import AllfedError
+from federation.spec import StudySpec, parse_spec
+
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def configure_flower_environment() -> None:
+    """No telemetry, no dependency installs, and a private FLWR_HOME unless one is set."""
+    for key, value in FLOWER_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if "FLWR_HOME" not in os.environ:
+        os.environ["FLWR_HOME"] = tempfile.mkdtemp(prefix="allfed-flwr-home-")
+
+
+@dataclass(frozen=True)
+class SimulatedSites:
+    """Which site a simulated node is, by its partition id; small and picklable for Ray."""
+
+    spec_toml: str
+    sites: tuple[tuple[str, str], ...]
+
+    def __call__(self, context):
+        from federation.client.app import SiteSettings
+
+        name, path = self.sites[int(context.node_config["partition-id"])]
+        return SiteSettings(name=name, data=Path(path), spec=_parse(self.spec_toml))
+
+
+@lru_cache(maxsize=4)
+def _parse(text: str) -> StudySpec:
+    return parse_spec(text)
+
+
+def simulate(
+    spec: StudySpec,
+    sites: dict[str, Path],
+    out: Path,
+    on_round=None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run ``spec`` over ``sites`` (name -> data file) and return the run's summary.
+
+    The run directory ``out`` is written whether the run completes or fails; a failed run
+    (fewer than ``min-sites`` sites left) returns a summary with ``status: "failed"``.
+    """
+    if not sites:
+        raise AllfedError("no sites given: pass --site NAME=PATH at least once")
+    for name, path in sites.items():
+        if not Path(path).exists():
+            raise AllfedError(f"site {name}: {path}: file not found")
+    configure_flower_environment()
+
+    from flwr.simulation import run_simulation
+    from flwr.supercore.logger import update_console_handler
+
+    from federation.client.app import make_client_app
+    from federation.server.app import RunSettings, make_server_app
+    from federation.server.run import RunFailed
+
+    resolve_site = SimulatedSites(
+        spec.to_toml(), tuple((name, str(Path(path).resolve())) for name, path in sites.items())
+    )
+    settings = RunSettings(spec=spec, out=Path(out), on_round=on_round)
+    server_app = make_server_app(lambda _context: settings)
+    client_app = make_client_app(resolve_site)
+    update_console_handler(level=logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("flwr").propagate = False  # Ray installs a root handler; Flower has its own
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": max(1, min(len(sites), os.cpu_count() or 1)),
+            "include_dashboard": False,
+            "logging_level": logging.INFO if verbose else logging.ERROR,
+            "log_to_driver": verbose,
+        },
+    }
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(sites),
+            backend_config=backend_config,
+        )
+    except RunFailed:
+        pass
+    summary_path = Path(out) / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the simulation ended without writing {summary_path}")
+    return json.loads(summary_path.read_text(encoding="utf-8"))

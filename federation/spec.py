@@ -1,0 +1,379 @@
+"""The study spec: parsed and validated once into a typed object the rest of the code trusts.
+
+A spec is a TOML file written by the central team. It travels to every site inside the run
+config as TOML text (``StudySpec.to_toml``), so the site checks the very spec the server used.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from federation.errors import SpecError
+from models import MODEL_NAMES
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+ACCOUNTANTS = ("prv", "rdp")
+MISSING_RULES = ("impute", "drop")
+SCALINGS = ("federated", "site")
+
+
+@dataclass(frozen=True)
+class StudySection:
+    name: str
+    label: str
+    task: str = "binary"
+    groups: tuple[str, ...] = ()
+    consent: str | None = None
+    split: str | None = None
+    test_fraction: float = 0.3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FeatureSection:
+    numeric: tuple[str, ...] = ()
+    categorical: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    scaling: str = "federated"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every feature column, numeric first, in the spec's order."""
+        return self.numeric + tuple(self.categorical)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "logistic"
+    hidden: tuple[int, ...] = (32,)
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 0.5
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    min_sites: int = 2
+    round_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class PrivacySection:
+    enabled: bool = True
+    target_epsilon: float = 3.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+    standardization_share: float = 0.1
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    study: StudySection
+    features: FeatureSection
+    model: ModelSection = ModelSection()
+    training: TrainingSection = TrainingSection()
+    privacy: PrivacySection = PrivacySection()
+
+    def to_toml(self) -> str:
+        """Serialize to TOML text that ``parse_spec`` reads back to an equal spec."""
+        lines: list[str] = []
+        for section in fields(self):
+            lines.append(f"[{section.name}]")
+            for item in fields(getattr(self, section.name)):
+                value = getattr(getattr(self, section.name), item.name)
+                if value is None:
+                    continue
+                lines.append(f"{item.name.replace('_', '-')} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def with_overrides(self, **changes: dict[str, Any]) -> StudySpec:
+        """Return a copy with section fields replaced, e.g. ``training={"rounds": 5}``."""
+        sections = {name: replace(getattr(self, name), **values) for name, values in changes.items()}
+        spec = replace(self, **sections)
+        _check_consistency(spec, "overrides")
+        return spec
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study spec file; raise ``SpecError`` with a one-line reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: study spec not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read study spec ({exc.__class__.__name__})") from None
+    return parse_spec(text, source=str(path))
+
+
+def parse_spec(text: str, source: str = "study spec") -> StudySpec:
+    """Validate TOML text into a ``StudySpec``; every error names the key to fix."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{source}: not valid TOML ({exc})") from None
+    reader = _Reader(raw, source)
+    spec = StudySpec(
+        study=_read_study(reader.section("study", required=True)),
+        features=_read_features(reader.section("features", required=True)),
+        model=_read_model(reader.section("model")),
+        training=_read_training(reader.section("training")),
+        privacy=_read_privacy(reader.section("privacy")),
+    )
+    reader.reject_unknown_sections()
+    _check_consistency(spec, source)
+    return spec
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name ``[section] key``."""
+
+    SECTIONS = ("study", "features", "model", "training", "privacy")
+
+    def __init__(self, raw: dict[str, Any], source: str, name: str = "") -> None:
+        self.raw, self.source, self.name = raw, source, name
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> SpecError:
+        where = f"[{self.name}] {key}" if self.name else key
+        return SpecError(f"{self.source}: {where}: {problem}")
+
+    def section(self, name: str, required: bool = False) -> _Reader:
+        if name not in self.raw:
+            if required:
+                raise SpecError(f"{self.source}: missing section [{name}]")
+            return _Reader({}, self.source, name)
+        value = self.raw[name]
+        if not isinstance(value, dict):
+            raise SpecError(f"{self.source}: [{name}] must be a table")
+        return _Reader(value, self.source, name)
+
+    def reject_unknown_sections(self) -> None:
+        unknown = sorted(set(self.raw) - set(self.SECTIONS))
+        if unknown:
+            raise SpecError(
+                f"{self.source}: unknown section [{unknown[0]}]; "
+                f"expected {', '.join(f'[{s}]' for s in self.SECTIONS)}"
+            )
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices=()):
+        self.used.add(key)
+        if key not in self.raw:
+            if default is ...:
+                raise self.fail(key, "required")
+            return default
+        value = self.raw[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool:
+            raise self.fail(key, f"expected {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
+        if choices and value not in choices:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+
+    def string_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        values = self.get(key, list, list(default))
+        for item in values:
+            if not isinstance(item, str) or not item:
+                raise self.fail(key, "expected a list of column names")
+        if len(set(values)) != len(values):
+            raise self.fail(key, "lists a column twice")
+        return tuple(values)
+
+    def positive(self, key: str, kind: type, default: Any, *, allow_zero: bool = False):
+        value = self.get(key, kind, default)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(key, "must be a finite number")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise self.fail(key, f"must be {'at least 0' if allow_zero else 'positive'}")
+        return value
+
+    def check_known(self, known: tuple[str, ...]) -> None:
+        unknown = sorted(set(self.raw) - set(known))
+        if unknown:
+            raise self.fail(unknown[0], f"unknown key; expected one of {', '.join(known)}")
+
+
+def _read_study(r: _Reader) -> StudySection:
+    r.check_known(("name", "task", "label", "groups", "consent", "split", "test-fraction", "seed"))
+    test_fraction = r.get("test-fraction", float, 0.3)
+    if not 0.0 < test_fraction < 1.0:
+        raise r.fail("test-fraction", "must be between 0 and 1 (exclusive)")
+    return StudySection(
+        name=r.get("name", str, "study") or "study",
+        task=r.get("task", str, "binary", choices=("binary",)),
+        label=r.get("label", str),
+        groups=r.string_list("groups"),
+        consent=r.get("consent", str, None),
+        split=r.get("split", str, None),
+        test_fraction=test_fraction,
+        seed=r.get("seed", int, 0),
+    )
+
+
+def _read_features(r: _Reader) -> FeatureSection:
+    r.check_known(("numeric", "categorical", "missing", "bounds", "scaling"))
+    numeric = r.string_list("numeric")
+    categorical: dict[str, tuple[str, ...]] = {}
+    for column, levels in r.get("categorical", dict, {}).items():
+        if (
+            not isinstance(levels, list)
+            or not levels
+            or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in levels)
+        ):
+            raise r.fail(f"categorical.{column}", "expected a non-empty list of allowed levels")
+        as_text = tuple(str(v) for v in levels)
+        if len(set(as_text)) != len(as_text):
+            raise r.fail(f"categorical.{column}", "lists a level twice")
+        categorical[column] = as_text
+    missing: dict[str, str] = {}
+    for column, rule in r.get("missing", dict, {}).items():
+        if rule not in MISSING_RULES:
+            raise r.fail(f"missing.{column}", f"expected \"impute\" or \"drop\", got {rule!r}")
+        missing[column] = rule
+    bounds: dict[str, tuple[float, float]] = {}
+    for column, pair in r.get("bounds", dict, {}).items():
+        ok = isinstance(pair, list) and len(pair) == 2
+        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+        if not ok or not all(math.isfinite(v) for v in pair) or pair[0] >= pair[1]:
+            raise r.fail(f"bounds.{column}", "expected [LOW, HIGH] with LOW < HIGH")
+        bounds[column] = (float(pair[0]), float(pair[1]))
+    return FeatureSection(
+        numeric=numeric,
+        categorical=categorical,
+        missing=missing,
+        bounds=bounds,
+        scaling=r.get("scaling", str, "federated", choices=SCALINGS),
+    )
+
+
+def _read_model(r: _Reader) -> ModelSection:
+    r.check_known(("name", "hidden"))
+    hidden = r.get("hidden", list, [32])
+    if not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
+        raise r.fail("hidden", "expected a non-empty list of positive layer sizes")
+    return ModelSection(name=r.get("name", str, "logistic", choices=MODEL_NAMES), hidden=tuple(hidden))
+
+
+def _read_training(r: _Reader) -> TrainingSection:
+    keys = ("rounds", "local-epochs", "batch-size", "learning-rate", "strategy", "proximal-mu",
+            "min-sites", "round-timeout")
+    r.check_known(keys)
+    return TrainingSection(
+        rounds=r.positive("rounds", int, 10),
+        local_epochs=r.positive("local-epochs", int, 1),
+        batch_size=r.positive("batch-size", int, 64),
+        learning_rate=r.positive("learning-rate", float, 0.5),
+        strategy=r.get("strategy", str, "fedavg", choices=STRATEGIES),
+        proximal_mu=r.positive("proximal-mu", float, 0.01, allow_zero=True),
+        min_sites=r.positive("min-sites", int, 2),
+        round_timeout=r.positive("round-timeout", float, 600.0),
+    )
+
+
+def _read_privacy(r: _Reader) -> PrivacySection:
+    r.check_known(("enabled", "target-epsilon", "delta", "max-grad-norm", "accountant",
+                   "standardization-share"))
+    delta = r.positive("delta", float, 1e-5)
+    if delta >= 1.0:
+        raise r.fail("delta", "must be below 1 (and well below 1/records per site)")
+    share = r.positive("standardization-share", float, 0.1)
+    if share >= 1.0:
+        raise r.fail("standardization-share", "must be below 1")
+    return PrivacySection(
+        enabled=r.get("enabled", bool, True),
+        target_epsilon=r.positive("target-epsilon", float, 3.0),
+        delta=delta,
+        max_grad_norm=r.positive("max-grad-norm", float, 1.0),
+        accountant=r.get("accountant", str, "prv", choices=ACCOUNTANTS),
+        standardization_share=share,
+    )
+
+
+def federated_columns(spec: StudySpec) -> list[int]:
+    """Indices of the numeric columns whose scaling is pooled across sites."""
+    if spec.features.scaling != "federated":
+        return []
+    numeric = spec.features.numeric
+    if not spec.privacy.enabled:
+        return list(range(len(numeric)))
+    return [i for i, column in enumerate(numeric) if column in spec.features.bounds]
+
+
+def feature_names(spec: StudySpec) -> list[str]:
+    """Names of the model's input columns, in order."""
+    names = list(spec.features.numeric)
+    for column, levels in spec.features.categorical.items():
+        names += [f"{column}={level}" for level in levels]
+    return names
+
+
+def _check_consistency(spec: StudySpec, source: str) -> None:
+    """Cross-section rules: a column has one role, rules name declared columns."""
+    features = spec.features
+    if not features.columns:
+        raise SpecError(f"{source}: [features] declares no numeric or categorical column")
+    both = set(features.numeric) & set(features.categorical)
+    if both:
+        raise SpecError(f"{source}: column {sorted(both)[0]!r} is both numeric and categorical")
+    label = spec.study.label
+    roles = {"label": label, "consent": spec.study.consent, "split": spec.study.split}
+    for role, column in roles.items():
+        if column and column in features.columns:
+            raise SpecError(f"{source}: the {role} column {column!r} cannot also be a feature")
+    for table, columns in (("missing", features.missing), ("bounds", features.bounds)):
+        for column in columns:
+            if column not in features.columns:
+                raise SpecError(f"{source}: [features] {table}.{column}: not a declared feature")
+    for column in features.bounds:
+        if column not in features.numeric:
+            raise SpecError(f"{source}: [features] bounds.{column}: bounds apply to numeric features")
+    for column in spec.study.groups:
+        if column in (label, spec.study.consent, spec.study.split):
+            raise SpecError(f"{source}: [study] groups: {column!r} cannot be a group column")
+    if not 0 < spec.study.test_fraction < 1:
+        raise SpecError(f"{source}: [study] test-fraction must be between 0 and 1")
+    for name in ("rounds", "local_epochs", "batch_size", "min_sites"):
+        if getattr(spec.training, name) < 1:
+            raise SpecError(f"{source}: [training] {name.replace('_', '-')} must be at least 1")
+    if spec.privacy.target_epsilon <= 0 or not 0 < spec.privacy.delta < 1:
+        raise SpecError(f"{source}: [privacy] target-epsilon must be positive, delta in (0, 1)")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_toml_string(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'

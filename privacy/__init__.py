@@ -1,0 +1,1 @@
+"""Privacy accounting and disclosure control; never imports `federation`."""

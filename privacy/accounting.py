@@ -1,0 +1,119 @@
+"""Record-level privacy accounting for everything a site releases in a run.
+
+A site's releases are Gaussian mechanisms: DP-SGD steps (Poisson-subsampled, rate ``q``) and
+noisy sums for standardization (rate 1). Their history is a plain list of
+``(noise_multiplier, sample_rate, steps)`` triples, the same shape Opacus's accountants keep, so
+it round-trips through JSON and anyone can recompute the epsilon with another accountant.
+Opacus's PRV and RDP accountants do the composition; GDP is not offered because it can
+under-estimate epsilon.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from opacus.accountants import create_accountant
+from opacus.accountants.accountant import IAccountant
+
+ACCOUNTANTS = ("prv", "rdp")
+_MAX_NOISE = 1e4
+
+
+@dataclass(frozen=True)
+class GaussianRelease:
+    """``steps`` compositions of a Gaussian mechanism, Poisson-subsampled at ``sample_rate``.
+
+    ``noise_multiplier`` is the noise standard deviation divided by the L2 sensitivity.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(f"noise multiplier must be positive, got {self.noise_multiplier}")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+
+    def as_tuple(self) -> tuple[float, float, int]:
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+def make_accountant(name: str, releases: Iterable[GaussianRelease] = ()) -> IAccountant:
+    """An Opacus accountant of kind ``name`` that has already composed ``releases``."""
+    if name not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {name!r}; expected one of {', '.join(ACCOUNTANTS)}")
+    accountant = create_accountant(mechanism=name)
+    accountant.history = [release.as_tuple() for release in releases]
+    return accountant
+
+
+def releases_of(accountant: IAccountant) -> list[GaussianRelease]:
+    """The releases an Opacus accountant has composed, in order."""
+    return [GaussianRelease(float(s), float(q), int(t)) for s, q, t in accountant.history]
+
+
+def compute_epsilon(releases: Sequence[GaussianRelease], delta: float, accountant: str) -> float:
+    """Epsilon at ``delta`` of all ``releases`` composed; 0 when nothing was released.
+
+    PRV returns its upper bound (a guarantee, not an estimate); RDP converts with the
+    tighter conversion of Balle et al. (2020), as Opacus does.
+    """
+    if not releases:
+        return 0.0
+    with np.errstate(divide="ignore"):  # PRV of an unsampled release takes log(1 - 1)
+        return float(make_accountant(accountant, releases).get_epsilon(delta=delta))
+
+
+def calibrate_noise(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    prior: Sequence[GaussianRelease] = (),
+    tolerance: float = 0.005,
+) -> float:
+    """The smallest noise multiplier (to ``tolerance`` in epsilon) whose ``steps`` releases at
+    ``sample_rate``, composed after ``prior``, stay within ``target_epsilon``.
+
+    The whole run's steps must be passed at once: calibrating per round and reporting the
+    last round's epsilon is how benchmarks end up under-counting their privacy loss.
+    """
+    if compute_epsilon(prior, delta, accountant) >= target_epsilon:
+        raise ValueError("earlier releases already spend the whole target epsilon")
+
+    def spend(noise: float) -> float:
+        return compute_epsilon([*prior, GaussianRelease(noise, sample_rate, steps)], delta, accountant)
+
+    low, high = 0.0, 1.0
+    while spend(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > _MAX_NOISE:
+            raise ValueError(f"target epsilon {target_epsilon} is unreachable for this plan")
+    eps_high = spend(high)
+    while target_epsilon - eps_high > tolerance * target_epsilon and high - low > 1e-4:
+        middle = (low + high) / 2
+        eps_middle = spend(middle)
+        if eps_middle <= target_epsilon:
+            high, eps_high = middle, eps_middle
+        else:
+            low = middle
+    return high
+
+
+def dumps_releases(releases: Sequence[GaussianRelease]) -> str:
+    """JSON text of a release history (what a site keeps between rounds)."""
+    return json.dumps([asdict(release) for release in releases])
+
+
+def loads_releases(text: str) -> list[GaussianRelease]:
+    """Inverse of ``dumps_releases``; exact."""
+    return [GaussianRelease(**item) for item in json.loads(text)]
