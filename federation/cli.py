@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -81,12 +82,12 @@ def simulate(
     target_epsilon: Annotated[
         float | None, typer.Option(help="Override [privacy] target-epsilon.")
     ] = None,
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without differential privacy.")] = False,
+    no_dp: Annotated[
+        bool, typer.Option("--no-dp", help="Train without differential privacy.")
+    ] = False,
     strategy: Annotated[str | None, typer.Option(help="Override [training] strategy.")] = None,
     local_epochs: Annotated[int | None, typer.Option(min=1, help="Override local-epochs.")] = None,
-    learning_rate: Annotated[
-        float | None, typer.Option(help="Override learning-rate.")
-    ] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Override learning-rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override batch-size.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -148,6 +149,7 @@ def _parse_sites(values: list[str]) -> dict[str, Path]:
 def _run_and_report(spec, sites: dict[str, Path], out: Path, verbose: bool = False) -> None:
     from federation.simulation import simulate as run_simulation
 
+    _warn_about_site_scaling(spec)
     rounds = spec.training.rounds
     with Progress(
         TextColumn("[bold]round {task.completed}/{task.total}"),
@@ -172,6 +174,21 @@ def _run_and_report(spec, sites: dict[str, Path], out: Path, verbose: bool = Fal
     if summary["status"] != "completed":
         err_console.print(f"[red]run failed:[/] {summary['error']}")
         raise typer.Exit(1)
+
+
+def _warn_about_site_scaling(spec) -> None:
+    """Pooled scaling under DP needs declared bounds; say which columns go without it."""
+    from federation.spec import federated_columns
+
+    pooled = set(federated_columns(spec))
+    local = [c for i, c in enumerate(spec.features.numeric) if i not in pooled]
+    if spec.features.scaling == "federated" and local:
+        err_console.print(
+            f"[yellow]warning:[/] {', '.join(local)} have no [features] bounds, so each site "
+            "scales them by its own statistics, which can cost accuracy; declare bounds to "
+            "pool their scaling privately",
+            highlight=False,
+        )
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -214,19 +231,15 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def main() -> None:
     """Console entry point: user mistakes become one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns the code of a typer.Exit instead of raising.
+        code = app(standalone_mode=False)
     except AllfedError as error:
         err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    except click.ClickException as error:  # usage errors: click's own one-line message
+        error.show()
+        sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -6,6 +6,7 @@ The nodes run the same ClientApp code as a deployed SuperNode; only where a node
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -84,7 +85,7 @@ def simulate(
     settings = RunSettings(spec=spec, out=Path(out), on_round=on_round)
     server_app = make_server_app(lambda _context: settings)
     client_app = make_client_app(resolve_site)
-    update_console_handler(level=logging.INFO if verbose else logging.WARNING)
+    update_console_handler(level=logging.INFO if verbose else logging.ERROR)
     logging.getLogger("flwr").propagate = False  # Ray installs a root handler; Flower has its own
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -95,15 +96,13 @@ def simulate(
             "log_to_driver": verbose,
         },
     }
-    try:
+    with contextlib.suppress(RunFailed):  # the summary written by the run says why
         run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=len(sites),
             backend_config=backend_config,
         )
-    except RunFailed:
-        pass
     summary_path = Path(out) / "summary.json"
     if not summary_path.exists():
         raise RuntimeError(f"the simulation ended without writing {summary_path}")

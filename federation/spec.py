@@ -98,9 +98,11 @@ class StudySpec:
 
     def with_overrides(self, **changes: dict[str, Any]) -> StudySpec:
         """Return a copy with section fields replaced, e.g. ``training={"rounds": 5}``."""
-        sections = {name: replace(getattr(self, name), **values) for name, values in changes.items()}
+        sections = {
+            name: replace(getattr(self, name), **values) for name, values in changes.items()
+        }
         spec = replace(self, **sections)
-        _check_consistency(spec, "overrides")
+        _check_consistency(spec, "command-line overrides")
         return spec
 
 
@@ -241,7 +243,7 @@ def _read_features(r: _Reader) -> FeatureSection:
     missing: dict[str, str] = {}
     for column, rule in r.get("missing", dict, {}).items():
         if rule not in MISSING_RULES:
-            raise r.fail(f"missing.{column}", f"expected \"impute\" or \"drop\", got {rule!r}")
+            raise r.fail(f"missing.{column}", f'expected "impute" or "drop", got {rule!r}')
         missing[column] = rule
     bounds: dict[str, tuple[float, float]] = {}
     for column, pair in r.get("bounds", dict, {}).items():
@@ -262,14 +264,26 @@ def _read_features(r: _Reader) -> FeatureSection:
 def _read_model(r: _Reader) -> ModelSection:
     r.check_known(("name", "hidden"))
     hidden = r.get("hidden", list, [32])
-    if not hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
+    if not hidden or not all(
+        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
+    ):
         raise r.fail("hidden", "expected a non-empty list of positive layer sizes")
-    return ModelSection(name=r.get("name", str, "logistic", choices=MODEL_NAMES), hidden=tuple(hidden))
+    return ModelSection(
+        name=r.get("name", str, "logistic", choices=MODEL_NAMES), hidden=tuple(hidden)
+    )
 
 
 def _read_training(r: _Reader) -> TrainingSection:
-    keys = ("rounds", "local-epochs", "batch-size", "learning-rate", "strategy", "proximal-mu",
-            "min-sites", "round-timeout")
+    keys = (
+        "rounds",
+        "local-epochs",
+        "batch-size",
+        "learning-rate",
+        "strategy",
+        "proximal-mu",
+        "min-sites",
+        "round-timeout",
+    )
     r.check_known(keys)
     return TrainingSection(
         rounds=r.positive("rounds", int, 10),
@@ -284,8 +298,16 @@ def _read_training(r: _Reader) -> TrainingSection:
 
 
 def _read_privacy(r: _Reader) -> PrivacySection:
-    r.check_known(("enabled", "target-epsilon", "delta", "max-grad-norm", "accountant",
-                   "standardization-share"))
+    r.check_known(
+        (
+            "enabled",
+            "target-epsilon",
+            "delta",
+            "max-grad-norm",
+            "accountant",
+            "standardization-share",
+        )
+    )
     delta = r.positive("delta", float, 1e-5)
     if delta >= 1.0:
         raise r.fail("delta", "must be below 1 (and well below 1/records per site)")
@@ -339,7 +361,9 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
                 raise SpecError(f"{source}: [features] {table}.{column}: not a declared feature")
     for column in features.bounds:
         if column not in features.numeric:
-            raise SpecError(f"{source}: [features] bounds.{column}: bounds apply to numeric features")
+            raise SpecError(
+                f"{source}: [features] bounds.{column}: bounds apply to numeric features"
+            )
     for column in spec.study.groups:
         if column in (label, spec.study.consent, spec.study.split):
             raise SpecError(f"{source}: [study] groups: {column!r} cannot be a group column")
@@ -348,13 +372,21 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
     for name in ("rounds", "local_epochs", "batch_size", "min_sites"):
         if getattr(spec.training, name) < 1:
             raise SpecError(f"{source}: [training] {name.replace('_', '-')} must be at least 1")
-    if spec.privacy.target_epsilon <= 0 or not 0 < spec.privacy.delta < 1:
-        raise SpecError(f"{source}: [privacy] target-epsilon must be positive, delta in (0, 1)")
+    if not spec.privacy.target_epsilon > 0:
+        raise SpecError(f"{source}: [privacy] target-epsilon must be positive")
+    if not 0 < spec.privacy.delta < 1:
+        raise SpecError(f"{source}: [privacy] delta must be between 0 and 1")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 

@@ -23,17 +23,40 @@ SEXES = ("female", "male")
 RACES = ("Black", "White", "Hispanic", "Asian", "AIAN", "Other")
 RURALITY = ("urban", "rural")
 SMOKING = ("never", "former", "current")
-BOUNDS = {"age": (18, 90), "bmi": (15, 60), "sbp": (80, 220), "cholesterol": (100, 400),
-          "hba1c": (4, 14), "family_history": (0, 1)}
+BOUNDS = {
+    "age": (18, 90),
+    "bmi": (15, 60),
+    "sbp": (80, 220),
+    "cholesterol": (100, 400),
+    "hba1c": (4, 14),
+    "family_history": (0, 1),
+}
 MISSING_RATES = {"bmi": 0.03, "cholesterol": 0.05, "hba1c": 0.08, "smoking": 0.02}
-COLUMNS = ("age", "sex", "race_ethnicity", "rurality", "bmi", "sbp", "cholesterol", "hba1c",
-           "smoking", "family_history", "consent", "outcome")
+COLUMNS = (
+    "age",
+    "sex",
+    "race_ethnicity",
+    "rurality",
+    "bmi",
+    "sbp",
+    "cholesterol",
+    "hba1c",
+    "smoking",
+    "family_history",
+    "consent",
+    "outcome",
+)
 
 # The generating model: log-odds per population standard deviation (centre, sd) of each
 # numeric predictor, plus indicator effects. Fixed constants rather than sample statistics,
 # so a row's risk does not depend on which other rows it is pooled with.
-_SCALES = {"age": (55.0, 15.0), "bmi": (28.5, 6.0), "sbp": (130.0, 18.0),
-           "cholesterol": (200.0, 40.0), "hba1c": (5.8, 1.0)}
+_SCALES = {
+    "age": (55.0, 15.0),
+    "bmi": (28.5, 6.0),
+    "sbp": (130.0, 18.0),
+    "cholesterol": (200.0, 40.0),
+    "hba1c": (5.8, 1.0),
+}
 _SLOPES = {"age": 0.75, "bmi": 0.25, "sbp": 0.35, "cholesterol": 0.25, "hba1c": 0.6}
 _MALE, _FAMILY = 0.3, 0.5
 _SMOKING = {"never": 0.0, "former": 0.3, "current": 0.75}
@@ -58,18 +81,84 @@ class SiteProfile:
 
 
 PROFILES = (
-    SiteProfile("urban-academic", (50, 16), 0.55, 0.05, (0.22, 0.40, 0.20, 0.12, 0.01, 0.05),
-                (0.62, 0.25, 0.13), 27.5, -2, -0.1, -0.05, 0.97),
-    SiteProfile("rural-network", (58, 15), 0.52, 0.85, (0.05, 0.83, 0.07, 0.01, 0.02, 0.02),
-                (0.45, 0.30, 0.25), 30.0, 3, 0.0, 0.0, 0.96),
-    SiteProfile("community-health", (46, 15), 0.60, 0.25, (0.18, 0.22, 0.47, 0.06, 0.02, 0.05),
-                (0.60, 0.20, 0.20), 29.5, 0, 0.25, -0.1, 0.95),
-    SiteProfile("va-medical", (63, 13), 0.10, 0.35, (0.20, 0.65, 0.08, 0.02, 0.01, 0.04),
-                (0.35, 0.43, 0.22), 29.5, 4, 0.1, -0.4, 0.98),
-    SiteProfile("tribal-clinic", (45, 15), 0.56, 0.75, (0.01, 0.10, 0.05, 0.01, 0.80, 0.03),
-                (0.48, 0.20, 0.32), 31.0, 2, 0.45, 0.1, 0.95),
-    SiteProfile("safety-net", (48, 16), 0.50, 0.15, (0.38, 0.18, 0.34, 0.04, 0.01, 0.05),
-                (0.45, 0.23, 0.32), 30.0, 5, 0.3, 0.15, 0.95),
+    SiteProfile(
+        "urban-academic",
+        (50, 16),
+        0.55,
+        0.05,
+        (0.22, 0.40, 0.20, 0.12, 0.01, 0.05),
+        (0.62, 0.25, 0.13),
+        27.5,
+        -2,
+        -0.1,
+        -0.05,
+        0.97,
+    ),
+    SiteProfile(
+        "rural-network",
+        (58, 15),
+        0.52,
+        0.85,
+        (0.05, 0.83, 0.07, 0.01, 0.02, 0.02),
+        (0.45, 0.30, 0.25),
+        30.0,
+        3,
+        0.0,
+        0.0,
+        0.96,
+    ),
+    SiteProfile(
+        "community-health",
+        (46, 15),
+        0.60,
+        0.25,
+        (0.18, 0.22, 0.47, 0.06, 0.02, 0.05),
+        (0.60, 0.20, 0.20),
+        29.5,
+        0,
+        0.25,
+        -0.1,
+        0.95,
+    ),
+    SiteProfile(
+        "va-medical",
+        (63, 13),
+        0.10,
+        0.35,
+        (0.20, 0.65, 0.08, 0.02, 0.01, 0.04),
+        (0.35, 0.43, 0.22),
+        29.5,
+        4,
+        0.1,
+        -0.4,
+        0.98,
+    ),
+    SiteProfile(
+        "tribal-clinic",
+        (45, 15),
+        0.56,
+        0.75,
+        (0.01, 0.10, 0.05, 0.01, 0.80, 0.03),
+        (0.48, 0.20, 0.32),
+        31.0,
+        2,
+        0.45,
+        0.1,
+        0.95,
+    ),
+    SiteProfile(
+        "safety-net",
+        (48, 16),
+        0.50,
+        0.15,
+        (0.38, 0.18, 0.34, 0.04, 0.01, 0.05),
+        (0.45, 0.23, 0.32),
+        30.0,
+        5,
+        0.3,
+        0.15,
+        0.95,
+    ),
 )
 
 
@@ -107,17 +196,21 @@ def synthesize_cohort(
     if n_sites < 1 or records_per_site < 1:
         raise ValueError("n_sites and records_per_site must be at least 1")
     children = np.random.SeedSequence(seed).spawn(n_sites)
-    return {name: _site_frame(name, records_per_site, np.random.default_rng(child))
-            for name, child in zip(site_names(n_sites), children, strict=True)}
+    return {
+        name: _site_frame(name, records_per_site, np.random.default_rng(child))
+        for name, child in zip(site_names(n_sites), children, strict=True)
+    }
 
 
-def study_toml(name: str = "cardiometabolic-risk", rounds: int = 10,
-               target_epsilon: float = 3.0) -> str:
+def study_toml(
+    name: str = "cardiometabolic-risk", rounds: int = 10, target_epsilon: float = 3.0
+) -> str:
     """TOML text of a study spec for the synthetic columns, checked with ``parse_spec``.
 
     ``race_ethnicity`` is a group column (fairness is reported per group) but not a feature:
     race is a social category, not a biological risk factor, and the generating model ignores it.
     """
+
     def table(items: dict) -> str:
         return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in items.items()) + " }"
 
@@ -158,8 +251,9 @@ accountant = "prv"
     return text
 
 
-def write_cohort(out_dir: Path | str, n_sites: int, records_per_site: int, seed: int = 0,
-                 fmt: str = "csv") -> tuple[dict[str, Path], Path]:
+def write_cohort(
+    out_dir: Path | str, n_sites: int, records_per_site: int, seed: int = 0, fmt: str = "csv"
+) -> tuple[dict[str, Path], Path]:
     """Write ``<site>.csv`` (or ``.parquet``) per site and ``study.toml`` into ``out_dir``."""
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
@@ -193,22 +287,24 @@ def _site_frame(site: str, records: int, rng: np.random.Generator) -> pd.DataFra
     age = np.clip(rng.normal(*p.age, n), *BOUNDS["age"]).round()
     bmi = p.bmi + 0.04 * (age - 50) + rng.normal(0, 5.5, n)
     sbp = 122 + 0.45 * (age - 50) + 0.6 * (bmi - 28) + p.sbp + rng.normal(0, 14, n)
-    hba1c = (5.0 + 0.012 * (age - 50) + 0.05 * (bmi - 28) + p.hba1c
-             + rng.gamma(1.5, 0.5, n) - 0.25)
-    df = pd.DataFrame({
-        "age": age.astype(np.int64),
-        "sex": rng.choice(SEXES, n, p=(p.female, 1 - p.female)),
-        "race_ethnicity": rng.choice(RACES, n, p=p.races),
-        "rurality": rng.choice(RURALITY, n, p=(1 - p.rural, p.rural)),
-        "bmi": np.clip(bmi, *BOUNDS["bmi"]).round(1),
-        "sbp": np.clip(sbp, *BOUNDS["sbp"]).round().astype(np.int64),
-        "cholesterol": np.clip(195 + 0.3 * (age - 50) + rng.normal(0, 38, n),
-                               *BOUNDS["cholesterol"]).round(),
-        "hba1c": np.clip(hba1c, *BOUNDS["hba1c"]).round(1),
-        "smoking": rng.choice(SMOKING, n, p=p.smoking),
-        "family_history": (rng.random(n) < 0.25).astype(np.int64),
-        "consent": (rng.random(n) < p.consent).astype(np.int64),
-    })
+    hba1c = 5.0 + 0.012 * (age - 50) + 0.05 * (bmi - 28) + p.hba1c + rng.gamma(1.5, 0.5, n) - 0.25
+    df = pd.DataFrame(
+        {
+            "age": age.astype(np.int64),
+            "sex": rng.choice(SEXES, n, p=(p.female, 1 - p.female)),
+            "race_ethnicity": rng.choice(RACES, n, p=p.races),
+            "rurality": rng.choice(RURALITY, n, p=(1 - p.rural, p.rural)),
+            "bmi": np.clip(bmi, *BOUNDS["bmi"]).round(1),
+            "sbp": np.clip(sbp, *BOUNDS["sbp"]).round().astype(np.int64),
+            "cholesterol": np.clip(
+                195 + 0.3 * (age - 50) + rng.normal(0, 38, n), *BOUNDS["cholesterol"]
+            ).round(),
+            "hba1c": np.clip(hba1c, *BOUNDS["hba1c"]).round(1),
+            "smoking": rng.choice(SMOKING, n, p=p.smoking),
+            "family_history": (rng.random(n) < 0.25).astype(np.int64),
+            "consent": (rng.random(n) < p.consent).astype(np.int64),
+        }
+    )
     df["outcome"] = (rng.random(n) < true_risk(df, site)).astype(np.int64)
     for column, rate in MISSING_RATES.items():
         df.loc[rng.random(n) < rate, column] = None

@@ -91,7 +91,9 @@ def calibrate_noise(
         raise ValueError("earlier releases already spend the whole target epsilon")
 
     def spend(noise: float) -> float:
-        return compute_epsilon([*prior, GaussianRelease(noise, sample_rate, steps)], delta, accountant)
+        return compute_epsilon(
+            [*prior, GaussianRelease(noise, sample_rate, steps)], delta, accountant
+        )
 
     low, high = 0.0, 1.0
     while spend(high) > target_epsilon:

@@ -63,7 +63,9 @@ def test_calibrated_noise_meets_target_for_whole_run(accountant):
     assert 3.0 * 0.99 <= spent <= 3.0
     assert oracle_epsilon([*prior, GaussianRelease(noise, 1 / 11, 110)], DELTA, accountant) <= 3.0
     # Less noise would overspend: the plan is tight, not just safe.
-    looser = compute_epsilon([*prior, GaussianRelease(noise * 0.97, 1 / 11, 110)], DELTA, accountant)
+    looser = compute_epsilon(
+        [*prior, GaussianRelease(noise * 0.97, 1 / 11, 110)], DELTA, accountant
+    )
     assert looser > 3.0 * 0.99
 
 

@@ -60,8 +60,9 @@ def test_valid_file_loads_and_splits_deterministically(tmp_path):
 
 def test_csv_and_parquet_give_the_same_table(tmp_path):
     df = frame()
-    csv, parquet = load_site_table(write(df, tmp_path), SPEC), load_site_table(
-        write(df, tmp_path, "site.parquet"), SPEC
+    csv, parquet = (
+        load_site_table(write(df, tmp_path), SPEC),
+        load_site_table(write(df, tmp_path, "site.parquet"), SPEC),
     )
     assert np.allclose(csv.numeric, parquet.numeric, equal_nan=True)
     assert np.array_equal(csv.categorical, parquet.categorical)
@@ -71,9 +72,11 @@ def test_csv_and_parquet_give_the_same_table(tmp_path):
 def test_only_consented_rows_are_used(tmp_path):
     df = frame()
     df.loc[:39, "consent"] = 0
-    assert load_site_table(write(df, tmp_path), SPEC).n_train + load_site_table(
-        write(df, tmp_path), SPEC
-    ).n_test == 60
+    assert (
+        load_site_table(write(df, tmp_path), SPEC).n_train
+        + load_site_table(write(df, tmp_path), SPEC).n_test
+        == 60
+    )
 
 
 def test_missing_values_follow_the_rules(tmp_path):
@@ -86,7 +89,7 @@ def test_missing_values_follow_the_rules(tmp_path):
 
 
 def test_split_column_is_respected(tmp_path):
-    spec = parse_spec(SPEC.to_toml().replace('seed = 3', 'seed = 3\nsplit = "part"'))
+    spec = parse_spec(SPEC.to_toml().replace("seed = 3", 'seed = 3\nsplit = "part"'))
     df = frame()
     df["part"] = ["test" if i % 4 == 0 else "train" for i in range(100)]
     table = load_site_table(write(df, tmp_path), spec)
@@ -98,15 +101,23 @@ def test_split_column_is_respected(tmp_path):
     [
         (lambda d: d.drop(columns="bmi"), "missing column 'bmi'"),
         (lambda d: d.drop(columns="race"), "missing column 'race'"),
-        (lambda d: d.assign(age=d["age"].astype(object).where(d.index != 7, "old")),
-         r"column 'age' is numeric in the spec but has 1 non-numeric values \(row 9\)"),
-        (lambda d: d.assign(age=d["age"].astype(float).where(d.index != 0, np.inf)),
-         r"column 'age' has 1 infinite values \(row 2\)"),
-        (lambda d: d.assign(age=d["age"].astype(float).where(d.index > 2, np.nan)),
-         r"column 'age' has 3 missing values \(rows 2, 3, 4\) and the spec has no rule"),
+        (
+            lambda d: d.assign(age=d["age"].astype(object).where(d.index != 7, "old")),
+            r"column 'age' is numeric in the spec but has 1 non-numeric values \(row 9\)",
+        ),
+        (
+            lambda d: d.assign(age=d["age"].astype(float).where(d.index != 0, np.inf)),
+            r"column 'age' has 1 infinite values \(row 2\)",
+        ),
+        (
+            lambda d: d.assign(age=d["age"].astype(float).where(d.index > 2, np.nan)),
+            r"column 'age' has 3 missing values \(rows 2, 3, 4\) and the spec has no rule",
+        ),
         (lambda d: d.assign(y=d["y"].where(d.index != 5, 2)), r"label column 'y' must be 0 or 1"),
-        (lambda d: d.assign(sex=d["sex"].where(d.index != 10, "unknown")),
-         r"column 'sex' has 1 values that are not among its declared levels \(row 12\)"),
+        (
+            lambda d: d.assign(sex=d["sex"].where(d.index != 10, "unknown")),
+            r"column 'sex' has 1 values that are not among its declared levels \(row 12\)",
+        ),
         (lambda d: d.assign(consent="maybe"), "consent column 'consent' has 100 values"),
         (lambda d: d.assign(consent=0), "no record has consent"),
         (lambda d: d.head(30), "training records .* DP training needs at least 30"),

@@ -41,7 +41,9 @@ def test_pooled_scaling_needs_bounds_under_dp():
     spec = parse_spec(MINIMAL)
     assert federated_columns(spec) == []
     assert federated_columns(spec.with_overrides(privacy={"enabled": False})) == [0]
-    bounded = parse_spec(MINIMAL.replace('numeric = ["age"]', 'numeric = ["age"]\nbounds = { age = [18, 90] }'))
+    bounded = parse_spec(
+        MINIMAL.replace('numeric = ["age"]', 'numeric = ["age"]\nbounds = { age = [18, 90] }')
+    )
     assert federated_columns(bounded) == [0]
 
 
@@ -66,7 +68,10 @@ def test_pooled_scaling_needs_bounds_under_dp():
         (MINIMAL + "missing = { age = 'mean' }", r"missing.age: expected \"impute\" or \"drop\""),
         (MINIMAL + "bounds = { age = [90, 18] }", r"bounds.age: expected \[LOW, HIGH\]"),
         (MINIMAL + "categorical = { sex = [] }", "non-empty list of allowed levels"),
-        (MINIMAL.replace('["age"]', '["outcome"]'), "label column 'outcome' cannot also be a feature"),
+        (
+            MINIMAL.replace('["age"]', '["outcome"]'),
+            "label column 'outcome' cannot also be a feature",
+        ),
         ("[study\nlabel=", "not valid TOML"),
         (MINIMAL.replace("[study]", "[study]\ntest-fraction = 1.0"), "test-fraction"),
     ],

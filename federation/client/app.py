@@ -60,7 +60,7 @@ def settings_from_context(context: Context) -> SiteSettings:
     """Deployment: data and site name from ``--node-config``, the study from the run config."""
     node, run = context.node_config, context.run_config
     if p.NODE_DATA not in node:
-        raise AllfedError('the SuperNode needs --node-config \'data="PATH"\' (its site data file)')
+        raise AllfedError("the SuperNode needs --node-config 'data=\"PATH\"' (its site data file)")
     if run.get(p.RUN_STUDY):
         spec = parse_spec(str(run[p.RUN_STUDY]), source="run config 'study'")
     elif run.get(p.RUN_STUDY_FILE):
@@ -71,7 +71,9 @@ def settings_from_context(context: Context) -> SiteSettings:
     return SiteSettings(name=name, data=Path(str(node[p.NODE_DATA])), spec=spec)
 
 
-def make_client_app(resolve: Callable[[Context], SiteSettings] = settings_from_context) -> ClientApp:
+def make_client_app(
+    resolve: Callable[[Context], SiteSettings] = settings_from_context,
+) -> ClientApp:
     """A ClientApp whose site settings come from ``resolve`` (deployment or simulation)."""
     client_app = ClientApp()
 
@@ -94,11 +96,13 @@ def _setup(msg: Message, context: Context, resolve) -> RecordDict:
     """Check the data and, when scaling is pooled, release this site's (noisy) sums."""
     try:
         site = resolve(context)
+    except AllfedError as error:
+        return _status(_safe_name(context), p.FAILED, str(error))
+    try:
         table = _load(site)
     except AllfedError as error:
-        name = _safe_name(context)
-        log.error("site %s cannot join: %s", name, error)
-        return _status(name, p.FAILED, str(error))
+        log.error("site %s cannot join: %s", site.name, error)
+        return _status(site.name, p.FAILED, str(error))
     spec = site.spec
     metrics = MetricRecord({p.N_TRAIN: table.n_train, p.N_TEST: table.n_test})
     releases: list[GaussianRelease] = []
@@ -148,11 +152,13 @@ def _train(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
             spec.privacy.accountant,
             state["releases"],
         )
-        history = train_dp(
-            model, x, y, settings, plan, spec.privacy.accountant, state["releases"]
-        )
+        history = train_dp(model, x, y, settings, plan, spec.privacy.accountant, state["releases"])
         _save_state(context, releases=history, plan=plan)
-        sgd = [r for r in history if r.sample_rate == plan.sample_rate and r.noise_multiplier == plan.noise_multiplier]
+        sgd = [
+            r
+            for r in history
+            if r.sample_rate == plan.sample_rate and r.noise_multiplier == plan.noise_multiplier
+        ]
         metrics[p.EPSILON] = compute_epsilon(history, spec.privacy.delta, spec.privacy.accountant)
         metrics[p.DELTA] = spec.privacy.delta
         metrics[p.NOISE_MULTIPLIER] = plan.noise_multiplier
@@ -248,7 +254,11 @@ def _save_state(context: Context, releases: list[GaussianRelease], plan: DPPlan 
 
 def _status(site: str, state: str, reason: str) -> RecordDict:
     return RecordDict(
-        {p.STATUS: ConfigRecord({p.STATUS_SITE: site, p.STATUS_STATE: state, p.STATUS_REASON: reason})}
+        {
+            p.STATUS: ConfigRecord(
+                {p.STATUS_SITE: site, p.STATUS_STATE: state, p.STATUS_REASON: reason}
+            )
+        }
     )
 
 

@@ -83,7 +83,9 @@ def read_table(path: Path) -> pd.DataFrame:
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: malformed CSV ({_parser_reason(exc)})") from None
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read as {suffix or 'CSV'} ({type(exc).__name__})") from None
+        raise DataError(
+            f"{path}: cannot read as {suffix or 'CSV'} ({type(exc).__name__})"
+        ) from None
     if suffix not in (".parquet", ".pq"):
         _reject_duplicate_header(path)
     if frame.empty:
@@ -110,7 +112,9 @@ def check_table(frame: pd.DataFrame, spec: StudySpec, source: str) -> SiteTable:
     required += [c for c in (study.consent, study.split) if c]
     missing_columns = [c for c in dict.fromkeys(required) if c not in frame.columns]
     if missing_columns:
-        raise DataError(f"{source}: missing column {missing_columns[0]!r} required by the study spec")
+        raise DataError(
+            f"{source}: missing column {missing_columns[0]!r} required by the study spec"
+        )
 
     rows = pd.Series(np.arange(len(frame)) + 2, index=frame.index)  # spreadsheet row numbers
     if study.consent:
@@ -119,7 +123,8 @@ def check_table(frame: pd.DataFrame, spec: StudySpec, source: str) -> SiteTable:
     numeric = {c: _to_numeric(frame[c], rows, c, source) for c in features.numeric}
     label = _to_label(frame[study.label], rows, study.label, source)
     categorical = {
-        c: _to_levels(frame[c], rows, c, features.categorical[c], source) for c in features.categorical
+        c: _to_levels(frame[c], rows, c, features.categorical[c], source)
+        for c in features.categorical
     }
 
     keep = np.ones(len(frame), dtype=bool)
@@ -139,7 +144,9 @@ def check_table(frame: pd.DataFrame, spec: StudySpec, source: str) -> SiteTable:
             keep &= ~absent
 
     is_test = _split(frame, rows, label, spec, source)
-    groups = {g: frame[g].fillna("missing").astype(str).str.strip().to_numpy() for g in study.groups}
+    groups = {
+        g: frame[g].fillna("missing").astype(str).str.strip().to_numpy() for g in study.groups
+    }
     table = SiteTable(
         numeric=np.column_stack([numeric[c] for c in features.numeric]).astype(float)[keep]
         if features.numeric
@@ -256,7 +263,9 @@ def _split(frame, rows, label, spec: StudySpec, source: str) -> np.ndarray:
     indices = np.arange(len(label))
     stratify = label if min(label.sum(), len(label) - label.sum()) >= 2 else None
     if len(label) < 2:
-        raise DataError(f"{source}: only {len(label)} usable records; need at least {MIN_TRAIN_RECORDS}")
+        raise DataError(
+            f"{source}: only {len(label)} usable records; need at least {MIN_TRAIN_RECORDS}"
+        )
     _, test = train_test_split(
         indices, test_size=study.test_fraction, random_state=study.seed, stratify=stratify
     )
@@ -274,7 +283,9 @@ def _check_trainable(table: SiteTable, source: str) -> None:
         )
     train_labels = table.label[~table.is_test]
     if train_labels.min() == train_labels.max():
-        raise DataError(f"{source}: every training record has the same label; a risk model needs both")
+        raise DataError(
+            f"{source}: every training record has the same label; a risk model needs both"
+        )
 
 
 def _first_rows(rows: pd.Series, mask: np.ndarray, limit: int = 5) -> str:

@@ -120,11 +120,14 @@ def render_model_card(card: dict[str, Any]) -> str:
             f"target epsilon {privacy['target_epsilon']} at delta {privacy['delta']} per site "
             "for the whole run."
         )
-        lines += ["", "| site | epsilon | noise multiplier | sample rate | steps |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| site | epsilon | noise multiplier | sample rate | steps |",
+            "|---|---|---|---|---|",
+        ]
         for name, site in card["sites"].items():
             eps = site.get("epsilon")
-            lines.append(
-                f"| {name} | {eps if eps is None else round(eps, 4)} | "
-                f"{site.get('noise_multiplier')} | {site.get('sample_rate')} | {site.get('steps')} |"
-            )
+            accounting = [site.get(k) for k in ("noise_multiplier", "sample_rate", "steps")]
+            cells = [name, eps if eps is None else round(eps, 4), *accounting]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from federation.server.standardization import pooled_scaling
 from federation.server.strategy import build_strategy
 from federation.spec import StudySpec, feature_names, federated_columns
 from models.registry import build_model
+from privacy.disclosure import is_disclosive
 
 log = logging.getLogger("allfed.server")
 
@@ -129,7 +130,9 @@ class StudyRun:
     def _setup(self) -> None:
         nodes = self._wait_for_nodes()
         messages = [
-            Message(content=RecordDict({p.CONFIG: ConfigRecord()}), message_type=p.SETUP, dst_node_id=n)
+            Message(
+                content=RecordDict({p.CONFIG: ConfigRecord()}), message_type=p.SETUP, dst_node_id=n
+            )
             for n in nodes
         ]
         for node in nodes:
@@ -209,10 +212,9 @@ class StudyRun:
                 continue
             if reply.has_error():
                 site.fail(p.FAILED, f"node error: {_short(reply.error.reason)}")
-            elif p.STATUS in reply.content.config_records and reply.content[p.STATUS][
-                p.STATUS_STATE
-            ] != p.OK:
+            elif _declined(reply):
                 status = reply.content[p.STATUS]
+                site.name = str(status[p.STATUS_SITE])
                 site.fail(str(status[p.STATUS_STATE]), str(status[p.STATUS_REASON]))
             else:
                 usable.append(reply)
@@ -233,7 +235,9 @@ class StudyRun:
             site.sample_rate = float(metrics[p.SAMPLE_RATE])
             site.steps = int(metrics[p.STEPS])
             if site.epsilon > self.spec.privacy.target_epsilon * 1.0001:
-                log.warning("site %s reports epsilon %.4f above the target", site.name, site.epsilon)
+                log.warning(
+                    "site %s reports epsilon %.4f above the target", site.name, site.epsilon
+                )
         return True
 
     def _evaluate(self, arrays: ArrayRecord) -> dict[str, Any]:
@@ -271,7 +275,7 @@ class StudyRun:
             levels = sorted(set(groups.get(column, {})) | set(withheld.get(column, {})))
             per_group[column] = {
                 level: {
-                    "metrics": metrics_or_none(groups.get(column, {}).get(level)),
+                    "metrics": metrics_or_none(_releasable(groups.get(column, {}).get(level))),
                     "sites_withheld": withheld.get(column, {}).get(level, 0),
                 }
                 for level in levels
@@ -285,7 +289,13 @@ class StudyRun:
         state_dict = arrays.to_torch_state_dict()
         names = feature_names(spec)
         center, scale = self.scaling
-        pooled = dict(zip([spec.features.numeric[i] for i in federated_columns(spec)], zip(center, scale, strict=True), strict=True))
+        pooled = dict(
+            zip(
+                [spec.features.numeric[i] for i in federated_columns(spec)],
+                zip(center, scale, strict=True),
+                strict=True,
+            )
+        )
         scaling_rows = []
         for column in spec.features.numeric:
             c, s = pooled.get(column, (None, None))
@@ -294,7 +304,9 @@ class StudyRun:
                     "feature": column,
                     "center": c,
                     "scale": s,
-                    "bounds": list(spec.features.bounds[column]) if column in spec.features.bounds else None,
+                    "bounds": list(spec.features.bounds[column])
+                    if column in spec.features.bounds
+                    else None,
                     "source": "federation" if column in pooled else "each site's own training rows",
                 }
             )
@@ -383,12 +395,29 @@ def _update_problem(content: RecordDict, global_arrays: ArrayRecord, dp: bool) -
     for key, array in arrays.items():
         values = array.numpy()
         if values.shape != global_arrays[key].numpy().shape:
-            return f"layer {key} has shape {values.shape}, expected {global_arrays[key].numpy().shape}"
+            return (
+                f"layer {key} has shape {values.shape}, expected {global_arrays[key].numpy().shape}"
+            )
         if not np.issubdtype(values.dtype, np.floating) or not np.isfinite(values).all():
             return f"layer {key} holds non-finite or non-float values"
     if int(metrics[p.NUM_EXAMPLES]) < 1:
         return "num-examples must be positive"
     return None
+
+
+def _releasable(stats: ScoreStats | None) -> ScoreStats | None:
+    """A group's statistics if none of its released counts is a small cell, else None."""
+    if stats is None or any(
+        is_disclosive(c) for c in (stats.n, stats.n_pos, stats.n - stats.n_pos)
+    ):
+        return None
+    return stats
+
+
+def _declined(reply: Message) -> bool:
+    """A reply in which the site says it failed or refused (with its reason)."""
+    status = reply.content.config_records.get(p.STATUS)
+    return status is not None and status[p.STATUS_STATE] != p.OK
 
 
 def _only(messages: Iterable[Message], nodes: set[int]) -> list[Message]:

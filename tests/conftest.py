@@ -1,0 +1,18 @@
+"""Shared fixtures: a private FLWR_HOME, no telemetry, and small synthetic cohorts."""
+
+import pytest
+
+from federation.synth import write_cohort
+
+
+@pytest.fixture(autouse=True)
+def flower_environment(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory):
+    """Three synthetic sites of about 600 records and their study spec."""
+    return write_cohort(tmp_path_factory.mktemp("cohort"), n_sites=3, records_per_site=600, seed=11)

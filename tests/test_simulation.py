@@ -1,0 +1,134 @@
+"""End to end: a real Flower simulation of a small federation, and the CLI around it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import dp_accounting
+import pandas as pd
+import pytest
+import torch
+from dp_accounting import pld
+
+from federation.simulation import simulate
+from federation.spec import feature_names, load_spec
+from models.registry import build_model
+
+pytestmark = pytest.mark.slow
+
+
+def independent_epsilon(site, delta):
+    """Recompute a site's epsilon from summary.json alone, with Google's PLD accountant."""
+    events = [
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(
+                site["sample_rate"], dp_accounting.GaussianDpEvent(site["noise_multiplier"])
+            ),
+            site["steps"],
+        )
+    ]
+    events += [
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.GaussianDpEvent(other["noise_multiplier"]), other["steps"]
+        )
+        for other in site["other_releases"]
+    ]
+    accountant = pld.PLDAccountant(value_discretization_interval=1e-4)
+    return accountant.compose(dp_accounting.ComposedDpEvent(events)).get_epsilon(delta)
+
+
+def test_dp_federation_end_to_end_with_a_broken_site(cohort, tmp_path):
+    files, spec_path = cohort
+    spec = load_spec(spec_path).with_overrides(training={"rounds": 4, "strategy": "fedprox"})
+    broken = tmp_path / "broken.csv"
+    pd.read_csv(next(iter(files.values()))).assign(outcome=7).to_csv(broken, index=False)
+    sites = {**files, "broken-site": broken}
+    out = tmp_path / "run"
+    rounds_seen = []
+
+    summary = simulate(spec, sites, out, on_round=lambda r, row: rounds_seen.append(r))
+
+    assert summary["status"] == "completed" and summary["rounds"] == 4
+    assert rounds_seen == [1, 2, 3, 4]
+    assert summary["sites"]["broken-site"]["status"] == "failed"
+    assert "label column 'outcome' must be 0 or 1" in summary["sites"]["broken-site"]["reason"]
+    target, delta = spec.privacy.target_epsilon, spec.privacy.delta
+    for name in files:
+        site = summary["sites"][name]
+        assert site["status"] == "ok" and site["reason"] is None
+        assert 0 < site["epsilon"] <= target
+        assert site["steps"] > 0 and 0 < site["sample_rate"] <= 1 and site["noise_multiplier"] > 0
+        # Anyone can recompute the epsilon from the summary: within 2%, never under-reported.
+        oracle = independent_epsilon(site, delta)
+        assert site["epsilon"] == pytest.approx(oracle, rel=0.02)
+        assert site["epsilon"] >= oracle * 0.995
+
+    pooled = summary["metrics"]["pooled"]
+    assert (
+        pooled["auroc"] > 0.65 and pooled["auroc_ci"][0] < pooled["auroc"] < pooled["auroc_ci"][1]
+    )
+    assert set(summary["metrics"]["per_site"]) == set(files)
+    assert set(summary["metrics"]["per_group"]) == set(spec.study.groups)
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2, 3, 4]
+    epsilons = [json.loads(line)["epsilon"][next(iter(files))] for line in lines]
+    assert epsilons == sorted(epsilons)  # cumulative, never reset per round
+
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["features"] == feature_names(spec)
+    model = build_model(spec.model.name, len(card["features"]))
+    model.load_state_dict(torch.load(out / "model.pt"))
+    assert (out / "model_card.md").read_text().startswith("# Model card")
+    assert "round 4/4" in (out / "run.log").read_text()
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-c", "from federation.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "120"},
+        timeout=600,
+    )
+
+
+def test_cli_simulate_without_dp_and_with_fedadam(cohort, tmp_path):
+    files, spec_path = cohort
+    args = ["simulate", "--study", str(spec_path), "--out", str(tmp_path / "run")]
+    for name, path in list(files.items())[:2]:
+        args += ["--site", f"{name}={path}"]
+    result = run_cli(*args, "--rounds", "2", "--no-dp", "--strategy", "fedadam")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["privacy"]["enabled"] is False and summary["strategy"] == "fedadam"
+    assert all(site["epsilon"] is None for site in summary["sites"].values())
+    assert summary["metrics"]["pooled"]["auroc"] > 0.6
+    assert "pooled" in result.stdout
+
+
+def test_cli_run_with_too_few_sites_left_fails_with_reason(cohort, tmp_path):
+    files, spec_path = cohort
+    bad = tmp_path / "bad.csv"
+    bad.write_text("age,sex\n1,female\n")
+    name, path = next(iter(files.items()))
+    result = run_cli(
+        "simulate",
+        "--study",
+        str(spec_path),
+        "--out",
+        str(tmp_path / "run"),
+        "--site",
+        f"{name}={path}",
+        "--site",
+        f"bad={bad}",
+        "--rounds",
+        "1",
+    )
+    assert result.returncode == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "min-sites = 2" in summary["error"]
+    assert summary["sites"]["bad"]["status"] == "failed"
+    assert "Traceback" not in result.stderr
