@@ -166,7 +166,7 @@ def _run_and_report(spec, sites: dict[str, Path], out: Path, verbose: bool = Fal
             spent = [e for e in row["epsilon"].values() if e is not None]
             status = f"pooled AUROC {auroc:.3f}" if auroc is not None else "pooled AUROC n/a"
             if spent:
-                status += f", max site epsilon {max(spent):.2f}"
+                status += f", max site epsilon {max(spent):.3f}"
             progress.update(task, completed=server_round, status=status)
 
         summary = run_simulation(spec, sites, out, on_round=on_round, verbose=verbose)
@@ -205,7 +205,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             str(site["n_train"]),
             str(site["n_test"]),
             _fmt(auroc),
-            _fmt(site["epsilon"], 2) if site["epsilon"] is not None else "no DP",
+            _fmt(site["epsilon"]) if site["epsilon"] is not None else "no DP",
         )
     ci = pooled.get("auroc_ci") or [None, None]
     table.add_section()

@@ -18,6 +18,7 @@ STATUS = "status"
 RUN_STUDY = "study"
 RUN_STUDY_FILE = "study-file"
 RUN_OUT = "out"
+RUN_SITES = "sites"  # local simulation only: "NAME=PATH,NAME=PATH" by partition id
 NODE_DATA = "data"
 NODE_SITE = "site"
 

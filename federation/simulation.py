@@ -86,7 +86,10 @@ def simulate(
     server_app = make_server_app(lambda _context: settings)
     client_app = make_client_app(resolve_site)
     update_console_handler(level=logging.INFO if verbose else logging.ERROR)
-    logging.getLogger("flwr").propagate = False  # Ray installs a root handler; Flower has its own
+    # Ray installs a root log handler; keep Flower's and allfed's records out of it (they still
+    # reach run.log, and Flower's own console handler in verbose mode).
+    logging.getLogger("flwr").propagate = False
+    logging.getLogger("allfed").propagate = verbose
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {

@@ -59,7 +59,11 @@ class SiteSettings:
 def settings_from_context(context: Context) -> SiteSettings:
     """Deployment: data and site name from ``--node-config``, the study from the run config."""
     node, run = context.node_config, context.run_config
-    if p.NODE_DATA not in node:
+    if p.NODE_DATA in node:
+        data, name = str(node[p.NODE_DATA]), str(node.get(p.NODE_SITE) or f"node-{context.node_id}")
+    elif "partition-id" in node and run.get(p.RUN_SITES):
+        name, data = _site_of_partition(str(run[p.RUN_SITES]), int(node["partition-id"]))
+    else:
         raise AllfedError("the SuperNode needs --node-config 'data=\"PATH\"' (its site data file)")
     if run.get(p.RUN_STUDY):
         spec = parse_spec(str(run[p.RUN_STUDY]), source="run config 'study'")
@@ -67,8 +71,18 @@ def settings_from_context(context: Context) -> SiteSettings:
         spec = load_spec(str(run[p.RUN_STUDY_FILE]))
     else:
         raise AllfedError("the run config has no study spec ('study' or 'study-file')")
-    name = str(node.get(p.NODE_SITE) or f"node-{context.node_id}")
-    return SiteSettings(name=name, data=Path(str(node[p.NODE_DATA])), spec=spec)
+    return SiteSettings(name=name, data=Path(data), spec=spec)
+
+
+def _site_of_partition(sites: str, partition: int) -> tuple[str, str]:
+    """``flwr run`` on the local simulation engine: run config ``sites = "A=PATH,B=PATH"``."""
+    entries = [entry.partition("=") for entry in sites.split(",") if entry.strip()]
+    if partition >= len(entries):
+        raise AllfedError(
+            f"run config 'sites' names {len(entries)} sites; node {partition} has none"
+        )
+    name, _, path = entries[partition]
+    return name.strip(), path.strip()
 
 
 def make_client_app(

@@ -86,6 +86,8 @@ def train_dp(
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate)
     with warnings.catch_warnings():
+        # Opacus warns about its non-cryptographic RNG and torch about full backward hooks on
+        # every round; both are known and documented in the README.
         warnings.simplefilter("ignore")
         private_model, optimizer, private_loader = engine.make_private(
             module=model,
@@ -95,9 +97,9 @@ def train_dp(
             max_grad_norm=settings.max_grad_norm,
             poisson_sampling=True,
         )
-    if abs(private_loader.sample_rate - plan.sample_rate) > 1e-12:
-        raise RuntimeError("the data loader's sampling rate differs from the privacy plan")
-    _run_epochs(private_model, optimizer, private_loader, settings)
+        if abs(private_loader.sample_rate - plan.sample_rate) > 1e-12:
+            raise RuntimeError("the data loader's sampling rate differs from the privacy plan")
+        _run_epochs(private_model, optimizer, private_loader, settings)
     return releases_of(engine.accountant)
 
 
