@@ -184,7 +184,7 @@ def _warn_about_site_scaling(spec) -> None:
     local = [c for i, c in enumerate(spec.features.numeric) if i not in pooled]
     if spec.features.scaling == "federated" and local:
         err_console.print(
-            f"[yellow]warning:[/] {', '.join(local)} have no [features] bounds, so each site "
+            f"[yellow]warning:[/] {', '.join(local)} have no \\[features] bounds, so each site "
             "scales them by its own statistics, which can cost accuracy; declare bounds to "
             "pool their scaling privately",
             highlight=False,

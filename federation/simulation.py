@@ -30,6 +30,7 @@ def configure_flower_environment() -> None:
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning
     if "FLWR_HOME" not in os.environ:
         os.environ["FLWR_HOME"] = tempfile.mkdtemp(prefix="allfed-flwr-home-")
 

@@ -40,6 +40,7 @@ class FeatureSection:
     missing: dict[str, str] = field(default_factory=dict)
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     scaling: str = "federated"
+    na_values: tuple[str, ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -226,7 +227,7 @@ def _read_study(r: _Reader) -> StudySection:
 
 
 def _read_features(r: _Reader) -> FeatureSection:
-    r.check_known(("numeric", "categorical", "missing", "bounds", "scaling"))
+    r.check_known(("numeric", "categorical", "missing", "bounds", "scaling", "na-values"))
     numeric = r.string_list("numeric")
     categorical: dict[str, tuple[str, ...]] = {}
     for column, levels in r.get("categorical", dict, {}).items():
@@ -258,6 +259,7 @@ def _read_features(r: _Reader) -> FeatureSection:
         missing=missing,
         bounds=bounds,
         scaling=r.get("scaling", str, "federated", choices=SCALINGS),
+        na_values=r.string_list("na-values"),
     )
 
 

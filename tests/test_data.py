@@ -179,3 +179,15 @@ def test_scaling_sums_are_bounded_per_record(tmp_path):
     # Values mapped into [0, 1] by their bounds: each record adds at most 1 to each sum.
     assert (total <= counts).all() and (squares <= counts).all()
     assert (counts == table.n_train).all()
+
+
+def test_declared_missing_markers_become_missing_values(tmp_path):
+    df = frame().astype({"bmi": object})
+    df.loc[[3, 4], "bmi"] = "?"
+    path = write(df, tmp_path)
+    with pytest.raises(DataError, match="list the marker in \\[features\\] na-values"):
+        load_site_table(path, SPEC)
+    spec = SPEC.with_overrides(features={"na_values": ("?",)})
+    assert np.isnan(load_site_table(path, spec).numeric[:, 1]).sum() == 2
+    parquet = write(df.astype({"bmi": str}), tmp_path, "site.parquet")
+    assert np.isnan(load_site_table(parquet, spec).numeric[:, 1]).sum() == 2

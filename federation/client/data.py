@@ -56,12 +56,13 @@ class SiteTable:
 def load_site_table(path: str | Path, spec: StudySpec) -> SiteTable:
     """Read ``path`` (CSV or Parquet) and check it against ``spec``; raise ``DataError``."""
     path = Path(path)
-    frame = read_table(path)
+    frame = read_table(path, spec.features.na_values)
     return check_table(frame, spec, source=str(path))
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Every column as text (NaN for empty cells), so that types are checked by us, not guessed."""
+def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Every column as text (NaN for empty cells and ``na_values`` markers), so that types are
+    checked by us, not guessed."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
@@ -74,8 +75,15 @@ def read_table(path: Path) -> pd.DataFrame:
             frame = pd.read_parquet(path)
             frame = frame.astype(object).where(frame.notna(), np.nan)
             frame = frame.map(lambda v: v if v is np.nan else str(v))
+            frame = frame.replace(list(na_values), np.nan) if na_values else frame
         else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
+            frame = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=True,
+                na_values=list(na_values),
+                skipinitialspace=True,
+            )
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text (binary or another encoding)") from None
     except pd.errors.EmptyDataError:
@@ -195,7 +203,8 @@ def _to_numeric(values: pd.Series, rows: pd.Series, column: str, source: str) ->
     if bad.any():
         raise DataError(
             f"{source}: column {column!r} is numeric in the spec but has {int(bad.sum())} "
-            f"non-numeric values ({_first_rows(rows, bad.to_numpy())})"
+            f"non-numeric values ({_first_rows(rows, bad.to_numpy())}); if they mark missing "
+            "values, list the marker in [features] na-values"
         )
     array = parsed.to_numpy(dtype=float)
     infinite = np.isinf(array)
