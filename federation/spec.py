@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from federation.errors import SpecError
+from federation.protocol import RUN_STUDY, RUN_STUDY_FILE
 from models import MODEL_NAMES
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
@@ -117,6 +119,15 @@ def load_spec(path: str | Path) -> StudySpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read study spec ({exc.__class__.__name__})") from None
     return parse_spec(text, source=str(path))
+
+
+def spec_from_run_config(run_config: Mapping[str, Any]) -> StudySpec:
+    """The study a Flower run carries: TOML text under ``study`` or a path under ``study-file``."""
+    if run_config.get(RUN_STUDY):
+        return parse_spec(str(run_config[RUN_STUDY]), source=f"run config '{RUN_STUDY}'")
+    if run_config.get(RUN_STUDY_FILE):
+        return load_spec(str(run_config[RUN_STUDY_FILE]))
+    raise SpecError(f"the run config has no study spec: pass --run-config {RUN_STUDY_FILE}=PATH")
 
 
 def parse_spec(text: str, source: str = "study spec") -> StudySpec:

@@ -141,3 +141,12 @@ def test_training_without_dp_sends_only_the_example_count(node):
     weights = reply.content[p.ARRAYS].to_torch_state_dict()
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert not np.allclose(weights["0.weight"].numpy(), 0)
+
+
+def test_a_site_refuses_a_delta_too_weak_for_its_size(node):
+    app, context, site = node
+    weak = SiteSettings(site.name, site.data, site.spec.with_overrides(privacy={"delta": 0.01}))
+    app = make_client_app(lambda _context: weak)
+    reply = send(app, context, p.SETUP, RecordDict({p.CONFIG: ConfigRecord()})).content
+    assert reply[p.STATUS][p.STATUS_STATE] == p.REFUSED
+    assert "delta 0.01 is too weak" in reply[p.STATUS][p.STATUS_REASON]

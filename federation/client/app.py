@@ -31,7 +31,7 @@ from federation.client.features import (
 from federation.client.training import DPPlan, LocalSettings, plan_dp, train_dp, train_plain
 from federation.errors import AllfedError
 from federation.scorestats import ScoreStats, group_stats, groups_to_record
-from federation.spec import StudySpec, load_spec, parse_spec
+from federation.spec import StudySpec, spec_from_run_config
 from models.registry import build_model
 from privacy.accounting import (
     GaussianRelease,
@@ -65,13 +65,7 @@ def settings_from_context(context: Context) -> SiteSettings:
         name, data = _site_of_partition(str(run[p.RUN_SITES]), int(node["partition-id"]))
     else:
         raise AllfedError("the SuperNode needs --node-config 'data=\"PATH\"' (its site data file)")
-    if run.get(p.RUN_STUDY):
-        spec = parse_spec(str(run[p.RUN_STUDY]), source="run config 'study'")
-    elif run.get(p.RUN_STUDY_FILE):
-        spec = load_spec(str(run[p.RUN_STUDY_FILE]))
-    else:
-        raise AllfedError("the run config has no study spec ('study' or 'study-file')")
-    return SiteSettings(name=name, data=Path(data), spec=spec)
+    return SiteSettings(name=name, data=Path(data), spec=spec_from_run_config(run))
 
 
 def _site_of_partition(sites: str, partition: int) -> tuple[str, str]:
@@ -118,6 +112,13 @@ def _setup(msg: Message, context: Context, resolve) -> RecordDict:
         log.error("site %s cannot join: %s", site.name, error)
         return _status(site.name, p.FAILED, str(error))
     spec = site.spec
+    if spec.privacy.enabled and spec.privacy.delta * table.n_train >= 1:
+        return _status(
+            site.name,
+            p.REFUSED,
+            f"delta {spec.privacy.delta:g} is too weak for {table.n_train} training records: "
+            "delta must stay well below 1/records (lower [privacy] delta)",
+        )
     metrics = MetricRecord({p.N_TRAIN: table.n_train, p.N_TEST: table.n_test})
     releases: list[GaussianRelease] = []
     sums = scaling_sums(table, spec)
@@ -138,14 +139,9 @@ def _train(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     spec = site.spec
     config = msg.content[p.CONFIG]
     try:
-        table = _load(site)
+        _, x, y, model = _inputs(msg, site, test=False)
     except AllfedError as error:
         return _status(site.name, p.FAILED, str(error))
-    center, scale = resolve_scaling(
-        table, spec, list(config[p.SCALING_CENTER]), list(config[p.SCALING_SCALE])
-    )
-    x, y = encode(table, spec, center, scale, test=False)
-    model = _model(spec, x.shape[1], msg.content[p.ARRAYS])
     settings = LocalSettings(
         epochs=spec.training.local_epochs,
         batch_size=spec.training.batch_size,
@@ -168,33 +164,25 @@ def _train(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
         )
         history = train_dp(model, x, y, settings, plan, spec.privacy.accountant, state["releases"])
         _save_state(context, releases=history, plan=plan)
-        sgd = [
-            r
-            for r in history
-            if r.sample_rate == plan.sample_rate and r.noise_multiplier == plan.noise_multiplier
-        ]
         metrics[p.EPSILON] = compute_epsilon(history, spec.privacy.delta, spec.privacy.accountant)
         metrics[p.DELTA] = spec.privacy.delta
         metrics[p.NOISE_MULTIPLIER] = plan.noise_multiplier
         metrics[p.SAMPLE_RATE] = plan.sample_rate
-        metrics[p.STEPS] = sum(r.steps for r in sgd)
+        metrics[p.STEPS] = sum(
+            r.steps
+            for r in history
+            if (r.noise_multiplier, r.sample_rate) == (plan.noise_multiplier, plan.sample_rate)
+        )
     else:
         train_plain(model, x, y, settings)
     return RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.METRICS: metrics})
 
 
 def _evaluate(msg: Message, site: SiteSettings) -> RecordDict:
-    spec = site.spec
-    config = msg.content[p.CONFIG]
     try:
-        table = _load(site)
+        table, x, y, model = _inputs(msg, site, test=True)
     except AllfedError as error:
         return _status(site.name, p.FAILED, str(error))
-    center, scale = resolve_scaling(
-        table, spec, list(config[p.SCALING_CENTER]), list(config[p.SCALING_SCALE])
-    )
-    x, y = encode(table, spec, center, scale, test=True)
-    model = _model(spec, x.shape[1], msg.content[p.ARRAYS])
     model.eval()
     with torch.no_grad():
         scores = torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).numpy().astype(float)
@@ -223,10 +211,18 @@ def _load(site: SiteSettings) -> SiteTable:
     return _TABLES[key]
 
 
-def _model(spec: StudySpec, n_features: int, arrays: ArrayRecord) -> torch.nn.Module:
-    model = build_model(spec.model.name, n_features, spec.model.hidden)
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return model
+def _inputs(msg: Message, site: SiteSettings, test: bool):
+    """The site's table, its train (or test) rows encoded with the server's scaling, and the
+    global model loaded from the message."""
+    spec, config = site.spec, msg.content[p.CONFIG]
+    table = _load(site)
+    center, scale = resolve_scaling(
+        table, spec, list(config[p.SCALING_CENTER]), list(config[p.SCALING_SCALE])
+    )
+    x, y = encode(table, spec, center, scale, test=test)
+    model = build_model(spec.model.name, x.shape[1], spec.model.hidden)
+    model.load_state_dict(msg.content[p.ARRAYS].to_torch_state_dict())
+    return table, x, y, model
 
 
 def _standardization_noise(spec: StudySpec) -> float:

@@ -10,9 +10,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from federation import protocol as p
-from federation.errors import AllfedError
 from federation.server.run import RoundCallback, StudyRun
-from federation.spec import StudySpec, load_spec, parse_spec
+from federation.spec import StudySpec, spec_from_run_config
 
 
 @dataclass(frozen=True)
@@ -27,14 +26,8 @@ class RunSettings:
 def settings_from_run_config(context: Context) -> RunSettings:
     """Deployment (``flwr run``): the study and output folder from the run config."""
     run = context.run_config
-    if run.get(p.RUN_STUDY):
-        spec = parse_spec(str(run[p.RUN_STUDY]), source="run config 'study'")
-    elif run.get(p.RUN_STUDY_FILE):
-        spec = load_spec(str(run[p.RUN_STUDY_FILE]))
-    else:
-        raise AllfedError("the run config has no study spec: pass --run-config study-file=PATH")
     out = Path(str(run.get(p.RUN_OUT) or "runs/latest"))
-    return RunSettings(spec=spec, out=out)
+    return RunSettings(spec=spec_from_run_config(run), out=out)
 
 
 def make_server_app(
