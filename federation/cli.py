@@ -123,11 +123,13 @@ def site_check(
     study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
 ) -> None:
     """Check a site file exactly as the node will; exit 0 if it can join the study."""
-    from federation.client.data import load_site_table
+    from federation.client.data import load_site_table, table_warnings
     from federation.spec import load_spec
 
     spec = load_spec(study)
     table = load_site_table(path, spec)
+    for warning in table_warnings(table, str(path)):
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     out_console.print(
         f"{path}: ok, {table.n_train} training and {table.n_test} test records "
         f"({len(spec.features.columns)} features, label {spec.study.label!r})"

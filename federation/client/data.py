@@ -290,11 +290,18 @@ def _check_trainable(table: SiteTable, source: str) -> None:
             f"DP training needs at least {MIN_TRAIN_RECORDS} (with fewer, the noise that protects "
             "each record swamps what the site can contribute)"
         )
+
+
+def table_warnings(table: SiteTable, source: str) -> list[str]:
+    """What is allowed but worth an operator's attention (the node logs it too).
+
+    A site whose training rows all share one label still helps a federated model (it moves the
+    intercept), as Switzerland does in Fed-Heart-Disease, so it is a warning, not an error.
+    """
     train_labels = table.label[~table.is_test]
     if train_labels.min() == train_labels.max():
-        raise DataError(
-            f"{source}: every training record has the same label; a risk model needs both"
-        )
+        return [f"{source}: every training record has label {int(train_labels[0])}"]
+    return []
 
 
 def _first_rows(rows: pd.Series, mask: np.ndarray, limit: int = 5) -> str:
