@@ -1,4 +1,4 @@
-"""The ``allfed`` command line: demo, synth, simulate and site check.
+"""The ``allfed`` command line: demo, synth, simulate, report and site check.
 
 A user mistake (bad spec, bad file, bad option) prints one line on stderr and exits 2, never a
 traceback; a run that cannot finish (too few sites left) exits 1 with its reason; success is 0.
@@ -115,6 +115,16 @@ def simulate(
         privacy["enabled"] = False
     spec = spec.with_overrides(training=training, privacy=privacy)
     _run_and_report(spec, _parse_sites(site), out, verbose=verbose)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds summary.json).")],
+) -> None:
+    """Rebuild report.html of a run directory from its summary.json and metrics.jsonl."""
+    from federation.server.outputs import rebuild_report
+
+    out_console.print(f"report: {rebuild_report(run_dir)}")
 
 
 @site_app.command("check")

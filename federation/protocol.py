@@ -42,6 +42,7 @@ N_TEST = "n-test"
 SUM = "scaling-sum"
 SUM_SQUARES = "scaling-sum-squares"
 COUNT = "scaling-count"
+REPRESENTATION = "representation"  # prefix: training records per group level, small cells withheld
 
 # Train reply metrics: the whole whitelist.
 NUM_EXAMPLES = "num-examples"
@@ -55,3 +56,4 @@ TRAIN_METRICS = (NUM_EXAMPLES, EPSILON, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, ST
 # Evaluate reply: NUM_EXAMPLES plus ScoreStats under these prefixes.
 SITE_STATS = "site"
 GROUP_STATS = "group"
+INTERSECTION_STATS = "intersection"  # pairs of group columns, as scorestats.intersect_groups

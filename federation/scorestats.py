@@ -18,7 +18,12 @@ Record layout (``to_record(prefix)``; every value an int, float, list[int] or li
 
 Groups (``groups_to_record``) nest the same layout under ``{prefix}.{column}.{level}``, with the
 column and level names percent-encoded (dots too) so that a key splits on dots unambiguously. A
-withheld level sends only ``{prefix}.{column}.{level}.withheld = 1``.
+withheld level sends only ``{prefix}.{column}.{level}.withheld = 1``. The intersection of two group
+columns (``intersect_groups``) is one more column, named ``"A x B"`` with levels ``"a | b"``, so it
+travels, pools and is withheld exactly like a single column.
+
+Representation (``counts_to_record``): the records of each group level as
+``{prefix}.{column}.{level}.count``, or ``{prefix}.{column}.{level}.withheld = 1`` when withheld.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from itertools import combinations
 from numbers import Integral, Real
 from typing import Any
 from urllib.parse import quote, unquote
@@ -42,6 +48,9 @@ CAL_BINS = 10
 LOG_LOSS_EPS = 1e-7
 MISSING_LEVEL = "missing"
 WITHHELD = "withheld"
+COUNT = "count"
+INTERSECTION = " x "  # joins two group column names
+LEVEL_JOIN = " | "  # joins their levels
 
 _HISTS = ("hist_pos", "hist_neg")
 _COUNTS = ("tp", "fp", "tn", "fn")
@@ -328,6 +337,15 @@ def groups_from_record(
     record: Mapping[str, Any], prefix: str = "group"
 ) -> dict[str, dict[str, ScoreStats | None]]:
     """Inverse of ``groups_to_record``; ValueError on a malformed key or level."""
+    result: dict[str, dict[str, ScoreStats | None]] = {}
+    for (column, level), names in _fields_by_level(record, prefix).items():
+        stats = _level_from_record(record, f"{prefix}.{column}.{level}", names)
+        result.setdefault(_decode_name(column), {})[_decode_name(level)] = stats
+    return result
+
+
+def _fields_by_level(record: Mapping[str, Any], prefix: str) -> dict[tuple[str, str], set[str]]:
+    """The field names under each encoded ``{prefix}.{column}.{level}`` of ``record``."""
     start = f"{prefix}."
     fields_by_level: dict[tuple[str, str], set[str]] = {}
     for key in record:
@@ -337,22 +355,23 @@ def groups_from_record(
         if len(parts) != 3:
             raise ValueError(f"malformed group key {key!r}")
         fields_by_level.setdefault((parts[0], parts[1]), set()).add(parts[2])
-    result: dict[str, dict[str, ScoreStats | None]] = {}
-    for (column, level), names in fields_by_level.items():
-        stats = _level_from_record(record, f"{start}{column}.{level}", names)
-        result.setdefault(_decode_name(column), {})[_decode_name(level)] = stats
-    return result
+    return fields_by_level
 
 
 def _level_from_record(record: Mapping[str, Any], base: str, names: set[str]) -> ScoreStats | None:
     if WITHHELD not in names:
         return ScoreStats.from_record(record, base)
+    _check_withheld(record, base, names)
+    return None
+
+
+def _check_withheld(record: Mapping[str, Any], base: str, names: set[str]) -> None:
+    """A withheld level carries the int 1 under ``.withheld`` and nothing else."""
     key = f"{base}.{WITHHELD}"
     if names != {WITHHELD}:
         raise ValueError(f"{key} is set but the level also carries statistics")
     if record[key] != 1 or isinstance(record[key], bool | float):
         raise ValueError(f"{key} must be the int 1, got {record[key]!r}")
-    return None
 
 
 def _encode_name(name: str) -> str:
@@ -366,3 +385,88 @@ def _decode_name(text: str) -> str:
     if _encode_name(name) != text:
         raise ValueError(f"group name {text!r} is not canonically encoded")
     return name
+
+
+def intersection_name(first: str, second: str) -> str:
+    """The column name of the intersection of two group columns."""
+    return f"{first}{INTERSECTION}{second}"
+
+
+def intersect_groups(groups: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every pair of group columns (in the given order) as one column of joined levels.
+
+    Subgroups such as "Black women" are where a model that looks fine per column can fail;
+    as ordinary columns they go through ``group_stats`` and its suppression unchanged.
+    """
+    levels = {
+        column: _level_names(values, len(values), column) for column, values in groups.items()
+    }
+    return {
+        intersection_name(first, second): np.array(
+            [f"{a}{LEVEL_JOIN}{b}" for a, b in zip(levels[first], levels[second], strict=True)],
+            dtype=object,
+        )
+        for first, second in combinations(levels, 2)
+    }
+
+
+# -- representation --------------------------------------------------------------------------
+
+
+def level_counts(
+    groups: Mapping[str, np.ndarray], min_cell_count: int
+) -> dict[str, dict[str, int | None]]:
+    """Records per group column and level, None where withheld.
+
+    A level with 1..min_cell_count records is withheld. The site's total is public, so the
+    withheld levels of a column must not add up to a small count either (it could be recovered
+    by subtraction): then the smallest released levels are withheld too, until they do not.
+    """
+    result: dict[str, dict[str, int | None]] = {}
+    for column, values in groups.items():
+        levels, counts = np.unique(_level_names(values, len(values), column), return_counts=True)
+        result[column] = _suppressed(
+            dict(zip(map(str, levels), map(int, counts), strict=True)), min_cell_count
+        )
+    return result
+
+
+def _suppressed(counts: dict[str, int], min_cell_count: int) -> dict[str, int | None]:
+    """Primary and complementary small-cell suppression of one column's level counts."""
+    withheld = {level for level, count in counts.items() if is_disclosive(count, min_cell_count)}
+    while len(withheld) < len(counts) and is_disclosive(
+        sum(counts[level] for level in withheld), min_cell_count
+    ):
+        withheld.add(min(set(counts) - withheld, key=lambda level: (counts[level], level)))
+    return {level: None if level in withheld else count for level, count in counts.items()}
+
+
+def counts_to_record(counts: Mapping[str, Mapping[str, int | None]], prefix: str) -> dict[str, int]:
+    """Flat MetricRecord items for ``level_counts`` output; withheld levels send only a flag."""
+    record: dict[str, int] = {}
+    for column, levels in counts.items():
+        for level, count in levels.items():
+            base = f"{prefix}.{_encode_name(column)}.{_encode_name(level)}"
+            if count is None:
+                record[f"{base}.{WITHHELD}"] = 1
+            else:
+                record[f"{base}.{COUNT}"] = int(count)
+    return record
+
+
+def counts_from_record(record: Mapping[str, Any], prefix: str) -> dict[str, dict[str, int | None]]:
+    """Inverse of ``counts_to_record``; ValueError on a malformed key or a small count."""
+    result: dict[str, dict[str, int | None]] = {}
+    for (column, level), names in _fields_by_level(record, prefix).items():
+        base = f"{prefix}.{column}.{level}"
+        if WITHHELD in names:
+            _check_withheld(record, base, names)
+            count = None
+        elif names == {COUNT}:
+            count = _int(record, f"{base}.{COUNT}")
+            if is_disclosive(count):
+                raise ValueError(f"{base}.{COUNT} is a small cell that must have been withheld")
+        else:
+            raise ValueError(f"unexpected keys under {base!r}: {', '.join(sorted(names))}")
+        result.setdefault(_decode_name(column), {})[_decode_name(level)] = count
+    return result

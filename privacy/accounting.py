@@ -15,6 +15,7 @@ import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 from opacus.accountants import create_accountant
@@ -69,6 +70,15 @@ def compute_epsilon(releases: Sequence[GaussianRelease], delta: float, accountan
     """
     if not releases:
         return 0.0
+    return _epsilon(tuple(releases), delta, accountant)
+
+
+@lru_cache(maxsize=4096)
+def _epsilon(releases: tuple[GaussianRelease, ...], delta: float, accountant: str) -> float:
+    """``compute_epsilon``'s work, remembered per process: PRV takes a tenth of a second or more,
+    the noise calibration's search asks again for points it has seen, and the sites that share
+    a simulation's worker processes share plans (a sampling rate is one over a whole number of
+    batches). Only public quantities go in; the value is the accountant's, bit for bit."""
     # PRV of an unsampled release takes log(1 - 1); PRV sizes its domain with an RDP bound that
     # warns when its best order is the largest one. Neither affects the (upper-bound) epsilon.
     with np.errstate(divide="ignore"), warnings.catch_warnings():

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from flwr.app import MetricRecord
 from flwr.common.serde import metric_record_from_proto, metric_record_to_proto
+from scipy.optimize import brentq
+from scipy.special import expit, logit
 from scipy.stats import rankdata
+from sklearn.calibration import calibration_curve
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -19,17 +23,29 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
 from federation.scorestats import (
     CAL_BINS,
     N_BINS,
     ScoreStats,
+    counts_from_record,
+    counts_to_record,
     group_stats,
     groups_from_record,
     groups_to_record,
+    intersect_groups,
+    level_counts,
 )
-from federation.server.metrics import ROC_POINTS, compute_metrics, metrics_or_none
+from federation.server.metrics import (
+    ROC_POINTS,
+    THRESHOLD_METRICS,
+    GroupPool,
+    compute_metrics,
+    group_metrics,
+    publish_groups,
+)
 
 ODD_NAMES = ["", ".", "a.b", "x/y z", "50%", "%2E", "withheld", "tab\there", "ünï·code", "~-_"]
 
@@ -94,14 +110,22 @@ def test_pooled_metrics_match_sklearn(n_total: int, n_sites: int, seed: int) -> 
 
 def test_calibration_bins_match_raw_and_withhold_small_counts() -> None:
     rng = np.random.default_rng(11)
-    p = np.concatenate([rng.uniform(0.0, 0.1, 30), rng.uniform(0.5, 0.6, 20), [1.0] * 21])
-    y = (rng.random(len(p)) < p).astype(int)
+    p = np.concatenate(
+        [
+            rng.uniform(0.0, 0.1, 50),  # 25 events: shown
+            rng.uniform(0.3, 0.4, 41),  # 20 events: the count shows, the observed risk does not
+            rng.uniform(0.5, 0.6, 20),  # 20 records: withheld
+            [1.0] * 21,  # 21 events, no non-events: shown
+        ]
+    )
+    y = np.concatenate([np.tile([0, 1], 25), [1] * 20 + [0] * 21, [1] * 20, [1] * 21])
     bins = compute_metrics(ScoreStats.from_scores(y, p))["calibration"]
     assert len(bins) == CAL_BINS
-    low, middle, top = bins[0], bins[5], bins[9]
-    assert low["count"] == 30
-    assert low["mean_predicted"] == pytest.approx(p[:30].mean(), rel=1e-12)
-    assert low["observed"] == pytest.approx(y[:30].mean(), rel=1e-12)
+    low, fourth, middle, top = bins[0], bins[3], bins[5], bins[9]
+    assert low["count"] == 50 and low["observed"] == 0.5
+    assert low["mean_predicted"] == pytest.approx(p[:50].mean(), rel=1e-12)
+    assert fourth["count"] == 41 and fourth["observed"] is None
+    assert fourth["mean_predicted"] == pytest.approx(p[50:91].mean(), rel=1e-12)
     assert middle == {
         "bin_lower": 0.5,
         "bin_upper": 0.6,
@@ -109,14 +133,25 @@ def test_calibration_bins_match_raw_and_withhold_small_counts() -> None:
         "mean_predicted": None,
         "observed": None,
     }
-    assert top["count"] == 21 and top["mean_predicted"] == 1.0
-    assert bins[3] == {
-        "bin_lower": 0.3,
-        "bin_upper": 0.4,
+    assert top["count"] == 21 and top["mean_predicted"] == 1.0 and top["observed"] == 1.0
+    assert bins[2] == {
+        "bin_lower": 0.2,
+        "bin_upper": 0.3,
         "count": 0,
         "mean_predicted": None,
         "observed": None,
     }
+
+
+@pytest.mark.parametrize(("n_total", "n_sites", "seed"), CASES[2:])
+def test_calibration_bins_match_sklearn(n_total: int, n_sites: int, seed: int) -> None:
+    stats, y, p = pooled(sites(n_total, n_sites, seed))
+    observed, predicted = calibration_curve(y, p, n_bins=CAL_BINS, strategy="uniform")
+    shown = [b for b in compute_metrics(stats)["calibration"] if b["observed"] is not None]
+    reference = {round(mean, 12): obs for obs, mean in zip(observed, predicted, strict=True)}
+    assert len(shown) >= 3
+    for b in shown:
+        assert b["observed"] == pytest.approx(reference[round(b["mean_predicted"], 12)], abs=1e-12)
 
 
 def test_roc_curve_is_thinned_monotone_and_spans_the_square() -> None:
@@ -127,6 +162,11 @@ def test_roc_curve_is_thinned_monotone_and_spans_the_square() -> None:
     fpr, tpr = np.array([c["fpr"] for c in curve]), np.array([c["tpr"] for c in curve])
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(y, p), abs=0.01)
+    # Each point is a vertex of sklearn's curve: a threshold between two distinct raw scores.
+    ref_fpr, ref_tpr, _ = roc_curve(y, p, drop_intermediate=False)
+    vertices = np.column_stack([ref_fpr, ref_tpr])
+    for point in curve:
+        assert np.min(np.abs(vertices - [point["fpr"], point["tpr"]]).sum(axis=1)) < 1e-12
 
 
 def delong_ci(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -203,7 +243,7 @@ def test_small_cells_are_withheld_without_their_count() -> None:
     assert small_keys == ["group.site%20type.small.withheld"] and record[small_keys[0]] == 1
     assert not any(".absent." in k for k in record)
     assert groups_from_record(record)["site type"]["small"] is None
-    assert metrics_or_none(None) is None and metrics_or_none(stats["site type"]["big"])["n"] == 25
+    assert group_metrics(None) is None and group_metrics(stats["site type"]["big"])["n"] == 25
 
 
 def _valid() -> dict:
@@ -298,3 +338,199 @@ def test_extreme_probabilities() -> None:
         5,
         10,
     )
+
+
+# -- calibration intercept, slope and E-statistics --------------------------------------------
+
+MISCALIBRATED = {
+    "cohort": lambda y, p: p,
+    "overconfident": lambda y, p: expit(2.5 * logit(p) + 0.5),
+    "underconfident": lambda y, p: expit(0.4 * logit(p) - 0.8),
+}
+
+
+def lowess_errors(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """E-statistics of R's lowess(p, y, f = 2/3, iter = 0) computed record by record."""
+    order = np.argsort(p, kind="stable")
+    x, y = p[order], y[order].astype(np.float64)
+    n = len(x)
+    needed = max(min(int(2 / 3 * n + 1e-7), n), 2)
+    fitted = np.empty(n)
+    for start in range(0, n, 400):
+        at = x[start : start + 400]
+        distance = np.abs(x[None, :] - at[:, None])
+        radius = np.partition(distance, needed - 1, axis=1)[:, needed - 1 : needed]
+        ratio = np.divide(distance, radius, out=np.zeros_like(distance), where=radius > 0)
+        tricube = np.where(ratio <= 0.001, 1.0, (1 - ratio**3) ** 3)
+        weight = np.where(distance <= 0.999 * radius, tricube, 0.0)
+        weight /= weight.sum(axis=1, keepdims=True)
+        centre = weight @ x
+        spread = np.einsum("ij,ij->i", weight, (x[None, :] - centre[:, None]) ** 2)
+        slope = np.where(np.sqrt(spread) > 0.001 * (x[-1] - x[0]), (at - centre) / spread, 0.0)
+        weight *= 1 + slope[:, None] * (x[None, :] - centre[:, None])
+        fitted[start : start + 400] = weight @ y
+    error = np.abs(fitted - x)
+    return {
+        "calibration_e_avg": error.mean(),
+        "calibration_e50": np.quantile(error, 0.5, method="inverted_cdf"),
+        "calibration_e90": np.quantile(error, 0.9, method="inverted_cdf"),
+        "calibration_e_max": error.max(),
+    }
+
+
+@pytest.mark.parametrize("shape", MISCALIBRATED.values(), ids=MISCALIBRATED.keys())
+@pytest.mark.parametrize(("n_total", "n_sites", "seed"), CASES[:5])
+def test_calibration_fit_matches_sklearn(n_total: int, n_sites: int, seed: int, shape) -> None:
+    parts = [(y, shape(y, p)) for y, p in sites(n_total, n_sites, seed)]
+    stats, y, p = pooled(parts)
+    m = compute_metrics(stats)
+    line = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(logit(p)[:, None], y)
+    at_slope_one = brentq(lambda a: np.sum(y - expit(a + logit(p))), -20, 20)
+    # Records sit at their fine bin's centre logit: off by at most 0.0025 from their own.
+    assert m["calibration_slope"] == pytest.approx(line.coef_[0, 0], abs=2e-3)
+    assert m["calibration_line_intercept"] == pytest.approx(line.intercept_[0], abs=2e-3)
+    assert m["calibration_intercept"] == pytest.approx(at_slope_one, abs=2e-3)
+
+
+@pytest.mark.parametrize("shape", MISCALIBRATED.values(), ids=MISCALIBRATED.keys())
+@pytest.mark.parametrize(("n_total", "n_sites", "seed"), CASES[:4])
+def test_calibration_errors_match_lowess_on_raw_scores(n_total, n_sites, seed, shape) -> None:
+    parts = [(y, shape(y, p)) for y, p in sites(n_total, n_sites, seed)]
+    stats, y, p = pooled(parts)
+    m = compute_metrics(stats)
+    for key, expected in lowess_errors(y, p).items():
+        assert m[key] == pytest.approx(expected, abs=2e-3), key
+    assert m["calibration_e50"] <= m["calibration_e90"] <= m["calibration_e_max"]
+    # The published curve sits on a fixed grid, with more than 20 records on either side.
+    grid = np.array([c["predicted"] for c in m["calibration_smoothed"]])
+    assert len(grid) >= 3 and np.allclose(grid * 100, np.round(grid * 100))
+    assert (p <= grid[0]).sum() > 20 and (p >= grid[-1]).sum() > 20
+
+
+def test_calibration_of_a_calibrated_model_is_near_ideal() -> None:
+    rng = np.random.default_rng(5)
+    p = expit(rng.normal(-1.0, 1.2, 40000))
+    y = (rng.random(len(p)) < p).astype(int)
+    m = compute_metrics(ScoreStats.from_scores(y, p))
+    assert abs(m["calibration_intercept"]) < 0.05 and abs(m["calibration_slope"] - 1) < 0.05
+    assert m["calibration_e_avg"] < 0.01
+
+
+def test_separated_or_single_class_scores_have_no_calibration_fit() -> None:
+    y = np.array([0] * 30 + [1] * 30)
+    separated = compute_metrics(ScoreStats.from_scores(y, np.where(y == 1, 0.9, 0.1)))
+    assert separated["calibration_slope"] is None  # the slope would be infinite
+    assert separated["calibration_intercept"] == pytest.approx(0.0, abs=1e-2)  # symmetric
+    single = compute_metrics(ScoreStats.from_scores(np.zeros(40, int), np.linspace(0, 0.5, 40)))
+    assert single["calibration_slope"] is None and single["calibration_intercept"] is None
+    assert single["calibration_e_avg"] == pytest.approx(np.linspace(0, 0.5, 40).mean(), abs=1e-3)
+    json.dumps(separated, allow_nan=False)
+    json.dumps(single, allow_nan=False)
+
+
+# -- groups: derived counts, intersections, complementary suppression, representation --------
+
+
+def test_group_metrics_leave_out_what_reveals_a_small_count() -> None:
+    y, p = cohort(400, 2)
+    stats = ScoreStats.from_scores(y, np.minimum(p, 0.45) + (np.arange(400) < 10) * 0.5)
+    assert 0 < stats.tp + stats.fp <= 10  # only ten records are flagged at 0.5
+    m = group_metrics(stats)
+    assert all(m[key] is None for key in THRESHOLD_METRICS)
+    assert m["roc_curve"] == [] and m["auroc"] == compute_metrics(stats)["auroc"]
+    big = ScoreStats.from_scores(np.tile([0, 1], 100), np.tile([0.3, 0.7], 100))
+    assert group_metrics(big)["sensitivity"] == 1.0
+
+
+def test_intersections_are_columns_of_joined_levels() -> None:
+    groups = {"sex": np.array(["f", "m", "f"]), "race": np.array(["A", None, "B"], dtype=object)}
+    groups["site type"] = np.array(["x", "y", "x"])
+    crossed = intersect_groups(groups)
+    assert list(crossed) == ["sex x race", "sex x site type", "race x site type"]
+    assert list(crossed["sex x race"]) == ["f | A", "m | missing", "f | B"]
+
+
+def stats_of(n: int, n_pos: int) -> ScoreStats:
+    return ScoreStats.from_scores(np.array([1] * n_pos + [0] * (n - n_pos)), np.full(n, 0.3))
+
+
+def counts(table: dict) -> dict:
+    return {
+        column: {
+            level: None if e["metrics"] is None else e["metrics"]["n"]
+            for level, e in levels.items()
+        }
+        for column, levels in table.items()
+    }
+
+
+def test_a_group_that_subtraction_would_reveal_is_withheld() -> None:
+    single = GroupPool()
+    single.add("a", {"sex": {"f": stats_of(300, 100), "m": stats_of(200, 60), "x": None}})
+    single.add("b", {"sex": {"f": stats_of(100, 30), "m": stats_of(25, 1)}})
+    pooled = stats_of(300 + 200 + 100 + 25 + 5, 100 + 60 + 30 + 1 + 2)
+    per_group, _ = publish_groups(pooled, single, GroupPool(), {})
+    # m pools to 225 records but 61 events, fine; x (5 records at site a) is unseen, and showing
+    # f and m would reveal it as 630 - 400 - 225: so m, the smaller, is withheld too.
+    assert counts(per_group) == {"sex": {"f": 400, "m": None, "x": None}}
+    assert per_group["sex"]["x"]["withheld_at"] == ["a"]
+
+
+def test_an_intersection_cell_that_its_row_would_reveal_is_withheld() -> None:
+    single, crossed = GroupPool(), GroupPool()
+    single.add("a", {"sex": {"f": stats_of(200, 80), "m": stats_of(200, 80)}})
+    single.add("a", {"race": {"A": stats_of(190, 76), "B": stats_of(210, 84)}})
+    crossed.add(
+        "a",
+        {
+            "sex x race": {
+                "f | A": stats_of(100, 40),
+                "f | B": stats_of(100, 40),
+                "m | A": stats_of(90, 36),
+                "m | B": stats_of(110, 44),
+            }
+        },
+    )
+    crossed.stats["sex x race"]["f | A"] = stats_of(95, 38)  # 5 records of f | A not shown
+    pooled = stats_of(400, 160)
+    per_group, per_intersection = publish_groups(
+        pooled, single, crossed, {"sex x race": ("sex", "race")}
+    )
+    assert counts(per_group) == {"sex": {"f": 200, "m": 200}, "race": {"A": 190, "B": 210}}
+    # The four cells leave 5 of the 400 records unseen: the smallest (m | A) goes, but the rest
+    # (95) gives it back and row f still leaves 5, so f | A goes too. Now the table leaves 190,
+    # and what a reader can work out for f | A (100) and m | A (90) includes the 5.
+    assert counts(per_intersection) == {
+        "sex x race": {"f | A": None, "f | B": 100, "m | A": None, "m | B": 110}
+    }
+
+
+def test_representation_counts_are_suppressed_with_their_complement() -> None:
+    levels = np.array(["a"] * 100 + ["b"] * 30 + ["c"] * 25 + ["d"] * 5 + [None] * 3, dtype=object)
+    table = level_counts({"race": levels, "all": np.array(["x"] * len(levels))}, 20)
+    # d (5) and missing (3) are small, and together 8: c, the smallest shown level, goes too.
+    assert table["race"] == {"a": 100, "b": 30, "c": None, "d": None, "missing": None}
+    assert table["all"] == {"x": 163}
+    record = counts_to_record(table, "representation")
+    assert (
+        record["representation.race.d.withheld"] == 1
+        and "representation.race.d.count" not in record
+    )
+    wire = metric_record_from_proto(metric_record_to_proto(MetricRecord(record)))
+    assert counts_from_record(wire, "representation") == table
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"representation.race.a.count": 7},
+        {"representation.race.a.count": -1},
+        {"representation.race.a.count": 30.0},
+        {"representation.race.a.withheld": 1, "representation.race.a.count": 30},
+        {"representation.race.a.total": 30},
+        {"representation.race": 30},
+    ],
+)
+def test_malformed_representation_raises_value_error(record: dict) -> None:
+    with pytest.raises(ValueError):
+        counts_from_record(record, "representation")

@@ -9,7 +9,12 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from federation import protocol as p
 from federation.client.app import SiteSettings, make_client_app
-from federation.scorestats import ScoreStats, groups_from_record
+from federation.scorestats import (
+    ScoreStats,
+    counts_from_record,
+    groups_from_record,
+    intersect_groups,
+)
 from federation.spec import feature_names, federated_columns, load_spec
 from models.registry import build_model
 from privacy.accounting import GaussianRelease, compute_epsilon
@@ -53,7 +58,8 @@ def test_setup_train_evaluate_release_only_whitelisted_content(node):
     assert set(setup.keys()) == {p.STATUS, p.METRICS}
     assert setup[p.STATUS][p.STATUS_STATE] == p.OK
     n_columns = len(federated_columns(spec))
-    assert set(setup[p.METRICS].keys()) == {
+    representation = {k for k in setup[p.METRICS] if k.startswith(f"{p.REPRESENTATION}.")}
+    assert set(setup[p.METRICS].keys()) - representation == {
         p.N_TRAIN,
         p.N_TEST,
         p.SUM,
@@ -62,6 +68,15 @@ def test_setup_train_evaluate_release_only_whitelisted_content(node):
         p.STANDARDIZATION_NOISE,
     }
     assert len(setup[p.METRICS][p.SUM]) == n_columns
+    # Training records per group level: a count from 1 to 20 never leaves the site.
+    counts = counts_from_record(setup[p.METRICS], p.REPRESENTATION)
+    assert set(counts) == set(spec.study.groups)
+    released = [c for levels in counts.values() for c in levels.values() if c is not None]
+    assert released and all(c > 20 for c in released)
+    assert all(k.endswith((".count", ".withheld")) for k in representation)
+    for levels in counts.values():  # what a site withholds never adds up to a small count
+        shown = sum(c for c in levels.values() if c is not None)
+        assert setup[p.METRICS][p.N_TRAIN] - shown == 0 or setup[p.METRICS][p.N_TRAIN] - shown > 20
 
     config = scaling(spec)
     config[p.SERVER_ROUND] = 1
@@ -102,9 +117,13 @@ def test_setup_train_evaluate_release_only_whitelisted_content(node):
     assert stats.n == record[p.NUM_EXAMPLES]
     groups = groups_from_record(record, p.GROUP_STATS)
     assert set(groups) == set(spec.study.groups)
-    for levels in groups.values():
+    crossed = groups_from_record(record, p.INTERSECTION_STATS)
+    pairs = intersect_groups({g: np.array([]) for g in spec.study.groups})
+    assert set(crossed) == set(pairs) and len(crossed) == 3
+    for levels in [*groups.values(), *crossed.values()]:
         for level_stats in levels.values():
             assert level_stats is None or level_stats.n > 20
+    assert any(s is None for levels in crossed.values() for s in levels.values())
     # Histograms of scores, never one value per record.
     for key, value in record.items():
         if isinstance(value, list):

@@ -1,10 +1,11 @@
 """The site node: a Flower ClientApp that answers setup, train and evaluate messages.
 
-What leaves the site is fixed here: a setup reply (site name, status, record counts and, under
-DP, noisy standardization sums), a train reply (model weights plus the whitelisted metrics in
-``protocol.TRAIN_METRICS``) and an evaluate reply (additive score statistics with small groups
-withheld). Across the rounds of a run the node keeps its privacy plan and its accountant's
-history in ``context.state``, which never leaves the node.
+What leaves the site is fixed here: a setup reply (site name, status, record counts, training
+records per group level with small cells withheld and, under DP, noisy standardization sums), a
+train reply (model weights plus the whitelisted metrics in ``protocol.TRAIN_METRICS``) and an
+evaluate reply (additive score statistics, per group level and per intersection of two group
+columns too, with small groups withheld). Across the rounds of a run the node keeps its privacy
+plan and its accountant's history in ``context.state``, which never leaves the node.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from federation.client.features import (
 )
 from federation.client.training import DPPlan, LocalSettings, plan_dp, train_dp, train_plain
 from federation.errors import AllfedError
-from federation.scorestats import ScoreStats, group_stats, groups_to_record
+from federation.scorestats import (
+    ScoreStats,
+    counts_to_record,
+    group_stats,
+    groups_to_record,
+    intersect_groups,
+    level_counts,
+)
 from federation.spec import StudySpec, spec_from_run_config
 from models.registry import build_model
 from privacy.accounting import (
@@ -120,6 +128,10 @@ def _setup(msg: Message, context: Context, resolve) -> RecordDict:
             "delta must stay well below 1/records (lower [privacy] delta)",
         )
     metrics = MetricRecord({p.N_TRAIN: table.n_train, p.N_TEST: table.n_test})
+    training_groups = {g: values[~table.is_test] for g, values in table.groups.items()}
+    metrics.update(
+        counts_to_record(level_counts(training_groups, DEFAULT_MIN_CELL_COUNT), p.REPRESENTATION)
+    )
     releases: list[GaussianRelease] = []
     sums = scaling_sums(table, spec)
     if len(sums[0]):
@@ -189,26 +201,31 @@ def _evaluate(msg: Message, site: SiteSettings) -> RecordDict:
     groups = {g: values[table.is_test] for g, values in table.groups.items()}
     record = MetricRecord({p.NUM_EXAMPLES: len(y)})
     record.update(ScoreStats.from_scores(y, scores).to_record(p.SITE_STATS))
-    record.update(
-        groups_to_record(group_stats(y, scores, groups, DEFAULT_MIN_CELL_COUNT), p.GROUP_STATS)
-    )
+    for prefix, columns in (
+        (p.GROUP_STATS, groups),
+        (p.INTERSECTION_STATS, intersect_groups(groups)),
+    ):
+        record.update(
+            groups_to_record(group_stats(y, scores, columns, DEFAULT_MIN_CELL_COUNT), prefix)
+        )
     return RecordDict({p.METRICS: record})
 
 
-_TABLES: dict[tuple, SiteTable] = {}
+_TABLES: dict[str, tuple[tuple, SiteTable]] = {}  # path -> (file version and spec, table)
 
 
 def _load(site: SiteSettings) -> SiteTable:
-    """The site's checked table, read once per file version and spec in this process."""
+    """The site's checked table, read once per file version and spec in this process. One entry
+    per file: a simulation's worker process serves many sites in turn."""
     try:
         stat = site.data.stat()
-        key = (str(site.data), stat.st_mtime_ns, stat.st_size, site.spec.to_toml())
+        version = (stat.st_mtime_ns, stat.st_size, site.spec.to_toml())
     except OSError:
-        key = (str(site.data), None, None, site.spec.to_toml())
-    if key not in _TABLES:
-        _TABLES.clear()
-        _TABLES[key] = load_site_table(site.data, site.spec)
-    return _TABLES[key]
+        version = (None, None, site.spec.to_toml())
+    path = str(site.data)
+    if path not in _TABLES or _TABLES[path][0] != version:
+        _TABLES[path] = (version, load_site_table(site.data, site.spec))
+    return _TABLES[path][1]
 
 
 def _inputs(msg: Message, site: SiteSettings, test: bool):

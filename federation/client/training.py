@@ -1,23 +1,32 @@
-"""Local training at a site: Opacus DP-SGD with noise planned for the whole run.
+"""Local training at a site: DP-SGD with noise planned for the whole run.
 
 The plan fixes the sampling rate and the noise multiplier once, at the site's first round, for
 every noisy step the site will run in the run (rounds x local epochs x steps per epoch), after
 any earlier releases (the standardization sums). Each round continues the same accountant, so
 the epsilon reported after round r is the true epsilon of everything released so far and the
 last round lands at (not above) the target.
+
+Per-record clipping costs one backward pass. The models are stacks of Linear layers on tabular
+rows, and a record's gradient of a Linear layer is the outer product of the gradient at the
+layer's output (``g``) and the layer's input (``a``): its squared norm is ``|g|^2 (|a|^2 + 1)``
+with the bias, and the sum of the clipped gradients is one matrix product per layer. Opacus's
+per-sample hooks materialize every record's gradient and cost several times a non-private step;
+this gives the same clipped sum (flat clipping of the whole per-record gradient, Opacus's clip
+factor) and hands it to Opacus's optimizer, which adds the noise, divides by the expected batch
+size and steps the accountant exactly as ``make_private`` would set it up.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn import functional as F
 
 from privacy.accounting import GaussianRelease, calibrate_noise, make_accountant, releases_of
 
@@ -57,8 +66,9 @@ def plan_dp(
 ) -> DPPlan:
     """Sampling rate and noise for all ``rounds`` of this site's training.
 
-    The sampling rate is what Opacus's Poisson loader uses (one over the number of batches), and
-    an epoch is that many steps, so the plan and the accountant count the same steps.
+    The sampling rate is what Opacus's Poisson loader would use (one over the number of
+    batches), and an epoch is that many steps, so the plan and the accountant count the same
+    steps.
     """
     per_epoch = batches_per_epoch(n_records, batch_size)
     sample_rate = 1.0 / per_epoch
@@ -78,59 +88,141 @@ def train_dp(
     history: list[GaussianRelease],
 ) -> list[GaussianRelease]:
     """Train ``model`` in place with DP-SGD; return the accountant's history after this round."""
-    engine = PrivacyEngine(accountant=accountant)
-    engine.accountant = make_accountant(accountant, history)
-    loader = DataLoader(
-        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=settings.batch_size
+    if abs(1.0 / batches_per_epoch(len(y), settings.batch_size) - plan.sample_rate) > 1e-12:
+        raise RuntimeError("the site's record count no longer matches its privacy plan")
+    check_supported(model)
+    features, labels = torch.from_numpy(x), torch.from_numpy(y)
+    privacy_accountant = make_accountant(accountant, history)
+    optimizer = dp_optimizer(model, settings, plan, len(y))
+    optimizer.attach_step_hook(
+        privacy_accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate)
     )
+    anchor = [p.detach().clone() for p in model.parameters()]
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate)
-    with warnings.catch_warnings():
-        # Opacus warns about its non-cryptographic RNG and torch about full backward hooks on
-        # every round; both are known and documented in the README.
-        warnings.simplefilter("ignore")
-        private_model, optimizer, private_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=settings.max_grad_norm,
-            poisson_sampling=True,
-        )
-        if abs(private_loader.sample_rate - plan.sample_rate) > 1e-12:
-            raise RuntimeError("the data loader's sampling rate differs from the privacy plan")
-        _run_epochs(private_model, optimizer, private_loader, settings)
-    return releases_of(engine.accountant)
+    for batch in poisson_batches(len(y), plan.sample_rate, plan.steps_per_round):
+        # An empty batch is a step like any other: a zero sum plus the same noise.
+        optimizer.zero_grad(set_to_none=True)
+        clipped_gradient_sum(model, features[batch], labels[batch], settings.max_grad_norm)
+        optimizer.step()
+        _proximal_step(model, anchor, settings)
+    return releases_of(privacy_accountant)
 
 
 def train_plain(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: LocalSettings) -> None:
-    """Non-private local training (``[privacy] enabled = false``), same schedule."""
+    """Non-private local training (``[privacy] enabled = false``): shuffled epochs of
+    ``batch_size`` records, the last batch shorter, in a seeded order."""
     generator = torch.Generator().manual_seed(0)
-    loader = DataLoader(
-        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
-        batch_size=settings.batch_size,
-        shuffle=True,
-        generator=generator,
-    )
-    model.train()
+    features, labels = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate)
-    _run_epochs(model, optimizer, loader, settings)
-
-
-def _run_epochs(model: nn.Module, optimizer, loader, settings: LocalSettings) -> None:
-    """SGD on the mean logistic loss. FedProx's proximal pull towards the round's starting
-    weights is applied after each step as a data-independent update (no privacy cost): inside
-    the loss it would bypass Opacus's per-record gradients and be silently dropped."""
     loss_fn = nn.BCEWithLogitsLoss()
     anchor = [p.detach().clone() for p in model.parameters()]
+    model.train()
     for _ in range(settings.epochs):
-        for features, labels in loader:
+        for batch in torch.randperm(len(y), generator=generator).split(settings.batch_size):
             optimizer.zero_grad(set_to_none=True)
-            # An empty Poisson batch still runs forward and backward: Opacus then adds noise
-            # to a zero gradient, so an empty batch looks like any other step.
-            loss_fn(model(features).squeeze(-1), labels).backward()
+            loss_fn(model(features[batch]).squeeze(-1), labels[batch]).backward()
             optimizer.step()
-            if settings.proximal_mu > 0:
-                with torch.no_grad():
-                    for param, start in zip(model.parameters(), anchor, strict=True):
-                        param -= settings.learning_rate * settings.proximal_mu * (param - start)
+            _proximal_step(model, anchor, settings)
+
+
+def poisson_batches(n_records: int, sample_rate: float, steps: int) -> Iterator[torch.Tensor]:
+    """Index tensors of ``steps`` batches, each record in each independently with probability
+    ``sample_rate``: Opacus's ``UniformWithReplacementSampler``, draw for draw, without its
+    round trip through Python lists."""
+    for _ in range(steps):
+        yield (torch.rand(n_records) < sample_rate).nonzero().reshape(-1)
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse a model outside the shape the closed-form per-record norms hold for: a Sequential
+    whose parameters all belong to its Linear layers, each used once (other layers
+    parameter-free, and, like Opacus, none may mix the records of a batch)."""
+    layers = list(model.children())
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    owned = {id(p) for layer in linears for p in layer.parameters()}
+    if (
+        not isinstance(model, nn.Sequential)
+        or not linears
+        or len(layers) != len(model)
+        or any(id(p) not in owned for p in model.parameters())
+    ):
+        raise ValueError(
+            "DP training needs a Sequential model of Linear layers and parameter-free "
+            f"activations; got {type(model).__name__}"
+        )
+
+
+class ClippedSumOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus's optimizer for gradients that already are sums of clipped per-record gradients:
+    it adds Gaussian noise of std ``noise_multiplier * max_grad_norm`` to the sum, divides by the
+    expected batch size and calls the accountant's step hook. Unchanged but for one copy: Opacus
+    deep-copies ``.grad`` into the sum (a fifth of a small model's step), and here the clipped sum
+    is a fresh tensor every step, so it is taken as it is."""
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            if p.summed_grad is None:
+                p.summed_grad = p.grad.detach()
+            else:
+                p.summed_grad.add_(p.grad)
+
+
+def dp_optimizer(
+    model: nn.Module, settings: LocalSettings, plan: DPPlan, n_records: int
+) -> ClippedSumOptimizer:
+    """SGD with DP noise as ``make_private`` sets it up: ``expected_batch_size`` is
+    ``int(n_records * sample_rate)``."""
+    return ClippedSumOptimizer(
+        torch.optim.SGD(model.parameters(), lr=settings.learning_rate),
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=settings.max_grad_norm,
+        expected_batch_size=int(n_records * plan.sample_rate),
+    )
+
+
+def clipped_gradient_sum(
+    model: nn.Sequential, features: torch.Tensor, labels: torch.Tensor, max_grad_norm: float
+) -> None:
+    """Set each parameter's ``.grad`` to the sum over the batch of the records' logistic-loss
+    gradients, each record's whole gradient scaled by Opacus's clip factor
+    ``min(1, max_grad_norm / (norm + 1e-6))``."""
+    logits, linears, inputs, outputs = _forward(model, features)
+    loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels, reduction="sum")
+    output_grads = torch.autograd.grad(loss, outputs)
+    squared_norms = sum(
+        g.square().sum(1) * (a.square().sum(1) + int(layer.bias is not None))
+        for layer, a, g in zip(linears, inputs, output_grads, strict=True)
+    )
+    factor = (max_grad_norm / (squared_norms.sqrt() + 1e-6)).clamp(max=1.0)
+    for layer, a, g in zip(linears, inputs, output_grads, strict=True):
+        clipped = g * factor.unsqueeze(1)
+        layer.weight.grad = clipped.T @ a
+        if layer.bias is not None:
+            layer.bias.grad = clipped.sum(0)
+
+
+def _forward(
+    model: nn.Sequential, features: torch.Tensor
+) -> tuple[torch.Tensor, list[nn.Linear], list[torch.Tensor], list[torch.Tensor]]:
+    """The model's output, with each Linear layer's input and output on the way."""
+    linears, inputs, outputs = [], [], []
+    hidden = features
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            linears.append(layer)
+            inputs.append(hidden)
+            hidden = layer(hidden)
+            outputs.append(hidden)
+        else:
+            hidden = layer(hidden)
+    return hidden, linears, inputs, outputs
+
+
+def _proximal_step(model: nn.Module, anchor: list[torch.Tensor], settings: LocalSettings) -> None:
+    """FedProx's pull towards the round's starting weights, applied after each step as a
+    data-independent update (no privacy cost): inside the loss it would bypass the per-record
+    gradients and be silently dropped."""
+    if settings.proximal_mu > 0:
+        with torch.no_grad():
+            for param, start in zip(model.parameters(), anchor, strict=True):
+                param -= settings.learning_rate * settings.proximal_mu * (param - start)

@@ -1,7 +1,8 @@
 """The run directory: what a central team keeps from a run.
 
 ``summary.json`` (the contract in DESIGN.md), ``metrics.jsonl`` (one line per round),
-``model.pt`` (the final weights) with ``model_card.json`` and ``model_card.md``, and ``run.log``.
+``model.pt`` (the final weights) with ``model_card.json`` and ``model_card.md``, ``report.html``
+(built from the summary and the rounds alone, so ``allfed report`` can rebuild it) and ``run.log``.
 Files are written to a temporary name and renamed, so a reader never sees half a file.
 """
 
@@ -16,12 +17,15 @@ from typing import Any
 
 import torch
 
+from federation.errors import AllfedError
+
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 MODEL = "model.pt"
 MODEL_CARD = "model_card.json"
 MODEL_CARD_MD = "model_card.md"
 LOG = "run.log"
+REPORT = "report.html"
 
 _LOGGERS = ("allfed", "flwr")
 
@@ -63,6 +67,9 @@ class RunDirectory:
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_text(SUMMARY, json.dumps(clean_json(summary), indent=2) + "\n")
 
+    def write_report(self, summary: dict[str, Any]) -> None:
+        write_report(self.path, summary)
+
     def write_model(self, state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> None:
         tmp = self.path / (MODEL + ".tmp")
         torch.save(state_dict, tmp)
@@ -71,9 +78,48 @@ class RunDirectory:
         self._write_text(MODEL_CARD_MD, render_model_card(card))
 
     def _write_text(self, name: str, text: str) -> None:
-        tmp = self.path / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(self.path / name)
+        _write_atomic(self.path / name, text)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_report(path: Path, summary: dict[str, Any]) -> Path:
+    """``report.html`` in run directory ``path``, from ``summary`` and the rounds on disk."""
+    from federation.server.report import render_report  # matplotlib only when a report is due
+
+    report = Path(path) / REPORT
+    _write_atomic(report, render_report(clean_json(summary), read_rounds(path)))
+    return report
+
+
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` (none if the run ended before its first round)."""
+    metrics = Path(path) / METRICS
+    if not metrics.exists():
+        return []
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    try:
+        return [json.loads(line) for line in lines if line.strip()]
+    except json.JSONDecodeError as error:
+        raise AllfedError(f"{metrics}: not valid JSON lines ({error})") from None
+
+
+def rebuild_report(path: Path) -> Path:
+    """``report.html`` of an existing run directory, from its summary.json and metrics.jsonl."""
+    summary_path = Path(path) / SUMMARY
+    if not summary_path.is_file():
+        raise AllfedError(f"{path}: no {SUMMARY} here; not a run directory")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AllfedError(f"{summary_path}: not valid JSON ({error})") from None
+    if not isinstance(summary, dict) or "study" not in summary or "sites" not in summary:
+        raise AllfedError(f"{summary_path}: not an allfed run summary")
+    return write_report(path, summary)
 
 
 def clean_json(value: Any) -> Any:

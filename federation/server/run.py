@@ -3,15 +3,17 @@
 Setup (sites check their data and release standardization sums), then rounds of train and
 evaluate. Per-site facts (status, epsilon and the accounting behind it) are kept per site and
 never averaged; only updates that pass validation reach the Flower strategy; pooled metrics are
-computed from the sites' additive statistics.
+computed from the sites' additive statistics. The run ends by writing ``summary.json`` and then
+``report.html``; a report that cannot be written is logged and never fails the run.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,18 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from federation import protocol as p
-from federation.scorestats import ScoreStats, groups_from_record
-from federation.server.metrics import compute_metrics, metrics_or_none
-from federation.server.outputs import RunDirectory
+from federation.scorestats import (
+    ScoreStats,
+    counts_from_record,
+    groups_from_record,
+    intersection_name,
+)
+from federation.server.metrics import GroupPool, compute_metrics, publish_groups
+from federation.server.outputs import REPORT, RunDirectory
 from federation.server.standardization import pooled_scaling
 from federation.server.strategy import build_strategy
 from federation.spec import StudySpec, feature_names, federated_columns
 from models.registry import build_model
-from privacy.disclosure import is_disclosive
 
 log = logging.getLogger("allfed.server")
 
@@ -54,6 +60,7 @@ class SiteRecord:
     sample_rate: float | None = None
     steps: int = 0
     other_releases: list[dict[str, float]] = field(default_factory=list)
+    representation: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
     def fail(self, state: str, reason: str) -> None:
         self.status, self.reason = state, reason
@@ -78,17 +85,28 @@ class StudyRun:
         try:
             arrays = self._run_rounds()
             self._finish(arrays)
-            summary = self._summary("completed", None)
-            self.outputs.write_summary(summary)
-            return summary
+            return self._conclude("completed", None)
         except RunFailed as error:
-            self.outputs.write_summary(self._summary("failed", str(error)))
+            self._conclude("failed", str(error))
             raise
         except Exception as error:
-            self.outputs.write_summary(self._summary("failed", f"{type(error).__name__}: {error}"))
+            self._conclude("failed", f"{type(error).__name__}: {error}")
             raise
         finally:
             self.outputs.stop_log()
+
+    def _conclude(self, status: str, error: str | None) -> dict[str, Any]:
+        """Write the summary, then the report: the summary must not wait on (or die with) it."""
+        summary = self._summary(status, error)
+        self.outputs.write_summary(summary)
+        started = time.perf_counter()
+        try:
+            self.outputs.write_report(summary)
+        except Exception:
+            log.exception("could not write %s; summary.json is complete", REPORT)
+        else:
+            log.info("wrote %s in %.2f s", REPORT, time.perf_counter() - started)
+        return summary
 
     def _run_rounds(self) -> ArrayRecord:
         spec = self.spec
@@ -150,6 +168,12 @@ class StudyRun:
                 continue
             metrics = reply.content[p.METRICS]
             site.n_train, site.n_test = int(metrics[p.N_TRAIN]), int(metrics[p.N_TEST])
+            try:
+                site.representation = counts_from_record(metrics, p.REPRESENTATION)
+                _check_columns(site.representation, self.spec.study.groups, "representation")
+            except ValueError as error:
+                site.fail(p.FAILED, f"setup reply rejected: {_short(str(error))}")
+                continue
             if p.STANDARDIZATION_NOISE in metrics:
                 site.other_releases.append(
                     {
@@ -249,38 +273,31 @@ class StudyRun:
         ]
         pooled = ScoreStats.empty()
         per_site: dict[str, Any] = {}
-        groups: dict[str, dict[str, ScoreStats]] = {}
-        withheld: dict[str, dict[str, int]] = {}
+        single, crossed = GroupPool(), GroupPool()
+        pairs = _intersections(self.spec.study.groups)
         for reply in self._exchange(messages):
             site = self.sites[reply.metadata.src_node_id]
             try:
                 record = reply.content[p.METRICS]
                 stats = ScoreStats.from_record(record, p.SITE_STATS)
                 site_groups = groups_from_record(record, p.GROUP_STATS)
+                site_crossed = groups_from_record(record, p.INTERSECTION_STATS)
+                _check_columns(site_groups, self.spec.study.groups, "group")
+                _check_columns(site_crossed, pairs, "intersection")
             except (KeyError, ValueError) as error:
                 site.fail(p.FAILED, f"evaluation reply rejected: {_short(str(error))}")
                 continue
             pooled = pooled + stats
             per_site[site.name] = compute_metrics(stats)
-            for column, levels in site_groups.items():
-                for level, level_stats in levels.items():
-                    if level_stats is None:
-                        withheld.setdefault(column, {}).setdefault(level, 0)
-                        withheld[column][level] += 1
-                    else:
-                        merged = groups.setdefault(column, {})
-                        merged[level] = merged.get(level, ScoreStats.empty()) + level_stats
-        per_group: dict[str, Any] = {}
-        for column in sorted(set(groups) | set(withheld)):
-            levels = sorted(set(groups.get(column, {})) | set(withheld.get(column, {})))
-            per_group[column] = {
-                level: {
-                    "metrics": metrics_or_none(_releasable(groups.get(column, {}).get(level))),
-                    "sites_withheld": withheld.get(column, {}).get(level, 0),
-                }
-                for level in levels
-            }
-        return {"pooled": compute_metrics(pooled), "per_site": per_site, "per_group": per_group}
+            single.add(site.name, site_groups)
+            crossed.add(site.name, site_crossed)
+        per_group, per_intersection = publish_groups(pooled, single, crossed, pairs)
+        return {
+            "pooled": compute_metrics(pooled),
+            "per_site": per_site,
+            "per_group": per_group,
+            "per_intersection": per_intersection,
+        }
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -355,8 +372,12 @@ class StudyRun:
         }
 
     def _summary(self, status: str, error: str | None) -> dict[str, Any]:
+        study = self.spec.study
         return {
-            "study": self.spec.study.name,
+            "study": study.name,
+            "task": study.task,
+            "label": study.label,
+            "groups": list(study.groups),
             "status": status,
             "error": error,
             "rounds": self.rounds_done,
@@ -365,6 +386,7 @@ class StudyRun:
             "model": self.spec.model.name,
             "privacy": self._privacy_header(),
             "sites": {s.name: self._site_summary(s) for s in self.sites.values()},
+            "representation": _representation(self.sites.values()),
             "metrics": self.metrics,
         }
 
@@ -405,13 +427,31 @@ def _update_problem(content: RecordDict, global_arrays: ArrayRecord, dp: bool) -
     return None
 
 
-def _releasable(stats: ScoreStats | None) -> ScoreStats | None:
-    """A group's statistics if none of its released counts is a small cell, else None."""
-    if stats is None or any(
-        is_disclosive(c) for c in (stats.n, stats.n_pos, stats.n - stats.n_pos)
-    ):
-        return None
-    return stats
+def _intersections(groups: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Intersection column name -> its two group columns, for every pair of group columns."""
+    return {intersection_name(a, b): (a, b) for a, b in combinations(groups, 2)}
+
+
+def _check_columns(found: Mapping[str, Any], expected: Collection[str], what: str) -> None:
+    """A site may only report on the study's group columns (or their pairs)."""
+    if unexpected := sorted(set(found) - set(expected)):
+        raise ValueError(f"unexpected {what} columns: {', '.join(map(repr, unexpected))}")
+
+
+def _representation(sites: Iterable[SiteRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Training records per group column, level and site (None: withheld at the site, 0: none
+    there), with the total over sites where no site withheld the level."""
+    reporting = [site for site in sites if site.representation]
+    columns = sorted({column for site in reporting for column in site.representation})
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for column in columns:
+        levels = sorted({level for s in reporting for level in s.representation.get(column, {})})
+        table[column] = {}
+        for level in levels:
+            counts = {s.name: s.representation.get(column, {}).get(level, 0) for s in reporting}
+            total = None if None in counts.values() else sum(counts.values())
+            table[column][level] = {"total": total, "sites": counts}
+    return table
 
 
 def _declined(reply: Message) -> bool:

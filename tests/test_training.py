@@ -1,0 +1,200 @@
+"""DP-SGD at a site: the closed-form clipped sums are Opacus's, and so are noise and accounting."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch import nn
+
+from federation.client.training import (
+    DPPlan,
+    LocalSettings,
+    check_supported,
+    clipped_gradient_sum,
+    dp_optimizer,
+    plan_dp,
+    poisson_batches,
+    train_dp,
+    train_plain,
+)
+from models.registry import build_model
+from privacy.accounting import GaussianRelease
+
+N_FEATURES = 13
+
+
+def batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of very different scales, so that a mid-range norm clips some records only."""
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(-2, 1, n).unsqueeze(1) if n else torch.ones(0, 1)
+    features = torch.randn(n, N_FEATURES, generator=generator) * scales
+    labels = (torch.rand(n, generator=generator) < 0.4).float()
+    return features, labels
+
+
+def model_of(name: str) -> nn.Sequential:
+    torch.manual_seed(3)
+    model = build_model(name, N_FEATURES, (16, 8) if name == "mlp" else ())
+    with torch.no_grad():  # weights away from zero, so that every layer carries gradient
+        for param in model.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    return model
+
+
+def opacus_hooks(model: nn.Module, features, labels, max_grad_norm: float, batch_size: int):
+    """Opacus's reference: per-sample hooks, flat clipping, zero noise. Returns the clipped sums
+    and the per-record norms."""
+    module = GradSampleModule(copy.deepcopy(model), loss_reduction="mean")
+    optimizer = DPOptimizer(
+        torch.optim.SGD(module.parameters(), lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=batch_size,
+    )
+    optimizer.zero_grad()
+    nn.BCEWithLogitsLoss()(module(features).squeeze(-1), labels).backward()
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in optimizer.grad_samples], dim=1).norm(
+        dim=1
+    )
+    optimizer.clip_and_accumulate()
+    return [p.summed_grad for p in optimizer.params], norms
+
+
+@pytest.mark.parametrize("name", ["logistic", "mlp"])
+@pytest.mark.parametrize("n", [64, 1, 0])
+def test_clipped_sum_equals_opacus_hooks(name, n):
+    model = model_of(name)
+    features, labels = batch(n)
+    _, norms = opacus_hooks(model, features, labels, 1.0, 64)
+    # Clip about half of the records: the norm lies between the smallest and largest.
+    max_grad_norm = float(norms.median()) if n > 1 else 0.5
+    if n == 64:
+        assert (norms > max_grad_norm).any() and (norms < max_grad_norm).any()
+    expected, _ = opacus_hooks(model, features, labels, max_grad_norm, 64)
+
+    clipped_gradient_sum(model, features, labels, max_grad_norm)
+
+    for param, reference in zip(model.parameters(), expected, strict=True):
+        assert param.grad.shape == param.shape
+        torch.testing.assert_close(param.grad, reference, rtol=1e-5, atol=1e-6)
+    if n == 0:
+        assert all((p.grad == 0).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["logistic", "mlp"])
+def test_a_noiseless_step_equals_opacus_hooks_step(name):
+    """The whole step: clipped sum, divided by the expected batch size, SGD update."""
+    model, reference = model_of(name), model_of(name)
+    features, labels = batch(40, seed=1)
+    settings = LocalSettings(epochs=1, batch_size=64, learning_rate=0.5, max_grad_norm=0.3)
+    plan = DPPlan(noise_multiplier=0.0, sample_rate=1 / 8, steps_per_round=8, planned_steps=8)
+    optimizer = dp_optimizer(model, settings, plan, n_records=500)
+    optimizer.zero_grad()
+    clipped_gradient_sum(model, features, labels, settings.max_grad_norm)
+    optimizer.step()
+
+    module = GradSampleModule(reference, loss_reduction="mean")
+    opacus_optimizer = DPOptimizer(
+        torch.optim.SGD(module.parameters(), lr=0.5),
+        noise_multiplier=0.0,
+        max_grad_norm=0.3,
+        expected_batch_size=int(500 * plan.sample_rate),
+    )
+    nn.BCEWithLogitsLoss()(module(features).squeeze(-1), labels).backward()
+    opacus_optimizer.step()
+
+    for param, expected in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(param, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_empty_batch_is_a_noisy_step_with_the_planned_noise():
+    """Noise of std noise_multiplier * max_grad_norm on the (zero) sum, over the expected
+    batch size."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4000, 1))
+    start = [p.detach().clone() for p in model.parameters()]
+    settings = LocalSettings(epochs=1, batch_size=50, learning_rate=1.0, max_grad_norm=2.0)
+    plan = DPPlan(noise_multiplier=1.5, sample_rate=0.1, steps_per_round=10, planned_steps=10)
+    optimizer = dp_optimizer(model, settings, plan, n_records=500)
+    optimizer.zero_grad()
+    clipped_gradient_sum(model, torch.zeros(0, 4000), torch.zeros(0), settings.max_grad_norm)
+    optimizer.step()
+    update = model[0].weight.detach() - start[0]
+    expected_std = 1.5 * 2.0 / 50
+    assert update.std().item() == pytest.approx(expected_std, rel=0.05)
+    assert abs(update.mean().item()) < 0.1 * expected_std
+
+
+def test_poisson_batches_are_opacus_sampler_draw_for_draw():
+    torch.manual_seed(5)
+    ours = [b.tolist() for b in poisson_batches(300, 1 / 7, 20)]
+    torch.manual_seed(5)
+    theirs = list(UniformWithReplacementSampler(num_samples=300, sample_rate=1 / 7, steps=20))
+    assert ours == theirs
+    assert len({len(b) for b in ours}) > 1  # Poisson: batch sizes vary
+
+
+def site_data(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(np.float32)
+    return x, y
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_accountant_history_after_training_equals_the_plan(accountant):
+    x, y = site_data()
+    settings = LocalSettings(epochs=2, batch_size=64, learning_rate=0.5, max_grad_norm=1.0)
+    prior = [GaussianRelease(10.0, 1.0, 1)]
+    rounds = 3
+    plan = plan_dp(len(y), 64, 2, rounds, 3.0, 1e-5, accountant, prior)
+    assert plan.sample_rate == 1 / 5 and plan.steps_per_round == 10
+    model, history = build_model("mlp", N_FEATURES), prior
+    for _ in range(rounds):
+        history = train_dp(model, x, y, settings, plan, accountant, history)
+    assert history == [
+        *prior,
+        GaussianRelease(plan.noise_multiplier, plan.sample_rate, plan.planned_steps),
+    ]
+
+
+def test_dp_training_learns_and_a_changed_site_is_refused():
+    x, y = site_data(600)
+    settings = LocalSettings(epochs=3, batch_size=64, learning_rate=0.5, max_grad_norm=1.0)
+    plan = DPPlan(noise_multiplier=0.5, sample_rate=1 / 10, steps_per_round=30, planned_steps=30)
+    model = build_model("logistic", N_FEATURES)
+    train_dp(model, x, y, settings, plan, "rdp", [])
+    with torch.no_grad():
+        accuracy = ((model(torch.from_numpy(x)).squeeze(-1) > 0).float() == torch.tensor(y)).float()
+    assert accuracy.mean() > 0.75
+    with pytest.raises(RuntimeError, match="no longer matches"):
+        train_dp(model, x[:500], y[:500], settings, plan, "rdp", [])
+
+
+def test_a_model_outside_the_closed_form_is_refused():
+    check_supported(build_model("mlp", N_FEATURES, (8,)))
+    with pytest.raises(ValueError, match="Sequential model of Linear layers"):
+        check_supported(nn.Sequential(nn.Linear(N_FEATURES, 8), nn.LayerNorm(8), nn.Linear(8, 1)))
+    with pytest.raises(ValueError, match="Sequential model of Linear layers"):
+        check_supported(nn.Bilinear(N_FEATURES, N_FEATURES, 1))
+    shared = nn.Linear(N_FEATURES, N_FEATURES)
+    with pytest.raises(ValueError, match="Sequential model of Linear layers"):
+        check_supported(nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(N_FEATURES, 1)))
+
+
+def test_plain_training_is_seeded_and_learns():
+    x, y = site_data(600)
+    settings = LocalSettings(epochs=3, batch_size=64, learning_rate=0.5, max_grad_norm=1.0)
+    first, second = build_model("mlp", N_FEATURES), build_model("mlp", N_FEATURES)
+    second.load_state_dict(first.state_dict())
+    train_plain(first, x, y, settings)
+    train_plain(second, x, y, settings)
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        accuracy = ((first(torch.from_numpy(x)).squeeze(-1) > 0).float() == torch.tensor(y)).float()
+    assert accuracy.mean() > 0.8
