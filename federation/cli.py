@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from federation.cli_privacy import privacy_app
+from federation.deploy import cli as deploy_cli
 from federation.errors import AllfedError
 
 app = typer.Typer(
@@ -26,6 +28,10 @@ app = typer.Typer(
 )
 site_app = typer.Typer(help="Commands for a site operator.", no_args_is_help=True)
 app.add_typer(site_app, name="site")
+app.add_typer(privacy_app, name="privacy")
+app.add_typer(deploy_cli.node_app, name="node")
+app.add_typer(deploy_cli.run_app, name="run")
+app.command("certs")(deploy_cli.certs)
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -90,6 +96,12 @@ def simulate(
     learning_rate: Annotated[float | None, typer.Option(help="Override learning-rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override batch-size.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    policy: Annotated[
+        list[str] | None, typer.Option(help="NAME=PATH of a site's privacy policy; repeat.")
+    ] = None,
+    ledger_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the sites' ledgers (NAME.sqlite each).")
+    ] = None,
 ) -> None:
     """Run a study on local site files, every site a simulated node."""
     from federation.spec import STRATEGIES, load_spec
@@ -114,7 +126,8 @@ def simulate(
     if no_dp:
         privacy["enabled"] = False
     spec = spec.with_overrides(training=training, privacy=privacy)
-    _run_and_report(spec, _parse_sites(site), out, verbose=verbose)
+    governance = {"policies": _parse_sites(policy or [], "--policy"), "ledger_dir": ledger_dir}
+    _run_and_report(spec, _parse_sites(site), out, verbose=verbose, **governance)
 
 
 @app.command()
@@ -146,19 +159,21 @@ def site_check(
     )
 
 
-def _parse_sites(values: list[str]) -> dict[str, Path]:
+def _parse_sites(values: list[str], option: str = "--site") -> dict[str, Path]:
     sites: dict[str, Path] = {}
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise AllfedError(f"--site {value!r}: expected NAME=PATH")
+            raise AllfedError(f"{option} {value!r}: expected NAME=PATH")
         if name in sites:
-            raise AllfedError(f"--site {name}: given twice; site names must be unique")
+            raise AllfedError(f"{option} {name}: given twice; site names must be unique")
         sites[name.strip()] = Path(path.strip())
     return sites
 
 
-def _run_and_report(spec, sites: dict[str, Path], out: Path, verbose: bool = False) -> None:
+def _run_and_report(
+    spec, sites: dict[str, Path], out: Path, verbose: bool = False, **governance: Any
+) -> None:
     from federation.simulation import simulate as run_simulation
 
     _warn_about_site_scaling(spec)
@@ -181,7 +196,7 @@ def _run_and_report(spec, sites: dict[str, Path], out: Path, verbose: bool = Fal
                 status += f", max site epsilon {max(spent):.3f}"
             progress.update(task, completed=server_round, status=status)
 
-        summary = run_simulation(spec, sites, out, on_round=on_round, verbose=verbose)
+        summary = run_simulation(spec, sites, out, on_round=on_round, verbose=verbose, **governance)
     _print_summary(summary, out)
     if summary["status"] != "completed":
         err_console.print(f"[red]run failed:[/] {summary['error']}")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from itertools import combinations
+from itertools import combinations, pairwise
 from numbers import Integral, Real
 from typing import Any
 from urllib.parse import quote, unquote
@@ -122,6 +122,48 @@ class ScoreStats:
         )
 
     @classmethod
+    def released(cls, y: np.ndarray, p: np.ndarray, min_cell_count: int) -> ScoreStats | None:
+        """What a site may release about these records: coarsened statistics, or None when the
+        events or non-events number 1..min_cell_count (then no coarsening can hide them).
+
+        Each class's fine score bins are merged (``coarse_bins``) until every bin holds 0 or more
+        than ``min_cell_count`` of its records; every record is then placed at its merged bin's
+        representative fine bin, and the confusion matrix and calibration counts are taken from
+        the coarse bins, so each released count is a sum of safe counts and no small count can
+        be recovered by subtraction. The float sums stay exact.
+        """
+        y, p = _checked_scores(y, p)
+        pos = y == 1
+        if is_disclosive(int(pos.sum()), min_cell_count) or is_disclosive(
+            int((~pos).sum()), min_cell_count
+        ):
+            return None
+        fine = score_bins(p)
+        placed = np.empty_like(fine)
+        for mask in (pos, ~pos):
+            hist = np.bincount(fine[mask], minlength=N_BINS)
+            placed[mask] = coarse_bins(hist, min_cell_count)[fine[mask]]
+        risk = 1.0 / (1.0 + np.exp(-_bin_logit(placed)))
+        cal = np.minimum(np.floor(risk * CAL_BINS), CAL_BINS - 1).astype(np.int64)
+        clipped = np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+        predicted = placed >= THRESHOLD_BIN
+        return cls(
+            hist_pos=np.bincount(placed[pos], minlength=N_BINS).astype(np.int64),
+            hist_neg=np.bincount(placed[~pos], minlength=N_BINS).astype(np.int64),
+            sum_sq_error=float(np.sum((p - y) ** 2)),
+            sum_log_loss=float(-np.sum(np.where(pos, np.log(clipped), np.log1p(-clipped)))),
+            sum_score=float(np.sum(p)),
+            sum_score_pos=float(np.sum(p[pos])),
+            tp=int(np.sum(pos & predicted)),
+            fp=int(np.sum(~pos & predicted)),
+            tn=int(np.sum(~pos & ~predicted)),
+            fn=int(np.sum(pos & ~predicted)),
+            cal_count=np.bincount(cal, minlength=CAL_BINS).astype(np.int64),
+            cal_sum_y=np.bincount(cal[pos], minlength=CAL_BINS).astype(np.int64),
+            cal_sum_p=np.bincount(cal, weights=p, minlength=CAL_BINS).astype(np.float64),
+        )
+
+    @classmethod
     def empty(cls) -> ScoreStats:
         """The statistics of no records: the identity for ``+``."""
         return cls.from_scores(np.zeros(0, dtype=np.int64), np.zeros(0))
@@ -186,6 +228,61 @@ def score_bins(p: np.ndarray) -> np.ndarray:
         logit = np.log(p) - np.log1p(-p)
     position = np.floor((logit - LOGIT_MIN) * (N_BINS / (LOGIT_MAX - LOGIT_MIN)))
     return np.clip(position, 0, N_BINS - 1).astype(np.int64)
+
+
+THRESHOLD_BIN = N_BINS // 2  # the first fine bin at or above THRESHOLD (logit 0)
+
+
+def _bin_logit(index: np.ndarray) -> np.ndarray:
+    return LOGIT_MIN + (index + 0.5) * ((LOGIT_MAX - LOGIT_MIN) / N_BINS)
+
+
+def _preferred_cuts() -> list[int]:
+    """Fine bin edges worth keeping: the threshold and the calibration bins' edges."""
+    edges = score_bins(np.arange(1, CAL_BINS) / CAL_BINS).tolist()
+    return sorted({THRESHOLD_BIN, *edges} - {0})
+
+
+def coarse_bins(hist: np.ndarray, min_cell_count: int) -> np.ndarray:
+    """For every fine bin of one class's histogram, the fine bin its records are released at.
+
+    Adjacent fine bins are merged, left to right, until each merged bin holds 0 or more than
+    ``min_cell_count`` records; a short tail joins the bins before it. The threshold and the
+    calibration edges are kept as cuts where both sides allow it, so the confusion matrix at
+    0.5 stays exact whenever it can be released at all. A merged bin is released at its records'
+    mean fine bin (an aggregate of more than ``min_cell_count`` scores). Each class is merged on
+    its own, so events and non-events are never forced into ties.
+    """
+    cuts = [0, *_preferred_cuts(), N_BINS]
+    segments = _merge_runs(hist, list(pairwise(cuts)), min_cell_count)
+    placed = np.arange(N_BINS)
+    for lo, hi in segments:
+        units = [(i, i + 1) for i in range(lo, hi)]
+        for a, b in _merge_runs(hist, units, min_cell_count):
+            weight = hist[a:b]
+            if weight.sum():
+                placed[a:b] = round(float(np.average(np.arange(a, b), weights=weight)))
+    return placed
+
+
+def _merge_runs(
+    hist: np.ndarray, units: list[tuple[int, int]], min_cell_count: int
+) -> list[tuple[int, int]]:
+    """Join consecutive ``units`` (fine index ranges) into groups that each hold 0 or more than
+    ``min_cell_count`` records, left to right; a small tail joins the groups before it."""
+    below = np.concatenate([[0], np.cumsum(hist)]).tolist()  # records below each fine edge
+    groups: list[tuple[int, int]] = []
+    start = units[0][0]
+    for _, hi in units:
+        if below[hi] - below[start] > min_cell_count:
+            groups.append((start, hi))
+            start = hi
+    end = units[-1][1]
+    while groups and is_disclosive(int(below[end] - below[start]), min_cell_count):
+        start = groups.pop()[0]
+    if start < end:
+        groups.append((start, end))
+    return groups
 
 
 def _checked_scores(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -289,17 +386,20 @@ def group_stats(
 ) -> dict[str, dict[str, ScoreStats | None]]:
     """Per group column and level present in the data: its statistics, or None when withheld.
 
-    A level with 1..min_cell_count records is withheld (small-cell suppression); its existence
-    is released, its count is not. Missing values form the level ``"missing"``.
+    A level with 1..min_cell_count records, events or non-events is withheld (small-cell
+    suppression), and more levels until the withheld ones add up to no small count; a released
+    level's statistics are coarsened (``ScoreStats.released``). A level's existence is released,
+    its count is not. Missing values form the level ``"missing"``.
     """
     y, p = _checked_scores(y, p)
     result: dict[str, dict[str, ScoreStats | None]] = {}
     for column, values in groups.items():
         levels = _level_names(values, len(y), column)
-        result[column] = {
+        stats = {
             str(level): _level_stats(y, p, levels == level, min_cell_count)
             for level in np.unique(levels)
         }
+        result[column] = _complementary(y, levels, stats, min_cell_count)
     return result
 
 
@@ -315,7 +415,29 @@ def _level_stats(
 ) -> ScoreStats | None:
     if is_disclosive(int(mask.sum()), min_cell_count):
         return None
-    return ScoreStats.from_scores(y[mask], p[mask])
+    return ScoreStats.released(y[mask], p[mask], min_cell_count)
+
+
+def _complementary(
+    y: np.ndarray,
+    levels: np.ndarray,
+    stats: dict[str, ScoreStats | None],
+    min_cell_count: int,
+) -> dict[str, ScoreStats | None]:
+    """Withhold more levels until the withheld ones together hold no small count of records,
+    events or non-events: the site's totals are released, so their sum could be recovered."""
+
+    def counts(chosen: set[str]) -> tuple[int, int, int]:
+        mask = np.isin(levels, list(chosen))
+        return int(mask.sum()), int(y[mask].sum()), int((1 - y[mask]).sum())
+
+    withheld = {level for level, s in stats.items() if s is None}
+    while len(withheld) < len(stats) and any(
+        is_disclosive(c, min_cell_count) for c in counts(withheld)
+    ):
+        shown = sorted(set(stats) - withheld, key=lambda lv: (int((levels == lv).sum()), lv))
+        withheld.add(shown[0])
+    return {level: None if level in withheld else s for level, s in stats.items()}
 
 
 def groups_to_record(

@@ -41,12 +41,20 @@ class SimulatedSites:
 
     spec_toml: str
     sites: tuple[tuple[str, str], ...]
+    policies: tuple[tuple[str, str], ...] = ()  # site name -> its policy file
+    ledger_dir: str | None = None  # each site's ledger is ledger_dir/NAME.sqlite
 
     def __call__(self, context):
-        from federation.client.app import SiteSettings
+        from federation.client.app import SiteSettings, site_policy
 
         name, path = self.sites[int(context.node_config["partition-id"])]
-        return SiteSettings(name=name, data=Path(path), spec=_parse(self.spec_toml))
+        return SiteSettings(
+            name=name,
+            data=Path(path),
+            spec=_parse(self.spec_toml),
+            policy=site_policy(dict(self.policies).get(name)),
+            ledger=Path(self.ledger_dir) / f"{name}.sqlite" if self.ledger_dir else None,
+        )
 
 
 @lru_cache(maxsize=4)
@@ -60,11 +68,17 @@ def simulate(
     out: Path,
     on_round=None,
     verbose: bool = False,
+    client_mods: list | None = None,
+    policies: dict[str, Path] | None = None,
+    ledger_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` over ``sites`` (name -> data file) and return the run's summary.
 
     The run directory ``out`` is written whether the run completes or fails; a failed run
     (fewer than ``min-sites`` sites left) returns a summary with ``status: "failed"``.
+    ``client_mods`` (Flower mods wrapped around every site's handlers) are for fault injection.
+    ``policies`` (site name -> policy file) and ``ledger_dir`` (one ledger per site) are the
+    sites' own governance, as ``--node-config policy=... ledger=...`` is in deployment.
     """
     if not sites:
         raise AllfedError("no sites given: pass --site NAME=PATH at least once")
@@ -76,16 +90,24 @@ def simulate(
     from flwr.simulation import run_simulation
     from flwr.supercore.logger import update_console_handler
 
-    from federation.client.app import make_client_app
+    from federation.client.app import make_client_app, site_policy
     from federation.server.app import RunSettings, make_server_app
     from federation.server.run import RunFailed
 
+    policies = policies or {}
+    if unknown := sorted(set(policies) - set(sites)):
+        raise AllfedError(f"--policy {unknown[0]}: no --site of that name")
+    for path in policies.values():
+        site_policy(path)  # a malformed policy is the user's mistake: say so before starting
     resolve_site = SimulatedSites(
-        spec.to_toml(), tuple((name, str(Path(path).resolve())) for name, path in sites.items())
+        spec.to_toml(),
+        tuple((name, str(Path(path).resolve())) for name, path in sites.items()),
+        tuple((name, str(Path(path).resolve())) for name, path in policies.items()),
+        str(Path(ledger_dir).resolve()) if ledger_dir else None,
     )
-    settings = RunSettings(spec=spec, out=Path(out), on_round=on_round)
+    settings = RunSettings(spec=spec, out=Path(out), on_round=on_round, expected_sites=len(sites))
     server_app = make_server_app(lambda _context: settings)
-    client_app = make_client_app(resolve_site)
+    client_app = make_client_app(resolve_site, mods=client_mods)
     update_console_handler(level=logging.INFO if verbose else logging.ERROR)
     # Ray installs a root log handler; keep Flower's and allfed's records out of it (they still
     # reach run.log, and Flower's own console handler in verbose mode).

@@ -17,7 +17,7 @@ from federation.errors import SpecError
 from federation.protocol import RUN_STUDY, RUN_STUDY_FILE
 from models import MODEL_NAMES
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 ACCOUNTANTS = ("prv", "rdp")
 MISSING_RULES = ("impute", "drop")
 SCALINGS = ("federated", "site")
@@ -64,6 +64,9 @@ class TrainingSection:
     learning_rate: float = 0.5
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
+    trim_fraction: float = 0.2
+    krum_malicious: int = 0
+    max_update_ratio: float = 10.0
     min_sites: int = 2
     round_timeout: float = 600.0
 
@@ -294,10 +297,16 @@ def _read_training(r: _Reader) -> TrainingSection:
         "learning-rate",
         "strategy",
         "proximal-mu",
+        "trim-fraction",
+        "krum-malicious",
+        "max-update-ratio",
         "min-sites",
         "round-timeout",
     )
     r.check_known(keys)
+    trim_fraction = r.positive("trim-fraction", float, 0.2, allow_zero=True)
+    if trim_fraction >= 0.5:
+        raise r.fail("trim-fraction", "must be below 0.5 (the share cut from each end)")
     return TrainingSection(
         rounds=r.positive("rounds", int, 10),
         local_epochs=r.positive("local-epochs", int, 1),
@@ -305,6 +314,9 @@ def _read_training(r: _Reader) -> TrainingSection:
         learning_rate=r.positive("learning-rate", float, 0.5),
         strategy=r.get("strategy", str, "fedavg", choices=STRATEGIES),
         proximal_mu=r.positive("proximal-mu", float, 0.01, allow_zero=True),
+        trim_fraction=trim_fraction,
+        krum_malicious=r.positive("krum-malicious", int, 0, allow_zero=True),
+        max_update_ratio=r.positive("max-update-ratio", float, 10.0, allow_zero=True),
         min_sites=r.positive("min-sites", int, 2),
         round_timeout=r.positive("round-timeout", float, 600.0),
     )
@@ -385,6 +397,13 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
     for name in ("rounds", "local_epochs", "batch_size", "min_sites"):
         if getattr(spec.training, name) < 1:
             raise SpecError(f"{source}: [training] {name.replace('_', '-')} must be at least 1")
+    if not 0 <= spec.training.trim_fraction < 0.5:
+        raise SpecError(f"{source}: [training] trim-fraction must be at least 0 and below 0.5")
+    if spec.training.strategy not in STRATEGIES:
+        raise SpecError(
+            f"{source}: [training] strategy {spec.training.strategy!r} is not one of "
+            f"{', '.join(STRATEGIES)}"
+        )
     if not spec.privacy.target_epsilon > 0:
         raise SpecError(f"{source}: [privacy] target-epsilon must be positive")
     if not 0 < spec.privacy.delta < 1:

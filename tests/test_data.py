@@ -1,5 +1,10 @@
 """Site data checks and encoding: what the node accepts, refuses, and how it encodes."""
 
+import gzip
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -139,9 +144,10 @@ def test_bad_data_gets_one_line_naming_the_problem(tmp_path, change, message):
     [
         (b"", "file is empty"),
         (b"age,bmi,sex,smoking,race,consent,y\n", "header only"),
-        (b"\xff\xfe\x00\x01binary\x00garbage", "not UTF-8"),
+        (b"\xff\xfe\x00\x01binary\x00garbage", "NUL bytes"),
+        (b"age,bmi\n1,\xe9\n", r"not UTF-8 text .* \(line 2\)"),
         (b"age,age,bmi\n1,2,3\n", "column 'age' appears twice"),
-        (b"a,b\n1,2\n3,4,5,6\n", "line 3 has 4 fields, the header has 2"),
+        (b"a,b\n1,2\n3,4,5,6\n", r"1 row does not have the header's 2 fields \(row 3\)"),
     ],
 )
 def test_unreadable_files(tmp_path, content, message):
@@ -197,3 +203,238 @@ def test_a_single_class_site_is_allowed_with_a_warning(tmp_path):
     table = load_site_table(path, SPEC)
     assert table_warnings(table, str(path)) == [f"{path}: every training record has label 1"]
     assert table_warnings(load_site_table(write(frame(), tmp_path), SPEC), "x") == []
+
+
+# -- the malformed-file corpus, through the real CLI --------------------------------------------
+
+PLANTED = "Zq7PLANTEDxv"  # a participant's value that must never be echoed
+CORPUS_SPEC = SPEC.to_toml().replace("seed = 3", 'seed = 3\nsplit = "part"')
+
+
+def corpus_frame(n=100):
+    df = frame(n).astype(object)
+    df["part"] = ["test" if i % 4 == 0 else "train" for i in range(n)]
+    return df
+
+
+def _plant(column, row=7):
+    def change(df):
+        df.loc[row, column] = PLANTED
+        return df
+
+    return change
+
+
+def _csv(change=None):
+    def build(path):
+        df = corpus_frame()
+        (change(df) if change else df).to_csv(path, index=False)
+        return path
+
+    return build
+
+
+def _bytes(content: bytes, name="site.csv"):
+    def build(path):
+        target = path.with_name(name)
+        target.write_bytes(content)
+        return target
+
+    return build
+
+
+def _text(edit, name="site.csv"):
+    def build(path):
+        target = path.with_name(name)
+        target.write_text(edit(corpus_frame().to_csv(index=False)), encoding="utf-8")
+        return target
+
+    return build
+
+
+def _parquet(change=None):
+    def build(path):
+        target = path.with_name("site.parquet")
+        df = corpus_frame()
+        (change(df) if change else df).astype(str).to_parquet(target)
+        return target
+
+    return build
+
+
+def _replace_line(number, edit):
+    def apply(text):
+        lines = text.splitlines()
+        lines[number - 1] = edit(lines[number - 1])
+        return "\n".join(lines) + "\n"
+
+    return apply
+
+
+def _truncated_parquet(path):
+    target = _parquet()(path)
+    target.write_bytes(target.read_bytes()[:300])
+    return target
+
+
+def _duplicate_parquet(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = path.with_name("site.parquet")
+    pq.write_table(pa.table([pa.array([1, 2]), pa.array([3, 4])], names=["age", "age"]), target)
+    return target
+
+
+GOOD_CSV = corpus_frame().to_csv(index=False)
+HEADER = GOOD_CSV.splitlines()[0]
+
+CORPUS = {
+    "missing-file": (lambda p: p.with_name("absent.csv"), "file not found"),
+    "directory": (lambda p: p.parent, "is a directory"),
+    "empty-file": (_bytes(b""), "file is empty"),
+    "blank-lines-only": (_bytes(b"\n\n\n"), "no header row"),
+    "header-only": (_bytes(HEADER.encode() + b"\n"), "header only, no records"),
+    "binary-garbage": (_bytes(b"\x00\x01\x02" + PLANTED.encode() + b"\xff\xfe\x00"), "NUL bytes"),
+    "gzip-file": (
+        _bytes(gzip.compress(GOOD_CSV.encode())),
+        "not a text file|not UTF-8",
+    ),
+    "utf16-text": (_bytes(GOOD_CSV.encode("utf-16")), "NUL bytes"),
+    "latin1-text": (
+        _bytes(GOOD_CSV.replace("White", "Whit\u00e9" + PLANTED).encode("latin-1")),
+        r"not UTF-8 text .* lines cannot be decoded",
+    ),
+    "semicolon-delimiter": (_text(lambda t: t.replace(",", ";")), "semicolon-separated"),
+    "tab-delimiter": (_text(lambda t: t.replace(",", "\t")), "tab-separated"),
+    "ragged-long-row": (
+        _text(_replace_line(9, lambda line: f"{line},{PLANTED}")),
+        r"1 row does not have the header's 8 fields \(row 9\)",
+    ),
+    "ragged-short-row": (
+        _text(_replace_line(5, lambda line: line.rsplit(",", 2)[0])),
+        r"1 row does not have the header's 8 fields \(row 5\)",
+    ),
+    "unterminated-quote": (_text(lambda t: t + f'"{PLANTED},1,2\n'), "fields|malformed CSV"),
+    "duplicate-column": (
+        _text(lambda t: t.replace("bmi", "age", 1)),
+        "column 'age' appears twice",
+    ),
+    "missing-label-column": (_csv(lambda d: d.drop(columns="y")), "missing column 'y'"),
+    "missing-feature-column": (_csv(lambda d: d.drop(columns="bmi")), "missing column 'bmi'"),
+    "non-numeric-value": (_csv(_plant("age")), r"'age' is numeric .* 1 non-numeric values"),
+    "infinity": (
+        _csv(lambda d: d.assign(bmi=d["bmi"].where(d.index != 3, "inf"))),
+        r"'bmi' has 1 infinite values \(row 5\)",
+    ),
+    "negative-infinity": (
+        _csv(lambda d: d.assign(age=d["age"].where(d.index != 3, "-Infinity"))),
+        "infinite values",
+    ),
+    "missing-without-rule": (
+        _csv(lambda d: d.assign(age=d["age"].where(d.index > 1, None))),
+        r"'age' has 2 missing values \(rows 2, 3\) and the spec has no rule",
+    ),
+    "label-not-binary": (_csv(_plant("y")), "label column 'y' must be 0 or 1"),
+    "label-two": (
+        _csv(lambda d: d.assign(y=d["y"].where(d.index != 0, 2))),
+        r"must be 0 or 1; 1 rows are not \(row 2\)",
+    ),
+    "label-missing": (
+        _csv(lambda d: d.assign(y=d["y"].where(d.index != 4, None))),
+        r"label column 'y' is missing in 1 rows \(row 6\)",
+    ),
+    "unknown-level": (_csv(_plant("sex")), "'sex' has 1 values that are not among its declared"),
+    "bad-split-value": (_csv(_plant("part")), "split column 'part' must be 'train' or 'test'"),
+    "bad-consent-value": (_csv(_plant("consent")), "consent column 'consent' has 1 values"),
+    "no-consent": (_csv(lambda d: d.assign(consent=0)), "no record has consent"),
+    "too-few-records": (
+        _csv(lambda d: d.head(35)),
+        r"training records .* DP training needs at least 30 \(with fewer, the noise",
+    ),
+    "identifier-name": (_csv(lambda d: d.assign(name=PLANTED)), "'name' looks like a direct"),
+    "identifier-ssn": (_csv(lambda d: d.assign(SSN=PLANTED)), "'SSN' looks like a direct"),
+    "identifier-mrn": (_csv(lambda d: d.assign(MRN=PLANTED)), "direct identifier"),
+    "identifier-dob": (_csv(lambda d: d.assign(**{"date of birth": PLANTED})), "direct identifier"),
+    "identifier-phone": (_csv(lambda d: d.assign(phone=PLANTED)), "direct identifier"),
+    "identifier-email": (_csv(lambda d: d.assign(**{"E-mail": PLANTED})), "direct identifier"),
+    "identifier-address": (_csv(lambda d: d.assign(address=PLANTED)), "direct identifier"),
+    "corrupt-parquet": (_bytes(b"PAR1" + PLANTED.encode() + b"PAR1", "site.parquet"), "Parquet"),
+    "truncated-parquet": (_truncated_parquet, "not a readable Parquet file"),
+    "duplicate-column-parquet": (_duplicate_parquet, "column 'age' appears twice"),
+    "parquet-non-numeric": (_parquet(_plant("bmi")), "'bmi' is numeric .* non-numeric"),
+    "spreadsheet": (_bytes(b"PK\x03\x04" + PLANTED.encode(), "site.xlsx"), "save the sheet as CSV"),
+}
+
+
+def run_cli_inprocess(monkeypatch, capsys, *args):
+    """The real ``allfed`` entry point (``federation.cli:main``), in this process for speed."""
+    from federation.cli import main
+
+    monkeypatch.setattr("sys.argv", ["allfed", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out + captured.err
+
+
+@pytest.fixture
+def corpus_study(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(CORPUS_SPEC)
+    folder = tmp_path / "site"
+    folder.mkdir()
+    return study, folder / "site.csv"
+
+
+@pytest.mark.parametrize("kind", sorted(CORPUS))
+def test_malformed_corpus_through_site_check(kind, corpus_study, monkeypatch, capsys):
+    study, path = corpus_study
+    build, message = CORPUS[kind]
+    target = build(path)
+    code, output = run_cli_inprocess(
+        monkeypatch, capsys, "site", "check", str(target), "--study", str(study)
+    )
+    lines = output.strip().splitlines()
+    assert code == 2, output
+    assert 1 <= len(lines) <= 3 and "Traceback" not in output, output
+    assert PLANTED not in output and "Whit\u00e9" not in output
+    assert re.search(message, output), output
+    assert str(target) in output
+
+
+def test_good_corpus_file_passes_site_check(corpus_study, monkeypatch, capsys):
+    study, path = corpus_study
+    code, output = run_cli_inprocess(
+        monkeypatch, capsys, "site", "check", str(_csv()(path)), "--study", str(study)
+    )
+    text = " ".join(output.split())
+    assert code == 0 and "ok," in text and "75 training" in text, text
+
+
+def test_single_class_site_passes_with_a_one_line_warning(corpus_study, monkeypatch, capsys):
+    study, path = corpus_study
+    target = _csv(lambda d: d.assign(y=0))(path)
+    code, output = run_cli_inprocess(
+        monkeypatch, capsys, "site", "check", str(target), "--study", str(study)
+    )
+    text = " ".join(output.split())  # rich wraps the warning to the terminal's width
+    assert code == 0 and "warning:" in text and "every training record has label 0" in text, text
+
+
+@pytest.mark.parametrize("kind", ["binary-garbage", "ragged-long-row", "non-numeric-value"])
+def test_console_script_exits_2_without_traceback(kind, corpus_study):
+    """The installed ``allfed`` script, as an operator runs it."""
+    study, path = corpus_study
+    target = CORPUS[kind][0](path)
+    script = shutil.which("allfed") or pytest.skip("the allfed console script is not installed")
+    result = subprocess.run(
+        [script, "site", "check", str(target), "--study", str(study)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert len(output.strip().splitlines()) <= 3 and "Traceback" not in output
+    assert PLANTED not in output

@@ -219,31 +219,44 @@ def test_record_round_trip_is_exact_through_the_wire() -> None:
 
 def test_group_round_trip_with_odd_names() -> None:
     rng = np.random.default_rng(3)
-    n = 30 * len(ODD_NAMES)
-    y, p = (rng.random(n) < 0.3).astype(int), rng.random(n)
-    levels = np.repeat(ODD_NAMES, 30)
+    n = 80 * len(ODD_NAMES)
+    y, p = (rng.random(n) < 0.5).astype(int), rng.random(n)
+    levels = np.repeat(ODD_NAMES, 80)
     groups = {name: levels for name in ODD_NAMES}
     stats = group_stats(y, p, groups, min_cell_count=20)
     wire = metric_record_from_proto(metric_record_to_proto(MetricRecord(groups_to_record(stats))))
     back = groups_from_record(wire)
     assert back == stats
     assert set(back) == set(ODD_NAMES) and set(back["a.b"]) == set(ODD_NAMES)
-    assert back["x/y z"]["%2E"] == ScoreStats.from_scores(y[levels == "%2E"], p[levels == "%2E"])
+    mask = levels == "%2E"
+    assert back["x/y z"]["%2E"] == ScoreStats.released(y[mask], p[mask], 20)
 
 
 def test_small_cells_are_withheld_without_their_count() -> None:
-    levels = np.array(["big"] * 25 + ["small"] * 5 + [None] * 21, dtype=object)
-    y, p = np.tile([0, 1, 1], 17), np.linspace(0.01, 0.99, 51)
+    # big: 30 events, 30 non-events; small: 5 records; missing: 22 events, 23 non-events.
+    levels = np.array(["big"] * 60 + ["small"] * 5 + [None] * 45, dtype=object)
+    y = np.array([0, 1] * 30 + [1, 1, 0, 1, 0] + [1] * 22 + [0] * 23)
+    p = np.linspace(0.01, 0.99, len(y))
     stats = group_stats(y, p, {"site type": levels}, min_cell_count=20)
     assert set(stats["site type"]) == {"big", "small", "missing"}  # "absent" (0 rows): not listed
     assert stats["site type"]["small"] is None
-    assert stats["site type"]["big"].n == 25 and stats["site type"]["missing"].n == 21
+    # The site's total is released, so "small" = total - big - missing: missing goes too.
+    assert stats["site type"]["missing"] is None
+    assert stats["site type"]["big"].n == 60
     record = groups_to_record(stats)
     small_keys = [k for k in record if k.startswith("group.site%20type.small.")]
     assert small_keys == ["group.site%20type.small.withheld"] and record[small_keys[0]] == 1
     assert not any(".absent." in k for k in record)
     assert groups_from_record(record)["site type"]["small"] is None
-    assert group_metrics(None) is None and group_metrics(stats["site type"]["big"])["n"] == 25
+    assert group_metrics(None) is None and group_metrics(stats["site type"]["big"])["n"] == 60
+
+
+def test_a_level_with_few_events_is_withheld() -> None:
+    levels = np.array(["a"] * 100 + ["b"] * 100, dtype=object)
+    y = np.array([1] * 10 + [0] * 90 + [1, 0] * 50)
+    stats = group_stats(y, np.linspace(0.01, 0.99, 200), {"g": levels}, min_cell_count=20)
+    assert stats["g"]["a"] is None  # 10 events: withheld although the level has 100 records
+    assert stats["g"]["b"] is None  # and "b" too: the site's totals minus "b" would give "a"
 
 
 def _valid() -> dict:

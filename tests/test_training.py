@@ -22,7 +22,7 @@ from federation.client.training import (
     train_plain,
 )
 from models.registry import build_model
-from privacy.accounting import GaussianRelease
+from privacy.accounting import GaussianRelease, compute_epsilon
 
 N_FEATURES = 13
 
@@ -154,8 +154,13 @@ def test_accountant_history_after_training_equals_the_plan(accountant):
     plan = plan_dp(len(y), 64, 2, rounds, 3.0, 1e-5, accountant, prior)
     assert plan.sample_rate == 1 / 5 and plan.steps_per_round == 10
     model, history = build_model("mlp", N_FEATURES), prior
-    for _ in range(rounds):
+    for done in range(1, rounds + 1):
         history = train_dp(model, x, y, settings, plan, accountant, history)
+        # The epsilon planned for this round is the accountant's for what ran.
+        planned = plan.epsilon_after(done * plan.steps_per_round)
+        assert planned == compute_epsilon(history, 1e-5, accountant)
+    assert plan.epsilon_after(plan.planned_steps + plan.steps_per_round) is None
+    assert plan.epsilon_by_round[-1] <= 3.0
     assert history == [
         *prior,
         GaussianRelease(plan.noise_multiplier, plan.sample_rate, plan.planned_steps),

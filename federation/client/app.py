@@ -4,8 +4,14 @@ What leaves the site is fixed here: a setup reply (site name, status, record cou
 records per group level with small cells withheld and, under DP, noisy standardization sums), a
 train reply (model weights plus the whitelisted metrics in ``protocol.TRAIN_METRICS``) and an
 evaluate reply (additive score statistics, per group level and per intersection of two group
-columns too, with small groups withheld). Across the rounds of a run the node keeps its privacy
-plan and its accountant's history in ``context.state``, which never leaves the node.
+columns too, coarsened and with small groups withheld). Across the rounds of a run the node keeps
+its privacy plan and its accountant's history in ``context.state``, which never leaves the node.
+
+Governance (``privacy``): the site's policy is checked before anything is computed and wins over
+the run config; with a ledger, the run is admitted only if its whole plan fits the site's budgets,
+every noisy release is committed to the ledger before it is computed, and every round is checked
+again (the hard stop). Every reply passes the disclosure guard and is written to the ledger's
+audit trail before it is returned to Flower.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +54,9 @@ from privacy.accounting import (
     dumps_releases,
     loads_releases,
 )
-from privacy.disclosure import DEFAULT_MIN_CELL_COUNT
+from privacy.guard import DisclosureError, Whitelist, check_message
+from privacy.ledger import Budget, Ledger, RunPlan, merge
+from privacy.policy import PolicyError, SitePolicy, load_policy, permissive_policy
 
 log = logging.getLogger("allfed.site")
 
@@ -62,6 +70,27 @@ class SiteSettings:
     name: str
     data: Path
     spec: StudySpec
+    policy: SitePolicy = field(default_factory=permissive_policy)
+    ledger: Path | None = None
+
+    def budget(self) -> Budget:
+        policy = self.policy
+        return Budget(
+            policy.lifetime_epsilon,
+            policy.lifetime_delta,
+            policy.accountant,
+            policy.max_epsilon_per_run,
+        )
+
+
+def site_policy(path: str | Path | None) -> SitePolicy:
+    """The policy file's rules, or only the dissemination rule when the site has none."""
+    if not path:
+        return permissive_policy()
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        raise AllfedError(str(error)) from None
 
 
 def settings_from_context(context: Context) -> SiteSettings:
@@ -70,56 +99,128 @@ def settings_from_context(context: Context) -> SiteSettings:
     if p.NODE_DATA in node:
         data, name = str(node[p.NODE_DATA]), str(node.get(p.NODE_SITE) or f"node-{context.node_id}")
     elif "partition-id" in node and run.get(p.RUN_SITES):
-        name, data = _site_of_partition(str(run[p.RUN_SITES]), int(node["partition-id"]))
+        name, data = _site_of_partition(p.site_entries(run), int(node["partition-id"]))
     else:
         raise AllfedError("the SuperNode needs --node-config 'data=\"PATH\"' (its site data file)")
-    return SiteSettings(name=name, data=Path(data), spec=spec_from_run_config(run))
+    ledger = str(node.get(p.NODE_LEDGER) or "")
+    return SiteSettings(
+        name=name,
+        data=Path(data),
+        spec=spec_from_run_config(run),
+        policy=site_policy(str(node.get(p.NODE_POLICY) or "")),
+        ledger=Path(ledger) if ledger else None,
+    )
 
 
-def _site_of_partition(sites: str, partition: int) -> tuple[str, str]:
+def _site_of_partition(entries: list[tuple[str, str]], partition: int) -> tuple[str, str]:
     """``flwr run`` on the local simulation engine: run config ``sites = "A=PATH,B=PATH"``."""
-    entries = [entry.partition("=") for entry in sites.split(",") if entry.strip()]
     if partition >= len(entries):
         raise AllfedError(
             f"run config 'sites' names {len(entries)} sites; node {partition} has none"
         )
-    name, _, path = entries[partition]
-    return name.strip(), path.strip()
+    return entries[partition]
 
 
 def make_client_app(
     resolve: Callable[[Context], SiteSettings] = settings_from_context,
+    mods: list[Callable] | None = None,
 ) -> ClientApp:
-    """A ClientApp whose site settings come from ``resolve`` (deployment or simulation)."""
-    client_app = ClientApp()
+    """A ClientApp whose site settings come from ``resolve`` (deployment or simulation), with
+    optional Flower ``mods`` around every handler (fault-injection tests use them)."""
+    client_app = ClientApp(mods=mods)
 
     @client_app.query("setup")
     def setup(msg: Message, context: Context) -> Message:
-        return _reply(msg, _setup(msg, context, resolve))
+        return _send("setup", msg, context, _resolved(resolve, context), _setup)
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
-        return _reply(msg, _train(msg, context, resolve(context)))
+        return _send("train", msg, context, _resolved(resolve, context), _train)
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return _reply(msg, _evaluate(msg, resolve(context)))
+        return _send("evaluate", msg, context, _resolved(resolve, context), _evaluate)
 
     return client_app
 
 
-def _setup(msg: Message, context: Context, resolve) -> RecordDict:
-    """Check the data and, when scaling is pooled, release this site's (noisy) sums."""
+def _resolved(resolve, context: Context) -> SiteSettings | AllfedError:
     try:
-        site = resolve(context)
+        return resolve(context)
     except AllfedError as error:
-        return _status(_safe_name(context), p.FAILED, str(error))
+        return error
+
+
+_WHITELISTS = {
+    kind: Whitelist(p.REPLY_RECORDS[kind], p.REPLY_KEYS[kind], p.COUNT_KEYS)
+    for kind in p.REPLY_RECORDS
+}
+
+
+def _send(kind: str, msg: Message, context: Context, site, handler) -> Message:
+    """Every reply's one way out: compute it, pass the disclosure guard, write the audit trail,
+    and only then hand it to Flower."""
+    if isinstance(site, AllfedError):
+        return _reply(msg, _status(_safe_name(context), p.FAILED, str(site)))
+    content = handler(msg, context, site)
+    declared = None
+    if kind == "train" and p.ARRAYS in msg.content:
+        declared = {k: tuple(a.shape) for k, a in msg.content[p.ARRAYS].items()}
+    try:
+        check_message(_described(content), _WHITELISTS[kind], site.policy.min_cell_count, declared)
+    except DisclosureError as error:
+        log.error("site %s: the disclosure guard stopped a %s reply: %s", site.name, kind, error)
+        content = _status(site.name, p.FAILED, f"the site's disclosure guard withheld it: {error}")
+    if site.ledger is not None:
+        state = context.state.get(_STATE)
+        run_key = str(state["run-key"]) if state and "run-key" in state else str(context.run_id)
+        status = content.config_records.get(p.STATUS)
+        arrays = content.array_records.get(p.ARRAYS)
+        Ledger(site.ledger).record_message(
+            run_key,
+            int(msg.content[p.CONFIG].get(p.SERVER_ROUND, 0)) if p.CONFIG in msg.content else 0,
+            kind,
+            str(status[p.STATUS_STATE]) if status is not None else p.OK,
+            [f"{name}/{key}" for name, record in content.items() for key in record],
+            {k: list(a.shape) for k, a in arrays.items()} if arrays is not None else {},
+        )
+    return _reply(msg, content)
+
+
+def _described(content: RecordDict) -> dict[str, tuple[str, dict]]:
+    """A reply as plain data for the guard: array shapes, metric and config values."""
+    described: dict[str, tuple[str, dict]] = {}
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            described[name] = ("arrays", {k: tuple(a.shape) for k, a in record.items()})
+        elif isinstance(record, MetricRecord):
+            described[name] = ("metrics", dict(record))
+        else:
+            described[name] = ("config", dict(record))
+    return described
+
+
+def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
+    """Check the policy and the data, plan the run's privacy, ask the ledger to admit it and,
+    when scaling is pooled, release this site's (noisy) sums."""
+    spec = site.spec
+    refusal = site.policy.refusal(
+        spec.study.name,
+        spec.model.name,
+        spec.privacy.enabled,
+        spec.privacy.target_epsilon,
+        spec.privacy.delta,
+    )
+    if refusal is None and site.policy.lifetime_epsilon is not None and site.ledger is None:
+        refusal = "the site policy sets a lifetime-epsilon but the node has no ledger"
+    if refusal:
+        log.warning("site %s refuses the run: %s", site.name, refusal)
+        return _status(site.name, p.REFUSED, refusal)
     try:
         table = _load(site)
     except AllfedError as error:
         log.error("site %s cannot join: %s", site.name, error)
         return _status(site.name, p.FAILED, str(error))
-    spec = site.spec
     if spec.privacy.enabled and spec.privacy.delta * table.n_train >= 1:
         return _status(
             site.name,
@@ -127,24 +228,64 @@ def _setup(msg: Message, context: Context, resolve) -> RecordDict:
             f"delta {spec.privacy.delta:g} is too weak for {table.n_train} training records: "
             "delta must stay well below 1/records (lower [privacy] delta)",
         )
+    min_cell = site.policy.min_cell_count
     metrics = MetricRecord({p.N_TRAIN: table.n_train, p.N_TEST: table.n_test})
     training_groups = {g: values[~table.is_test] for g, values in table.groups.items()}
-    metrics.update(
-        counts_to_record(level_counts(training_groups, DEFAULT_MIN_CELL_COUNT), p.REPRESENTATION)
-    )
-    releases: list[GaussianRelease] = []
+    metrics.update(counts_to_record(level_counts(training_groups, min_cell), p.REPRESENTATION))
     sums = scaling_sums(table, spec)
+    standardization = None
+    if len(sums[0]) and spec.privacy.enabled:
+        standardization = GaussianRelease(_standardization_noise(spec), 1.0, 1)
+    releases = [standardization] if standardization else []
+    plan = None
+    if spec.privacy.enabled:
+        plan = _plan(spec, table.n_train, releases)
+    run_key = f"{context.run_id}-{secrets.token_hex(4)}"
+    _save_state(context, releases=[], plan=plan, run_key=run_key)
+    if site.ledger is not None and spec.privacy.enabled:
+        planned = [
+            *releases,
+            GaussianRelease(plan.noise_multiplier, plan.sample_rate, plan.planned_steps),
+        ]
+        refusal = Ledger(site.ledger).admit(
+            RunPlan(
+                run_key,
+                spec.study.name,
+                spec.privacy.accountant,
+                spec.privacy.delta,
+                spec.privacy.target_epsilon,
+                merge(planned),
+            ),
+            site.budget(),
+            first=[("gaussian-sums", r) for r in releases],  # recorded before they are computed
+        )
+        if refusal:
+            log.warning("site %s refuses the run: %s", site.name, refusal)
+            return _status(site.name, p.REFUSED, refusal)
     if len(sums[0]):
-        if spec.privacy.enabled:
-            noise = _standardization_noise(spec)
+        if standardization is not None:
+            noise = standardization.noise_multiplier
             sums = _add_gaussian_noise(sums, noise * scaling_sensitivity(spec))
-            releases.append(GaussianRelease(noise, 1.0, 1))
             metrics[p.STANDARDIZATION_NOISE] = noise
         metrics[p.SUM], metrics[p.SUM_SQUARES], metrics[p.COUNT] = (s.tolist() for s in sums)
-    _save_state(context, releases=releases)
+    _save_state(context, releases=releases, plan=plan, run_key=run_key)
     content = _status(site.name, p.OK, "")
     content[p.METRICS] = metrics
     return content
+
+
+def _plan(spec: StudySpec, n_train: int, prior: list[GaussianRelease]) -> DPPlan:
+    """The whole run's DP-SGD plan after ``prior`` releases (see ``training.plan_dp``)."""
+    return plan_dp(
+        n_train,
+        spec.training.batch_size,
+        spec.training.local_epochs,
+        spec.training.rounds,
+        spec.privacy.target_epsilon,
+        spec.privacy.delta,
+        spec.privacy.accountant,
+        prior,
+    )
 
 
 def _train(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
@@ -164,33 +305,52 @@ def _train(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     metrics = MetricRecord({p.NUM_EXAMPLES: len(y)})
     if spec.privacy.enabled:
         state = _load_state(context)
-        plan = state["plan"] or plan_dp(
-            len(y),
-            spec.training.batch_size,
-            spec.training.local_epochs,
-            spec.training.rounds,
-            spec.privacy.target_epsilon,
-            spec.privacy.delta,
-            spec.privacy.accountant,
-            state["releases"],
-        )
+        plan = state["plan"] or _plan(spec, len(y), state["releases"])
+        refusal = _hard_stop(site, state, plan, int(config.get(p.SERVER_ROUND, 0)))
+        if refusal:
+            log.warning("site %s stops: %s", site.name, refusal)
+            return _status(site.name, p.REFUSED, refusal)
         history = train_dp(model, x, y, settings, plan, spec.privacy.accountant, state["releases"])
-        _save_state(context, releases=history, plan=plan)
-        metrics[p.EPSILON] = compute_epsilon(history, spec.privacy.delta, spec.privacy.accountant)
-        metrics[p.DELTA] = spec.privacy.delta
-        metrics[p.NOISE_MULTIPLIER] = plan.noise_multiplier
-        metrics[p.SAMPLE_RATE] = plan.sample_rate
-        metrics[p.STEPS] = sum(
+        _save_state(context, releases=history, plan=plan, run_key=state["run-key"])
+        steps = sum(
             r.steps
             for r in history
             if (r.noise_multiplier, r.sample_rate) == (plan.noise_multiplier, plan.sample_rate)
         )
+        epsilon = plan.epsilon_after(steps)
+        if epsilon is None:
+            epsilon = compute_epsilon(history, spec.privacy.delta, spec.privacy.accountant)
+        metrics[p.EPSILON] = epsilon
+        metrics[p.DELTA] = spec.privacy.delta
+        metrics[p.NOISE_MULTIPLIER] = plan.noise_multiplier
+        metrics[p.SAMPLE_RATE] = plan.sample_rate
+        metrics[p.STEPS] = steps
     else:
         train_plain(model, x, y, settings)
     return RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.METRICS: metrics})
 
 
-def _evaluate(msg: Message, site: SiteSettings) -> RecordDict:
+def _hard_stop(site: SiteSettings, state: dict, plan: DPPlan, server_round: int) -> str | None:
+    """Before a round: refuse once the plan's steps are used up, and with a ledger record this
+    round's release first (and refuse if it no longer fits the site's budgets)."""
+    done = sum(
+        r.steps
+        for r in state["releases"]
+        if (r.noise_multiplier, r.sample_rate) == (plan.noise_multiplier, plan.sample_rate)
+    )
+    if done + plan.steps_per_round > plan.planned_steps:
+        return "the run's planned rounds are used up; more would exceed its privacy plan"
+    if site.ledger is None:
+        return None
+    if not state["run-key"]:
+        return "no run admitted by the site's ledger (the setup step did not happen)"
+    release = GaussianRelease(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+    return Ledger(site.ledger).record_release(
+        state["run-key"], server_round, "dp-sgd", release, site.budget()
+    )
+
+
+def _evaluate(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     try:
         table, x, y, model = _inputs(msg, site, test=True)
     except AllfedError as error:
@@ -199,15 +359,21 @@ def _evaluate(msg: Message, site: SiteSettings) -> RecordDict:
     with torch.no_grad():
         scores = torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).numpy().astype(float)
     groups = {g: values[table.is_test] for g, values in table.groups.items()}
+    min_cell = site.policy.min_cell_count
+    stats = ScoreStats.released(y, scores, min_cell)
+    if stats is None:
+        return _status(
+            site.name,
+            p.WITHHELD,
+            f"evaluation withheld: the test rows' events or non-events number 1 to {min_cell}",
+        )
     record = MetricRecord({p.NUM_EXAMPLES: len(y)})
-    record.update(ScoreStats.from_scores(y, scores).to_record(p.SITE_STATS))
+    record.update(stats.to_record(p.SITE_STATS))
     for prefix, columns in (
         (p.GROUP_STATS, groups),
         (p.INTERSECTION_STATS, intersect_groups(groups)),
     ):
-        record.update(
-            groups_to_record(group_stats(y, scores, columns, DEFAULT_MIN_CELL_COUNT), prefix)
-        )
+        record.update(groups_to_record(group_stats(y, scores, columns, min_cell), prefix))
     return RecordDict({p.METRICS: record})
 
 
@@ -257,7 +423,7 @@ def _add_gaussian_noise(sums, std: float):
 def _load_state(context: Context) -> dict:
     record = context.state.get(_STATE)
     if record is None:
-        return {"releases": [], "plan": None}
+        return {"releases": [], "plan": None, "run-key": ""}
     plan = None
     if "plan-noise" in record:
         plan = DPPlan(
@@ -265,17 +431,28 @@ def _load_state(context: Context) -> dict:
             float(record["plan-rate"]),
             int(record["plan-steps-per-round"]),
             int(record["plan-steps"]),
+            tuple(float(e) for e in record.get("plan-epsilons", [])),
         )
-    return {"releases": loads_releases(str(record["releases"])), "plan": plan}
+    return {
+        "releases": loads_releases(str(record["releases"])),
+        "plan": plan,
+        "run-key": str(record.get("run-key", "")),
+    }
 
 
-def _save_state(context: Context, releases: list[GaussianRelease], plan: DPPlan | None = None):
-    record = ConfigRecord({"releases": dumps_releases(releases)})
+def _save_state(
+    context: Context,
+    releases: list[GaussianRelease],
+    plan: DPPlan | None = None,
+    run_key: str = "",
+) -> None:
+    record = ConfigRecord({"releases": dumps_releases(releases), "run-key": run_key})
     if plan is not None:
         record["plan-noise"] = plan.noise_multiplier
         record["plan-rate"] = plan.sample_rate
         record["plan-steps-per-round"] = plan.steps_per_round
         record["plan-steps"] = plan.planned_steps
+        record["plan-epsilons"] = list(plan.epsilon_by_round)
     context.state[_STATE] = record
 
 

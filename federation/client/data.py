@@ -21,6 +21,7 @@ from federation.errors import DataError
 from federation.spec import StudySpec
 
 MIN_TRAIN_RECORDS = 30
+_PARQUET = (".parquet", ".pq")
 _TRUE_CONSENT = {"1", "1.0", "true", "yes", "y", "t"}
 _FALSE_CONSENT = {"0", "0.0", "false", "no", "n", "f"}
 _IDENTIFIER = re.compile(
@@ -70,8 +71,14 @@ def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xls", ".xlsm", ".ods"):
+        raise DataError(f"{path}: spreadsheet files are not read; save the sheet as CSV")
+    if suffix in _PARQUET:
+        _check_parquet_layout(path)
+    else:
+        _check_csv_layout(path)
     try:
-        if suffix in (".parquet", ".pq"):
+        if suffix in _PARQUET:
             frame = pd.read_parquet(path)
             frame = frame.astype(object).where(frame.notna(), np.nan)
             frame = frame.map(lambda v: v if v is np.nan else str(v))
@@ -79,6 +86,7 @@ def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
         else:
             frame = pd.read_csv(
                 path,
+                encoding="utf-8-sig",
                 dtype=str,
                 keep_default_na=True,
                 na_values=list(na_values),
@@ -94,22 +102,96 @@ def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
         raise DataError(
             f"{path}: cannot read as {suffix or 'CSV'} ({type(exc).__name__})"
         ) from None
-    if suffix not in (".parquet", ".pq"):
-        _reject_duplicate_header(path)
     if frame.empty:
         raise DataError(f"{path}: header only, no records")
     return frame
 
 
-def _reject_duplicate_header(path: Path) -> None:
-    """pandas renames a repeated column to ``name.1``; catch it in the raw header instead."""
-    with path.open(encoding="utf-8", newline="") as handle:
-        header = next(csv.reader(handle), [])
+def _check_csv_layout(path: Path) -> None:
+    """What pandas would silently accept or guess: binary content, another encoding, another
+    delimiter, a repeated column name (pandas renames it ``name.1``), and rows with more or
+    fewer fields than the header (pandas fills short rows with missing values)."""
+    _check_utf8_text(path)
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            _check_header(path, header)
+            ragged: list[int] = []
+            record = 1  # the header is row 1
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank lines are skipped, as pandas does
+                record += 1
+                if len(row) != len(header):
+                    ragged.append(record)
+        except csv.Error:
+            raise DataError(
+                f"{path}: malformed CSV (line {reader.line_num} cannot be parsed)"
+            ) from None
+    if ragged:
+        rows = np.arange(2, record + 1)
+        mask = np.isin(rows, ragged)
+        raise DataError(
+            f"{path}: {len(ragged)} {'rows do' if len(ragged) > 1 else 'row does'} not have "
+            f"the header's {len(header)} fields "
+            f"({_first_rows(pd.Series(rows), mask)}); check for a missing or extra delimiter"
+        )
+
+
+def _check_utf8_text(path: Path) -> None:
+    """Refuse NUL bytes (binary files, UTF-16) and lines that are not UTF-8, by line number."""
+    bad: list[int] = []
+    binary = False
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            binary = binary or b"\x00" in line
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(number)
+    if binary:
+        raise DataError(f"{path}: not a text file (it holds NUL bytes: binary, or UTF-16 text)")
+    if bad:
+        lines = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        raise DataError(
+            f"{path}: not UTF-8 text (binary or another encoding): {len(bad)} lines cannot be "
+            f"decoded (line{'s' if len(bad) > 1 else ''} {lines}); save the file as UTF-8 CSV"
+        )
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    if not any(header):
+        raise DataError(f"{path}: file has no header row")
+    if len(header) == 1:
+        for delimiter, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if delimiter in header[0]:
+                raise DataError(
+                    f"{path}: the header has a single column and looks {name}-separated; "
+                    "allfed reads comma-separated CSV: save the file with commas"
+                )
+    _reject_repeated(path, header)
+
+
+def _reject_repeated(path: Path, names: list[str]) -> None:
     seen: set[str] = set()
-    for name in (h.strip() for h in header):
+    for name in names:
         if name in seen:
             raise DataError(f"{path}: column {name!r} appears twice in the header")
         seen.add(name)
+
+
+def _check_parquet_layout(path: Path) -> None:
+    """A corrupt or truncated file, or repeated column names, before pandas tries to read it."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # pyarrow raises several types for a broken file; none is the user's bug
+        raise DataError(
+            f"{path}: not a readable Parquet file (corrupt, truncated or another format)"
+        ) from None
+    _reject_repeated(path, [str(name).strip() for name in schema.names])
 
 
 def check_table(frame: pd.DataFrame, spec: StudySpec, source: str) -> SiteTable:

@@ -28,7 +28,13 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
 from torch.nn import functional as F
 
-from privacy.accounting import GaussianRelease, calibrate_noise, make_accountant, releases_of
+from privacy.accounting import (
+    GaussianRelease,
+    calibrate_noise,
+    compute_epsilon,
+    make_accountant,
+    releases_of,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,17 @@ class DPPlan:
     sample_rate: float
     steps_per_round: int
     planned_steps: int
+    # The accountant's epsilon after each planned round, prior releases included: worked out
+    # once, at planning, so a round's reply does not wait on the accountant (a PRV call takes
+    # a few tenths of a second, seconds on a busy node).
+    epsilon_by_round: tuple[float, ...] = ()
+
+    def epsilon_after(self, steps_done: int) -> float | None:
+        """The planned epsilon once ``steps_done`` DP-SGD steps have run; None off the plan."""
+        rounds, rest = divmod(steps_done, self.steps_per_round)
+        if rest or not 1 <= rounds <= len(self.epsilon_by_round):
+            return None
+        return self.epsilon_by_round[rounds - 1]
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,13 @@ def plan_dp(
     steps_per_round = epochs * int(1 / sample_rate)
     steps = rounds * steps_per_round
     noise = calibrate_noise(target_epsilon, delta, sample_rate, steps, accountant, prior)
-    return DPPlan(noise, sample_rate, steps_per_round, steps)
+    trajectory = tuple(
+        compute_epsilon(
+            [*prior, GaussianRelease(noise, sample_rate, r * steps_per_round)], delta, accountant
+        )
+        for r in range(1, rounds + 1)
+    )
+    return DPPlan(noise, sample_rate, steps_per_round, steps, trajectory)
 
 
 def train_dp(

@@ -10,24 +10,29 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from federation import protocol as p
+from federation.deploy.grid import PollingGrid
+from federation.protocol import site_entries
 from federation.server.run import RoundCallback, StudyRun
 from federation.spec import StudySpec, spec_from_run_config
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """The study to run, where to write its run directory, and who to tell after each round."""
+    """The study to run, where to write its run directory, who to tell after each round, and how
+    many sites to wait for before it starts (``min-sites`` when unknown)."""
 
     spec: StudySpec
     out: Path
     on_round: RoundCallback | None = None
+    expected_sites: int | None = None
 
 
 def settings_from_run_config(context: Context) -> RunSettings:
     """Deployment (``flwr run``): the study and output folder from the run config."""
     run = context.run_config
     out = Path(str(run.get(p.RUN_OUT) or "runs/latest"))
-    return RunSettings(spec=spec_from_run_config(run), out=out)
+    expected = int(run.get(p.RUN_EXPECTED_SITES) or 0) or len(site_entries(run)) or None
+    return RunSettings(spec=spec_from_run_config(run), out=out, expected_sites=expected)
 
 
 def make_server_app(
@@ -38,7 +43,14 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         settings = resolve(context)
-        StudyRun(grid, settings.spec, settings.out, settings.on_round).run()
+        # Flower's deployment Grid waits 3 s between pulls of replies; PollingGrid, 0.1 s.
+        StudyRun(
+            PollingGrid(grid),
+            settings.spec,
+            settings.out,
+            settings.on_round,
+            settings.expected_sites,
+        ).run()
 
     return server_app
 

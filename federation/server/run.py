@@ -10,6 +10,7 @@ computed from the sites' additive statistics. The run ends by writing ``summary.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,6 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -33,6 +33,7 @@ from federation.server.metrics import GroupPool, compute_metrics, publish_groups
 from federation.server.outputs import REPORT, RunDirectory
 from federation.server.standardization import pooled_scaling
 from federation.server.strategy import build_strategy
+from federation.server.validation import validate_updates
 from federation.spec import StudySpec, feature_names, federated_columns
 from models.registry import build_model
 
@@ -61,6 +62,9 @@ class SiteRecord:
     steps: int = 0
     other_releases: list[dict[str, float]] = field(default_factory=list)
     representation: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    epsilon_by_round: list[dict[str, Any]] = field(default_factory=list)  # the trajectory
+    rejected_updates: list[dict[str, Any]] = field(default_factory=list)
+    evaluation_withheld: str | None = None  # why the site kept its last evaluation to itself
 
     def fail(self, state: str, reason: str) -> None:
         self.status, self.reason = state, reason
@@ -71,9 +75,15 @@ class StudyRun:
     """Runs ``spec`` over the nodes of ``grid`` and writes the run directory ``out``."""
 
     def __init__(
-        self, grid: Grid, spec: StudySpec, out: Path, on_round: RoundCallback | None = None
+        self,
+        grid: Grid,
+        spec: StudySpec,
+        out: Path,
+        on_round: RoundCallback | None = None,
+        expected_sites: int | None = None,
     ) -> None:
         self.grid, self.spec, self.on_round = grid, spec, on_round
+        self.expected_sites = expected_sites
         self.outputs = RunDirectory(out)
         self.sites: dict[int, SiteRecord] = {}
         self.metrics: dict[str, Any] = {}
@@ -120,6 +130,7 @@ class StudyRun:
             train_messages = strategy.configure_train(server_round, arrays, config, self.grid)
             replies = self._exchange(_only(train_messages, self._active()))
             accepted = [r for r in replies if self._accept_update(r, arrays)]
+            accepted, rejected = self._validate_updates(server_round, accepted, arrays)
             self._require_sites(f"round {server_round}")
             new_arrays, _ = strategy.aggregate_train(server_round, accepted)
             if new_arrays is not None:
@@ -129,7 +140,8 @@ class StudyRun:
             row = {
                 "round": server_round,
                 "seconds": round(time.perf_counter() - started, 3),
-                "epsilon": {s.name: s.epsilon for s in self.sites.values()},
+                "epsilon": self._record_epsilons(server_round),
+                "rejected": rejected,
                 "metrics": self.metrics,
             }
             self.outputs.append_round(row)
@@ -142,6 +154,16 @@ class StudyRun:
             if self.on_round:
                 self.on_round(server_round, row)
         return arrays
+
+    def _record_epsilons(self, server_round: int) -> dict[str, float | None]:
+        """Each site's epsilon so far after this round (None without DP or before training),
+        kept per site for ``summary.json`` and returned for ``metrics.jsonl``."""
+        epsilons = {}
+        for site in self.sites.values():
+            epsilons[site.name] = site.epsilon
+            if site.epsilon is not None and site.status == p.OK:
+                site.epsilon_by_round.append({"round": server_round, "epsilon": site.epsilon})
+        return epsilons
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -193,13 +215,16 @@ class StudyRun:
             self.scaling = pooled_scaling(self.spec, columns, sums, squares, counts)
 
     def _wait_for_nodes(self) -> list[int]:
-        """Nodes connected once ``min-sites`` have joined, or when the round timeout runs out."""
+        """Nodes connected once the expected sites (else ``min-sites``) have joined, or when the
+        round timeout runs out. Nodes register one by one, also in a simulation, so taking the
+        first ``min-sites`` would leave the later ones out of the run."""
+        wanted = self.expected_sites or self.spec.training.min_sites
         deadline = time.monotonic() + self.spec.training.round_timeout
         while True:
             nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= self.spec.training.min_sites or time.monotonic() > deadline:
+            if len(nodes) >= wanted or time.monotonic() > deadline:
                 return nodes
-            time.sleep(1.0)
+            time.sleep(0.2)
 
     # -- rounds ----------------------------------------------------------------------------
 
@@ -235,7 +260,10 @@ class StudyRun:
             if site is None:
                 continue
             if reply.has_error():
-                site.fail(p.FAILED, f"node error: {_short(reply.error.reason)}")
+                site.fail(p.FAILED, f"node error: {_node_error(reply.error.reason)}")
+            elif _withheld(reply):
+                site.evaluation_withheld = str(reply.content[p.STATUS][p.STATUS_REASON])
+                log.info("site %s: %s", site.name, site.evaluation_withheld)
             elif _declined(reply):
                 status = reply.content[p.STATUS]
                 site.name = str(status[p.STATUS_SITE])
@@ -264,6 +292,24 @@ class StudyRun:
                 )
         return True
 
+    def _validate_updates(
+        self, server_round: int, replies: list[Message], global_arrays: ArrayRecord
+    ) -> tuple[list[Message], dict[str, str]]:
+        """Leave out of this round the updates ``validation`` rejects; the sites stay in."""
+        verdict = validate_updates(
+            {r.metadata.src_node_id: r.content[p.ARRAYS] for r in replies},
+            global_arrays,
+            self.spec.training.max_update_ratio,
+            {node: site.name for node, site in self.sites.items()},
+        )
+        rejected = {}
+        for node, reason in verdict.rejected.items():
+            site = self.sites[node]
+            site.rejected_updates.append({"round": server_round, "reason": reason})
+            rejected[site.name] = reason
+        keep = set(verdict.accepted)
+        return [r for r in replies if r.metadata.src_node_id in keep], rejected
+
     def _evaluate(self, arrays: ArrayRecord) -> dict[str, Any]:
         config = self._scaling_config()
         content = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
@@ -289,6 +335,7 @@ class StudyRun:
                 continue
             pooled = pooled + stats
             per_site[site.name] = compute_metrics(stats)
+            site.evaluation_withheld = None
             single.add(site.name, site_groups)
             crossed.add(site.name, site_crossed)
         per_group, per_intersection = publish_groups(pooled, single, crossed, pairs)
@@ -369,6 +416,9 @@ class StudyRun:
             "accountant": privacy.accountant if privacy.enabled else None,
             "n_train": site.n_train,
             "n_test": site.n_test,
+            "epsilon_by_round": site.epsilon_by_round,
+            "rejected_updates": site.rejected_updates,
+            "evaluation_withheld": site.evaluation_withheld,
         }
 
     def _summary(self, status: str, error: str | None) -> dict[str, Any]:
@@ -403,7 +453,8 @@ def _initial_model(spec: StudySpec, n_features: int) -> torch.nn.Module:
 
 
 def _update_problem(content: RecordDict, global_arrays: ArrayRecord, dp: bool) -> str | None:
-    """Why a train reply cannot be aggregated, or None if it can."""
+    """Why a train reply breaks the wire contract (the site is dropped), or None. The weights
+    themselves are checked against the model and the other sites in ``validation``."""
     if set(content.keys()) != {p.ARRAYS, p.METRICS}:
         return f"unexpected records {sorted(content.keys())}"
     arrays, metrics = content[p.ARRAYS], content[p.METRICS]
@@ -412,16 +463,6 @@ def _update_problem(content: RecordDict, global_arrays: ArrayRecord, dp: bool) -
     expected_metrics = set(p.TRAIN_METRICS) if dp else {p.NUM_EXAMPLES}
     if set(metrics.keys()) != expected_metrics:
         return f"metrics {sorted(metrics.keys())} are not the whitelist {sorted(expected_metrics)}"
-    if list(arrays.keys()) != list(global_arrays.keys()):
-        return "the weights do not match the model's layers"
-    for key, array in arrays.items():
-        values = array.numpy()
-        if values.shape != global_arrays[key].numpy().shape:
-            return (
-                f"layer {key} has shape {values.shape}, expected {global_arrays[key].numpy().shape}"
-            )
-        if not np.issubdtype(values.dtype, np.floating) or not np.isfinite(values).all():
-            return f"layer {key} holds non-finite or non-float values"
     if int(metrics[p.NUM_EXAMPLES]) < 1:
         return "num-examples must be positive"
     return None
@@ -454,6 +495,12 @@ def _representation(sites: Iterable[SiteRecord]) -> dict[str, dict[str, dict[str
     return table
 
 
+def _withheld(reply: Message) -> bool:
+    """An evaluate reply in which the site keeps its statistics (it stays in the run)."""
+    status = reply.content.config_records.get(p.STATUS)
+    return status is not None and status[p.STATUS_STATE] == p.WITHHELD
+
+
 def _declined(reply: Message) -> bool:
     """A reply in which the site says it failed or refused (with its reason)."""
     status = reply.content.config_records.get(p.STATUS)
@@ -470,6 +517,12 @@ def _reject_duplicate_names(sites: Iterable[SiteRecord]) -> None:
         if site.name in seen:
             raise RunFailed(f"two nodes call themselves {site.name!r}; site names must be unique")
         seen.add(site.name)
+
+
+def _node_error(reason: str) -> str:
+    """The exception's own message out of the engine's report (Ray wraps it in a traceback)."""
+    messages = re.findall(r"Message: (.+?)(?:\n|$)", str(reason))
+    return _short(messages[-1].rstrip("'>\" ") if messages else reason)
 
 
 def _short(text: str, limit: int = 300) -> str:

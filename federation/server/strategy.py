@@ -1,19 +1,33 @@
 """The Flower strategy a study asks for, assembled from its spec.
 
-Aggregation is Flower's own. The run loop (``app.py``) picks which sites take part in a round and
-hands the strategy only replies that passed validation; the strategy never averages epsilon or
-any other per-site metric, which the loop records per site instead.
+Aggregation is Flower's own: FedAvg (the default), FedProx, FedAdam, and the robust ones, which
+bound what a minority of faulty or malicious sites can do to the model: FedMedian (coordinate-wise
+median), FedTrimmedAvg (coordinate-wise mean after cutting ``trim-fraction`` of the sites from
+each end) and Krum (the one update closest to its neighbours). The robust ones ignore how many
+records a site has. Updates reach any of them only after ``validation`` has checked them.
+
+The run loop (``run.py``) picks which sites take part in a round and hands the strategy only
+replies that passed validation; the strategy never averages epsilon or any other per-site metric,
+which the loop records per site instead.
 """
 
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
 
 from federation import protocol as p
 from federation.spec import StudySpec
 
 
 def build_strategy(spec: StudySpec) -> Strategy:
-    """FedAvg, FedProx or FedAdam over every site that is still in the run."""
+    """The spec's strategy over every site that is still in the run."""
     common = dict(
         fraction_train=1.0,
         fraction_evaluate=1.0,
@@ -32,6 +46,12 @@ def build_strategy(spec: StudySpec) -> Strategy:
     if strategy == "fedadam":
         # Server learning rate eta; the sites' own rate is the spec's learning-rate.
         return FedAdam(eta=0.1, eta_l=spec.training.learning_rate, **common)
+    if strategy == "fedmedian":
+        return FedMedian(**common)
+    if strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(beta=spec.training.trim_fraction, **common)
+    if strategy == "krum":
+        return Krum(num_malicious_nodes=spec.training.krum_malicious, **common)
     return FedAvg(**common)
 
 

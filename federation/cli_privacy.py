@@ -1,0 +1,272 @@
+"""``allfed privacy``: the privacy officer's commands (spend, plan, ledger, audit).
+
+Each prints a readable table, or with ``--json`` one JSON object on stdout. They read only the
+site's own ledger file and need nothing from the central team. A mistake in the input is one
+line on stderr and exit code 2 (``AllfedError``, caught in ``cli.main``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federation.errors import AllfedError
+
+privacy_app = typer.Typer(
+    help="Privacy budgets: plan them, and read a site's ledger.", no_args_is_help=True
+)
+_out = Console()
+
+Accountant = Annotated[str, typer.Option(help="prv (default) or rdp.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+LedgerPath = Annotated[Path, typer.Option("--ledger", help="The site's ledger (SQLite).")]
+
+
+@privacy_app.command()
+def spend(
+    noise_multiplier: Annotated[float, typer.Option(help="Noise std / L2 sensitivity.")],
+    sample_rate: Annotated[float, typer.Option(help="Poisson sampling rate q (1: no sampling).")],
+    steps: Annotated[int, typer.Option(help="Number of noisy steps.")],
+    delta: Annotated[float, typer.Option(help="Target delta.")],
+    accountant: Accountant = "prv",
+    as_json: AsJson = False,
+) -> None:
+    """Epsilon of STEPS subsampled Gaussian steps (what a site spends on such a plan)."""
+    from privacy.accounting import GaussianRelease, compute_epsilon
+
+    _check_accountant(accountant)
+    _check_delta(delta)
+    release = _release(GaussianRelease, noise_multiplier, sample_rate, steps)
+    epsilon = compute_epsilon([release], delta, accountant)
+    result = {
+        "epsilon": epsilon,
+        "delta": delta,
+        "accountant": accountant,
+        "noise_multiplier": noise_multiplier,
+        "sample_rate": sample_rate,
+        "steps": steps,
+    }
+    if as_json:
+        print(json.dumps(result))
+    else:
+        _out.print(f"epsilon {epsilon:.4f} at delta {delta:g} ({accountant})")
+
+
+@privacy_app.command()
+def plan(
+    target_epsilon: Annotated[float, typer.Option(help="Epsilon for the whole run.")],
+    delta: Annotated[float, typer.Option(help="Target delta.")],
+    sample_rate: Annotated[float | None, typer.Option(help="Poisson sampling rate q.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Noisy steps of the whole run.")] = None,
+    records: Annotated[int | None, typer.Option(help="Training records of the site.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Expected batch size.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
+    accountant: Accountant = "prv",
+    as_json: AsJson = False,
+) -> None:
+    """The noise multiplier that makes a whole run meet TARGET_EPSILON, and what more or fewer
+    rounds would cost at that noise."""
+    from privacy.accounting import GaussianRelease, calibrate_noise, compute_epsilon
+
+    _check_accountant(accountant)
+    _check_delta(delta)
+    if target_epsilon <= 0:
+        raise AllfedError("--target-epsilon must be positive")
+    q, total, per_round = _plan_shape(sample_rate, steps, records, batch_size, epochs, rounds)
+    try:
+        noise = calibrate_noise(target_epsilon, delta, q, total, accountant)
+    except ValueError as error:
+        raise AllfedError(str(error)) from None
+    epsilon = compute_epsilon([GaussianRelease(noise, q, total)], delta, accountant)
+    planned_rounds = total // per_round
+    table = []
+    for r in sorted({1, max(1, planned_rounds // 2), planned_rounds, 2 * planned_rounds}):
+        spent = compute_epsilon([GaussianRelease(noise, q, r * per_round)], delta, accountant)
+        table.append({"rounds": r, "steps": r * per_round, "epsilon": spent})
+    result = {
+        "noise_multiplier": noise,
+        "sample_rate": q,
+        "steps": total,
+        "epsilon": epsilon,
+        "delta": delta,
+        "accountant": accountant,
+        "epsilon_by_rounds": table,
+    }
+    if as_json:
+        print(json.dumps(result))
+        return
+    _out.print(
+        f"noise multiplier {noise:.4f}: epsilon {epsilon:.4f} at delta {delta:g} ({accountant}) "
+        f"for {total} steps at sampling rate {q:.5g}"
+    )
+    view = Table(title="epsilon against rounds at this noise")
+    for column in ("rounds", "steps", "epsilon"):
+        view.add_column(column, justify="right")
+    for row in table:
+        view.add_row(str(row["rounds"]), str(row["steps"]), f"{row['epsilon']:.4f}")
+    _out.print(view)
+
+
+@privacy_app.command()
+def ledger(ledger: LedgerPath, as_json: AsJson = False) -> None:
+    """A site's lifetime epsilon and every noisy release it recorded."""
+    book, budget = _open(ledger)
+    lifetime = book.lifetime_epsilon(budget["lifetime_delta"], budget["accountant"])
+    entries = book.releases()
+    result = {
+        "lifetime_epsilon": lifetime,
+        "lifetime_budget": budget.get("lifetime_epsilon"),
+        "delta": budget["lifetime_delta"],
+        "accountant": budget["accountant"],
+        "entries": entries,
+    }
+    if as_json:
+        print(json.dumps(result))
+        return
+    cap = budget.get("lifetime_epsilon")
+    _out.print(
+        f"{ledger}: lifetime epsilon {lifetime:.4f} at delta {budget['lifetime_delta']:g} "
+        f"({budget['accountant']}), budget {'none' if cap is None else f'{cap:g}'}"
+    )
+    view = Table()
+    columns = (
+        "run",
+        "study",
+        "round",
+        "mechanism",
+        "noise",
+        "rate",
+        "steps",
+        "run eps",
+        "life eps",
+    )
+    for column in columns:
+        view.add_column(column)
+    for e in entries:
+        view.add_row(
+            e["run_id"],
+            e["study"],
+            str(e["round"]),
+            e["mechanism"],
+            f"{e['noise_multiplier']:.4g}",
+            f"{e['sample_rate']:.4g}",
+            str(e["steps"]),
+            f"{e['run_epsilon_after']:.4f}",
+            f"{e['lifetime_epsilon_after']:.4f}",
+        )
+    _out.print(view)
+
+
+@privacy_app.command()
+def audit(ledger: LedgerPath, as_json: AsJson = False) -> None:
+    """What left the site, run by run: every message (kind, keys, array shapes) and the
+    privacy spent when it left."""
+    book, _ = _open(ledger)
+    messages = book.messages()
+    releases = book.releases()
+    runs: list[dict[str, Any]] = []
+    known = {run["run_id"] for run in book.runs()}
+    for run in book.runs():
+        runs.append({**run, "messages": [m for m in messages if m["run_id"] == run["run_id"]]})
+    orphans = [m for m in messages if m["run_id"] not in known]  # refused before admission
+    for run_id in sorted({m["run_id"] for m in orphans}):
+        runs.append({"run_id": run_id, "status": "not admitted", "messages": _of(orphans, run_id)})
+    for run in runs:
+        spent = [r["run_epsilon_after"] for r in releases if r["run_id"] == run["run_id"]]
+        run["epsilon"] = spent[-1] if spent else 0.0
+    if as_json:
+        print(json.dumps({"runs": runs}))
+        return
+    for run in runs:
+        reason = f" ({run['reason']})" if run.get("reason") else ""
+        _out.print(
+            f"[bold]run {run['run_id']}[/] {run.get('study', '')}: {run['status']}{reason}, "
+            f"epsilon {run['epsilon']:.4f}"
+        )
+        view = Table()
+        for column in ("round", "kind", "status", "keys", "arrays", "run eps", "life eps"):
+            view.add_column(column)
+        for m in run["messages"]:
+            view.add_row(
+                str(m["round"]),
+                m["kind"],
+                m["status"],
+                str(len(m["keys"])),
+                ", ".join(f"{k} {tuple(v)}" for k, v in m["arrays"].items()) or "-",
+                f"{m['run_epsilon']:.4f}",
+                f"{m['lifetime_epsilon']:.4f}",
+            )
+        _out.print(view)
+
+
+def _of(messages: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    return [m for m in messages if m["run_id"] == run_id]
+
+
+def _open(path: Path):
+    from privacy.ledger import Ledger
+    from privacy.policy import DEFAULT_LIFETIME_DELTA
+
+    if not path.is_file():
+        raise AllfedError(f"{path}: ledger not found")
+    book = Ledger(path)
+    budget = {"lifetime_delta": DEFAULT_LIFETIME_DELTA, "accountant": "prv", **book.budget()}
+    return book, budget
+
+
+def _plan_shape(
+    sample_rate: float | None,
+    steps: int | None,
+    records: int | None,
+    batch_size: int | None,
+    epochs: int | None,
+    rounds: int | None,
+) -> tuple[float, int, int]:
+    """(sampling rate, steps of the run, steps per round) from either form of ``plan``."""
+    by_rate = sample_rate is not None or steps is not None
+    by_records = any(v is not None for v in (records, batch_size, epochs, rounds))
+    if by_rate == by_records:
+        raise AllfedError(
+            "give either --sample-rate and --steps, or --records, --batch-size, --epochs "
+            "and --rounds"
+        )
+    if by_rate:
+        if sample_rate is None or steps is None:
+            raise AllfedError("--sample-rate and --steps go together")
+        if not 0 < sample_rate <= 1 or steps < 1:
+            raise AllfedError("--sample-rate must be in (0, 1] and --steps at least 1")
+        return sample_rate, steps, steps
+    if None in (records, batch_size, epochs, rounds):
+        raise AllfedError("--records, --batch-size, --epochs and --rounds go together")
+    if min(records, batch_size, epochs, rounds) < 1:  # type: ignore[type-var]
+        raise AllfedError("--records, --batch-size, --epochs and --rounds must be at least 1")
+    # The node's own rule (federation.client.training.plan_dp): q = 1 / batches per epoch.
+    batches = math.ceil(records / batch_size)  # type: ignore[operator]
+    per_round = epochs * batches  # type: ignore[operator]
+    return 1.0 / batches, rounds * per_round, per_round  # type: ignore[operator]
+
+
+def _release(kind, noise: float, rate: float, steps: int):
+    try:
+        return kind(noise, rate, steps)
+    except ValueError as error:
+        raise AllfedError(str(error)) from None
+
+
+def _check_accountant(name: str) -> None:
+    from privacy.accounting import ACCOUNTANTS
+
+    if name not in ACCOUNTANTS:
+        raise AllfedError(f"--accountant must be one of {', '.join(ACCOUNTANTS)}, not {name!r}")
+
+
+def _check_delta(delta: float) -> None:
+    if not 0 < delta < 1:
+        raise AllfedError(f"--delta must be in (0, 1), not {delta:g}")

@@ -1,0 +1,183 @@
+"""A real deployment on loopback: SuperLink and SuperNodes as separate processes, TLS, node auth.
+
+One federation (SuperLink + three registered SuperNodes) is shared by the module; every process
+is stopped at the end, also when a test fails (``LocalFederation.stop`` in a ``finally``).
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from federation.deploy.certs import make_certificates, make_node_key
+from federation.deploy.local import LocalFederation
+from federation.deploy.runs import COMPLETED, FAILED, PENDING, run_status
+from federation.errors import AllfedError
+from federation.synth import write_cohort
+
+pytestmark = pytest.mark.deployment
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """A SuperLink with TLS and SuperNode auth, and three registered, connected SuperNodes."""
+    root = tmp_path_factory.mktemp("deployment")
+    files, study = write_cohort(root / "data", n_sites=3, records_per_site=800, seed=5)
+    # Deployment mechanics, not accounting: one round and the quicker RDP accountant.
+    text = study.read_text().replace("rounds = 10", "rounds = 1")
+    study.write_text(text.replace('accountant = "prv"', 'accountant = "rdp"'))
+    fed = LocalFederation(root / "fed")
+    try:
+        fed.start_superlink()
+        nodes = []
+        for name, path in files.items():
+            private, public = fed.node_key(name)
+            fed.register(public)
+            nodes.append(fed.start_node(name, path, private, fed.certs.ca_cert))
+        for node in nodes:
+            fed.wait_for_node(node, timeout=120)
+        yield fed, files, study
+    except BaseException:
+        print(fed.logs())
+        raise
+    finally:
+        fed.stop()
+        deadline = time.monotonic() + 10  # killed children may take a moment to be reaped
+        while any(p.group_alive() for p in fed.processes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p.name for p in fed.processes if p.group_alive()]
+
+
+def test_study_completes_over_tls_with_node_auth(federation, tmp_path):
+    fed, files, study = federation
+    out = tmp_path / "run"
+    run_id = fed.launch(study, out, expected_sites=len(files))
+    try:
+        assert fed.wait_for_run(run_id, timeout=240) == "finished:completed"
+    except BaseException:
+        print(fed.logs())
+        print(run_status(out).message)
+        raise
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["rounds"] == 1
+    assert sorted(summary["sites"]) == sorted(files)
+    assert all(site["status"] == "ok" for site in summary["sites"].values())
+    for name in ("model.pt", "metrics.jsonl", "report.html", "model_card.json"):
+        assert (out / name).exists(), name
+    assert run_status(out).code == COMPLETED
+
+
+def test_unregistered_node_key_is_refused(federation, tmp_path):
+    fed, files, _ = federation
+    private, _ = make_node_key(tmp_path / "stranger")
+    node = fed.start_node(
+        "stranger",
+        next(iter(files.values())),
+        private,
+        fed.certs.ca_cert,
+        extra=["--max-retries", "1"],
+        fast=False,  # refused before any ClientApp runs: plain flower-supernode starts faster
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and node.alive():
+            if "SuperNode ID:" in node.output():
+                break
+            time.sleep(0.5)
+        log = node.output()
+        assert "SuperNode ID:" not in log
+        assert "Failed to activate SuperNode" in log or "PERMISSION_DENIED" in log.upper()
+    finally:
+        node.stop()
+
+
+def test_node_without_the_ca_cannot_connect(federation, tmp_path):
+    fed, files, _ = federation
+    private, public = make_node_key(tmp_path / "no-ca")
+    fed.register(public)  # registered, so only TLS can keep it out
+    node = fed.start_node(
+        "no-ca",
+        next(iter(files.values())),
+        private,
+        root_certificates=None,
+        extra=["--max-retries", "1", "--max-wait-time", "5"],
+        fast=False,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and node.alive():
+            if "SuperNode ID:" in node.output():
+                break
+            time.sleep(0.5)
+        log = node.output()
+        assert "SuperNode ID:" not in log
+        assert "CERTIFICATE_VERIFY_FAILED" in log.upper() or "SSL" in log.upper()
+    finally:
+        node.stop()
+
+
+def test_certificates_and_keys(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    files = make_certificates(tmp_path / "certs", ["superlink.example.org", "10.0.0.5"])
+    cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    for private in (files.ca_key, files.server_key):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    with pytest.raises(AllfedError, match="already exist"):
+        make_certificates(tmp_path / "certs", ["localhost"])
+    with pytest.raises(AllfedError, match="not a DNS name"):
+        make_certificates(tmp_path / "other", ["https://x"])
+    key, public = make_node_key(tmp_path / "node")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    load_ssh_private_key(key.read_bytes(), password=None)
+
+
+def test_run_status_exit_codes(tmp_path):
+    assert run_status(tmp_path).code == PENDING
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"status": "failed", "error": "setup: only 1 site(s) left", "sites": {}})
+    )
+    outcome = run_status(tmp_path)
+    assert outcome.code == FAILED and "only 1 site" in outcome.message
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from federation.cli import main; main()",
+            "run",
+            "status",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == FAILED and "failed" in done.stderr
+
+
+def test_cli_certs_and_keygen(tmp_path: Path):
+    def allfed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", "from federation.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+        )
+
+    assert allfed("certs", "--out", str(tmp_path / "c"), "--host", "127.0.0.1").returncode == 0
+    again = allfed("certs", "--out", str(tmp_path / "c"), "--host", "127.0.0.1")
+    assert again.returncode == 2 and "already exist" in again.stderr
+    assert allfed("node", "keygen", "--out", str(tmp_path / "k")).returncode == 0
+    assert (tmp_path / "k" / "node.key.pub").exists()
