@@ -83,7 +83,9 @@ def synth(
 def simulate(
     study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
     site: Annotated[list[str], typer.Option(help="NAME=PATH of a site's data file; repeat.")],
-    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory to write (not with --resume).")
+    ] = None,
     rounds: Annotated[int | None, typer.Option(min=1, help="Override [training] rounds.")] = None,
     target_epsilon: Annotated[
         float | None, typer.Option(help="Override [privacy] target-epsilon.")
@@ -101,6 +103,10 @@ def simulate(
     ] = None,
     ledger_dir: Annotated[
         Path | None, typer.Option(help="Folder of the sites' ledgers (NAME.sqlite each).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this run directory from its last round."),
     ] = None,
 ) -> None:
     """Run a study on local site files, every site a simulated node."""
@@ -126,8 +132,15 @@ def simulate(
     if no_dp:
         privacy["enabled"] = False
     spec = spec.with_overrides(training=training, privacy=privacy)
+    if resume is not None and out is not None and Path(out).resolve() != resume.resolve():
+        raise AllfedError("--resume continues in its own run directory; leave out --out")
+    if resume is None and out is None:
+        raise AllfedError("--out is required (the run directory to write)")
     governance = {"policies": _parse_sites(policy or [], "--policy"), "ledger_dir": ledger_dir}
-    _run_and_report(spec, _parse_sites(site), out, verbose=verbose, **governance)
+    run_dir = resume if resume is not None else out
+    _run_and_report(
+        spec, _parse_sites(site), run_dir, verbose=verbose, resume=resume is not None, **governance
+    )
 
 
 @app.command()
@@ -177,7 +190,11 @@ def _run_and_report(
     from federation.simulation import simulate as run_simulation
 
     _warn_about_site_scaling(spec)
-    rounds = spec.training.rounds
+    rounds, done = spec.training.rounds, 0
+    if governance.get("resume"):
+        from federation.server.outputs import load_checkpoint
+
+        done = int(load_checkpoint(out, spec.to_toml())["round"])  # refusals before the bar
     with Progress(
         TextColumn("[bold]round {task.completed}/{task.total}"),
         BarColumn(),
@@ -187,6 +204,8 @@ def _run_and_report(
         transient=False,
     ) as progress:
         task = progress.add_task("rounds", total=rounds, status="starting the sites...")
+        if done:
+            progress.update(task, completed=done, status=f"resuming after round {done}...")
 
         def on_round(server_round: int, row: dict[str, Any]) -> None:
             auroc = (row["metrics"].get("pooled") or {}).get("auroc")

@@ -20,6 +20,7 @@ RUN_STUDY_FILE = "study-file"
 RUN_OUT = "out"
 RUN_SITES = "sites"  # local simulation only: "NAME=PATH,NAME=PATH" by partition id
 RUN_EXPECTED_SITES = "expected-sites"  # sites to wait for before setup (default: min-sites)
+RUN_RESUME = "resume"  # a run directory whose checkpoint the run continues
 NODE_DATA = "data"
 NODE_SITE = "site"
 NODE_POLICY = "policy"  # the site's privacy policy (TOML), owned by the site
@@ -31,6 +32,10 @@ SCALING_CENTER = "scaling-center"
 SCALING_SCALE = "scaling-scale"
 PROXIMAL_MU = "proximal-mu"
 STANDARDIZATION_NOISE = "standardization-noise"
+# Setup config: the run's identity in every site's ledger, and on a resume the rounds the server
+# completed; the site then continues its recorded plan instead of planning a fresh budget.
+RUN_KEY = "run-key"
+RESUME_AFTER = "resume-after"
 
 # Site -> server status (a ConfigRecord under STATUS, present in every setup reply and in any
 # reply where the site declines to do what was asked).

@@ -71,6 +71,8 @@ def simulate(
     client_mods: list | None = None,
     policies: dict[str, Path] | None = None,
     ledger_dir: Path | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` over ``sites`` (name -> data file) and return the run's summary.
 
@@ -79,6 +81,8 @@ def simulate(
     ``client_mods`` (Flower mods wrapped around every site's handlers) are for fault injection.
     ``policies`` (site name -> policy file) and ``ledger_dir`` (one ledger per site) are the
     sites' own governance, as ``--node-config policy=... ledger=...`` is in deployment.
+    ``resume`` continues the run in ``out`` from its checkpoint (same spec; under DP the sites
+    need their ledgers); ``stop_after`` (tests) stops the run after that round as a crash would.
     """
     if not sites:
         raise AllfedError("no sites given: pass --site NAME=PATH at least once")
@@ -92,7 +96,10 @@ def simulate(
 
     from federation.client.app import make_client_app, site_policy
     from federation.server.app import RunSettings, make_server_app
+    from federation.server.outputs import load_checkpoint
     from federation.server.run import RunFailed
+
+    checkpoint = load_checkpoint(Path(out), spec.to_toml()) if resume else None
 
     policies = policies or {}
     if unknown := sorted(set(policies) - set(sites)):
@@ -105,7 +112,14 @@ def simulate(
         tuple((name, str(Path(path).resolve())) for name, path in policies.items()),
         str(Path(ledger_dir).resolve()) if ledger_dir else None,
     )
-    settings = RunSettings(spec=spec, out=Path(out), on_round=on_round, expected_sites=len(sites))
+    settings = RunSettings(
+        spec=spec,
+        out=Path(out),
+        on_round=on_round,
+        expected_sites=len(sites),
+        checkpoint=checkpoint,
+        stop_after=stop_after,
+    )
     server_app = make_server_app(lambda _context: settings)
     client_app = make_client_app(resolve_site, mods=client_mods)
     update_console_handler(level=logging.INFO if verbose else logging.ERROR)

@@ -74,14 +74,15 @@ def compute_epsilon(releases: Sequence[GaussianRelease], delta: float, accountan
 
 
 def merged(releases: Iterable[GaussianRelease]) -> tuple[GaussianRelease, ...]:
-    """The same composition with one entry per mechanism: T1 then T2 steps of one subsampled
-    Gaussian are T1 + T2 steps of it, in any order. A site's history gains an entry every round,
-    and PRV's cost grows with entries (a tenth of a second each), not with steps."""
+    """The same composition with one entry per mechanism, in a fixed order: T1 then T2 steps of
+    one subsampled Gaussian are T1 + T2 steps of it, and composition is commutative. A ledger
+    holds an entry per round of every run, and PRV's cost grows with entries (a tenth of a
+    second each), not with steps."""
     steps: dict[tuple[float, float], int] = {}
     for release in releases:
         key = (release.noise_multiplier, release.sample_rate)
         steps[key] = steps.get(key, 0) + release.steps
-    return tuple(GaussianRelease(s, q, t) for (s, q), t in steps.items())
+    return tuple(GaussianRelease(s, q, t) for (s, q), t in sorted(steps.items()))
 
 
 @lru_cache(maxsize=4096)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from privacy.accounting import GaussianRelease, compute_epsilon
+from privacy.accounting import GaussianRelease, compute_epsilon, merged
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -168,7 +168,7 @@ class Ledger:
         run = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if run is not None and budget.max_epsilon_per_run is not None:
             spent = [*_run_releases(db, run_id), *new]
-            epsilon = compute_epsilon(merge(spent), run["delta"], run["accountant"])
+            epsilon = compute_epsilon(spent, run["delta"], run["accountant"])
             if epsilon > budget.max_epsilon_per_run:
                 return (
                     f"the run would reach epsilon {epsilon:.3f}, above the site policy's "
@@ -177,7 +177,7 @@ class Ledger:
         if budget.lifetime_epsilon is None:
             return None
         committed = [*_all_releases(db), *_reserved(db, exclude=run_id), *new]
-        epsilon = compute_epsilon(merge(committed), budget.lifetime_delta, budget.accountant)
+        epsilon = compute_epsilon(committed, budget.lifetime_delta, budget.accountant)
         if epsilon > budget.lifetime_epsilon:
             what = "this run's plan" if whole_run else "this round"
             return (
@@ -198,10 +198,10 @@ class Ledger:
     ) -> None:
         run = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         run_eps = compute_epsilon(
-            merge([*_run_releases(db, run_id), release]), run["delta"], run["accountant"]
+            [*_run_releases(db, run_id), release], run["delta"], run["accountant"]
         )
         life_eps = compute_epsilon(
-            merge([*_all_releases(db), release]), budget.lifetime_delta, budget.accountant
+            [*_all_releases(db), release], budget.lifetime_delta, budget.accountant
         )
         db.execute(
             "INSERT INTO releases (recorded_at, run_id, study, round, mechanism, noise_multiplier,"
@@ -268,7 +268,7 @@ class Ledger:
     def lifetime_epsilon(self, delta: float, accountant: str) -> float:
         """Every recorded release of every run, composed at ``delta``."""
         with self._connect() as db:
-            return compute_epsilon(merge(_all_releases(db)), delta, accountant)
+            return compute_epsilon(_all_releases(db), delta, accountant)
 
     def budget(self) -> dict[str, Any]:
         """The budget the site's node last enforced (from its policy), as recorded."""
@@ -279,6 +279,22 @@ class Ledger:
     def releases(self) -> list[dict[str, Any]]:
         with self._connect() as db:
             return [dict(r) for r in db.execute("SELECT * FROM releases ORDER BY id")]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """One run's row (its plan decoded) or None; a resumed run is continued from it."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        run = dict(row)
+        run["planned"] = json.loads(run["planned"])
+        return run
+
+    def run_releases(self, run_id: str) -> list[dict[str, Any]]:
+        """One run's releases in the order they were recorded: its history on a resume."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM releases WHERE run_id = ? ORDER BY id", (run_id,))
+            return [dict(r) for r in rows]
 
     def runs(self) -> list[dict[str, Any]]:
         with self._connect() as db:
@@ -293,16 +309,6 @@ class Ledger:
         for row in rows:
             row["keys"], row["arrays"] = json.loads(row["keys"]), json.loads(row["arrays"])
         return rows
-
-
-def merge(releases: Iterable[GaussianRelease]) -> tuple[GaussianRelease, ...]:
-    """Releases with the same noise and sampling rate as one (composition is commutative):
-    the accountant then composes a few entries instead of one per round."""
-    steps: dict[tuple[float, float], int] = {}
-    for release in releases:
-        key = (release.noise_multiplier, release.sample_rate)
-        steps[key] = steps.get(key, 0) + release.steps
-    return tuple(GaussianRelease(s, q, t) for (s, q), t in sorted(steps.items()))
 
 
 def _rows_to_releases(rows: Iterable[sqlite3.Row]) -> list[GaussianRelease]:
@@ -332,7 +338,7 @@ def _reserved(db: sqlite3.Connection, exclude: str) -> list[GaussianRelease]:
     ).fetchall():
         spent = dict(
             ((r.noise_multiplier, r.sample_rate), r.steps)
-            for r in merge(_run_releases(db, run["run_id"]))
+            for r in merged(_run_releases(db, run["run_id"]))
         )
         for s, q, t in json.loads(run["planned"]):
             left = int(t) - spent.pop((float(s), float(q)), 0)

@@ -53,9 +53,10 @@ from privacy.accounting import (
     compute_epsilon,
     dumps_releases,
     loads_releases,
+    merged,
 )
 from privacy.guard import DisclosureError, Whitelist, check_message
-from privacy.ledger import Budget, Ledger, RunPlan, merge
+from privacy.ledger import Budget, Ledger, RunPlan
 from privacy.policy import PolicyError, SitePolicy, load_policy, permissive_policy
 
 log = logging.getLogger("allfed.site")
@@ -221,6 +222,8 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     except AllfedError as error:
         log.error("site %s cannot join: %s", site.name, error)
         return _status(site.name, p.FAILED, str(error))
+    config = msg.content[p.CONFIG] if p.CONFIG in msg.content else ConfigRecord()
+    run_key = str(config.get(p.RUN_KEY, "") or "") or f"{context.run_id}-{secrets.token_hex(4)}"
     if spec.privacy.enabled and spec.privacy.delta * table.n_train >= 1:
         return _status(
             site.name,
@@ -232,6 +235,15 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     metrics = MetricRecord({p.N_TRAIN: table.n_train, p.N_TEST: table.n_test})
     training_groups = {g: values[~table.is_test] for g, values in table.groups.items()}
     metrics.update(counts_to_record(level_counts(training_groups, min_cell), p.REPRESENTATION))
+    resume_after = int(config.get(p.RESUME_AFTER, 0) or 0)
+    if resume_after > 0:
+        refusal = _resume(site, context, table.n_train, run_key, resume_after)
+        if refusal:
+            log.warning("site %s cannot resume the run: %s", site.name, refusal)
+            return _status(site.name, p.REFUSED, refusal)
+        content = _status(site.name, p.OK, "")
+        content[p.METRICS] = metrics  # no sums again: the server kept the pooled scaling
+        return content
     sums = scaling_sums(table, spec)
     standardization = None
     if len(sums[0]) and spec.privacy.enabled:
@@ -240,7 +252,6 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     plan = None
     if spec.privacy.enabled:
         plan = _plan(spec, table.n_train, releases)
-    run_key = f"{context.run_id}-{secrets.token_hex(4)}"
     _save_state(context, releases=[], plan=plan, run_key=run_key)
     if site.ledger is not None and spec.privacy.enabled:
         planned = [
@@ -254,7 +265,7 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
                 spec.privacy.accountant,
                 spec.privacy.delta,
                 spec.privacy.target_epsilon,
-                merge(planned),
+                merged(planned),
             ),
             site.budget(),
             first=[("gaussian-sums", r) for r in releases],  # recorded before they are computed
@@ -272,6 +283,52 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     content = _status(site.name, p.OK, "")
     content[p.METRICS] = metrics
     return content
+
+
+def _resume(
+    site: SiteSettings, context: Context, n_train: int, run_key: str, rounds_done: int
+) -> str | None:
+    """Continue run ``run_key`` from this site's ledger, or say why the site cannot.
+
+    ``context.state`` does not survive a restart, so the ledger is the site's memory: its
+    releases for the run are the accountant's history (a round recorded but never received by
+    the server counts as spent) and the plan is worked out again from the same inputs and must
+    match the plan the ledger admitted. Without a ledger a DP site cannot prove what it spent.
+    """
+    spec = site.spec
+    if not spec.privacy.enabled:
+        _save_state(context, releases=[], plan=None, run_key=run_key)
+        return None
+    if site.ledger is None:
+        return "a DP run can only be resumed by a site with a ledger (it records what was spent)"
+    ledger = Ledger(site.ledger)
+    run = ledger.run(run_key)
+    if run is None or run["status"] != "admitted":
+        return f"run {run_key} was not admitted by this site's ledger; nothing to resume"
+    if (run["study"], run["accountant"], run["delta"], run["target_epsilon"]) != (
+        spec.study.name,
+        spec.privacy.accountant,
+        spec.privacy.delta,
+        spec.privacy.target_epsilon,
+    ):
+        return f"run {run_key} in the site's ledger is of another study or privacy target"
+    rows = ledger.run_releases(run_key)
+    history = [GaussianRelease(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
+    prior = [h for h, r in zip(history, rows, strict=True) if r["mechanism"] != "dp-sgd"]
+    plan = _plan(spec, n_train, prior)
+    planned = merged([*prior, GaussianRelease(plan.noise_multiplier, plan.sample_rate, 1)])
+    admitted = {(float(s), float(q)) for s, q, _ in run["planned"]}
+    if {(r.noise_multiplier, r.sample_rate) for r in planned} != admitted:
+        return "the site's data changed since the run began: its privacy plan no longer matches"
+    recorded = sum(1 for r in rows if r["mechanism"] == "dp-sgd")
+    if recorded > rounds_done:
+        log.warning(
+            "site %s: %d round(s) recorded but not completed by the server count as spent",
+            site.name,
+            recorded - rounds_done,
+        )
+    _save_state(context, releases=history, plan=plan, run_key=run_key)
+    return None
 
 
 def _plan(spec: StudySpec, n_train: int, prior: list[GaussianRelease]) -> DPPlan:

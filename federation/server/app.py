@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -12,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from federation import protocol as p
 from federation.deploy.grid import PollingGrid
 from federation.protocol import site_entries
+from federation.server.outputs import load_checkpoint
 from federation.server.run import RoundCallback, StudyRun
 from federation.spec import StudySpec, spec_from_run_config
 
@@ -25,14 +27,20 @@ class RunSettings:
     out: Path
     on_round: RoundCallback | None = None
     expected_sites: int | None = None
+    checkpoint: dict[str, Any] | None = None  # a run directory's checkpoint: resume that run
+    stop_after: int | None = None  # tests only: stop after this round, as a crash would
 
 
 def settings_from_run_config(context: Context) -> RunSettings:
-    """Deployment (``flwr run``): the study and output folder from the run config."""
+    """Deployment (``flwr run``): the study and output folder from the run config;
+    ``resume = "DIR"`` continues the run in DIR (same spec) from its last completed round."""
     run = context.run_config
-    out = Path(str(run.get(p.RUN_OUT) or "runs/latest"))
+    spec = spec_from_run_config(run)
+    resume = str(run.get(p.RUN_RESUME) or "")
+    out = Path(resume or str(run.get(p.RUN_OUT) or "runs/latest"))
+    checkpoint = load_checkpoint(out, spec.to_toml()) if resume else None
     expected = int(run.get(p.RUN_EXPECTED_SITES) or 0) or len(site_entries(run)) or None
-    return RunSettings(spec=spec_from_run_config(run), out=out, expected_sites=expected)
+    return RunSettings(spec=spec, out=out, expected_sites=expected, checkpoint=checkpoint)
 
 
 def make_server_app(
@@ -50,6 +58,8 @@ def make_server_app(
             settings.out,
             settings.on_round,
             settings.expected_sites,
+            settings.checkpoint,
+            settings.stop_after,
         ).run()
 
     return server_app

@@ -2,7 +2,8 @@
 
 ``summary.json`` (the contract in DESIGN.md), ``metrics.jsonl`` (one line per round),
 ``model.pt`` (the final weights) with ``model_card.json`` and ``model_card.md``, ``report.html``
-(built from the summary and the rounds alone, so ``allfed report`` can rebuild it) and ``run.log``.
+(built from the summary and the rounds alone, so ``allfed report`` can rebuild it), ``run.log``
+and ``checkpoint.pt`` (the state after the last completed round, which ``--resume`` continues).
 Files are written to a temporary name and renamed, so a reader never sees half a file.
 """
 
@@ -12,6 +13,7 @@ import json
 import logging
 import math
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ MODEL_CARD = "model_card.json"
 MODEL_CARD_MD = "model_card.md"
 LOG = "run.log"
 REPORT = "report.html"
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
 
 _LOGGERS = ("allfed", "flwr")
 
@@ -33,15 +37,20 @@ _LOGGERS = ("allfed", "flwr")
 class RunDirectory:
     """Writes one run's outputs under ``path`` (created if needed)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, resume: bool = False) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / METRICS).unlink(missing_ok=True)
+        self.resume = resume
+        if not resume:
+            (self.path / METRICS).unlink(missing_ok=True)
+            (self.path / CHECKPOINT).unlink(missing_ok=True)
         self._log_handler: logging.Handler | None = None
 
     def start_log(self) -> None:
-        """Copy allfed's and Flower's log records of this run into ``run.log``."""
-        handler = logging.FileHandler(self.path / LOG, mode="w", encoding="utf-8")
+        """Copy allfed's and Flower's log records of this run into ``run.log`` (appended to on
+        a resume)."""
+        mode = "a" if self.resume else "w"
+        handler = logging.FileHandler(self.path / LOG, mode=mode, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         handler.setLevel(logging.INFO)
         for name in _LOGGERS:
@@ -64,6 +73,26 @@ class RunDirectory:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def rewrite_rounds(self, rows: list[dict[str, Any]]) -> None:
+        """``metrics.jsonl`` as of the checkpoint: a row written after it is dropped on resume."""
+        self._write_text(METRICS, "".join(json.dumps(clean_json(r)) + "\n" for r in rows))
+
+    def write_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Temp file in the run directory, fsync, rename, fsync the directory: a crash leaves
+        the previous checkpoint or the new one, never part of one."""
+        path = self.path / CHECKPOINT
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        directory = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_text(SUMMARY, json.dumps(clean_json(summary), indent=2) + "\n")
 
@@ -85,6 +114,51 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def checkpoint_state(**state: Any) -> str:
+    """The JSON part of a checkpoint (everything but tensors), NaN-safe."""
+    return json.dumps(clean_json(state))
+
+
+def load_checkpoint(path: Path, spec_toml: str) -> dict[str, Any]:
+    """The checkpoint of run directory ``path`` for a resume of the study ``spec_toml``.
+
+    Raises a one-line ``AllfedError`` when there is none, it cannot be read, or the spec differs
+    (naming the first difference): a resume continues exactly the run that was started.
+    """
+    file = Path(path) / CHECKPOINT
+    if not file.is_file():
+        raise AllfedError(f"cannot resume {path}: no {CHECKPOINT} there (no round completed)")
+    try:
+        checkpoint = torch.load(file, weights_only=True)
+        checkpoint["state"] = json.loads(checkpoint["state"])
+    except Exception as error:
+        raise AllfedError(f"cannot resume {path}: {CHECKPOINT} is unreadable ({error})") from None
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise AllfedError(f"cannot resume {path}: unknown checkpoint format")
+    if difference := spec_difference(checkpoint["spec"], spec_toml):
+        raise AllfedError(f"cannot resume {path}: the study spec changed ({difference})")
+    return checkpoint
+
+
+def spec_difference(before: str, after: str) -> str | None:
+    """The first setting (dotted key) that differs between two specs' TOML, or None."""
+    old, new = _flatten(tomllib.loads(before)), _flatten(tomllib.loads(after))
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"{key} was {old.get(key)!r}, now {new.get(key)!r}"
+    return None
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def write_report(path: Path, summary: dict[str, Any]) -> Path:

@@ -5,19 +5,25 @@ evaluate. Per-site facts (status, epsilon and the accounting behind it) are kept
 never averaged; only updates that pass validation reach the Flower strategy; pooled metrics are
 computed from the sites' additive statistics. The run ends by writing ``summary.json`` and then
 ``report.html``; a report that cannot be written is logged and never fails the run.
+
+After every completed round a checkpoint is written (model, round, strategy state, pooled
+scaling, per-site records and the rounds' rows); a resumed run restores it, sends the run's key
+and the rounds done in the setup config, and the sites continue their plans from their ledgers.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -30,9 +36,9 @@ from federation.scorestats import (
     intersection_name,
 )
 from federation.server.metrics import GroupPool, compute_metrics, publish_groups
-from federation.server.outputs import REPORT, RunDirectory
+from federation.server.outputs import CHECKPOINT_FORMAT, REPORT, RunDirectory, checkpoint_state
 from federation.server.standardization import pooled_scaling
-from federation.server.strategy import build_strategy
+from federation.server.strategy import aggregate, build_strategy
 from federation.server.validation import validate_updates
 from federation.spec import StudySpec, feature_names, federated_columns
 from models.registry import build_model
@@ -40,10 +46,15 @@ from models.registry import build_model
 log = logging.getLogger("allfed.server")
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
+_STRATEGY_STATE = ("m_t", "v_t")  # what Flower's FedOpt strategies (FedAdam) carry across rounds
 
 
 class RunFailed(Exception):
     """The run could not go on (too few sites left); the summary says why."""
+
+
+class RunStopped(Exception):
+    """The run stopped on purpose after a round (``stop_after``), leaving a checkpoint."""
 
 
 @dataclass
@@ -81,14 +92,22 @@ class StudyRun:
         out: Path,
         on_round: RoundCallback | None = None,
         expected_sites: int | None = None,
+        checkpoint: dict[str, Any] | None = None,
+        stop_after: int | None = None,
     ) -> None:
+        """``checkpoint`` (from ``outputs.load_checkpoint`` of ``out``) resumes that run;
+        ``stop_after`` ends the run after that round as a crash would (its checkpoint written,
+        nothing more): a test hook, the summary says ``stopped``."""
         self.grid, self.spec, self.on_round = grid, spec, on_round
         self.expected_sites = expected_sites
-        self.outputs = RunDirectory(out)
+        self.checkpoint, self.stop_after = checkpoint, stop_after
+        self.outputs = RunDirectory(out, resume=checkpoint is not None)
         self.sites: dict[int, SiteRecord] = {}
         self.metrics: dict[str, Any] = {}
         self.rounds_done = 0
+        self.rows: list[dict[str, Any]] = []
         self.scaling: tuple[list[float], list[float]] = ([], [])
+        self.run_key = str(checkpoint["run_key"]) if checkpoint else secrets.token_hex(8)
 
     def run(self) -> dict[str, Any]:
         self.outputs.start_log()
@@ -96,6 +115,8 @@ class StudyRun:
             arrays = self._run_rounds()
             self._finish(arrays)
             return self._conclude("completed", None)
+        except RunStopped as stop:
+            return self._conclude("stopped", str(stop))
         except RunFailed as error:
             self._conclude("failed", str(error))
             raise
@@ -120,11 +141,15 @@ class StudyRun:
 
     def _run_rounds(self) -> ArrayRecord:
         spec = self.spec
-        self._setup()
-        model = _initial_model(spec, len(feature_names(spec)))
-        arrays = ArrayRecord(model.state_dict())
         strategy = build_strategy(spec)
-        for server_round in range(1, spec.training.rounds + 1):
+        if self.checkpoint is None:
+            self._setup()
+            model = _initial_model(spec, len(feature_names(spec)))
+            arrays = ArrayRecord(model.state_dict())
+        else:
+            arrays = self._restore(strategy)
+            self._setup()
+        for server_round in range(self.rounds_done + 1, spec.training.rounds + 1):
             started = time.perf_counter()
             config = self._scaling_config()
             train_messages = strategy.configure_train(server_round, arrays, config, self.grid)
@@ -132,9 +157,7 @@ class StudyRun:
             accepted = [r for r in replies if self._accept_update(r, arrays)]
             accepted, rejected = self._validate_updates(server_round, accepted, arrays)
             self._require_sites(f"round {server_round}")
-            new_arrays, _ = strategy.aggregate_train(server_round, accepted)
-            if new_arrays is not None:
-                arrays = new_arrays
+            arrays = aggregate(strategy, server_round, accepted, arrays)
             self.metrics = self._evaluate(arrays)
             self.rounds_done = server_round
             row = {
@@ -144,6 +167,8 @@ class StudyRun:
                 "rejected": rejected,
                 "metrics": self.metrics,
             }
+            self.rows.append(row)
+            self._write_checkpoint(arrays, strategy)  # before the row: resume rewrites the rows
             self.outputs.append_round(row)
             log.info(
                 "round %d/%d: pooled AUROC %s",
@@ -153,7 +178,67 @@ class StudyRun:
             )
             if self.on_round:
                 self.on_round(server_round, row)
+            if server_round == self.stop_after:
+                raise RunStopped(f"stopped after round {server_round} (stop_after)")
         return arrays
+
+    # -- checkpoint and resume -------------------------------------------------------------
+
+    def _write_checkpoint(self, arrays: ArrayRecord, strategy: Any) -> None:
+        """Everything a resume needs after a completed round; the sites keep their own side."""
+        moments = {}
+        for name in _STRATEGY_STATE:  # FedAdam's (FedOpt's) moments; the others keep none
+            value = getattr(strategy, name, None)
+            if value:
+                moments[name] = {k: torch.from_numpy(np.array(v)) for k, v in value.items()}
+        self.outputs.write_checkpoint(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "spec": self.spec.to_toml(),
+                "run_key": self.run_key,
+                "round": self.rounds_done,
+                "arrays": arrays.to_torch_state_dict(),
+                "strategy": moments,
+                "state": checkpoint_state(
+                    scaling=list(self.scaling),
+                    sites=[asdict(site) for site in self.sites.values()],
+                    metrics=self.metrics,
+                    rows=self.rows,
+                ),
+            }
+        )
+
+    def _restore(self, strategy: Any) -> ArrayRecord:
+        """The model, strategy state, scaling, metrics and rounds of the checkpoint."""
+        checkpoint = self.checkpoint
+        state = checkpoint["state"]
+        self.rounds_done = int(checkpoint["round"])
+        center, scale = state["scaling"]
+        self.scaling = (list(center), list(scale))
+        self.metrics, self.rows = state["metrics"], list(state["rows"])
+        for name, value in checkpoint["strategy"].items():
+            setattr(strategy, name, {k: t.numpy() for k, t in value.items()})
+        self.outputs.rewrite_rounds(self.rows)
+        log.info("resuming run %s after round %d", self.run_key, self.rounds_done)
+        return ArrayRecord(dict(checkpoint["arrays"]))
+
+    def _rejoin(self) -> None:
+        """Match the nodes that answered the resumed setup to the checkpoint's sites by name:
+        a site keeps its record (failed stays failed), one not in the run or not back fails."""
+        saved = {s["name"]: SiteRecord(**s) for s in self.checkpoint["state"]["sites"]}
+        joined, self.sites = self.sites, {}
+        for node, site in joined.items():
+            record = saved.pop(site.name, None)
+            if record is None:
+                site.fail(p.FAILED, "not a site of the run being resumed")
+                record = site
+            elif record.status == p.OK and site.status != p.OK:
+                record.fail(site.status, site.reason or "")
+            self.sites[node] = record
+        for missing, record in enumerate(saved.values(), start=1):
+            if record.status == p.OK:
+                record.fail(p.FAILED, "did not rejoin the resumed run")
+            self.sites[-missing] = record  # no node: never sent anything
 
     def _record_epsilons(self, server_round: int) -> dict[str, float | None]:
         """Each site's epsilon so far after this round (None without DP or before training),
@@ -171,7 +256,15 @@ class StudyRun:
         nodes = self._wait_for_nodes()
         messages = [
             Message(
-                content=RecordDict({p.CONFIG: ConfigRecord()}), message_type=p.SETUP, dst_node_id=n
+                content=RecordDict(
+                    {
+                        p.CONFIG: ConfigRecord(
+                            {p.RUN_KEY: self.run_key, p.RESUME_AFTER: self.rounds_done}
+                        )
+                    }
+                ),
+                message_type=p.SETUP,
+                dst_node_id=n,
             )
             for n in nodes
         ]
@@ -209,9 +302,11 @@ class StudyRun:
                 squares.append(list(metrics[p.SUM_SQUARES]))
                 counts.append(list(metrics[p.COUNT]))
         _reject_duplicate_names(self.sites.values())
+        if self.checkpoint is not None:
+            self._rejoin()
         self._require_sites("setup")
         columns = [self.spec.features.numeric[i] for i in federated_columns(self.spec)]
-        if columns:
+        if columns and self.checkpoint is None:
             self.scaling = pooled_scaling(self.spec, columns, sums, squares, counts)
 
     def _wait_for_nodes(self) -> list[int]:

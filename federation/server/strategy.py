@@ -11,7 +11,7 @@ replies that passed validation; the strategy never averages epsilon or any other
 which the loop records per site instead.
 """
 
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
     FedAdam,
     FedAvg,
@@ -53,6 +53,23 @@ def build_strategy(spec: StudySpec) -> Strategy:
     if strategy == "krum":
         return Krum(num_malicious_nodes=spec.training.krum_malicious, **common)
     return FedAvg(**common)
+
+
+def aggregate(
+    strategy: Strategy, server_round: int, replies: list[Message], current: ArrayRecord
+) -> ArrayRecord:
+    """The strategy's new global model, in the current model's dtypes (the current one when
+    nothing was aggregated). FedAdam computes in float64; a float64 global model would make every
+    site's float32 update fail validation from the next round on."""
+    new_arrays, _ = strategy.aggregate_train(server_round, replies)
+    if new_arrays is None:
+        return current
+    return ArrayRecord(
+        {
+            name: Array(array.numpy().astype(current[name].numpy().dtype, copy=False))
+            for name, array in new_arrays.items()
+        }
+    )
 
 
 def _total_examples(contents: list[RecordDict], weight_key: str) -> MetricRecord:

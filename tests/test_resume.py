@@ -1,0 +1,234 @@
+"""Checkpoint and resume: a stopped run continues where it was, and privacy stays exact."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, MessageType, RecordDict
+from test_site_node import global_arrays, scaling, send, server_identity  # noqa: F401
+
+from federation import protocol as p
+from federation.client.app import SiteSettings, make_client_app
+from federation.client.training import plan_dp
+from federation.errors import AllfedError
+from federation.server.outputs import CHECKPOINT, CHECKPOINT_FORMAT, RunDirectory, load_checkpoint
+from federation.server.run import StudyRun
+from federation.simulation import simulate
+from federation.spec import load_spec
+from federation.synth import write_cohort
+from privacy.accounting import GaussianRelease
+from privacy.ledger import Ledger
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Two small sites and a 4-round DP spec (RDP: its accountant is the quick one)."""
+    files, spec_path = write_cohort(tmp_path_factory.mktemp("small"), 2, 300, seed=5)
+    spec = load_spec(spec_path).with_overrides(
+        training={"rounds": 4, "local_epochs": 1}, privacy={"accountant": "rdp"}
+    )
+    return files, spec
+
+
+class LocalGrid:
+    """The sites as in-process ClientApps, each with its own ``context.state``: a new grid is
+    a restarted federation (no Ray start-up, so the test stays fast). Same handlers as a node."""
+
+    def __init__(self, sites: list[SiteSettings], run_id: int) -> None:
+        self.nodes = {
+            i: (
+                make_client_app(lambda _c, s=site: s),
+                Context(
+                    run_id=run_id, node_id=i, node_config={}, state=RecordDict(), run_config={}
+                ),
+            )
+            for i, site in enumerate(sites, start=1)
+        }
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for number, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{number}"
+            app, context = self.nodes[message.metadata.dst_node_id]
+            replies.append(app(message, context))
+        return replies
+
+
+def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp_path):
+    files, spec = small
+    out, ledgers = tmp_path / "run", tmp_path / "ledgers"
+    sites = [SiteSettings(n, f, spec, ledger=ledgers / f"{n}.sqlite") for n, f in files.items()]
+    stopped = StudyRun(LocalGrid(sites, 1), spec, out, stop_after=2).run()
+    assert stopped["status"] == "stopped" and stopped["rounds"] == 2
+    assert load_checkpoint(out, spec.to_toml())["round"] == 2
+
+    checkpoint = load_checkpoint(out, spec.to_toml())
+    summary = StudyRun(LocalGrid(sites, 2), spec, out, checkpoint=checkpoint).run()
+
+    assert summary["status"] == "completed" and summary["rounds"] == 4
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    privacy = spec.privacy
+    for name in files:
+        site = summary["sites"][name]
+        assert site["status"] == "ok", site["reason"]
+        ledger = Ledger(ledgers / f"{name}.sqlite")
+        assert len(ledger.runs()) == 1  # the resume continued the run, no second admission
+        releases = ledger.releases()
+        dp_rounds = [r["round"] for r in releases if r["mechanism"] == "dp-sgd"]
+        assert dp_rounds == [1, 2, 3, 4]
+        # What an uninterrupted 4-round run plans (and reports) for this site.
+        prior = [
+            GaussianRelease(r["noise_multiplier"], r["sample_rate"], r["steps"])
+            for r in releases
+            if r["mechanism"] != "dp-sgd"
+        ]
+        plan = plan_dp(
+            site["n_train"],
+            spec.training.batch_size,
+            spec.training.local_epochs,
+            4,
+            privacy.target_epsilon,
+            privacy.delta,
+            privacy.accountant,
+            prior,
+        )
+        assert site["epsilon"] == pytest.approx(plan.epsilon_by_round[-1], rel=1e-9)
+        assert site["steps"] == plan.planned_steps
+        trajectory = [e["epsilon"] for e in site["epsilon_by_round"]]
+        assert trajectory == pytest.approx(list(plan.epsilon_by_round), rel=1e-9)
+        assert releases[-1]["run_epsilon_after"] == pytest.approx(site["epsilon"], rel=1e-6)
+        assert site["epsilon"] <= privacy.target_epsilon * 1.0001
+        assert site["other_releases"]  # the standardization sums, released once
+
+
+def test_resume_refuses_a_changed_spec_and_a_missing_checkpoint(small, tmp_path):
+    files, spec = small
+    with pytest.raises(AllfedError, match=r"no checkpoint\.pt there") as missing:
+        simulate(spec, files, tmp_path / "empty", resume=True)
+    out = tmp_path / "run"
+    write_checkpoint(out, spec, round_=1)
+    changed = spec.with_overrides(training={"rounds": 5})
+    with pytest.raises(AllfedError, match=r"the study spec changed \(training.rounds") as error:
+        simulate(changed, files, out, resume=True)
+    assert "was 4, now 5" in str(error.value)
+    for refusal in (missing, error):
+        assert "\n" not in str(refusal.value)
+
+
+def test_a_site_without_a_ledger_refuses_to_resume_under_dp(small):
+    files, spec = small
+    site = SiteSettings("forgetful", next(iter(files.values())), spec)
+    context = Context(run_id=2, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    config = ConfigRecord({p.RUN_KEY: "abc", p.RESUME_AFTER: 2})
+    reply = send(make_client_app(lambda _c: site), context, p.SETUP, RecordDict({p.CONFIG: config}))
+    assert reply.content[p.STATUS][p.STATUS_STATE] == p.REFUSED
+    assert "only be resumed by a site with a ledger" in reply.content[p.STATUS][p.STATUS_REASON]
+
+
+def test_a_round_recorded_but_never_received_counts_as_spent(small, tmp_path):
+    """The server crashed after the site recorded round 3 of 3; on resume after round 2 the
+    site re-trains nothing beyond its plan: round 3 is refused, its release already spent."""
+    files, spec = small
+    spec = spec.with_overrides(training={"rounds": 3})
+    site = SiteSettings("urban", next(iter(files.values())), spec, ledger=tmp_path / "l.sqlite")
+    app = make_client_app(lambda _c: site)
+
+    def run(context, resume_after, rounds):
+        config = ConfigRecord({p.RUN_KEY: "run-1", p.RESUME_AFTER: resume_after})
+        setup = send(app, context, p.SETUP, RecordDict({p.CONFIG: config})).content
+        assert setup[p.STATUS][p.STATUS_STATE] == p.OK, setup[p.STATUS][p.STATUS_REASON]
+        replies = []
+        for server_round in rounds:
+            train = scaling(spec)
+            train[p.SERVER_ROUND] = server_round
+            content = RecordDict({p.ARRAYS: global_arrays(spec), p.CONFIG: train})
+            replies.append(send(app, context, MessageType.TRAIN, content).content)
+        return replies
+
+    first = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    done = run(first, 0, (1, 2, 3))
+    assert all(p.METRICS in r for r in done)
+    again = Context(run_id=2, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    (reply,) = run(again, 2, (3,))
+    assert reply[p.STATUS][p.STATUS_STATE] == p.REFUSED
+    assert "planned rounds are used up" in reply[p.STATUS][p.STATUS_REASON]
+    rounds = [r["round"] for r in Ledger(site.ledger).releases() if r["mechanism"] == "dp-sgd"]
+    assert rounds == [1, 2, 3]
+
+
+def write_checkpoint(out, spec, round_, size=4):
+    directory = RunDirectory(out, resume=True)  # keeps an existing checkpoint
+    directory.write_checkpoint(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "spec": spec.to_toml(),
+            "run_key": "k",
+            "round": round_,
+            "arrays": {"w": torch.zeros(size)},
+            "strategy": {},
+            "state": json.dumps({"scaling": [[], []], "sites": [], "metrics": {}, "rows": []}),
+        }
+    )
+    return directory
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from federation.spec import load_spec
+from test_resume import write_checkpoint
+
+spec = load_spec(sys.argv[1])
+directory = write_checkpoint(Path(sys.argv[2]), spec, 0, size=2_000_000)
+print("ready", flush=True)
+round_ = 1
+while True:
+    write_checkpoint(Path(sys.argv[2]), spec, round_, size=2_000_000)
+    round_ += 1
+"""
+
+
+def test_the_checkpoint_is_written_atomically(small, tmp_path, monkeypatch):
+    _, spec = small
+    out = tmp_path / "run"
+    spec_file = tmp_path / "study.toml"
+    spec_file.write_text(spec.to_toml())
+    directory = write_checkpoint(out, spec, round_=1)
+
+    def dies_halfway(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError):
+        directory.write_checkpoint({"round": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(out, spec.to_toml())["round"] == 1
+
+    # A writer killed at a random moment while it rewrites the checkpoint in a loop.
+    script = tmp_path / "writer.py"
+    script.write_text(textwrap.dedent(WRITER))
+    tests_dir = str(__import__("pathlib").Path(__file__).parent)
+    env = {**__import__("os").environ, "PYTHONPATH": tests_dir}
+    for delay in (0.2,):
+        writer = subprocess.Popen(
+            [sys.executable, str(script), str(spec_file), str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        assert (out / CHECKPOINT).is_file()
+        assert load_checkpoint(out, spec.to_toml())["round"] >= 0
