@@ -249,7 +249,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             name,
             site["status"] if not site["reason"] else f"{site['status']}: {site['reason']}",
             str(site["n_train"]),
-            str(site["n_test"]),
+            "withheld" if site["n_test"] is None else str(site["n_test"]),
             _fmt(auroc),
             _fmt(site["epsilon"]) if site["epsilon"] is not None else "no DP",
         )

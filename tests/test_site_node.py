@@ -169,3 +169,28 @@ def test_a_site_refuses_a_delta_too_weak_for_its_size(node):
     reply = send(app, context, p.SETUP, RecordDict({p.CONFIG: ConfigRecord()})).content
     assert reply[p.STATUS][p.STATUS_STATE] == p.REFUSED
     assert "delta 0.01 is too weak" in reply[p.STATUS][p.STATUS_REASON]
+
+
+def test_a_small_test_split_is_withheld_and_the_site_still_trains(cohort, tmp_path):
+    """A site whose test rows number 1 to 20 keeps that count and its evaluation to itself,
+    and still takes part in training (its update is protected by DP)."""
+    files, spec_path = cohort
+    frame = pd.read_csv(next(iter(files.values())))
+    frame["split"] = "train"
+    frame.loc[frame.index[:12], "split"] = "test"
+    small = tmp_path / "small-test.csv"
+    frame.to_csv(small, index=False)
+    spec = load_spec(spec_path).with_overrides(study={"split": "split"}, training={"rounds": 1})
+    site = SiteSettings(name="small", data=small, spec=spec)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    app = make_client_app(lambda _context: site)
+
+    setup = send(app, context, p.SETUP, RecordDict({p.CONFIG: ConfigRecord()})).content
+    assert setup[p.STATUS][p.STATUS_STATE] == p.OK
+    assert p.N_TEST not in setup[p.METRICS] and setup[p.METRICS][p.N_TRAIN] > 0
+    content = RecordDict({p.ARRAYS: global_arrays(spec), p.CONFIG: scaling(spec)})
+    trained = send(app, context, MessageType.TRAIN, content).content
+    assert p.ARRAYS in trained and 0 < trained[p.METRICS][p.EPSILON] <= 3.0
+    evaluated = send(app, context, MessageType.EVALUATE, content).content
+    assert evaluated[p.STATUS][p.STATUS_STATE] == p.WITHHELD
+    assert p.METRICS not in evaluated

@@ -55,6 +55,7 @@ from privacy.accounting import (
     loads_releases,
     merged,
 )
+from privacy.disclosure import is_disclosive
 from privacy.guard import DisclosureError, Whitelist, check_message
 from privacy.ledger import Budget, Ledger, RunPlan
 from privacy.policy import PolicyError, SitePolicy, load_policy, permissive_policy
@@ -232,7 +233,9 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
             "delta must stay well below 1/records (lower [privacy] delta)",
         )
     min_cell = site.policy.min_cell_count
-    metrics = MetricRecord({p.N_TRAIN: table.n_train, p.N_TEST: table.n_test})
+    metrics = MetricRecord({p.N_TRAIN: table.n_train})
+    if not is_disclosive(table.n_test, min_cell):  # a small test split is withheld, not refused
+        metrics[p.N_TEST] = table.n_test
     training_groups = {g: values[~table.is_test] for g, values in table.groups.items()}
     metrics.update(counts_to_record(level_counts(training_groups, min_cell), p.REPRESENTATION))
     resume_after = int(config.get(p.RESUME_AFTER, 0) or 0)

@@ -65,7 +65,7 @@ class SiteRecord:
     status: str = p.OK
     reason: str | None = None
     n_train: int = 0
-    n_test: int = 0
+    n_test: int | None = 0  # None: withheld at the site (a count under its min-cell-count)
     epsilon: float | None = None
     delta: float | None = None
     noise_multiplier: float | None = None
@@ -282,7 +282,8 @@ class StudyRun:
                 site.fail(str(status[p.STATUS_STATE]), str(status[p.STATUS_REASON]))
                 continue
             metrics = reply.content[p.METRICS]
-            site.n_train, site.n_test = int(metrics[p.N_TRAIN]), int(metrics[p.N_TEST])
+            site.n_train = int(metrics[p.N_TRAIN])
+            site.n_test = int(metrics[p.N_TEST]) if p.N_TEST in metrics else None
             try:
                 site.representation = counts_from_record(metrics, p.REPRESENTATION)
                 _check_columns(site.representation, self.spec.study.groups, "representation")
