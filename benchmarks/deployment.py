@@ -37,13 +37,7 @@ def measure(
     with LocalFederation(root / "fed", fast=fast) as fed:
         try:
             fed.start_superlink()
-            nodes = []
-            for name, path in files.items():
-                private, public = fed.node_key(name)
-                fed.register(public)
-                nodes.append(fed.start_node(name, path, private, fed.certs.ca_cert))
-            for node in nodes:
-                fed.wait_for_node(node, timeout=300)
+            fed.join_sites(files, timeout=300)
             ready = time.perf_counter()
             run_id = fed.launch(study, out, expected_sites=sites)
             status = fed.wait_for_run(run_id, timeout=3600)

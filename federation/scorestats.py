@@ -100,26 +100,8 @@ class ScoreStats:
     def from_scores(cls, y: np.ndarray, p: np.ndarray) -> ScoreStats:
         """The statistics of labels ``y`` (0/1) scored with probabilities ``p``."""
         y, p = _checked_scores(y, p)
-        pos = y == 1
-        bins = score_bins(p)
-        clipped = np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
-        predicted = p >= THRESHOLD
         cal = np.minimum(np.floor(p * CAL_BINS), CAL_BINS - 1).astype(np.int64)
-        return cls(
-            hist_pos=np.bincount(bins[pos], minlength=N_BINS).astype(np.int64),
-            hist_neg=np.bincount(bins[~pos], minlength=N_BINS).astype(np.int64),
-            sum_sq_error=float(np.sum((p - y) ** 2)),
-            sum_log_loss=float(-np.sum(np.where(pos, np.log(clipped), np.log1p(-clipped)))),
-            sum_score=float(np.sum(p)),
-            sum_score_pos=float(np.sum(p[pos])),
-            tp=int(np.sum(pos & predicted)),
-            fp=int(np.sum(~pos & predicted)),
-            tn=int(np.sum(~pos & ~predicted)),
-            fn=int(np.sum(pos & ~predicted)),
-            cal_count=np.bincount(cal, minlength=CAL_BINS).astype(np.int64),
-            cal_sum_y=np.bincount(cal[pos], minlength=CAL_BINS).astype(np.int64),
-            cal_sum_p=np.bincount(cal, weights=p, minlength=CAL_BINS).astype(np.float64),
-        )
+        return cls._of(y, p, score_bins(p), p >= THRESHOLD, cal)
 
     @classmethod
     def released(cls, y: np.ndarray, p: np.ndarray, min_cell_count: int) -> ScoreStats | None:
@@ -145,11 +127,24 @@ class ScoreStats:
             placed[mask] = coarse_bins(hist, min_cell_count)[fine[mask]]
         risk = 1.0 / (1.0 + np.exp(-_bin_logit(placed)))
         cal = np.minimum(np.floor(risk * CAL_BINS), CAL_BINS - 1).astype(np.int64)
+        return cls._of(y, p, placed, placed >= THRESHOLD_BIN, cal)
+
+    @classmethod
+    def _of(
+        cls,
+        y: np.ndarray,
+        p: np.ndarray,
+        bins: np.ndarray,
+        predicted: np.ndarray,
+        cal: np.ndarray,
+    ) -> ScoreStats:
+        """The statistics of checked labels and scores, with each record's score bin, whether it
+        is predicted positive and its calibration bin given (exact or coarsened)."""
+        pos = y == 1
         clipped = np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
-        predicted = placed >= THRESHOLD_BIN
         return cls(
-            hist_pos=np.bincount(placed[pos], minlength=N_BINS).astype(np.int64),
-            hist_neg=np.bincount(placed[~pos], minlength=N_BINS).astype(np.int64),
+            hist_pos=np.bincount(bins[pos], minlength=N_BINS).astype(np.int64),
+            hist_neg=np.bincount(bins[~pos], minlength=N_BINS).astype(np.int64),
             sum_sq_error=float(np.sum((p - y) ** 2)),
             sum_log_loss=float(-np.sum(np.where(pos, np.log(clipped), np.log1p(-clipped)))),
             sum_score=float(np.sum(p)),

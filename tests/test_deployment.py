@@ -35,13 +35,7 @@ def federation(tmp_path_factory):
     fed = LocalFederation(root / "fed")
     try:
         fed.start_superlink()
-        nodes = []
-        for name, path in files.items():
-            private, public = fed.node_key(name)
-            fed.register(public)
-            nodes.append(fed.start_node(name, path, private, fed.certs.ca_cert))
-        for node in nodes:
-            fed.wait_for_node(node, timeout=120)
+        fed.join_sites(files, timeout=120)
         yield fed, files, study
     except BaseException:
         print(fed.logs())
@@ -86,16 +80,21 @@ def test_unregistered_node_key_is_refused(federation, tmp_path):
         fast=False,  # refused before any ClientApp runs: plain flower-supernode starts faster
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and node.alive():
-            if "SuperNode ID:" in node.output():
-                break
-            time.sleep(0.5)
-        log = node.output()
+        log = log_until_accepted_or_gone(node, 60)
         assert "SuperNode ID:" not in log
         assert "Failed to activate SuperNode" in log or "PERMISSION_DENIED" in log.upper()
     finally:
         node.stop()
+
+
+def log_until_accepted_or_gone(node, timeout: float) -> str:
+    """The node's log once the SuperLink accepted it, it exited, or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and node.alive():
+        if "SuperNode ID:" in node.output():
+            break
+        time.sleep(0.5)
+    return node.output()
 
 
 def test_node_without_the_ca_cannot_connect(federation, tmp_path):
@@ -111,12 +110,7 @@ def test_node_without_the_ca_cannot_connect(federation, tmp_path):
         fast=False,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and node.alive():
-            if "SuperNode ID:" in node.output():
-                break
-            time.sleep(0.5)
-        log = node.output()
+        log = log_until_accepted_or_gone(node, 60)
         assert "SuperNode ID:" not in log
         assert "CERTIFICATE_VERIFY_FAILED" in log.upper() or "SSL" in log.upper()
     finally:

@@ -231,6 +231,18 @@ class LocalFederation:
         """Until the SuperNode has been accepted by the SuperLink (it logs its node id)."""
         self._wait_for(process, "SuperNode ID:", timeout)
 
+    def join_sites(self, files: dict[str, Path], timeout: float) -> list[Process]:
+        """The guide's steps for every site: a node key, registered, and a node started with
+        TLS; returns once the SuperLink has accepted every node."""
+        nodes = []
+        for name, path in files.items():
+            private, public = self.node_key(name)
+            self.register(public)
+            nodes.append(self.start_node(name, path, private, self.certs.ca_cert))
+        for node in nodes:
+            self.wait_for_node(node, timeout=timeout)
+        return nodes
+
     # -- the flwr CLI ------------------------------------------------------------------
 
     def flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
