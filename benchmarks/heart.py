@@ -7,9 +7,12 @@ prepared exactly as FLamby does (drop slope/ca/thal, drop rows with a missing va
 `federation.simulation.simulate` as a user would. Scaling is allfed's default: one federated
 standardization (noisy under DP) instead of FLamby's per-center z-scores. As in FLamby, the
 final model is scored on every center's test rows; the run's own released (disclosure-controlled)
-pooled metrics are recorded beside.
+pooled metrics are recorded beside. ``--scalings federated,site`` runs every setting with each
+scaling, to show what the federated standardization (its noisy sums are part of each site's
+epsilon) gives over every center scaling by its own statistics.
 
     python benchmarks/heart.py --json heart.json [--data DIR] [--rounds R] [--repeats K]
+        [--scalings federated,site]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from federation.client.data import load_site_table
-from federation.client.features import encode
+from federation.client.features import encode, resolve_scaling
 from federation.simulation import simulate
 from federation.spec import parse_spec
 from models.registry import build_model
@@ -88,7 +91,13 @@ def flamby_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
     }
 
 
-def study_text(rounds: int, epsilon: float | None, learning_rate: float, batch_size: int) -> str:
+def study_text(
+    rounds: int,
+    epsilon: float | None,
+    learning_rate: float,
+    batch_size: int,
+    scaling: str = "federated",
+) -> str:
     privacy = f"target-epsilon = {epsilon}" if epsilon else "enabled = false"
     bounds = ", ".join(f"{k} = [{lo}, {hi}]" for k, (lo, hi) in BOUNDS.items())
     return f"""
@@ -99,6 +108,7 @@ split = "split"
 [features]
 numeric = {json.dumps(FEATURES)}
 bounds = {{ {bounds} }}
+scaling = "{scaling}"
 [training]
 rounds = {rounds}
 batch-size = {batch_size}
@@ -117,13 +127,18 @@ def run(args: argparse.Namespace) -> dict:
         for center, frame in frames.items():
             sites[center] = Path(tmp) / f"{center}.csv"
             frame.to_csv(sites[center], index=False)
-        for epsilon in EPSILONS:
-            spec = parse_spec(study_text(args.rounds, epsilon, args.learning_rate, args.batch_size))
-            runs = [
-                _one_run(spec, sites, Path(tmp) / f"run-{epsilon}-{k}") for k in range(args.repeats)
-            ]
-            results.append(_mean_of(epsilon, runs))
-            print(_row(results[-1]), flush=True)
+        for scaling in args.scalings.split(","):
+            for epsilon in EPSILONS:
+                text = study_text(
+                    args.rounds, epsilon, args.learning_rate, args.batch_size, scaling
+                )
+                spec = parse_spec(text)
+                runs = [
+                    _one_run(spec, sites, Path(tmp) / f"run-{scaling}-{epsilon}-{k}")
+                    for k in range(args.repeats)
+                ]
+                results.append({"scaling": scaling, **_mean_of(epsilon, runs)})
+                print(_row(results[-1]), flush=True)
     return {
         "results": results,
         "flamby": FLAMBY,
@@ -135,7 +150,10 @@ def run(args: argparse.Namespace) -> dict:
             "strategy": "fedavg",
             "repeats": args.repeats,
             "delta": 1e-5,
-            "scaling": "federated (DP sums of bounded values under DP)",
+            "scalings": {
+                "federated": "one federated standardization (DP sums of bounded values)",
+                "site": "each center by its own training rows",
+            },
             "split_sizes": {c: int((f["split"] == "train").sum()) for c, f in frames.items()},
         },
     }
@@ -174,16 +192,19 @@ def _one_run(spec, sites: dict[str, Path], out: Path) -> dict:
 
 
 def _test_scores(spec, sites: dict[str, Path], out: Path) -> dict[str, tuple]:
-    """Each center's test labels and the final model's risks, with the run's own scaling."""
+    """Each center's test labels and the final model's risks, scaled as its node scales."""
     card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
-    center = np.array([row["center"] for row in card["scaling"]])
-    scale = np.array([row["scale"] for row in card["scaling"]])
+    pooled = [row for row in card["scaling"] if row["source"] == "federation"]
+    pooled_center = [row["center"] for row in pooled]
+    pooled_scale = [row["scale"] for row in pooled]
     model = build_model(card["model"]["name"], len(card["features"]), card["model"]["hidden"])
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     model.eval()
     scores = {}
     for name, path in sites.items():
-        x, y = encode(load_site_table(path, spec), spec, center, scale, test=True)
+        table = load_site_table(path, spec)
+        center, scale = resolve_scaling(table, spec, pooled_center, pooled_scale)
+        x, y = encode(table, spec, center, scale, test=True)
         with torch.no_grad():
             risk = torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).numpy()
         scores[name] = (y, risk)
@@ -204,6 +225,7 @@ def _mean_of(epsilon: float | None, runs: list[dict]) -> dict:
 
 def _row(result: dict) -> str:
     eps = "no DP" if result["epsilon"] is None else f"eps {result['epsilon']:g}"
+    eps = f"{result['scaling']:>9} scaling, {eps}"
     cells = [
         f"{label} {result[key]:.3f} (sd {result[key + '_sd']:.3f})"
         for label, key in (
@@ -212,7 +234,7 @@ def _row(result: dict) -> str:
             ("mean client accuracy", "mean_client_accuracy"),
         )
     ]
-    return f"{eps:>7}: " + ", ".join(cells) + f" over {len(result['runs'])} runs"
+    return f"{eps:>28}: " + ", ".join(cells) + f" over {len(result['runs'])} runs"
 
 
 def main() -> None:
@@ -224,6 +246,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting (DP is random)")
+    parser.add_argument(
+        "--scalings", default="federated,site", help="federated, site, or both (comma-separated)"
+    )
     args = parser.parse_args()
     report = run(args)
     print(

@@ -1,4 +1,5 @@
-"""The ``allfed`` command line: demo, synth, simulate, report and site check.
+"""The ``allfed`` command line: demo, synth, simulate, report, site check (and the privacy,
+analyze, node and run command groups).
 
 A user mistake (bad spec, bad file, bad option) prints one line on stderr and exits 2, never a
 traceback; a run that cannot finish (too few sites left) exits 1 with its reason; success is 0.
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from federation.cli_analyze import analyze_app
 from federation.cli_privacy import privacy_app
 from federation.deploy import cli as deploy_cli
 from federation.errors import AllfedError
@@ -29,6 +31,7 @@ app = typer.Typer(
 site_app = typer.Typer(help="Commands for a site operator.", no_args_is_help=True)
 app.add_typer(site_app, name="site")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(analyze_app, name="analyze")
 app.add_typer(deploy_cli.node_app, name="node")
 app.add_typer(deploy_cli.run_app, name="run")
 app.command("certs")(deploy_cli.certs)
@@ -136,10 +139,10 @@ def simulate(
         raise AllfedError("--resume continues in its own run directory; leave out --out")
     if resume is None and out is None:
         raise AllfedError("--out is required (the run directory to write)")
-    governance = {"policies": _parse_sites(policy or [], "--policy"), "ledger_dir": ledger_dir}
+    governance = {"policies": parse_sites(policy or [], "--policy"), "ledger_dir": ledger_dir}
     run_dir = resume if resume is not None else out
     _run_and_report(
-        spec, _parse_sites(site), run_dir, verbose=verbose, resume=resume is not None, **governance
+        spec, parse_sites(site), run_dir, verbose=verbose, resume=resume is not None, **governance
     )
 
 
@@ -172,7 +175,7 @@ def site_check(
     )
 
 
-def _parse_sites(values: list[str], option: str = "--site") -> dict[str, Path]:
+def parse_sites(values: list[str], option: str = "--site") -> dict[str, Path]:
     sites: dict[str, Path] = {}
     for value in values:
         name, sep, path = value.partition("=")

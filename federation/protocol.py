@@ -7,6 +7,7 @@ metrics in ``TRAIN_METRICS``; the tests inspect real replies against this whitel
 
 # Message types (Flower "<category>.<action>").
 SETUP = "query.setup"
+ANALYZE = "query.analyze"  # a descriptive analysis (federation.queries), answered under DP
 
 # Record keys inside a message's RecordDict.
 ARRAYS = "arrays"
@@ -21,6 +22,7 @@ RUN_OUT = "out"
 RUN_SITES = "sites"  # local simulation only: "NAME=PATH,NAME=PATH" by partition id
 RUN_EXPECTED_SITES = "expected-sites"  # sites to wait for before setup (default: min-sites)
 RUN_RESUME = "resume"  # a run directory whose checkpoint the run continues
+RUN_ANALYSIS = "analysis"  # an AnalysisRequest as JSON: the run answers it instead of training
 NODE_DATA = "data"
 NODE_SITE = "site"
 NODE_POLICY = "policy"  # the site's privacy policy (TOML), owned by the site
@@ -36,6 +38,7 @@ STANDARDIZATION_NOISE = "standardization-noise"
 # completed; the site then continues its recorded plan instead of planning a fresh budget.
 RUN_KEY = "run-key"
 RESUME_AFTER = "resume-after"
+ANALYSIS_REQUEST = "analysis-request"  # analyze config: the AnalysisRequest as JSON
 
 # Site -> server status (a ConfigRecord under STATUS, present in every setup reply and in any
 # reply where the site declines to do what was asked).
@@ -63,6 +66,11 @@ NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
 STEPS = "steps"
 TRAIN_METRICS = (NUM_EXAMPLES, EPSILON, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS)
+
+# Analyze reply metrics: EPSILON, DELTA, NOISE_MULTIPLIER and the released cells, keyed
+# "cell.<stratum>.<variable>.<level>.<statistic>" (names percent-encoded, as scorestats does); a
+# cell absent from the reply was withheld at the site (a count at or under its min-cell-count).
+CELL = "cell"
 
 # Evaluate reply: NUM_EXAMPLES plus ScoreStats under these prefixes.
 SITE_STATS = "site"
@@ -93,6 +101,7 @@ REPLY_RECORDS = {
     "setup": {STATUS: "config", METRICS: "metrics"},
     "train": {STATUS: "config", ARRAYS: "arrays", METRICS: "metrics"},
     "evaluate": {STATUS: "config", METRICS: "metrics"},
+    "analyze": {STATUS: "config", METRICS: "metrics"},
 }
 REPLY_KEYS = {
     "setup": {
@@ -109,6 +118,10 @@ REPLY_KEYS = {
     },
     "train": {STATUS: _STATUS_KEYS, METRICS: TRAIN_METRICS},
     "evaluate": {STATUS: _STATUS_KEYS, METRICS: (NUM_EXAMPLES, *_STATS_KEYS)},
+    "analyze": {
+        STATUS: _STATUS_KEYS,
+        METRICS: (EPSILON, DELTA, NOISE_MULTIPLIER, rf"{CELL}(\.{_NAME}){{3}}\.(count|sum|sumsq)"),
+    },
 }
 # Keys whose values are counts of records: each must be 0 or above the site's min-cell-count.
 COUNT_KEYS = (
@@ -118,4 +131,5 @@ COUNT_KEYS = (
     COUNT,
     rf"{REPRESENTATION}\..*\.count",
     r".*\.(hist_(pos|neg)\.counts|tp|fp|tn|fn|cal_count|cal_sum_y)",
+    rf"{CELL}\..*\.count",
 )

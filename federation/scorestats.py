@@ -442,7 +442,7 @@ def groups_to_record(
     record: dict[str, int | float | list[int] | list[float]] = {}
     for column, levels in stats.items():
         for level, level_stats in levels.items():
-            base = f"{prefix}.{_encode_name(column)}.{_encode_name(level)}"
+            base = f"{prefix}.{encode_name(column)}.{encode_name(level)}"
             if level_stats is None:
                 record[f"{base}.{WITHHELD}"] = 1
             else:
@@ -457,7 +457,7 @@ def groups_from_record(
     result: dict[str, dict[str, ScoreStats | None]] = {}
     for (column, level), names in _fields_by_level(record, prefix).items():
         stats = _level_from_record(record, f"{prefix}.{column}.{level}", names)
-        result.setdefault(_decode_name(column), {})[_decode_name(level)] = stats
+        result.setdefault(decode_name(column), {})[decode_name(level)] = stats
     return result
 
 
@@ -491,15 +491,15 @@ def _check_withheld(record: Mapping[str, Any], base: str, names: set[str]) -> No
         raise ValueError(f"{key} must be the int 1, got {record[key]!r}")
 
 
-def _encode_name(name: str) -> str:
+def encode_name(name: str) -> str:
     """Percent-encoding with dots escaped too, so that a name never contains the separator."""
     return quote(name, safe="", errors="surrogatepass").replace(".", "%2E")
 
 
-def _decode_name(text: str) -> str:
-    """Inverse of ``_encode_name``; only canonical encodings, so two keys never mean one name."""
+def decode_name(text: str) -> str:
+    """Inverse of ``encode_name``; only canonical encodings, so two keys never mean one name."""
     name = unquote(text, errors="surrogatepass")
-    if _encode_name(name) != text:
+    if encode_name(name) != text:
         raise ValueError(f"group name {text!r} is not canonically encoded")
     return name
 
@@ -563,7 +563,7 @@ def counts_to_record(counts: Mapping[str, Mapping[str, int | None]], prefix: str
     record: dict[str, int] = {}
     for column, levels in counts.items():
         for level, count in levels.items():
-            base = f"{prefix}.{_encode_name(column)}.{_encode_name(level)}"
+            base = f"{prefix}.{encode_name(column)}.{encode_name(level)}"
             if count is None:
                 record[f"{base}.{WITHHELD}"] = 1
             else:
@@ -585,5 +585,5 @@ def counts_from_record(record: Mapping[str, Any], prefix: str) -> dict[str, dict
                 raise ValueError(f"{base}.{COUNT} is a small cell that must have been withheld")
         else:
             raise ValueError(f"unexpected keys under {base!r}: {', '.join(sorted(names))}")
-        result.setdefault(_decode_name(column), {})[_decode_name(level)] = count
+        result.setdefault(decode_name(column), {})[decode_name(level)] = count
     return result

@@ -14,10 +14,13 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from federation.errors import AllfedError
 from federation.spec import StudySpec, parse_spec
+
+if TYPE_CHECKING:
+    from federation.queries import AnalysisRequest
 
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -73,6 +76,7 @@ def simulate(
     ledger_dir: Path | None = None,
     resume: bool = False,
     stop_after: int | None = None,
+    analysis: AnalysisRequest | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` over ``sites`` (name -> data file) and return the run's summary.
 
@@ -83,6 +87,8 @@ def simulate(
     sites' own governance, as ``--node-config policy=... ledger=...`` is in deployment.
     ``resume`` continues the run in ``out`` from its checkpoint (same spec; under DP the sites
     need their ledgers); ``stop_after`` (tests) stops the run after that round as a crash would.
+    ``analysis`` answers that descriptive analysis instead of training and returns its
+    ``analysis.json``.
     """
     if not sites:
         raise AllfedError("no sites given: pass --site NAME=PATH at least once")
@@ -119,6 +125,7 @@ def simulate(
         expected_sites=len(sites),
         checkpoint=checkpoint,
         stop_after=stop_after,
+        analysis=analysis,
     )
     server_app = make_server_app(lambda _context: settings)
     client_app = make_client_app(resolve_site, mods=client_mods)
@@ -143,7 +150,20 @@ def simulate(
             num_supernodes=len(sites),
             backend_config=backend_config,
         )
-    summary_path = Path(out) / "summary.json"
+    summary_path = Path(out) / ("analysis.json" if analysis else "summary.json")
     if not summary_path.exists():
         raise RuntimeError(f"the simulation ended without writing {summary_path}")
     return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def analyze(
+    spec: StudySpec,
+    sites: dict[str, Path],
+    request: AnalysisRequest,
+    out: Path,
+    policies: dict[str, Path] | None = None,
+    ledger_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Answer a descriptive analysis over ``sites`` (the Python face of ``allfed analyze``);
+    returns ``out/analysis.json``, whose ``result`` is the pooled table."""
+    return simulate(spec, sites, out, analysis=request, policies=policies, ledger_dir=ledger_dir)

@@ -29,6 +29,9 @@ class StudySection:
     label: str
     task: str = "binary"
     groups: tuple[str, ...] = ()
+    # Levels of group columns that are not categorical features; a DP table of a group column
+    # needs its cells fixed before any data is seen (``allfed analyze``).
+    group_levels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     consent: str | None = None
     split: str | None = None
     test_fraction: float = 0.3
@@ -224,7 +227,19 @@ class _Reader:
 
 
 def _read_study(r: _Reader) -> StudySection:
-    r.check_known(("name", "task", "label", "groups", "consent", "split", "test-fraction", "seed"))
+    r.check_known(
+        (
+            "name",
+            "task",
+            "label",
+            "groups",
+            "group-levels",
+            "consent",
+            "split",
+            "test-fraction",
+            "seed",
+        )
+    )
     test_fraction = r.get("test-fraction", float, 0.3)
     if not 0.0 < test_fraction < 1.0:
         raise r.fail("test-fraction", "must be between 0 and 1 (exclusive)")
@@ -233,6 +248,7 @@ def _read_study(r: _Reader) -> StudySection:
         task=r.get("task", str, "binary", choices=("binary",)),
         label=r.get("label", str),
         groups=r.string_list("groups"),
+        group_levels=_levels_table(r, "group-levels"),
         consent=r.get("consent", str, None),
         split=r.get("split", str, None),
         test_fraction=test_fraction,
@@ -243,18 +259,7 @@ def _read_study(r: _Reader) -> StudySection:
 def _read_features(r: _Reader) -> FeatureSection:
     r.check_known(("numeric", "categorical", "missing", "bounds", "scaling", "na-values"))
     numeric = r.string_list("numeric")
-    categorical: dict[str, tuple[str, ...]] = {}
-    for column, levels in r.get("categorical", dict, {}).items():
-        if (
-            not isinstance(levels, list)
-            or not levels
-            or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in levels)
-        ):
-            raise r.fail(f"categorical.{column}", "expected a non-empty list of allowed levels")
-        as_text = tuple(str(v) for v in levels)
-        if len(set(as_text)) != len(as_text):
-            raise r.fail(f"categorical.{column}", "lists a level twice")
-        categorical[column] = as_text
+    categorical = _levels_table(r, "categorical")
     missing: dict[str, str] = {}
     for column, rule in r.get("missing", dict, {}).items():
         if rule not in MISSING_RULES:
@@ -275,6 +280,23 @@ def _read_features(r: _Reader) -> FeatureSection:
         scaling=r.get("scaling", str, "federated", choices=SCALINGS),
         na_values=r.string_list("na-values"),
     )
+
+
+def _levels_table(r: _Reader, key: str) -> dict[str, tuple[str, ...]]:
+    """A table of column -> non-empty list of distinct levels (read as text)."""
+    table: dict[str, tuple[str, ...]] = {}
+    for column, levels in r.get(key, dict, {}).items():
+        if (
+            not isinstance(levels, list)
+            or not levels
+            or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in levels)
+        ):
+            raise r.fail(f"{key}.{column}", "expected a non-empty list of allowed levels")
+        as_text = tuple(str(v) for v in levels)
+        if len(set(as_text)) != len(as_text):
+            raise r.fail(f"{key}.{column}", "lists a level twice")
+        table[column] = as_text
+    return table
 
 
 def _read_model(r: _Reader) -> ModelSection:
@@ -392,6 +414,14 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
     for column in spec.study.groups:
         if column in (label, spec.study.consent, spec.study.split):
             raise SpecError(f"{source}: [study] groups: {column!r} cannot be a group column")
+    for column in spec.study.group_levels:
+        if column not in spec.study.groups:
+            raise SpecError(f"{source}: [study] group-levels.{column}: not a group column")
+        if column in features.categorical:
+            raise SpecError(
+                f"{source}: [study] group-levels.{column}: a categorical feature's levels are "
+                "declared in [features] categorical"
+            )
     if not 0 < spec.study.test_fraction < 1:
         raise SpecError(f"{source}: [study] test-fraction must be between 0 and 1")
     for name in ("rounds", "local_epochs", "batch_size", "min_sites"):

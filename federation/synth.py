@@ -221,6 +221,7 @@ name = {json.dumps(name)}
 task = "binary"
 label = "outcome"
 groups = ["race_ethnicity", "sex", "rurality"]
+group-levels = {{ race_ethnicity = {json.dumps(list(RACES))} }}
 consent = "consent"
 test-fraction = 0.3
 seed = 42

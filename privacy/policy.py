@@ -62,12 +62,17 @@ class SitePolicy:
     require_dp: bool = True
 
     def refusal(
-        self, study: str, model: str, dp: bool, target_epsilon: float, delta: float
+        self, study: str, model: str | None, dp: bool, target_epsilon: float, delta: float
     ) -> str | None:
-        """Why this site refuses a run with these settings, or None when it may join."""
+        """Why this site refuses a run with these settings, or None when it may join. A
+        descriptive analysis trains no model (``model`` None)."""
         if self.allowed_studies is not None and study not in self.allowed_studies:
             return f"site policy does not allow study {study!r}"
-        if self.allowed_models is not None and model not in self.allowed_models:
+        if (
+            model is not None
+            and self.allowed_models is not None
+            and model not in self.allowed_models
+        ):
             return f"site policy does not allow model {model!r}"
         if not dp:
             return "site policy requires differential privacy" if self.require_dp else None

@@ -19,6 +19,7 @@ from federation.deploy.certs import make_certificates, make_node_key
 from federation.deploy.local import LocalFederation
 from federation.deploy.runs import COMPLETED, FAILED, PENDING, run_status
 from federation.errors import AllfedError
+from federation.queries import AnalysisRequest
 from federation.synth import write_cohort
 
 pytestmark = pytest.mark.deployment
@@ -66,6 +67,24 @@ def test_study_completes_over_tls_with_node_auth(federation, tmp_path):
     for name in ("model.pt", "metrics.jsonl", "report.html", "model_card.json"):
         assert (out / name).exists(), name
     assert run_status(out).code == COMPLETED
+
+
+def test_a_descriptive_analysis_runs_on_the_deployment(federation, tmp_path):
+    fed, files, study = federation
+    out = tmp_path / "analysis"
+    request = AnalysisRequest("count", epsilon=1.0, delta=1e-6, by="sex")
+    run_id = fed.launch(study, out, expected_sites=len(files), analysis=request.to_json())
+    try:
+        assert fed.wait_for_run(run_id, timeout=120) == "finished:completed"
+    except BaseException:
+        print(fed.logs())
+        raise
+    summary = json.loads((out / "analysis.json").read_text())
+    assert summary["status"] == "completed" and sorted(summary["sites"]) == sorted(files)
+    assert all(site["epsilon"] <= 1.0 for site in summary["sites"].values())
+    counts = {row["level"]: row["count"] for row in summary["result"]["rows"]}
+    assert set(counts) == {"female", "male"} and all(c > 20 for c in counts.values())
+    assert (out / "count.html").exists()
 
 
 def test_unregistered_node_key_is_refused(federation, tmp_path):

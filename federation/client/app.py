@@ -35,11 +35,14 @@ from federation.client.features import (
     scaling_sensitivity,
     scaling_sums,
 )
+from federation.client.queries import answer
 from federation.client.training import DPPlan, LocalSettings, plan_dp, train_dp, train_plain
-from federation.errors import AllfedError
+from federation.errors import AllfedError, SpecError
+from federation.queries import AnalysisRequest, build_query, planned_release
 from federation.scorestats import (
     ScoreStats,
     counts_to_record,
+    encode_name,
     group_stats,
     groups_to_record,
     intersect_groups,
@@ -58,7 +61,9 @@ from privacy.accounting import (
 from privacy.disclosure import is_disclosive
 from privacy.guard import DisclosureError, Whitelist, check_message
 from privacy.ledger import Budget, Ledger, RunPlan
+from privacy.noise import gaussian_release
 from privacy.policy import PolicyError, SitePolicy, load_policy, permissive_policy
+from privacy.statistics import COUNT
 
 log = logging.getLogger("allfed.site")
 
@@ -135,6 +140,10 @@ def make_client_app(
     def setup(msg: Message, context: Context) -> Message:
         return _send("setup", msg, context, _resolved(resolve, context), _setup)
 
+    @client_app.query("analyze")
+    def analyze(msg: Message, context: Context) -> Message:
+        return _send("analyze", msg, context, _resolved(resolve, context), _analyze)
+
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         return _send("train", msg, context, _resolved(resolve, context), _train)
@@ -206,15 +215,13 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     """Check the policy and the data, plan the run's privacy, ask the ledger to admit it and,
     when scaling is pooled, release this site's (noisy) sums."""
     spec = site.spec
-    refusal = site.policy.refusal(
-        spec.study.name,
+    refusal = _policy_refusal(
+        site,
         spec.model.name,
         spec.privacy.enabled,
         spec.privacy.target_epsilon,
         spec.privacy.delta,
     )
-    if refusal is None and site.policy.lifetime_epsilon is not None and site.ledger is None:
-        refusal = "the site policy sets a lifetime-epsilon but the node has no ledger"
     if refusal:
         log.warning("site %s refuses the run: %s", site.name, refusal)
         return _status(site.name, p.REFUSED, refusal)
@@ -226,12 +233,7 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     config = msg.content[p.CONFIG] if p.CONFIG in msg.content else ConfigRecord()
     run_key = str(config.get(p.RUN_KEY, "") or "") or f"{context.run_id}-{secrets.token_hex(4)}"
     if spec.privacy.enabled and spec.privacy.delta * table.n_train >= 1:
-        return _status(
-            site.name,
-            p.REFUSED,
-            f"delta {spec.privacy.delta:g} is too weak for {table.n_train} training records: "
-            "delta must stay well below 1/records (lower [privacy] delta)",
-        )
+        return _status(site.name, p.REFUSED, _weak_delta(spec.privacy.delta, table.n_train))
     min_cell = site.policy.min_cell_count
     metrics = MetricRecord({p.N_TRAIN: table.n_train})
     if not is_disclosive(table.n_test, min_cell):  # a small test split is withheld, not refused
@@ -279,13 +281,31 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     if len(sums[0]):
         if standardization is not None:
             noise = standardization.noise_multiplier
-            sums = _add_gaussian_noise(sums, noise * scaling_sensitivity(spec))
+            noisy = gaussian_release(np.concatenate(sums), scaling_sensitivity(spec), noise)
+            sums = tuple(np.split(noisy, len(sums)))
             metrics[p.STANDARDIZATION_NOISE] = noise
         metrics[p.SUM], metrics[p.SUM_SQUARES], metrics[p.COUNT] = (s.tolist() for s in sums)
     _save_state(context, releases=releases, plan=plan, run_key=run_key)
     content = _status(site.name, p.OK, "")
     content[p.METRICS] = metrics
     return content
+
+
+def _policy_refusal(
+    site: SiteSettings, model: str | None, dp: bool, epsilon: float, delta: float
+) -> str | None:
+    """Why the site's policy refuses this run (``model`` None: an analysis), or None."""
+    refusal = site.policy.refusal(site.spec.study.name, model, dp, epsilon, delta)
+    if refusal is None and site.policy.lifetime_epsilon is not None and site.ledger is None:
+        refusal = "the site policy sets a lifetime-epsilon but the node has no ledger"
+    return refusal
+
+
+def _weak_delta(delta: float, records: int) -> str:
+    return (
+        f"delta {delta:g} is too weak for {records} records: delta must stay well below "
+        "1/records (lower the run's delta)"
+    )
 
 
 def _resume(
@@ -437,20 +457,76 @@ def _evaluate(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     return RecordDict({p.METRICS: record})
 
 
-_TABLES: dict[str, tuple[tuple, SiteTable]] = {}  # path -> (file version and spec, table)
+def _analyze(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
+    """A descriptive analysis: policy first, the ledger admits its one release before anything
+    is computed, then the noisy cells with small counts withheld (``client.queries``)."""
+    config = msg.content[p.CONFIG] if p.CONFIG in msg.content else ConfigRecord()
+    try:
+        request = AnalysisRequest.from_json(str(config[p.ANALYSIS_REQUEST]))
+        query = build_query(request, site.spec)
+    except SpecError as error:
+        return _status(site.name, p.FAILED, f"analysis request rejected: {error}")
+    except (KeyError, TypeError, ValueError):
+        return _status(site.name, p.FAILED, "analysis request rejected: malformed request")
+    refusal = _policy_refusal(site, None, True, request.epsilon, request.delta)
+    if refusal:
+        log.warning("site %s refuses the analysis: %s", site.name, refusal)
+        return _status(site.name, p.REFUSED, refusal)
+    try:
+        table = _load(site, trainable=False)
+        noise = planned_release(request)
+    except AllfedError as error:
+        return _status(site.name, p.FAILED, str(error))
+    except ValueError as error:  # an epsilon no noise can reach
+        return _status(site.name, p.FAILED, f"cannot plan the analysis: {error}")
+    if request.delta * len(table.label) >= 1:
+        return _status(site.name, p.REFUSED, _weak_delta(request.delta, len(table.label)))
+    run_key = str(config.get(p.RUN_KEY, "") or "") or f"{context.run_id}-{secrets.token_hex(4)}"
+    _save_state(context, releases=[], run_key=run_key)
+    if site.ledger is not None:
+        refusal = Ledger(site.ledger).admit(
+            RunPlan(
+                run_key,
+                site.spec.study.name,
+                request.accountant,
+                request.delta,
+                request.epsilon,
+                (noise,),
+            ),
+            site.budget(),
+            first=[(f"analysis-{request.kind}", noise)],  # recorded before it is computed
+        )
+        if refusal:
+            log.warning("site %s refuses the analysis: %s", site.name, refusal)
+            return _status(site.name, p.REFUSED, refusal)
+    cells, epsilon = answer(request, query, table, site.spec, noise, site.policy.min_cell_count)
+    _save_state(context, releases=[noise], run_key=run_key)
+    metrics = MetricRecord(
+        {p.EPSILON: epsilon, p.DELTA: request.delta, p.NOISE_MULTIPLIER: noise.noise_multiplier}
+    )
+    for (stratum, variable, level, statistic), value in cells.items():
+        key = ".".join((p.CELL, *map(encode_name, (stratum, variable, level)), statistic))
+        metrics[key] = int(value) if statistic == COUNT else value
+    content = _status(site.name, p.OK, "")
+    content[p.METRICS] = metrics
+    return content
 
 
-def _load(site: SiteSettings) -> SiteTable:
+# path -> (file version, spec and trainable check, table)
+_TABLES: dict[str, tuple[tuple, SiteTable]] = {}
+
+
+def _load(site: SiteSettings, trainable: bool = True) -> SiteTable:
     """The site's checked table, read once per file version and spec in this process. One entry
     per file: a simulation's worker process serves many sites in turn."""
     try:
         stat = site.data.stat()
-        version = (stat.st_mtime_ns, stat.st_size, site.spec.to_toml())
+        version = (stat.st_mtime_ns, stat.st_size, site.spec.to_toml(), trainable)
     except OSError:
-        version = (None, None, site.spec.to_toml())
+        version = (None, None, site.spec.to_toml(), trainable)
     path = str(site.data)
     if path not in _TABLES or _TABLES[path][0] != version:
-        _TABLES[path] = (version, load_site_table(site.data, site.spec))
+        _TABLES[path] = (version, load_site_table(site.data, site.spec, trainable))
     return _TABLES[path][1]
 
 
@@ -473,11 +549,6 @@ def _standardization_noise(spec: StudySpec) -> float:
     run's target epsilon; DP-SGD's noise is then calibrated for what remains after it."""
     share = spec.privacy.standardization_share * spec.privacy.target_epsilon
     return calibrate_noise(share, spec.privacy.delta, 1.0, 1, spec.privacy.accountant)
-
-
-def _add_gaussian_noise(sums, std: float):
-    rng = np.random.default_rng(secrets.randbits(128))
-    return tuple(s + rng.normal(0.0, std, size=s.shape) for s in sums)
 
 
 def _load_state(context: Context) -> dict:

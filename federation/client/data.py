@@ -54,11 +54,12 @@ class SiteTable:
         return int(self.is_test.sum())
 
 
-def load_site_table(path: str | Path, spec: StudySpec) -> SiteTable:
-    """Read ``path`` (CSV or Parquet) and check it against ``spec``; raise ``DataError``."""
+def load_site_table(path: str | Path, spec: StudySpec, trainable: bool = True) -> SiteTable:
+    """Read ``path`` (CSV or Parquet) and check it against ``spec``; raise ``DataError``.
+    ``trainable=False`` (descriptive analyses) skips the minimum size of DP training."""
     path = Path(path)
     frame = read_table(path, spec.features.na_values)
-    return check_table(frame, spec, source=str(path))
+    return check_table(frame, spec, source=str(path), trainable=trainable)
 
 
 def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -194,7 +195,9 @@ def _check_parquet_layout(path: Path) -> None:
     _reject_repeated(path, [str(name).strip() for name in schema.names])
 
 
-def check_table(frame: pd.DataFrame, spec: StudySpec, source: str) -> SiteTable:
+def check_table(
+    frame: pd.DataFrame, spec: StudySpec, source: str, trainable: bool = True
+) -> SiteTable:
     """Check a frame of text cells against the spec and build a ``SiteTable``."""
     _reject_identifiers(frame, source)
     study, features = spec.study, spec.features
@@ -248,7 +251,8 @@ def check_table(frame: pd.DataFrame, spec: StudySpec, source: str) -> SiteTable:
         is_test=is_test[keep],
         groups={g: v[keep] for g, v in groups.items()},
     )
-    _check_trainable(table, source)
+    if trainable:
+        _check_trainable(table, source)
     return table
 
 

@@ -260,9 +260,14 @@ class LocalFederation:
             raise RuntimeError(f"flwr {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return json.loads(done.stdout[start:])
 
-    def launch(self, study: Path, out: Path, expected_sites: int) -> str:
-        """``flwr run`` the app against this SuperLink; returns the run id."""
+    def launch(
+        self, study: Path, out: Path, expected_sites: int, analysis: str | None = None
+    ) -> str:
+        """``flwr run`` the app against this SuperLink (a descriptive analysis when given the
+        request's JSON); returns the run id."""
         config = f'study-file="{study}" out="{out}" expected-sites={expected_sites}'
+        if analysis:
+            config += f" analysis='{analysis}'"  # a TOML literal string: JSON has no '
         app = self._app_copy()
         answer = self.flwr("run", str(app), CONNECTION, "--run-config", config, "--format", "json")
         return str(answer["run-id"])

@@ -1,4 +1,5 @@
-"""The aggregator as a Flower ServerApp, for simulation and for a real SuperLink."""
+"""The aggregator as a Flower ServerApp, for simulation and for a real SuperLink: a training run,
+or (run config ``analysis``) a descriptive analysis."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from flwr.serverapp import Grid, ServerApp
 from federation import protocol as p
 from federation.deploy.grid import PollingGrid
 from federation.protocol import site_entries
+from federation.queries import AnalysisRequest
+from federation.server.analysis import AnalysisRun
 from federation.server.outputs import load_checkpoint
 from federation.server.run import RoundCallback, StudyRun
 from federation.spec import StudySpec, spec_from_run_config
@@ -29,6 +32,7 @@ class RunSettings:
     expected_sites: int | None = None
     checkpoint: dict[str, Any] | None = None  # a run directory's checkpoint: resume that run
     stop_after: int | None = None  # tests only: stop after this round, as a crash would
+    analysis: AnalysisRequest | None = None  # answer this descriptive analysis instead of training
 
 
 def settings_from_run_config(context: Context) -> RunSettings:
@@ -40,7 +44,14 @@ def settings_from_run_config(context: Context) -> RunSettings:
     out = Path(resume or str(run.get(p.RUN_OUT) or "runs/latest"))
     checkpoint = load_checkpoint(out, spec.to_toml()) if resume else None
     expected = int(run.get(p.RUN_EXPECTED_SITES) or 0) or len(site_entries(run)) or None
-    return RunSettings(spec=spec, out=out, expected_sites=expected, checkpoint=checkpoint)
+    analysis = str(run.get(p.RUN_ANALYSIS) or "")
+    return RunSettings(
+        spec=spec,
+        out=out,
+        expected_sites=expected,
+        checkpoint=checkpoint,
+        analysis=AnalysisRequest.from_json(analysis) if analysis else None,
+    )
 
 
 def make_server_app(
@@ -52,6 +63,15 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         settings = resolve(context)
         # Flower's deployment Grid waits 3 s between pulls of replies; PollingGrid, 0.1 s.
+        if settings.analysis is not None:
+            AnalysisRun(
+                PollingGrid(grid),
+                settings.spec,
+                settings.analysis,
+                settings.out,
+                settings.expected_sites,
+            ).run()
+            return
         StudyRun(
             PollingGrid(grid),
             settings.spec,

@@ -94,7 +94,10 @@ class RunDirectory:
             os.close(directory)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self._write_text(SUMMARY, json.dumps(clean_json(summary), indent=2) + "\n")
+        self.write_json(SUMMARY, summary)
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        self._write_text(name, json.dumps(clean_json(data), indent=2) + "\n")
 
     def write_report(self, summary: dict[str, Any]) -> None:
         write_report(self.path, summary)

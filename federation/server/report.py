@@ -32,7 +32,7 @@ _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _POOLED_COLOR = "#222222"
 
-_CSS = """
+PAGE_CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d1d1f;
   max-width: 1080px; margin: 2em auto; padding: 0 1.5em; line-height: 1.45; }
 h1 { font-size: 1.7em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid
@@ -71,7 +71,7 @@ def render_report(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{title}</title><style>{_CSS}</style></head>\n<body>\n"
+        f"<title>{title}</title><style>{PAGE_CSS}</style></head>\n<body>\n"
         + "\n".join(section for section in sections if section)
         + "\n</body></html>\n"
     )
@@ -162,7 +162,7 @@ def _participants(summary: dict[str, Any], per_site: dict[str, Any]) -> str:
         "Outcome rate",
         "ε spent",
     ]
-    return "<h2>Who took part</h2>\n" + _html_table(header, rows, numeric_from=2)
+    return "<h2>Who took part</h2>\n" + html_table(header, rows, numeric_from=2)
 
 
 _HEADLINE = (
@@ -243,7 +243,7 @@ def _headline(pooled: dict[str, Any]) -> str:
     return (
         "<h2>Results on all sites' test records</h2>\n"
         f'<div class="cards">{card_html}</div>\n'
-        + _html_table(["Metric", "Value", "What it means"], rows, numeric_from=1, numeric_to=2)
+        + html_table(["Metric", "Value", "What it means"], rows, numeric_from=1, numeric_to=2)
     )
 
 
@@ -287,7 +287,7 @@ def _group_tables(summary: dict[str, Any], metrics: dict[str, Any]) -> str:
         "that level to itself, and the pooled result covers the other sites (see the note). "
         "Sensitivity and specificity are withheld where one of their counts is small.</p>",
         "<h3>By group</h3>",
-        _html_table(_GROUP_HEADER, _group_rows(single, groups), 2, len(_GROUP_HEADER) - 1),
+        html_table(_GROUP_HEADER, _group_rows(single, groups), 2, len(_GROUP_HEADER) - 1),
     ]
     if crossed:
         released = _group_rows(crossed, groups, released_only=True)
@@ -299,7 +299,7 @@ def _group_tables(summary: dict[str, Any], metrics: dict[str, Any]) -> str:
         ]
         parts.append("<h3>By intersection of two groups</h3>")
         if released:
-            parts.append(_html_table(_GROUP_HEADER, released, 2, len(_GROUP_HEADER) - 1))
+            parts.append(html_table(_GROUP_HEADER, released, 2, len(_GROUP_HEADER) - 1))
         if withheld:
             parts.append(f"<p><b>Withheld:</b> {'; '.join(withheld)}.</p>")
     return "\n".join(parts)
@@ -356,7 +356,7 @@ def _representation_table(summary: dict[str, Any]) -> str:
         "<h2>Whom the model was trained on</h2>\n<p>Training records per group level and site. "
         "A site withholds a count from 1 to 20, and also the next smallest levels when its "
         "withheld levels would add up to such a count; a total is shown only where no site "
-        "withheld the level.</p>\n" + _html_table(header, rows, numeric_from=2)
+        "withheld the level.</p>\n" + html_table(header, rows, numeric_from=2)
     )
 
 
@@ -772,7 +772,7 @@ def _with_ci(value: float | None, ci: list[float] | None) -> str:
     return f"{value:.3f} ({ci[0]:.3f}–{ci[1]:.3f})" if ci else f"{value:.3f}"
 
 
-def _html_table(
+def html_table(
     header: list[str], rows: list[list[str]], numeric_from: int = 1, numeric_to: int | None = None
 ) -> str:
     """A table whose cells are already-escaped HTML; numbers right-aligned, withheld marked."""

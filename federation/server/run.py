@@ -49,6 +49,17 @@ RoundCallback = Callable[[int, dict[str, Any]], None]
 _STRATEGY_STATE = ("m_t", "v_t")  # what Flower's FedOpt strategies (FedAdam) carry across rounds
 
 
+def wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
+    """Nodes connected once ``wanted`` have joined, or when ``timeout`` runs out. Nodes register
+    one by one, also in a simulation, so taking the first few would leave the later ones out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= wanted or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.2)
+
+
 class RunFailed(Exception):
     """The run could not go on (too few sites left); the summary says why."""
 
@@ -311,16 +322,8 @@ class StudyRun:
             self.scaling = pooled_scaling(self.spec, columns, sums, squares, counts)
 
     def _wait_for_nodes(self) -> list[int]:
-        """Nodes connected once the expected sites (else ``min-sites``) have joined, or when the
-        round timeout runs out. Nodes register one by one, also in a simulation, so taking the
-        first ``min-sites`` would leave the later ones out of the run."""
         wanted = self.expected_sites or self.spec.training.min_sites
-        deadline = time.monotonic() + self.spec.training.round_timeout
-        while True:
-            nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= wanted or time.monotonic() > deadline:
-                return nodes
-            time.sleep(0.2)
+        return wait_for_nodes(self.grid, wanted, self.spec.training.round_timeout)
 
     # -- rounds ----------------------------------------------------------------------------
 

@@ -1,0 +1,175 @@
+"""A descriptive analysis request and the query it means, shared by the aggregator and the sites.
+
+The request travels in the run config (``analysis``, JSON text) and in every query message, so
+the server and each site derive the very same cells from it and the study spec: variables with
+their declared levels or bounds, strata by an optional group column, one noisy release per site
+(``privacy.statistics``). Like the spec, it is public: it says what is asked, never an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+
+import numpy as np
+
+from federation.errors import SpecError
+from federation.spec import StudySpec
+from privacy.accounting import ACCOUNTANTS, GaussianRelease, calibrate_noise
+from privacy.statistics import MISSING, Query, Variable
+
+KINDS = ("table1", "count", "mean", "histogram", "crosstab")
+OTHER = "(other)"  # a group value outside its declared levels, or missing
+ALL = "(all)"  # the stratum of an unstratified query
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What the central team asks every site: a kind, its columns, the privacy of the answer."""
+
+    kind: str
+    epsilon: float
+    delta: float
+    accountant: str = "prv"
+    columns: tuple[str, ...] = ()  # mean: numeric columns; histogram: one; crosstab: one or two
+    by: str | None = None  # stratify by this group or categorical column
+    bins: tuple[float, ...] = ()  # histogram edges
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AnalysisRequest:
+        raw = json.loads(text)
+        raw["columns"], raw["bins"] = tuple(raw["columns"]), tuple(raw["bins"])
+        return cls(**raw)
+
+
+def build_query(request: AnalysisRequest, spec: StudySpec) -> Query:
+    """The cells ``request`` asks for under ``spec``; SpecError names what cannot be asked."""
+    _check_request(request)
+    if request.kind == "crosstab":
+        if not 1 <= len(request.columns) <= 2:
+            raise SpecError("crosstab takes one or two columns")
+        row = request.columns[0]
+        by = request.columns[1] if len(request.columns) == 2 else request.by
+        return Query(_strata(spec, by), (_levels_variable(spec, row),))
+    strata = _strata(spec, request.by)
+    if request.kind == "count":
+        return Query(strata)
+    if request.kind == "mean":
+        if not request.columns:
+            raise SpecError("mean needs at least one numeric column")
+        return Query(strata, tuple(_numeric_variable(spec, c) for c in request.columns))
+    if request.kind == "histogram":
+        if len(request.columns) != 1:
+            raise SpecError("histogram takes one numeric column")
+        return Query(strata, (_histogram_variable(spec, request.columns[0], request.bins),))
+    return Query(strata, tuple(_table1_variables(spec, exclude=request.by)))
+
+
+def planned_release(request: AnalysisRequest) -> GaussianRelease:
+    """The query's one Gaussian release (sample rate 1), calibrated to the requested epsilon;
+    the sites add this noise and the aggregator knows its size from the request alone."""
+    noise = calibrate_noise(request.epsilon, request.delta, 1.0, 1, request.accountant)
+    return GaussianRelease(noise, 1.0, 1)
+
+
+def table1_columns(spec: StudySpec) -> tuple[list[str], list[str]]:
+    """Table 1's level and numeric columns; numeric columns without bounds are left out (their
+    sums have no sensitivity under DP)."""
+    levels = [spec.study.label, *spec.features.categorical]
+    levels += [g for g in spec.study.groups if g not in levels and g in spec.study.group_levels]
+    numeric = [c for c in spec.features.numeric if c in spec.features.bounds]
+    return levels, numeric
+
+
+def bin_labels(edges: tuple[float, ...]) -> list[str]:
+    """``[a, b)`` per bin, the last closed: values outside the edges are clipped into them."""
+    labels = [f"[{a:g}, {b:g})" for a, b in pairwise(edges)]
+    labels[-1] = labels[-1][:-1] + "]"
+    return labels
+
+
+def bin_of(values: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """Each value's bin label (``(missing)`` for NaN)."""
+    labels = np.array(bin_labels(edges), dtype=object)
+    index = np.clip(
+        np.searchsorted(np.asarray(edges), values, side="right") - 1, 0, len(labels) - 1
+    )
+    return np.where(np.isnan(values), MISSING, labels[index])
+
+
+def level_names(spec: StudySpec, column: str) -> tuple[str, ...]:
+    """The declared levels of a level column, in the order records are counted into them."""
+    if column == spec.study.label:
+        return ("0", "1")
+    if column in spec.features.categorical:
+        return (*spec.features.categorical[column], *_missing_level(spec, column))
+    if column in spec.study.group_levels:
+        return (*spec.study.group_levels[column], OTHER)
+    if column in spec.study.groups:
+        raise SpecError(
+            f"group column {column!r} has no declared levels; add them to [study] group-levels "
+            "(a DP table needs its cells fixed before any data is seen)"
+        )
+    raise SpecError(f"{column!r} is not the label, a categorical feature or a group column")
+
+
+def _strata(spec: StudySpec, by: str | None) -> tuple[str, ...]:
+    if by is None:
+        return (ALL,)
+    if by == spec.study.label:
+        raise SpecError("stratify by a group or categorical column, not by the label")
+    return level_names(spec, by)
+
+
+def _levels_variable(spec: StudySpec, column: str) -> Variable:
+    return Variable(column, levels=level_names(spec, column))
+
+
+def _numeric_variable(spec: StudySpec, column: str) -> Variable:
+    if column not in spec.features.numeric:
+        raise SpecError(f"{column!r} is not a numeric feature of the study spec")
+    if column not in spec.features.bounds:
+        raise SpecError(
+            f"numeric column {column!r} has no declared bounds; add them to [features] bounds "
+            "(each record's contribution is clipped to them)"
+        )
+    return Variable(
+        column,
+        bounds=spec.features.bounds[column],
+        may_be_missing=bool(_missing_level(spec, column)),
+    )
+
+
+def _histogram_variable(spec: StudySpec, column: str, edges: tuple[float, ...]) -> Variable:
+    if column not in spec.features.numeric:
+        raise SpecError(f"{column!r} is not a numeric feature of the study spec")
+    if len(edges) < 2 or any(b <= a for a, b in pairwise(edges)):
+        raise SpecError("histogram bins must be at least two increasing edges, e.g. 18,40,65,90")
+    return Variable(column, levels=(*bin_labels(edges), *_missing_level(spec, column)))
+
+
+def _missing_level(spec: StudySpec, column: str) -> tuple[str, ...]:
+    """``(missing)`` for a feature whose missing values are kept (imputed), else nothing."""
+    return (MISSING,) if spec.features.missing.get(column) == "impute" else ()
+
+
+def _table1_variables(spec: StudySpec, exclude: str | None) -> list[Variable]:
+    levels, numeric = table1_columns(spec)
+    variables = [_levels_variable(spec, c) for c in levels if c != exclude]
+    return variables + [_numeric_variable(spec, c) for c in numeric]
+
+
+def _check_request(request: AnalysisRequest) -> None:
+    if request.kind not in KINDS:
+        raise SpecError(f"unknown analysis {request.kind!r}; expected one of {', '.join(KINDS)}")
+    if not (math.isfinite(request.epsilon) and request.epsilon > 0):
+        raise SpecError("--epsilon must be a positive number")
+    if not 0 < request.delta < 1:
+        raise SpecError("--delta must be between 0 and 1")
+    if request.accountant not in ACCOUNTANTS:
+        raise SpecError(f"--accountant must be one of {', '.join(ACCOUNTANTS)}")

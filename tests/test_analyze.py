@@ -1,0 +1,288 @@
+"""Differentially private cohort statistics: the noise, what leaves a site, and `allfed analyze`."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import opendp.prelude as dp
+import pandas as pd
+import pytest
+from dp_accounting import dp_event
+from dp_accounting.rdp import rdp_privacy_accountant
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from federation import protocol as p
+from federation.client.app import SiteSettings, make_client_app
+from federation.queries import AnalysisRequest, build_query, planned_release
+from federation.spec import load_spec
+from privacy.accounting import compute_epsilon
+from privacy.ledger import Ledger
+from privacy.noise import gaussian_release
+from privacy.policy import parse_policy
+from privacy.statistics import (
+    COUNT,
+    MISSING,
+    PRESENT,
+    SQUARES,
+    SUM,
+    TOTAL,
+    Query,
+    Variable,
+    exact_cells,
+    pool_mean,
+    release,
+)
+
+AGE = Variable("age", bounds=(18.0, 90.0))
+SMOKING = Variable("smoking", levels=("never", "current", MISSING))
+
+
+def test_opendp_release_is_the_gaussian_the_accountants_record():
+    noise = planned_release(AnalysisRequest("count", epsilon=1.0, delta=1e-6)).noise_multiplier
+    measurement = dp.c.make_zCDP_to_approxDP(
+        dp.m.make_gaussian(
+            dp.vector_domain(dp.atom_domain(T=float, nan=False)),
+            dp.l2_distance(T=float),
+            scale=noise,
+        )
+    )
+    opendp_epsilon = measurement.map(1.0).epsilon(1e-6)  # OpenDP's own zCDP conversion
+    ours = compute_epsilon([planned_release(AnalysisRequest("count", 1.0, 1e-6))], 1e-6, "prv")
+    assert ours <= 1.0 <= opendp_epsilon * 1.001  # PRV is tighter than the zCDP conversion
+    rdp = rdp_privacy_accountant.RdpAccountant()
+    rdp.compose(dp_event.GaussianDpEvent(noise))
+    independent = rdp.get_epsilon(1e-6)
+    assert ours <= independent <= opendp_epsilon * 1.01
+
+
+def test_noise_has_the_planned_spread_on_every_cell():
+    query = Query(strata=("a", "b"), variables=(SMOKING, AGE))
+    sds = query.noise_sd(2.0)
+    # the total has TOTAL_SHARE of rho, each variable an equal part of the rest
+    assert sds[(TOTAL, TOTAL, COUNT)] == pytest.approx(2.0 / math.sqrt(0.25))
+    assert sds[("age", PRESENT, SUM)] == pytest.approx(2.0 / math.sqrt(0.375) * math.sqrt(3) * 36)
+    cells = query.cells()
+    draws = gaussian_release(np.zeros(20_000), 1.0, 1.5)
+    assert abs(draws.mean()) < 0.03 and draws.std() == pytest.approx(1.5, rel=0.03)
+    exact = dict.fromkeys(cells, 1000.0)
+    noisy = np.array([[release(query, exact, 2.0, 20)[c] for c in cells] for _ in range(200)])
+    expected = np.array([sds[c[1:]] for c in cells])
+    assert noisy.std(axis=0) == pytest.approx(expected, rel=0.2)
+
+
+def test_exact_cells_clip_to_the_bounds_and_count_missing():
+    strata = ["a", "a", "b", "a"]
+    columns = {
+        "age": np.array([10.0, 100.0, 50.0, np.nan]),
+        "smoking": np.array(["never", MISSING, "current", "never"], dtype=object),
+    }
+    cells = exact_cells(Query(("a", "b"), (SMOKING, AGE)), strata, columns)
+    assert cells[("a", TOTAL, TOTAL, COUNT)] == 3
+    assert cells[("a", "smoking", "never", COUNT)] == 2
+    assert cells[("a", "smoking", MISSING, COUNT)] == 1
+    assert cells[("a", "age", MISSING, COUNT)] == 1
+    assert cells[("a", "age", PRESENT, SUM)] == pytest.approx((18 - 54) + (90 - 54))
+    assert cells[("a", "age", PRESENT, SQUARES)] == pytest.approx(2 * 36**2)
+
+
+def test_small_counts_and_their_sums_are_withheld_after_the_noise():
+    query = Query(("a",), (AGE,))
+    exact = {
+        ("a", TOTAL, TOTAL, COUNT): 500.0,
+        ("a", "age", MISSING, COUNT): 3.0,
+        ("a", "age", PRESENT, COUNT): 5.0,
+        ("a", "age", PRESENT, SUM): 10.0,
+        ("a", "age", PRESENT, SQUARES): 100.0,
+    }
+    for _ in range(50):
+        released = release(query, exact, 0.05, 20)
+        assert released[("a", TOTAL, TOTAL, COUNT)] == pytest.approx(500, abs=2)
+        assert all(v > 20 for c, v in released.items() if c[3] == COUNT)
+        assert ("a", "age", PRESENT, SUM) not in released
+
+
+def test_pooled_mean_and_sd_recover_the_truth_with_little_noise():
+    values = np.random.default_rng(0).normal(50, 10, 5000).clip(18, 90)
+    query = Query(("a",), (AGE,))
+    cells = exact_cells(query, ["a"] * len(values), {"age": values})
+    trio = tuple(cells[("a", "age", PRESENT, s)] for s in (COUNT, SUM, SQUARES))
+    pooled = pool_mean(AGE, [trio], query.noise_sd(0.01))
+    assert pooled.mean == pytest.approx(values.mean(), abs=1e-6)
+    assert pooled.sd == pytest.approx(values.std(ddof=1), rel=1e-6)
+    assert pooled.mean_ci[0] < values.mean() < pooled.mean_ci[1]
+
+
+def test_requests_the_spec_cannot_answer_are_named(cohort):
+    spec = load_spec(cohort[1])
+    for request, message in [
+        (AnalysisRequest("mean", 1.0, 1e-6, columns=("sex",)), "not a numeric feature"),
+        (AnalysisRequest("histogram", 1.0, 1e-6, columns=("age",), bins=(50, 40)), "edges"),
+        (AnalysisRequest("crosstab", 1.0, 1e-6, columns=("nope",)), "'nope' is not the label"),
+        (AnalysisRequest("count", -1.0, 1e-6), "--epsilon"),
+        (AnalysisRequest("count", 1.0, 1e-6, by="outcome"), "not by the label"),
+    ]:
+        with pytest.raises(Exception, match=message):
+            build_query(request, spec)
+    undeclared = spec.with_overrides(study={"group_levels": {}})
+    with pytest.raises(Exception, match="group-levels"):
+        build_query(AnalysisRequest("count", 1.0, 1e-6, by="race_ethnicity"), undeclared)
+
+
+@pytest.fixture(autouse=True)
+def server_identity():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+
+
+def ask(site, request, run_key="analysis-1"):
+    app = make_client_app(lambda _context: site)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    config = ConfigRecord({p.ANALYSIS_REQUEST: request.to_json(), p.RUN_KEY: run_key})
+    message = Message(RecordDict({p.CONFIG: config}), dst_node_id=7, message_type=p.ANALYZE)
+    message.metadata.__dict__["_message_id"] = "test-message"
+    return app(message, context).content
+
+
+def test_what_leaves_a_site_is_whitelisted_noisy_and_in_its_ledger(cohort, tmp_path):
+    files, spec_path = cohort
+    spec = load_spec(spec_path)
+    site = SiteSettings("urban", next(iter(files.values())), spec, ledger=tmp_path / "l.sqlite")
+    request = AnalysisRequest("table1", epsilon=2.0, delta=1e-6, by="sex")
+    content = ask(site, request)
+    assert set(content.keys()) == {p.STATUS, p.METRICS}
+    metrics = content[p.METRICS]
+    cells = [k for k in metrics if k.startswith(p.CELL + ".")]
+    assert set(metrics) - set(cells) == {p.EPSILON, p.DELTA, p.NOISE_MULTIPLIER}
+    assert all(re.fullmatch(r"cell(\.[^.]+){3}\.(count|sum|sumsq)", k) for k in cells)
+    counts = [metrics[k] for k in cells if k.endswith(".count")]
+    assert counts and all(c > 20 and float(c).is_integer() for c in counts)
+    assert metrics[p.EPSILON] == pytest.approx(2.0, rel=0.01) and metrics[p.EPSILON] <= 2.0
+    [release_row] = Ledger(site.ledger).releases()
+    assert release_row["mechanism"] == "analysis-table1"
+    assert release_row["noise_multiplier"] == metrics[p.NOISE_MULTIPLIER]
+    assert release_row["run_epsilon_after"] == pytest.approx(metrics[p.EPSILON])
+    [message] = Ledger(site.ledger).messages()
+    assert (
+        message["kind"] == "analyze" and message["run_epsilon"] == release_row["run_epsilon_after"]
+    )
+    # the same question twice gives different answers (fresh noise) and spends twice
+    again = ask(site, request, run_key="analysis-2")[p.METRICS]
+    assert any(again[k] != metrics[k] for k in cells if k in again)
+    assert len(Ledger(site.ledger).releases()) == 2
+
+
+def test_the_site_policy_wins_over_the_request(cohort, tmp_path):
+    files, spec_path = cohort
+    spec = load_spec(spec_path)
+    one = planned_release(AnalysisRequest("count", 1.0, 1e-6))
+    two = compute_epsilon([one, one], 1e-5, "prv")  # composed, well under 1 + 1
+    assert two < 1.6
+    policy = parse_policy({"max-epsilon-per-run": 1.0, "lifetime-epsilon": two + 0.01})
+    site = SiteSettings("urban", next(iter(files.values())), spec, policy, tmp_path / "l.sqlite")
+    refused = ask(site, AnalysisRequest("count", epsilon=2.0, delta=1e-6))
+    assert refused[p.STATUS][p.STATUS_STATE] == p.REFUSED
+    assert "max-epsilon-per-run" in refused[p.STATUS][p.STATUS_REASON]
+    for key in ("a", "b"):
+        assert p.METRICS in ask(site, AnalysisRequest("count", 1.0, 1e-6), run_key=key)
+    over = ask(site, AnalysisRequest("count", 1.0, 1e-6), run_key="c")
+    assert over[p.STATUS][p.STATUS_STATE] == p.REFUSED
+    assert "lifetime" in over[p.STATUS][p.STATUS_REASON]
+    assert p.METRICS not in over
+    ledger = Ledger(site.ledger)
+    assert len(ledger.releases()) == 2
+    assert ledger.lifetime_epsilon(1e-5, "prv") == pytest.approx(two)
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-c", "from federation.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tmp_path):
+    files, spec_path = cohort
+    spec = load_spec(spec_path)
+    small = tmp_path / "clinic.csv"  # a tiny site: its small cells are withheld
+    pd.read_csv(next(iter(files.values()))).head(60).to_csv(small, index=False)
+    strict = tmp_path / "strict.toml"
+    strict.write_text("max-epsilon-per-run = 0.5\n")
+    sites = [f"--site={name}={path}" for name, path in files.items()] + [f"--site=clinic={small}"]
+    result = run_cli(
+        "analyze",
+        "table1",
+        f"--study={spec_path}",
+        *sites,
+        "--epsilon=3",
+        "--delta=1e-6",
+        f"--out={tmp_path / 'out'}",
+        f"--ledger-dir={tmp_path / 'ledgers'}",
+        f"--policy={next(iter(files))}={strict}",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    table = json.loads((tmp_path / "out" / "table1.json").read_text())
+    refused = next(iter(files))
+    assert summary["sites"][refused]["status"] == "refused"
+    assert "max-epsilon-per-run" in summary["sites"][refused]["reason"]
+    assert f"site {refused} refused" in result.stderr
+
+    def released_counts(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("count", "total") and value is not None:
+                    yield value
+                yield from released_counts(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from released_counts(item)
+
+    counts = list(released_counts(table)) + list(table["sites"].values())
+    assert counts and not [c for c in counts if 1 <= c <= 20]
+    answered = [n for n in summary["sites"] if n != refused]
+    true_total = sum(
+        (pd.read_csv(files.get(n, small))[spec.study.consent] == 1).sum() for n in answered
+    )
+    assert abs(table["total"] - true_total) <= 0.05 * true_total
+    for name in answered:
+        [row] = Ledger(tmp_path / "ledgers" / f"{name}.sqlite").releases()
+        assert row["run_epsilon_after"] == pytest.approx(summary["sites"][name]["epsilon"])
+    assert (
+        not (tmp_path / "ledgers" / f"{refused}.sqlite").exists()
+        or not Ledger(tmp_path / "ledgers" / f"{refused}.sqlite").releases()
+    )
+    html = (tmp_path / "out" / "table1.html").read_text()
+    assert "Overall (N = " in html and "withheld" in html
+
+
+def test_cli_mistakes_are_one_line(cohort, tmp_path):
+    files, spec_path = cohort
+    name, path = next(iter(files.items()))
+    result = run_cli(
+        "analyze",
+        "mean",
+        "sex",
+        f"--study={spec_path}",
+        f"--site={name}={path}",
+        "--epsilon=1",
+        f"--out={tmp_path}",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "not a numeric feature" in result.stderr
+    result = run_cli(
+        "analyze",
+        "histogram",
+        "age",
+        "--bins=a,b",
+        f"--study={spec_path}",
+        f"--site={name}={path}",
+        "--epsilon=1",
+        f"--out={tmp_path}",
+    )
+    assert result.returncode == 2 and "--bins" in result.stderr
