@@ -38,21 +38,35 @@ def independent_epsilon(site, delta):
     return accountant.compose(dp_accounting.ComposedDpEvent(events)).get_epsilon(delta)
 
 
-def test_dp_federation_end_to_end_with_a_broken_site(cohort, tmp_path):
-    files, spec_path = cohort
+def test_four_sites_one_broken_one_refused_complete_on_the_others(cohort, tmp_path):
+    """The acceptance test of robustness: a broken file and a site whose policy cannot be met
+    are named with their reasons; the DP run completes on the two others."""
+    all_files, spec_path = cohort
     spec = load_spec(spec_path).with_overrides(training={"rounds": 4, "strategy": "fedprox"})
     broken = tmp_path / "broken.csv"
-    pd.read_csv(next(iter(files.values()))).assign(outcome=7).to_csv(broken, index=False)
-    sites = {**files, "broken-site": broken}
+    pd.read_csv(next(iter(all_files.values()))).assign(outcome=7).to_csv(broken, index=False)
+    *kept, strict = all_files
+    files = {name: all_files[name] for name in kept}
+    policy = tmp_path / "strict.toml"
+    policy.write_text("max-epsilon-per-run = 1.0\n")
+    sites = {**files, "broken-site": broken, strict: all_files[strict]}
     out = tmp_path / "run"
     rounds_seen = []
 
-    summary = simulate(spec, sites, out, on_round=lambda r, row: rounds_seen.append(r))
+    summary = simulate(
+        spec,
+        sites,
+        out,
+        on_round=lambda r, row: rounds_seen.append(r),
+        policies={strict: policy},
+    )
 
     assert summary["status"] == "completed" and summary["rounds"] == 4
     assert rounds_seen == [1, 2, 3, 4]
     assert summary["sites"]["broken-site"]["status"] == "failed"
     assert "label column 'outcome' must be 0 or 1" in summary["sites"]["broken-site"]["reason"]
+    assert summary["sites"][strict]["status"] == "refused"
+    assert "max-epsilon-per-run 1" in summary["sites"][strict]["reason"]
     target, delta = spec.privacy.target_epsilon, spec.privacy.delta
     for name in files:
         site = summary["sites"][name]
@@ -95,8 +109,12 @@ def run_cli(*args, cwd=None):
     )
 
 
-def test_cli_simulate_without_dp_and_with_fedadam(cohort, tmp_path):
+def test_cli_simulate_without_dp_with_fedadam_and_site_scaling(cohort, tmp_path):
     files, spec_path = cohort
+    spec_path = tmp_path / "study.toml"  # every site scales by its own statistics
+    spec_path.write_text(
+        cohort[1].read_text().replace("[features]", '[features]\nscaling = "site"')
+    )
     args = ["simulate", "--study", str(spec_path), "--out", str(tmp_path / "run")]
     for name, path in list(files.items())[:2]:
         args += ["--site", f"{name}={path}"]
@@ -109,6 +127,8 @@ def test_cli_simulate_without_dp_and_with_fedadam(cohort, tmp_path):
     assert all(not site["rejected_updates"] for site in summary["sites"].values())
     assert summary["metrics"]["pooled"]["auroc"] > 0.6
     assert "pooled" in result.stdout
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert "| age | each site's | each site's | [18.0, 90.0] | each site's" in card
 
 
 def test_cli_run_with_too_few_sites_left_fails_with_reason(cohort, tmp_path):

@@ -261,13 +261,21 @@ class LocalFederation:
         return json.loads(done.stdout[start:])
 
     def launch(
-        self, study: Path, out: Path, expected_sites: int, analysis: str | None = None
+        self,
+        study: Path,
+        out: Path,
+        expected_sites: int,
+        analysis: str | None = None,
+        resume: bool = False,
     ) -> str:
-        """``flwr run`` the app against this SuperLink (a descriptive analysis when given the
-        request's JSON); returns the run id."""
+        """``flwr run`` the app against this SuperLink; returns the run id. ``analysis`` (the
+        request's JSON) makes it a descriptive analysis; ``resume`` continues the run in
+        ``out`` from its checkpoint."""
         config = f'study-file="{study}" out="{out}" expected-sites={expected_sites}'
         if analysis:
             config += f" analysis='{analysis}'"  # a TOML literal string: JSON has no '
+        if resume:
+            config += f' resume="{out}"'
         app = self._app_copy()
         answer = self.flwr("run", str(app), CONNECTION, "--run-config", config, "--format", "json")
         return str(answer["run-id"])
@@ -285,6 +293,10 @@ class LocalFederation:
             for package in ("federation", "privacy", "models"):
                 shutil.copytree(PROJECT / package, app / package, ignore=ignore)
         return app
+
+    def stop_run(self, run_id: str) -> None:
+        """``flwr stop``: the SuperLink ends the run's ServerApp where it is."""
+        self.flwr("stop", run_id, CONNECTION, "--format", "json")
 
     def run_status(self, run_id: str) -> str:
         runs = self.flwr("list", "--run-id", run_id, "--format", "json")["runs"]

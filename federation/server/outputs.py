@@ -229,10 +229,12 @@ def render_model_card(card: dict[str, Any]) -> str:
     ]
     for row in card["scaling"]:
         bounds = row["bounds"] or "none"
-        lines.append(
-            f"| {row['feature']} | {row['center']:.4g} | {row['scale']:.4g} | {bounds} | "
-            f"{row['source']} |"
+        center, scale = (
+            ("each site's", "each site's")
+            if row["center"] is None
+            else (f"{row['center']:.4g}", f"{row['scale']:.4g}")
         )
+        lines.append(f"| {row['feature']} | {center} | {scale} | {bounds} | {row['source']} |")
     privacy = card["privacy"]
     lines += ["", "## Privacy", ""]
     if not privacy["enabled"]:
