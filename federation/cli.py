@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from federation.cli_analyze import analyze_app
+from federation.cli_analyze import analyze
+from federation.cli_options import LedgerDir, Policies, Sites, parse_sites
 from federation.cli_privacy import privacy_app
 from federation.deploy import cli as deploy_cli
 from federation.errors import AllfedError
@@ -31,7 +32,7 @@ app = typer.Typer(
 site_app = typer.Typer(help="Commands for a site operator.", no_args_is_help=True)
 app.add_typer(site_app, name="site")
 app.add_typer(privacy_app, name="privacy")
-app.add_typer(analyze_app, name="analyze")
+app.command("analyze")(analyze)
 app.add_typer(deploy_cli.node_app, name="node")
 app.add_typer(deploy_cli.run_app, name="run")
 app.command("certs")(deploy_cli.certs)
@@ -85,7 +86,7 @@ def synth(
 @app.command()
 def simulate(
     study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
-    site: Annotated[list[str], typer.Option(help="NAME=PATH of a site's data file; repeat.")],
+    site: Sites,
     out: Annotated[
         Path | None, typer.Option(help="Run directory to write (not with --resume).")
     ] = None,
@@ -101,12 +102,8 @@ def simulate(
     learning_rate: Annotated[float | None, typer.Option(help="Override learning-rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Override batch-size.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
-    policy: Annotated[
-        list[str] | None, typer.Option(help="NAME=PATH of a site's privacy policy; repeat.")
-    ] = None,
-    ledger_dir: Annotated[
-        Path | None, typer.Option(help="Folder of the sites' ledgers (NAME.sqlite each).")
-    ] = None,
+    policy: Policies = None,
+    ledger_dir: LedgerDir = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the run in this run directory from its last round."),
@@ -173,18 +170,6 @@ def site_check(
         f"{path}: ok, {table.n_train} training and {table.n_test} test records "
         f"({len(spec.features.columns)} features, label {spec.study.label!r})"
     )
-
-
-def parse_sites(values: list[str], option: str = "--site") -> dict[str, Path]:
-    sites: dict[str, Path] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise AllfedError(f"{option} {value!r}: expected NAME=PATH")
-        if name in sites:
-            raise AllfedError(f"{option} {name}: given twice; site names must be unique")
-        sites[name.strip()] = Path(path.strip())
-    return sites
 
 
 def _run_and_report(

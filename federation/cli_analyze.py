@@ -1,6 +1,6 @@
-"""``allfed analyze``: differentially private descriptive statistics across the sites.
+"""``allfed analyze KIND``: differentially private descriptive statistics across the sites.
 
-Every command asks each site one question (one noisy release, recorded in the site's ledger and
+Every kind asks each site one question (one noisy release, recorded in the site's ledger and
 checked by its policy) and writes ``OUT/analysis.json`` (sites, privacy, pooled results) with
 ``OUT/<kind>.json`` and ``OUT/<kind>.html``.
 """
@@ -14,151 +14,79 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from federation.cli_options import LedgerDir, Policies, Sites, parse_sites
 from federation.errors import AllfedError
 
-analyze_app = typer.Typer(
-    help="Differentially private cohort statistics: Table 1, counts, means, histograms.",
-    no_args_is_help=True,
-)
 out_console = Console()
 err_console = Console(stderr=True)
 
-Study = Annotated[Path, typer.Option(help="The study spec (TOML): columns, levels, bounds.")]
-Sites = Annotated[list[str], typer.Option(help="NAME=PATH of a site's data file; repeat.")]
-Epsilon = Annotated[float, typer.Option(help="Epsilon each site spends on this analysis.")]
-Out = Annotated[Path, typer.Option(help="Folder for analysis.json and the table.")]
-Delta = Annotated[float | None, typer.Option(help="Delta (default: the spec's [privacy] delta).")]
-Accountant = Annotated[
-    str | None, typer.Option(help="prv or rdp (default: the spec's [privacy] accountant).")
-]
-By = Annotated[str | None, typer.Option(help="Stratify by this group or categorical column.")]
-Policy = Annotated[
-    list[str] | None, typer.Option(help="NAME=PATH of a site's privacy policy; repeat.")
-]
-LedgerDir = Annotated[
-    Path | None, typer.Option(help="Folder of the sites' ledgers (NAME.sqlite each).")
-]
 
-
-@analyze_app.command()
-def table1(
-    study: Study,
+def analyze(
+    kind: Annotated[str, typer.Argument(show_default=False)],
+    study: Annotated[Path, typer.Option(help="The study spec (TOML): levels, bounds.")],
     site: Sites,
-    epsilon: Epsilon,
-    out: Out,
-    by: By = None,
-    delta: Delta = None,
-    accountant: Accountant = None,
-    policy: Policy = None,
+    epsilon: Annotated[float, typer.Option(help="Epsilon each site spends on this.")],
+    out: Annotated[Path, typer.Option(help="Folder for analysis.json and the table.")],
+    columns: Annotated[
+        list[str] | None, typer.Argument(help="The columns the kind takes.", show_default=False)
+    ] = None,
+    by: Annotated[
+        str | None, typer.Option(help="Stratify by this group or categorical column.")
+    ] = None,
+    bins: Annotated[
+        str | None, typer.Option(help="histogram: bin edges, comma-separated: 18,40,65,90.")
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option(help="Delta (default: the spec's privacy delta).")
+    ] = None,
+    accountant: Annotated[
+        str | None, typer.Option(help="prv or rdp (default: the spec's privacy accountant).")
+    ] = None,
+    policy: Policies = None,
     ledger_dir: LedgerDir = None,
 ) -> None:
-    """The first table of a clinical paper: every level's count and every bounded numeric
-    column's mean (SD), overall, by site and (with --by) by group."""
-    _analyze("table1", (), (), locals())
+    """Differentially private cohort statistics across the sites: each site answers once with
+    OpenDP noise, checked by its policy and recorded in its ledger; small counts are withheld.
 
-
-@analyze_app.command()
-def count(
-    study: Study,
-    site: Sites,
-    epsilon: Epsilon,
-    out: Out,
-    by: By = None,
-    delta: Delta = None,
-    accountant: Accountant = None,
-    policy: Policy = None,
-    ledger_dir: LedgerDir = None,
-) -> None:
-    """How many records, overall, by site and (with --by) by group."""
-    _analyze("count", (), (), locals())
-
-
-@analyze_app.command()
-def mean(
-    column: Annotated[list[str], typer.Argument(help="Numeric columns with declared bounds.")],
-    study: Study,
-    site: Sites,
-    epsilon: Epsilon,
-    out: Out,
-    by: By = None,
-    delta: Delta = None,
-    accountant: Accountant = None,
-    policy: Policy = None,
-    ledger_dir: LedgerDir = None,
-) -> None:
-    """Mean, SD and 95% CI of numeric columns (values clipped to their declared bounds)."""
-    _analyze("mean", tuple(column), (), locals())
-
-
-@analyze_app.command()
-def histogram(
-    column: Annotated[str, typer.Argument(help="A numeric column.")],
-    bins: Annotated[str, typer.Option(help="Bin edges, comma-separated: 18,40,65,90.")],
-    study: Study,
-    site: Sites,
-    epsilon: Epsilon,
-    out: Out,
-    by: By = None,
-    delta: Delta = None,
-    accountant: Accountant = None,
-    policy: Policy = None,
-    ledger_dir: LedgerDir = None,
-) -> None:
-    """Counts per bin (values outside the edges fall into the outer bins)."""
-    try:
-        edges = tuple(float(edge) for edge in bins.split(","))
-    except ValueError:
-        raise AllfedError(f"--bins {bins!r}: expected numbers separated by commas") from None
-    _analyze("histogram", (column,), edges, locals())
-
-
-@analyze_app.command()
-def crosstab(
-    row: Annotated[str, typer.Argument(help="A categorical, group or label column.")],
-    column: Annotated[str, typer.Argument(help="A second categorical or group column.")],
-    study: Study,
-    site: Sites,
-    epsilon: Epsilon,
-    out: Out,
-    delta: Delta = None,
-    accountant: Accountant = None,
-    policy: Policy = None,
-    ledger_dir: LedgerDir = None,
-) -> None:
-    """Counts of ROW's levels within each level of COLUMN."""
-    _analyze("crosstab", (row, column), (), locals())
-
-
-def _analyze(kind: str, columns: tuple[str, ...], bins: tuple[float, ...], options: dict) -> None:
-    from federation.cli import parse_sites
-    from federation.queries import AnalysisRequest, build_query
-    from federation.simulation import analyze
+    KIND is table1 (every level's count and every bounded numeric column's mean and SD), count,
+    mean COLUMN..., histogram COLUMN --bins EDGES, or crosstab ROW COLUMN."""
+    from federation.queries import KINDS, AnalysisRequest, build_query
+    from federation.simulation import analyze as run_analysis
     from federation.spec import load_spec
 
-    spec = load_spec(options["study"])
+    if kind not in KINDS:
+        raise AllfedError(f"unknown analysis {kind!r}; expected one of {', '.join(KINDS)}")
+    spec = load_spec(study)
     request = AnalysisRequest(
         kind=kind,
-        epsilon=options["epsilon"],
-        delta=options["delta"] if options["delta"] is not None else spec.privacy.delta,
-        accountant=options["accountant"] or spec.privacy.accountant,
-        columns=columns,
-        by=options.get("by"),
-        bins=bins,
+        epsilon=epsilon,
+        delta=delta if delta is not None else spec.privacy.delta,
+        accountant=accountant or spec.privacy.accountant,
+        columns=tuple(columns or ()),
+        by=by,
+        bins=_edges(bins) if bins is not None else (),
     )
     build_query(request, spec)  # a request the spec cannot answer fails here, not at the sites
-    with out_console.status(f"asking {len(options['site'])} site(s)..."):
-        summary = analyze(
+    with out_console.status(f"asking {len(site)} site(s)..."):
+        summary = run_analysis(
             spec,
-            parse_sites(options["site"]),
+            parse_sites(site),
             request,
-            options["out"],
-            policies=parse_sites(options["policy"] or [], "--policy"),
-            ledger_dir=options["ledger_dir"],
+            out,
+            policies=parse_sites(policy or [], "--policy"),
+            ledger_dir=ledger_dir,
         )
-    _print(summary, options["out"], kind)
+    _print(summary, out, kind)
     if summary["status"] != "completed":
         err_console.print(f"[red]analysis failed:[/] {summary['error']}")
         raise typer.Exit(1)
+
+
+def _edges(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(edge) for edge in text.split(","))
+    except ValueError:
+        raise AllfedError(f"--bins {text!r}: expected numbers separated by commas") from None
 
 
 def _print(summary: dict[str, Any], out: Path, kind: str) -> None:

@@ -50,6 +50,10 @@ class AnalysisRequest:
 def build_query(request: AnalysisRequest, spec: StudySpec) -> Query:
     """The cells ``request`` asks for under ``spec``; SpecError names what cannot be asked."""
     _check_request(request)
+    if request.kind in ("table1", "count") and request.columns:
+        raise SpecError(f"{request.kind} takes no columns")
+    if request.bins and request.kind != "histogram":
+        raise SpecError("--bins applies to histogram only")
     if request.kind == "crosstab":
         if not 1 <= len(request.columns) <= 2:
             raise SpecError("crosstab takes one or two columns")
