@@ -301,10 +301,12 @@ def _policy_refusal(
     return refusal
 
 
-def _weak_delta(delta: float, records: int) -> str:
+def _weak_delta(delta: float, records: int | None = None) -> str:
+    """Why ``delta`` is refused; the record count only where the site releases it anyway."""
+    what = f"{records} records" if records is not None else "this site's records"
     return (
-        f"delta {delta:g} is too weak for {records} records: delta must stay well below "
-        "1/records (lower the run's delta)"
+        f"delta {delta:g} is too weak for {what}: delta must stay well below 1/records "
+        "(lower the run's delta)"
     )
 
 
@@ -392,11 +394,7 @@ def _train(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
             return _status(site.name, p.REFUSED, refusal)
         history = train_dp(model, x, y, settings, plan, spec.privacy.accountant, state["releases"])
         _save_state(context, releases=history, plan=plan, run_key=state["run-key"])
-        steps = sum(
-            r.steps
-            for r in history
-            if (r.noise_multiplier, r.sample_rate) == (plan.noise_multiplier, plan.sample_rate)
-        )
+        steps = _steps_done(history, plan)
         epsilon = plan.epsilon_after(steps)
         if epsilon is None:
             epsilon = compute_epsilon(history, spec.privacy.delta, spec.privacy.accountant)
@@ -410,14 +408,16 @@ def _train(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     return RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.METRICS: metrics})
 
 
+def _steps_done(releases: list[GaussianRelease], plan: DPPlan) -> int:
+    """DP-SGD steps of ``plan`` among ``releases`` (the standardization release is not one)."""
+    key = (plan.noise_multiplier, plan.sample_rate)
+    return sum(r.steps for r in releases if (r.noise_multiplier, r.sample_rate) == key)
+
+
 def _hard_stop(site: SiteSettings, state: dict, plan: DPPlan, server_round: int) -> str | None:
     """Before a round: refuse once the plan's steps are used up, and with a ledger record this
     round's release first (and refuse if it no longer fits the site's budgets)."""
-    done = sum(
-        r.steps
-        for r in state["releases"]
-        if (r.noise_multiplier, r.sample_rate) == (plan.noise_multiplier, plan.sample_rate)
-    )
+    done = _steps_done(state["releases"], plan)
     if done + plan.steps_per_round > plan.planned_steps:
         return "the run's planned rounds are used up; more would exceed its privacy plan"
     if site.ledger is None:
@@ -480,7 +480,7 @@ def _analyze(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     except ValueError as error:  # an epsilon no noise can reach
         return _status(site.name, p.FAILED, f"cannot plan the analysis: {error}")
     if request.delta * len(table.label) >= 1:
-        return _status(site.name, p.REFUSED, _weak_delta(request.delta, len(table.label)))
+        return _status(site.name, p.REFUSED, _weak_delta(request.delta))
     run_key = str(config.get(p.RUN_KEY, "") or "") or f"{context.run_id}-{secrets.token_hex(4)}"
     _save_state(context, releases=[], run_key=run_key)
     if site.ledger is not None:
