@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from federation.cli_options import Sites, parse_sites
 from federation.errors import AllfedError
 
 privacy_app = typer.Typer(
@@ -270,3 +271,73 @@ def _check_accountant(name: str) -> None:
 def _check_delta(delta: float) -> None:
     if not 0 < delta < 1:
         raise AllfedError(f"--delta must be in (0, 1), not {delta:g}")
+
+
+@privacy_app.command()
+def mia(
+    study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
+    site: Sites,
+    audit_site: Annotated[str, typer.Option(help="The site whose records are audited.")],
+    out: Annotated[Path, typer.Option(help="A new folder for the audit (data copies, run).")],
+    canaries: Annotated[
+        int, typer.Option(help="Canary records, each a member with prob. 1/2.")
+    ] = 500,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Override [privacy] target-epsilon.")
+    ] = None,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="Audit a run without DP.")] = False,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Override [training] rounds.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the canaries and their membership.")] = 0,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Membership-inference audit of a full federated run: canaries in one site's file, the
+    study run as users run it, attacks on what the server saw, and the epsilon they prove
+    beside the epsilon the site's accountant claims. Exit 1 when the proof exceeds the claim."""
+    from federation.audit import run_audit
+    from federation.spec import load_spec
+
+    if epsilon is not None and no_dp:
+        raise AllfedError("--epsilon and --no-dp exclude each other")
+    privacy: dict[str, Any] = {"enabled": False} if no_dp else {}
+    if epsilon is not None:
+        privacy["target_epsilon"] = epsilon
+    training = {"rounds": rounds} if rounds is not None else {}
+    spec = load_spec(study).with_overrides(training=training, privacy=privacy)
+    report = run_audit(spec, parse_sites(site), audit_site, out, canaries, seed, verbose=verbose)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        _print_audit(report, out)
+    if report["verdict"].startswith("VIOLATION"):
+        raise typer.Exit(1)
+
+
+def _print_audit(report: dict[str, Any], out: Path) -> None:
+    bound = report["empirical_epsilon"]
+    claimed = report["claimed_epsilon"]
+    view = Table(
+        title=f"{report['study']}: membership audit of site {report['audit_site']}, "
+        f"{report['canaries']} canaries ({report['members']} members), {report['rounds']} rounds"
+    )
+    for column in ("attack", "AUC", "TPR at 1% FPR", "TPR at 0.1% FPR"):
+        view.add_column(column, justify="left" if column == "attack" else "right")
+    for name, roc in report["attacks"].items():
+        view.add_row(
+            name,
+            f"{roc['auc']:.3f}",
+            f"{roc['tpr_at_1pct_fpr']:.3f}",
+            f"{roc['tpr_at_0_1pct_fpr']:.3f}",
+        )
+    _out.print(view)
+    upper = "inf" if bound["upper"] is None else f"{bound['upper']:.2f}"
+    _out.print(
+        f"claimed epsilon {'none (no DP)' if claimed is None else f'{claimed:.3f}'} at delta "
+        f"{report['delta']:g}; empirical lower bound {bound['lower']:.3f} "
+        f"({bound['confidence']:.0%} one-sided; interval {bound['lower']:.2f}-{upper}) "
+        f"from {bound['correct']} of "
+        f"{bound['guesses']} guesses right ({bound['attack']} attack, best of {bound['tries']} "
+        f"tries, Bonferroni)",
+        highlight=False,
+    )
+    _out.print(f"[bold]{report['verdict']}[/]. Results: {out / 'audit.json'}", highlight=False)
