@@ -59,19 +59,21 @@ def build_query(request: AnalysisRequest, spec: StudySpec) -> Query:
             raise SpecError("crosstab takes one or two columns")
         row = request.columns[0]
         by = request.columns[1] if len(request.columns) == 2 else request.by
-        return Query(_strata(spec, by), (_levels_variable(spec, row),))
-    strata = _strata(spec, request.by)
+        return Query(_strata(spec, by), (_levels_variable(spec, row),), overall=by is not None)
+    strata, overall = _strata(spec, request.by), request.by is not None
     if request.kind == "count":
-        return Query(strata)
+        return Query(strata, overall=overall)
     if request.kind == "mean":
         if not request.columns:
             raise SpecError("mean needs at least one numeric column")
-        return Query(strata, tuple(_numeric_variable(spec, c) for c in request.columns))
-    if request.kind == "histogram":
+        variables = tuple(_numeric_variable(spec, c) for c in request.columns)
+    elif request.kind == "histogram":
         if len(request.columns) != 1:
             raise SpecError("histogram takes one numeric column")
-        return Query(strata, (_histogram_variable(spec, request.columns[0], request.bins),))
-    return Query(strata, tuple(_table1_variables(spec, exclude=request.by)))
+        variables = (_histogram_variable(spec, request.columns[0], request.bins),)
+    else:
+        variables = tuple(_table1_variables(spec, exclude=request.by))
+    return Query(strata, variables, overall)
 
 
 def planned_release(request: AnalysisRequest) -> GaussianRelease:

@@ -9,8 +9,9 @@ numeric variable, after dividing the sum by the half-range and the squares by it
 strata do not add up (parallel composition).
 
 The budget: the whole query is one Gaussian release with noise multiplier ``z`` (zCDP rho =
-1 / (2 z^2)), of which the total count gets ``TOTAL_SHARE`` and the variables equal parts of
-the rest. A block with share ``s`` gets noise ``z * sensitivity / sqrt(s)``: the weighted
+1 / (2 z^2)), of which the total counts get ``TOTAL_SHARE`` (a stratified query also releases
+the total over all strata, which each record adds 1 to as well) and the variables equal parts
+of the rest. A block with share ``s`` gets noise ``z * sensitivity / sqrt(s)``: the weighted
 concatenation has L2 sensitivity 1, which is exactly the release the accountants record.
 
 Counts at or below the site's minimum cell count are withheld after the noise (post-processing
@@ -29,11 +30,12 @@ from privacy.disclosure import is_disclosive
 from privacy.noise import gaussian_release
 
 COUNT, SUM, SQUARES = "count", "sum", "sumsq"
-TOTAL, PRESENT, MISSING = "(total)", "(present)", "(missing)"
+TOTAL, PRESENT, MISSING, OVERALL = "(total)", "(present)", "(missing)", "(overall)"
 TOTAL_SHARE = 0.25  # of the query's rho, when it has variables besides the total
 _Z95 = 1.959963984540054
 
 Cell = tuple[str, str, str, str]  # (stratum, variable, level, statistic)
+OVERALL_CELL: Cell = (OVERALL, TOTAL, OVERALL, COUNT)  # the total over every stratum
 
 
 @dataclass(frozen=True)
@@ -82,17 +84,23 @@ class Variable:
 
 @dataclass(frozen=True)
 class Query:
-    """The cells a site releases: the total and every variable's cells, in every stratum."""
+    """The cells a site releases: the total and every variable's cells, in every stratum; with
+    ``overall`` (a stratified query), also the total over all strata in a cell of its own, so
+    that a small stratum withheld at a site does not take its records out of the overall count."""
 
     strata: tuple[str, ...]
     variables: tuple[Variable, ...] = ()
+    overall: bool = False
 
-    def blocks(self) -> list[tuple[Variable | None, float]]:
-        """(variable or None for the total, its share of rho)."""
-        if not self.variables:
-            return [(None, 1.0)]
-        share = (1 - TOTAL_SHARE) / len(self.variables)
-        return [(None, TOTAL_SHARE), *((v, share) for v in self.variables)]
+    def shares(self) -> dict[str, float]:
+        """Each block's share of rho: the totals (``TOTAL``, and ``OVERALL`` when asked for)
+        split ``TOTAL_SHARE``, the variables split the rest equally."""
+        totals = (TOTAL, OVERALL) if self.overall else (TOTAL,)
+        total_share = TOTAL_SHARE if self.variables else 1.0
+        shares = dict.fromkeys(totals, total_share / len(totals))
+        for variable in self.variables:
+            shares[variable.name] = (1 - TOTAL_SHARE) / len(self.variables)
+        return shares
 
     def cells(self) -> list[Cell]:
         cells: list[Cell] = []
@@ -100,16 +108,18 @@ class Query:
             cells.append((stratum, TOTAL, TOTAL, COUNT))
             for variable in self.variables:
                 cells += [(stratum, variable.name, lvl, stat) for lvl, stat in variable.cells()]
+        if self.overall:
+            cells.append(OVERALL_CELL)
         return cells
 
     def noise_sd(self, noise_multiplier: float) -> dict[tuple[str, str, str], float]:
         """Noise standard deviation per (variable, level, statistic), natural units."""
-        sds = {}
-        for variable, share in self.blocks():
-            per_unit = noise_multiplier / math.sqrt(share)
-            if variable is None:
-                sds[(TOTAL, TOTAL, COUNT)] = per_unit
-                continue
+        shares = self.shares()
+        sds = {(TOTAL, TOTAL, COUNT): noise_multiplier / math.sqrt(shares[TOTAL])}
+        if self.overall:
+            sds[OVERALL_CELL[1:]] = noise_multiplier / math.sqrt(shares[OVERALL])
+        for variable in self.variables:
+            per_unit = noise_multiplier / math.sqrt(shares[variable.name])
             for level, statistic in variable.cells():
                 sds[(variable.name, level, statistic)] = (
                     per_unit * variable.sensitivity * variable.unit(statistic)
@@ -149,6 +159,8 @@ def exact_cells(
     ``columns`` (per variable: level names, or numeric values with NaN for missing)."""
     strata_array = np.asarray(strata)
     exact: dict[Cell, float] = {}
+    if query.overall:
+        exact[OVERALL_CELL] = float(len(strata_array))
     for stratum in query.strata:
         rows = strata_array == stratum
         exact[(stratum, TOTAL, TOTAL, COUNT)] = float(rows.sum())

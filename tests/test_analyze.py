@@ -74,6 +74,30 @@ def test_noise_has_the_planned_spread_on_every_cell():
     assert noisy.std(axis=0) == pytest.approx(expected, rel=0.2)
 
 
+@pytest.mark.parametrize("overall", [False, True])
+def test_one_record_moves_the_weighted_cells_by_at_most_one(overall):
+    """The privacy claim itself: with every cell divided by its noise SD (noise multiplier 1),
+    removing any one record moves the released vector by at most 1 in L2."""
+    rng = np.random.default_rng(0)
+    query = Query(("a", "b"), (SMOKING, AGE), overall=overall)
+    sds = query.noise_sd(1.0)
+    n = 50
+    strata = rng.choice(["a", "b"], n)
+    columns = {
+        "age": np.where(rng.random(n) < 0.2, np.nan, rng.uniform(0, 120, n)),  # past the bounds
+        "smoking": rng.choice(np.array(SMOKING.levels, dtype=object), n),
+    }
+    full = exact_cells(query, strata, columns)
+    assert set(full) == set(query.cells())
+    assert (("(overall)", TOTAL, "(overall)", COUNT) in full) == overall
+    assert sum(query.shares().values()) == pytest.approx(1.0)
+    for i in range(n):
+        keep = np.arange(n) != i
+        fewer = exact_cells(query, strata[keep], {k: v[keep] for k, v in columns.items()})
+        moved = math.sqrt(sum(((full[c] - fewer[c]) / sds[c[1:]]) ** 2 for c in full))
+        assert moved <= 1.0 + 1e-9
+
+
 def test_exact_cells_clip_to_the_bounds_and_count_missing():
     strata = ["a", "a", "b", "a"]
     columns = {

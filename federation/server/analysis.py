@@ -30,6 +30,7 @@ from federation.server.tables import write_tables
 from federation.spec import StudySpec
 from privacy.statistics import (
     COUNT,
+    OVERALL_CELL,
     PRESENT,
     SQUARES,
     SUM,
@@ -163,7 +164,7 @@ def pooled_tables(
     strata = [s for s in query.strata if s != ALL]
 
     def scopes():
-        yield "overall", [(a, s) for a in sites for s in query.strata]
+        yield ("overall", None), [(a, s) for a in sites for s in query.strata]
         for a in sites:
             yield ("sites", a.name), [(a, s) for s in query.strata]
         for s in strata:
@@ -171,16 +172,20 @@ def pooled_tables(
 
     totals = {}
     for scope, parts in scopes():
-        totals[scope] = pool_count(
-            (a.cells.get((s, TOTAL, TOTAL, COUNT)) for a, s in parts), sds[(TOTAL, TOTAL, COUNT)]
-        )
+        if query.overall and scope[0] != "groups":  # the released total over all strata
+            answering = {a.name: a for a, _ in parts}.values()
+            cells = (a.cells.get(OVERALL_CELL) for a in answering)
+            totals[scope] = pool_count(cells, sds[OVERALL_CELL[1:]])
+        else:
+            cells = (a.cells.get((s, TOTAL, TOTAL, COUNT)) for a, s in parts)
+            totals[scope] = pool_count(cells, sds[(TOTAL, TOTAL, COUNT)])
     rows = []
     total_sd = sds[(TOTAL, TOTAL, COUNT)]
     if not query.variables:  # a count: the table is every stratum's total
         for stratum in query.strata:
             row = {"variable": _by(request) or TOTAL, "level": stratum}
             cells = {a.name: a.cells.get((stratum, TOTAL, TOTAL, COUNT)) for a in sites}
-            row |= _count_entry(cells.values(), total_sd, totals["overall"].count)
+            row |= _count_entry(cells.values(), total_sd, totals[("overall", None)].count)
             row["sites"] = {
                 name: _count_entry([cell], total_sd, totals[("sites", name)].count)
                 for name, cell in cells.items()
@@ -196,12 +201,12 @@ def pooled_tables(
             }
             for scope, parts in scopes():
                 entry = _entry(variable, level, parts, sds, totals[scope].count)
-                if scope == "overall":
+                if scope[0] == "overall":
                     row.update(entry)
                 else:
                     row.setdefault(scope[0], {})[scope[1]] = entry
             rows.append(row)
-    overall = totals["overall"]
+    overall = totals[("overall", None)]
     return {
         "analysis": request.kind,
         "study": spec.study.name,
