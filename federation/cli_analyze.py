@@ -67,6 +67,9 @@ def analyze(
         bins=_edges(bins) if bins is not None else (),
     )
     build_query(request, spec)  # a request the spec cannot answer fails here, not at the sites
+    _warn_about_left_out_columns(spec, kind)
+    # every release is recorded: in the sites' own ledgers, else in ledgers beside the output
+    ledger_dir = ledger_dir or out / "ledgers"
     with out_console.status(f"asking {len(site)} site(s)..."):
         summary = run_analysis(
             spec,
@@ -76,7 +79,7 @@ def analyze(
             policies=parse_sites(policy or [], "--policy"),
             ledger_dir=ledger_dir,
         )
-    _print(summary, out, kind)
+    _print(summary, out, kind, ledger_dir)
     if summary["status"] != "completed":
         err_console.print(f"[red]analysis failed:[/] {summary['error']}")
         raise typer.Exit(1)
@@ -89,7 +92,7 @@ def _edges(text: str) -> tuple[float, ...]:
         raise AllfedError(f"--bins {text!r}: expected numbers separated by commas") from None
 
 
-def _print(summary: dict[str, Any], out: Path, kind: str) -> None:
+def _print(summary: dict[str, Any], out: Path, kind: str, ledger_dir: Path) -> None:
     for name, site in summary["sites"].items():
         if site["status"] != "ok":
             err_console.print(f"site {name} {site['status']}: {site['reason']}", highlight=False)
@@ -114,8 +117,30 @@ def _print(summary: dict[str, Any], out: Path, kind: str) -> None:
     privacy = summary["privacy"]
     out_console.print(
         f"Each site spent epsilon {privacy['epsilon']:g} at delta {privacy['delta']:g} "
-        f"({privacy['accountant']}). Tables: {out / (kind + '.json')}, {out / (kind + '.html')}"
+        f"({privacy['accountant']}), recorded in {ledger_dir}/NAME.sqlite. "
+        f"Tables: {out / (kind + '.json')}, {out / (kind + '.html')}"
     )
+
+
+def _warn_about_left_out_columns(spec, kind: str) -> None:
+    """Table 1 leaves out what it cannot count under DP: say which columns and why."""
+    if kind != "table1":
+        return
+    unbounded = [c for c in spec.features.numeric if c not in spec.features.bounds]
+    undeclared = [
+        g
+        for g in spec.study.groups
+        if g not in spec.study.group_levels and g not in spec.features.categorical
+    ]
+    for columns, why in (
+        (unbounded, "have no [features] bounds"),
+        (undeclared, "have no [study] group-levels"),
+    ):
+        if columns:
+            err_console.print(
+                f"[yellow]warning:[/] {', '.join(columns)} {why}, so Table 1 leaves them out",
+                highlight=False,
+            )
 
 
 def _value(entry: dict[str, Any]) -> str:
