@@ -252,9 +252,14 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         "",
     )
     out_console.print(table)
+    accuracy = (
+        "withheld (small counts at the threshold)"
+        if pooled.get("threshold_metrics_withheld")
+        else _fmt(pooled.get("accuracy"))
+    )
     out_console.print(
         f"AUPRC {_fmt(pooled.get('auprc'))}, Brier {_fmt(pooled.get('brier'))}, "
-        f"accuracy {_fmt(pooled.get('accuracy'))}. Run directory: {out}"
+        f"accuracy {accuracy}. Run directory: {out}"
     )
 
 

@@ -90,7 +90,7 @@ def site_entries(run_config) -> list[tuple[str, str]]:
 _NAME = r"[^.]+"  # one percent-encoded group column or level name
 _STATUS_KEYS = (STATUS_SITE, STATUS_STATE, STATUS_REASON)
 _STATS_FIELDS = (
-    r"n_bins|hist_(pos|neg)\.(bins|counts)|tp|fp|tn|fn"
+    r"n_bins|hist_(pos|neg)\.(bins|counts)|tp|fp|tn|fn|threshold_coarsened"
     r"|sum_sq_error|sum_log_loss|sum_score|sum_score_pos|cal_count|cal_sum_y|cal_sum_p"
 )
 _STATS_KEYS = (

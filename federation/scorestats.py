@@ -12,6 +12,9 @@ Record layout (``to_record(prefix)``; every value an int, float, list[int] or li
 - ``{prefix}.hist_pos.bins`` / ``.hist_pos.counts`` (and ``hist_neg``): the histograms, sparse:
   strictly increasing bin indices of the nonzero bins, and their counts (> 0).
 - ``{prefix}.tp``, ``.fp``, ``.tn``, ``.fn``: the confusion matrix at THRESHOLD.
+- ``{prefix}.threshold_coarsened``: how many of the pooled record sets had to merge score bins
+  across THRESHOLD (a class with 1..min-cell-count records on one side): their confusion
+  matrix is then not the exact one, and the threshold metrics are withheld, never shown as 0.
 - ``{prefix}.sum_sq_error``, ``.sum_log_loss``, ``.sum_score``, ``.sum_score_pos``: float sums.
 - ``{prefix}.cal_count``, ``.cal_sum_y`` (list[int]) and ``.cal_sum_p`` (list[float]): per
   calibration bin (CAL_BINS equal-width probability bins) the records, events and summed scores.
@@ -54,6 +57,7 @@ LEVEL_JOIN = " | "  # joins their levels
 
 _HISTS = ("hist_pos", "hist_neg")
 _COUNTS = ("tp", "fp", "tn", "fn")
+_FLAGS = ("threshold_coarsened",)  # additive like the counts, but never a count of records
 _SUMS = ("sum_sq_error", "sum_log_loss", "sum_score", "sum_score_pos")
 _CAL_COUNTS = ("cal_count", "cal_sum_y")
 _CAL_SUMS = ("cal_sum_p",)
@@ -62,6 +66,7 @@ _KEYS = frozenset(
         "n_bins",
         *(f"{h}.{part}" for h in _HISTS for part in ("bins", "counts")),
         *_COUNTS,
+        *_FLAGS,
         *_SUMS,
         *_CAL_COUNTS,
         *_CAL_SUMS,
@@ -87,6 +92,7 @@ class ScoreStats:
     cal_count: np.ndarray  # int64 [CAL_BINS]: records per equal-width probability bin
     cal_sum_y: np.ndarray  # int64 [CAL_BINS]: positives per probability bin
     cal_sum_p: np.ndarray  # float64 [CAL_BINS]: summed scores per probability bin
+    threshold_coarsened: int = 0  # record sets whose confusion matrix is coarsened (see above)
 
     @property
     def n(self) -> int:
@@ -127,7 +133,10 @@ class ScoreStats:
             placed[mask] = coarse_bins(hist, min_cell_count)[fine[mask]]
         risk = 1.0 / (1.0 + np.exp(-_bin_logit(placed)))
         cal = np.minimum(np.floor(risk * CAL_BINS), CAL_BINS - 1).astype(np.int64)
-        return cls._of(y, p, placed, placed >= THRESHOLD_BIN, cal)
+        predicted = placed >= THRESHOLD_BIN
+        stats = cls._of(y, p, placed, predicted, cal)
+        stats.threshold_coarsened = int(not np.array_equal(predicted, p >= THRESHOLD))
+        return stats
 
     @classmethod
     def _of(
@@ -185,7 +194,7 @@ class ScoreStats:
             nonzero = np.flatnonzero(hist)
             record[f"{prefix}.{name}.bins"] = nonzero.tolist()
             record[f"{prefix}.{name}.counts"] = hist[nonzero].tolist()
-        record.update({f"{prefix}.{name}": int(getattr(self, name)) for name in _COUNTS})
+        record.update({f"{prefix}.{name}": int(getattr(self, name)) for name in _COUNTS + _FLAGS})
         record.update({f"{prefix}.{name}": float(getattr(self, name)) for name in _SUMS})
         for name in _CAL_COUNTS:
             record[f"{prefix}.{name}"] = [int(v) for v in getattr(self, name)]
@@ -202,7 +211,7 @@ class ScoreStats:
             raise ValueError(f"{key} is {record[key]}, expected {N_BINS}")
         stats = cls(
             **{name: _sparse_histogram(record, f"{prefix}.{name}") for name in _HISTS},
-            **{name: _int(record, f"{prefix}.{name}") for name in _COUNTS},
+            **{name: _int(record, f"{prefix}.{name}") for name in _COUNTS + _FLAGS},
             **{name: _float(record, f"{prefix}.{name}") for name in _SUMS},
             **{
                 name: np.array(_int_list(record, f"{prefix}.{name}", CAL_BINS), dtype=np.int64)
@@ -241,22 +250,27 @@ def _preferred_cuts() -> list[int]:
 def coarse_bins(hist: np.ndarray, min_cell_count: int) -> np.ndarray:
     """For every fine bin of one class's histogram, the fine bin its records are released at.
 
-    Adjacent fine bins are merged, left to right, until each merged bin holds 0 or more than
-    ``min_cell_count`` records; a short tail joins the bins before it. The threshold and the
-    calibration edges are kept as cuts where both sides allow it, so the confusion matrix at
-    0.5 stays exact whenever it can be released at all. A merged bin is released at its records'
-    mean fine bin (an aggregate of more than ``min_cell_count`` scores). Each class is merged on
-    its own, so events and non-events are never forced into ties.
+    The threshold is a hard cut: each side is coarsened on its own, so the confusion matrix at
+    0.5 stays exact, unless one side holds 1..``min_cell_count`` records (then the sides are
+    merged, and ``ScoreStats.released`` says so). Within a side, adjacent fine bins are merged,
+    left to right, until each merged bin holds 0 or more than ``min_cell_count`` records; a
+    short tail joins the bins before it; the calibration edges are kept as cuts where both sides
+    allow it. A merged bin is released at its records' mean fine bin (an aggregate of more than
+    ``min_cell_count`` scores). Each class is merged on its own, so events and non-events are
+    never forced into ties.
     """
-    cuts = [0, *_preferred_cuts(), N_BINS]
-    segments = _merge_runs(hist, list(pairwise(cuts)), min_cell_count)
+    sides = [(0, THRESHOLD_BIN), (THRESHOLD_BIN, N_BINS)]
+    if any(is_disclosive(int(hist[lo:hi].sum()), min_cell_count) for lo, hi in sides):
+        sides = [(0, N_BINS)]
     placed = np.arange(N_BINS)
-    for lo, hi in segments:
-        units = [(i, i + 1) for i in range(lo, hi)]
-        for a, b in _merge_runs(hist, units, min_cell_count):
-            weight = hist[a:b]
-            if weight.sum():
-                placed[a:b] = round(float(np.average(np.arange(a, b), weights=weight)))
+    for side_lo, side_hi in sides:
+        cuts = [side_lo, *(c for c in _preferred_cuts() if side_lo < c < side_hi), side_hi]
+        for lo, hi in _merge_runs(hist, list(pairwise(cuts)), min_cell_count):
+            units = [(i, i + 1) for i in range(lo, hi)]
+            for a, b in _merge_runs(hist, units, min_cell_count):
+                weight = hist[a:b]
+                if weight.sum():
+                    placed[a:b] = round(float(np.average(np.arange(a, b), weights=weight)))
     return placed
 
 

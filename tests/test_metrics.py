@@ -251,6 +251,31 @@ def test_small_cells_are_withheld_without_their_count() -> None:
     assert group_metrics(None) is None and group_metrics(stats["site type"]["big"])["n"] == 60
 
 
+def test_a_confusion_matrix_coarsened_across_the_threshold_is_withheld_not_zero() -> None:
+    """5 non-events score above 0.5: releasing FP = 5 is disclosive and coarsening moves them
+    below; the pooled specificity must then be withheld, never reported as exactly 1."""
+    rng = np.random.default_rng(4)
+    y = np.array([0] * 200 + [1] * 100)
+    p = np.concatenate([rng.uniform(0.05, 0.45, 195), rng.uniform(0.55, 0.9, 5),
+                        rng.uniform(0.2, 0.95, 100)])  # fmt: skip
+    exact = ScoreStats.from_scores(y, p)
+    released = ScoreStats.released(y, p, min_cell_count=20)
+    assert exact.fp == 5 and released.fp != 5 and released.threshold_coarsened == 1
+    assert compute_metrics(exact)["specificity"] < 1
+    clean = ScoreStats.released(*_two_classes(500, seed=5), min_cell_count=20)
+    assert clean.threshold_coarsened == 0 and compute_metrics(clean)["specificity"] is not None
+    pooled = ScoreStats.from_record((released + clean).to_record("site"), "site")
+    assert pooled.threshold_coarsened == 1
+    assert all(compute_metrics(pooled)[key] is None for key in THRESHOLD_METRICS)
+    assert compute_metrics(pooled)["auroc"] is not None
+
+
+def _two_classes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, expit(rng.normal(2.0 * y - 1.0, 1.0))
+
+
 def test_a_level_with_few_events_is_withheld() -> None:
     levels = np.array(["a"] * 100 + ["b"] * 100, dtype=object)
     y = np.array([1] * 10 + [0] * 90 + [1, 0] * 50)

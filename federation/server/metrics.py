@@ -70,11 +70,7 @@ def compute_metrics(stats: ScoreStats) -> dict[str, Any]:
         "brier_scaled": _scaled_brier(brier, prevalence),
         "log_loss": _ratio(stats.sum_log_loss, n),
         "threshold": THRESHOLD,
-        "accuracy": _ratio(stats.tp + stats.tn, n),
-        "sensitivity": _ratio(stats.tp, stats.tp + stats.fn),
-        "specificity": _ratio(stats.tn, stats.tn + stats.fp),
-        "ppv": _ratio(stats.tp, stats.tp + stats.fp),
-        "npv": _ratio(stats.tn, stats.tn + stats.fn),
+        **_threshold_metrics(stats),
         "mean_predicted": _ratio(stats.sum_score, n),
         "discrimination_slope": _discrimination_slope(stats),
         "calibration_in_the_large_observed_minus_predicted": _ratio(n_pos - stats.sum_score, n),
@@ -82,6 +78,23 @@ def compute_metrics(stats: ScoreStats) -> dict[str, Any]:
         **_calibration_fit(stats),
         **_calibration_errors(stats),
         "calibration": _calibration_bins(stats),
+    }
+
+
+def _threshold_metrics(stats: ScoreStats) -> dict[str, float | None]:
+    """Accuracy, sensitivity, specificity, PPV and NPV at THRESHOLD; withheld (None) when any
+    site had to coarsen its confusion matrix: a small count moved across the threshold would
+    otherwise show as a specificity or PPV of exactly 1."""
+    if stats.threshold_coarsened:
+        return {**dict.fromkeys(THRESHOLD_METRICS), "threshold_metrics_withheld": True}
+    n = stats.n
+    return {
+        "threshold_metrics_withheld": False,
+        "accuracy": _ratio(stats.tp + stats.tn, n),
+        "sensitivity": _ratio(stats.tp, stats.tp + stats.fn),
+        "specificity": _ratio(stats.tn, stats.tn + stats.fp),
+        "ppv": _ratio(stats.tp, stats.tp + stats.fp),
+        "npv": _ratio(stats.tn, stats.tn + stats.fn),
     }
 
 

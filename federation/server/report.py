@@ -236,8 +236,19 @@ def _headline(pooled: dict[str, Any]) -> str:
     )
     rows = [[label, _metric_value(pooled, key), text] for key, label, text in _HEADLINE]
     threshold = pooled.get("threshold", 0.5)
+    withheld = pooled.get("threshold_metrics_withheld")
     rows += [
-        [f"{label} (risk ≥ {threshold:g})", _metric_value(pooled, key), text]
+        [
+            f"{label} (risk ≥ {threshold:g})",
+            WITHHELD if withheld else _metric_value(pooled, key),
+            text
+            + (
+                " Withheld: at some site 1 to 20 records of a class fall on one side of the "
+                "threshold, and those counts may not leave it."
+                if withheld
+                else ""
+            ),
+        ]
         for key, label, text in _AT_THRESHOLD
     ]
     return (
