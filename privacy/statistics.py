@@ -207,11 +207,12 @@ def pool_count(values: Iterable[float | None], sd: float) -> PooledCount:
 
 @dataclass(frozen=True)
 class PooledMean:
-    """Mean and SD of a numeric variable from pooled noisy count, sum and squares."""
+    """Sum, mean, SD and variance of a numeric variable from pooled noisy count, sum and
+    squares (values clipped to the variable's bounds)."""
 
     count: int | None
     mean: float | None
-    sd: float | None
+    sd: float | None  # None also where the noise swamped the spread
     mean_ci: tuple[float, float] | None  # 95%: sampling and noise together
 
     def as_dict(self) -> dict:
@@ -219,10 +220,14 @@ class PooledMean:
             return None if x is None else round(x, 4)
 
         ci = None if self.mean_ci is None else [rounded(x) for x in self.mean_ci]
+        total = None if self.mean is None else self.mean * self.count
+        variance = None if self.sd is None else self.sd**2
         return {
             "count": self.count,
+            "sum": rounded(total),
             "mean": rounded(self.mean),
             "sd": rounded(self.sd),
+            "variance": rounded(variance),
             "mean_ci": ci,
         }
 

@@ -138,6 +138,9 @@ def test_pooled_mean_and_sd_recover_the_truth_with_little_noise():
     assert pooled.mean == pytest.approx(values.mean(), abs=1e-6)
     assert pooled.sd == pytest.approx(values.std(ddof=1), rel=1e-6)
     assert pooled.mean_ci[0] < values.mean() < pooled.mean_ci[1]
+    released = pooled.as_dict()
+    assert released["sum"] == pytest.approx(values.sum(), rel=1e-6)
+    assert released["variance"] == pytest.approx(values.var(ddof=1), rel=1e-3)
 
 
 def test_requests_the_spec_cannot_answer_are_named(cohort):
