@@ -89,6 +89,9 @@ def run_launch(
         int, typer.Option(min=0, help="Sites to wait for before setup (0: min-sites).")
     ] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 86400.0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out after its last completed round.")
+    ] = False,
 ) -> None:
     """Submit a study with flwr run, wait for it, and exit 0 only if it completed."""
     from federation.deploy.runs import launch
@@ -101,6 +104,7 @@ def run_launch(
         expected_sites=expected_sites,
         timeout=timeout,
         on_status=lambda line: err_console.print(line, highlight=False),
+        resume=resume,
     )
     _report(outcome)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from federation.deploy.certs import make_certificates, make_node_key
+from federation.deploy.runs import run_config
 
 CONNECTION = "allfed-local"
 PROJECT = Path(__file__).resolve().parents[2]  # the Flower app (pyproject.toml with tool.flwr)
@@ -271,11 +272,7 @@ class LocalFederation:
         """``flwr run`` the app against this SuperLink; returns the run id. ``analysis`` (the
         request's JSON) makes it a descriptive analysis; ``resume`` continues the run in
         ``out`` from its checkpoint."""
-        config = f'study-file="{study}" out="{out}" expected-sites={expected_sites}'
-        if analysis:
-            config += f" analysis='{analysis}'"  # a TOML literal string: JSON has no '
-        if resume:
-            config += f' resume="{out}"'
+        config = run_config(study, out, expected_sites, resume, analysis)
         app = self._app_copy()
         answer = self.flwr("run", str(app), CONNECTION, "--run-config", config, "--format", "json")
         return str(answer["run-id"])

@@ -70,6 +70,23 @@ def _flwr(args: list[str], cwd: Path | None = None) -> dict[str, Any]:
     return answer
 
 
+def run_config(
+    study: Path,
+    out: Path,
+    expected_sites: int = 0,
+    resume: bool = False,
+    analysis: str | None = None,
+) -> str:
+    """The ``--run-config`` text of a run: ``resume`` continues the run in ``out`` from its
+    checkpoint; ``analysis`` (a request's JSON) makes it a descriptive analysis."""
+    config = f'study-file="{study}" ' + (f'resume="{out}"' if resume else f'out="{out}"')
+    if expected_sites:
+        config += f" expected-sites={expected_sites}"
+    if analysis:
+        config += f" analysis='{analysis}'"  # a TOML literal string: JSON has no '
+    return config
+
+
 def launch(
     study: Path,
     out: Path,
@@ -79,15 +96,15 @@ def launch(
     timeout: float = 24 * 3600,
     poll: float = 2.0,
     on_status=None,
+    resume: bool = False,
 ) -> RunOutcome:
     """``flwr run APP SUPERLINK`` with the study and run directory, then wait for its outcome.
 
     ``study`` and ``out`` are paths on the SuperLink's machine (the ServerApp reads and writes
-    them there); ``superlink`` names a connection in ``$FLWR_HOME/config.toml``.
+    them there); ``superlink`` names a connection in ``$FLWR_HOME/config.toml``; ``resume``
+    continues the run in ``out`` after its last completed round.
     """
-    config = f'study-file="{study}" out="{out}"'
-    if expected_sites:
-        config += f" expected-sites={expected_sites}"
+    config = run_config(study, out, expected_sites, resume)
     args = ["run", str(app)] + ([superlink] if superlink else []) + ["--run-config", config]
     run_id = str(_flwr(args)["run-id"])
     if on_status:
