@@ -54,6 +54,8 @@ def build_query(request: AnalysisRequest, spec: StudySpec) -> Query:
         raise SpecError(f"{request.kind} takes no columns")
     if request.bins and request.kind != "histogram":
         raise SpecError("--bins applies to histogram only")
+    if len(set(request.columns)) != len(request.columns):
+        raise SpecError("a column is named twice; name each once")
     if request.kind == "crosstab":
         if not 1 <= len(request.columns) <= 2:
             raise SpecError("crosstab takes one or two columns")

@@ -151,6 +151,9 @@ def test_requests_the_spec_cannot_answer_are_named(cohort):
         (AnalysisRequest("crosstab", 1.0, 1e-6, columns=("nope",)), "'nope' is not the label"),
         (AnalysisRequest("count", -1.0, 1e-6), "--epsilon"),
         (AnalysisRequest("count", 1.0, 1e-6, by="outcome"), "not by the label"),
+        (AnalysisRequest("mean", 1.0, 1e-6, columns=("age", "age")), "named twice"),
+        (AnalysisRequest("count", 1.0, 1e-6, columns=("age",)), "takes no columns"),
+        (AnalysisRequest("mean", 1.0, 1e-6, columns=("age",), bins=(1, 2)), "histogram only"),
     ]:
         with pytest.raises(Exception, match=message):
             build_query(request, spec)
