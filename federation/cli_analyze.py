@@ -7,15 +7,19 @@ checked by its policy) and writes ``OUT/analysis.json`` (sites, privacy, pooled 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation.cli_options import LedgerDir, Policies, Sites, parse_sites
+from federation.cli_options import LedgerDir, Policies, parse_sites
 from federation.errors import AllfedError
+
+if TYPE_CHECKING:
+    from federation.queries import AnalysisRequest
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -24,7 +28,6 @@ err_console = Console(stderr=True)
 def analyze(
     kind: Annotated[str, typer.Argument(show_default=False)],
     study: Annotated[Path, typer.Option(help="The study spec (TOML): levels, bounds.")],
-    site: Sites,
     epsilon: Annotated[float, typer.Option(help="Epsilon each site spends on this.")],
     out: Annotated[Path, typer.Option(help="Folder for analysis.json and the table.")],
     columns: Annotated[
@@ -42,8 +45,22 @@ def analyze(
     accountant: Annotated[
         str | None, typer.Option(help="prv or rdp (default: the spec's privacy accountant).")
     ] = None,
+    site: Annotated[
+        list[str] | None,
+        typer.Option(help="Simulation: NAME=PATH of a site's data file; repeat."),
+    ] = None,
     policy: Policies = None,
     ledger_dir: LedgerDir = None,
+    superlink: Annotated[
+        str | None,
+        typer.Option(help="Deployment: ask the SuperNodes of this SuperLink connection instead."),
+    ] = None,
+    app: Annotated[
+        Path, typer.Option(help="Deployment: the allfed Flower app (its pyproject folder).")
+    ] = Path("."),
+    expected_sites: Annotated[
+        int, typer.Option(min=0, help="Deployment: sites to wait for (0: the study's min-sites).")
+    ] = 0,
 ) -> None:
     """Differentially private cohort statistics across the sites: each site answers once with
     OpenDP noise, checked by its policy and recorded in its ledger; small counts are withheld.
@@ -68,21 +85,59 @@ def analyze(
     )
     build_query(request, spec)  # a request the spec cannot answer fails here, not at the sites
     _warn_about_left_out_columns(spec, kind)
-    # every release is recorded: in the sites' own ledgers, else in ledgers beside the output
-    ledger_dir = ledger_dir or out / "ledgers"
-    with out_console.status(f"asking {len(site)} site(s)..."):
-        summary = run_analysis(
-            spec,
-            parse_sites(site),
-            request,
-            out,
-            policies=parse_sites(policy or [], "--policy"),
-            ledger_dir=ledger_dir,
-        )
-    _print(summary, out, kind, ledger_dir)
+    if superlink is not None:
+        if site or policy or ledger_dir:
+            raise AllfedError(
+                "--superlink asks the deployed sites, whose nodes hold their own data, policy "
+                "and ledger: leave out --site, --policy and --ledger-dir"
+            )
+        summary = _on_deployment(study, out, superlink, app, expected_sites, request)
+        recorded = "each site's own ledger"
+    else:
+        if not site:
+            raise AllfedError("name the sites: --site NAME=PATH (or --superlink for deployment)")
+        # every release is recorded: in the sites' own ledgers, else beside the output
+        ledger_dir = ledger_dir or out / "ledgers"
+        with out_console.status(f"asking {len(site)} site(s)..."):
+            summary = run_analysis(
+                spec,
+                parse_sites(site),
+                request,
+                out,
+                policies=parse_sites(policy or [], "--policy"),
+                ledger_dir=ledger_dir,
+            )
+        recorded = f"{ledger_dir}/NAME.sqlite"
+    _print(summary, out, kind, recorded)
     if summary["status"] != "completed":
         err_console.print(f"[red]analysis failed:[/] {summary['error']}")
         raise typer.Exit(1)
+
+
+def _on_deployment(
+    study: Path,
+    out: Path,
+    superlink: str,
+    app: Path,
+    expected_sites: int,
+    request: AnalysisRequest,
+) -> dict[str, Any]:
+    """``flwr run`` the analysis on a SuperLink, wait, and read its ``analysis.json``."""
+    from federation.deploy.runs import COMPLETED, launch
+
+    outcome = launch(
+        study.resolve(),
+        out.resolve(),
+        superlink=superlink,
+        app=app,
+        expected_sites=expected_sites,
+        on_status=lambda line: err_console.print(line, highlight=False),
+        analysis=request.to_json(),
+    )
+    if outcome.code != COMPLETED or outcome.summary is None:
+        err_console.print(outcome.message, highlight=False, soft_wrap=True)
+        raise typer.Exit(outcome.code)
+    return json.loads((out / "analysis.json").read_text(encoding="utf-8"))
 
 
 def _edges(text: str) -> tuple[float, ...]:
@@ -92,7 +147,7 @@ def _edges(text: str) -> tuple[float, ...]:
         raise AllfedError(f"--bins {text!r}: expected numbers separated by commas") from None
 
 
-def _print(summary: dict[str, Any], out: Path, kind: str, ledger_dir: Path) -> None:
+def _print(summary: dict[str, Any], out: Path, kind: str, recorded: str) -> None:
     for name, site in summary["sites"].items():
         if site["status"] != "ok":
             err_console.print(f"site {name} {site['status']}: {site['reason']}", highlight=False)
@@ -117,7 +172,7 @@ def _print(summary: dict[str, Any], out: Path, kind: str, ledger_dir: Path) -> N
     privacy = summary["privacy"]
     out_console.print(
         f"Each site spent epsilon {privacy['epsilon']:g} at delta {privacy['delta']:g} "
-        f"({privacy['accountant']}), recorded in {ledger_dir}/NAME.sqlite. "
+        f"({privacy['accountant']}), recorded in {recorded}. "
         f"Tables: {out / (kind + '.json')}, {out / (kind + '.html')}"
     )
 

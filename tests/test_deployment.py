@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from federation.deploy.certs import make_certificates, make_node_key
-from federation.deploy.local import LocalFederation
+from federation.deploy.local import CONNECTION, LocalFederation
 from federation.deploy.runs import COMPLETED, FAILED, PENDING, run_status
 from federation.errors import AllfedError
-from federation.queries import AnalysisRequest
 from federation.synth import write_cohort
 
 pytestmark = pytest.mark.deployment
@@ -71,22 +70,27 @@ def test_study_completes_over_tls_with_node_auth(federation, tmp_path):
     assert run_status(out).code == COMPLETED
 
 
-def test_a_descriptive_analysis_runs_on_the_deployment(federation, tmp_path):
+def test_allfed_analyze_asks_the_deployed_sites(federation, tmp_path):
+    """`allfed analyze --superlink`: the central team's command, the sites' own nodes."""
     fed, files, study = federation
     out = tmp_path / "analysis"
-    request = AnalysisRequest("count", epsilon=1.0, delta=1e-6, by="sex")
-    run_id = fed.launch(study, out, expected_sites=len(files), analysis=request.to_json())
-    try:
-        assert fed.wait_for_run(run_id, timeout=120) == "finished:completed"
-    except BaseException:
+    result = subprocess.run(
+        [sys.executable, "-c", "from federation.cli import main; main()", "analyze", "count",
+         "--by", "sex", "--study", str(study), "--epsilon", "1", "--delta", "1e-6",
+         "--out", str(out), "--superlink", CONNECTION, "--app", str(fed.app_copy()),
+         "--expected-sites", str(len(files))],
+        env={**fed.env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    if result.returncode != 0:
         print(fed.logs())
-        raise
+    assert result.returncode == 0, result.stderr
     summary = json.loads((out / "analysis.json").read_text())
     assert summary["status"] == "completed" and sorted(summary["sites"]) == sorted(files)
     assert all(site["epsilon"] <= 1.0 for site in summary["sites"].values())
     counts = {row["level"]: row["count"] for row in summary["result"]["rows"]}
     assert set(counts) == {"female", "male"} and all(c > 20 for c in counts.values())
-    assert (out / "count.html").exists()
+    assert (out / "count.html").exists() and "each site's own ledger" in result.stdout
+    assert run_status(out).code == COMPLETED
 
 
 def wait_for_rounds(out: Path, rounds: int, timeout: float) -> None:

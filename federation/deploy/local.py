@@ -273,11 +273,11 @@ class LocalFederation:
         request's JSON) makes it a descriptive analysis; ``resume`` continues the run in
         ``out`` from its checkpoint."""
         config = run_config(study, out, expected_sites, resume, analysis)
-        app = self._app_copy()
+        app = self.app_copy()
         answer = self.flwr("run", str(app), CONNECTION, "--run-config", config, "--format", "json")
         return str(answer["run-id"])
 
-    def _app_copy(self) -> Path:
+    def app_copy(self) -> Path:
         """The Flower app without tests, benchmarks and caches: a small, quick FAB."""
         app = self.root / "app"
         if not app.exists():

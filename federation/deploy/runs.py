@@ -31,8 +31,11 @@ class RunOutcome:
 
 
 def run_status(run_dir: Path) -> RunOutcome:
-    """The outcome recorded in ``RUN_DIR/summary.json`` (written by the ServerApp)."""
+    """The outcome recorded in ``RUN_DIR/summary.json`` (written by the ServerApp), or in
+    ``analysis.json`` for a descriptive analysis."""
     path = run_dir / "summary.json"
+    if not path.exists() and (run_dir / "analysis.json").exists():
+        path = run_dir / "analysis.json"
     if not path.exists():
         return RunOutcome(PENDING, f"{path}: no summary yet (the run is running or never began)")
     try:
@@ -45,12 +48,14 @@ def run_status(run_dir: Path) -> RunOutcome:
         f"{name} {site.get('status')}" + (f" ({site['reason']})" if site.get("reason") else "")
         for name, site in sites.items()
     )
-    rounds = f"{summary.get('rounds')}/{summary.get('planned_rounds', summary.get('rounds'))}"
+    if "analysis" in summary:
+        what = f"a {summary['analysis']} analysis"
+    else:
+        planned = summary.get("planned_rounds", summary.get("rounds"))
+        what = f"{summary.get('rounds')}/{planned} rounds"
     if status == "completed":
-        return RunOutcome(COMPLETED, f"completed: {rounds} rounds; sites: {lines}", summary)
-    return RunOutcome(
-        FAILED, f"failed: {summary.get('error')}; {rounds} rounds; sites: {lines}", summary
-    )
+        return RunOutcome(COMPLETED, f"completed: {what}; sites: {lines}", summary)
+    return RunOutcome(FAILED, f"failed: {summary.get('error')}; {what}; sites: {lines}", summary)
 
 
 def _flwr(args: list[str], cwd: Path | None = None) -> dict[str, Any]:
@@ -97,14 +102,16 @@ def launch(
     poll: float = 2.0,
     on_status=None,
     resume: bool = False,
+    analysis: str | None = None,
 ) -> RunOutcome:
     """``flwr run APP SUPERLINK`` with the study and run directory, then wait for its outcome.
 
     ``study`` and ``out`` are paths on the SuperLink's machine (the ServerApp reads and writes
     them there); ``superlink`` names a connection in ``$FLWR_HOME/config.toml``; ``resume``
-    continues the run in ``out`` after its last completed round.
+    continues the run in ``out`` after its last completed round; ``analysis`` (a request's
+    JSON) runs that descriptive analysis instead of training.
     """
-    config = run_config(study, out, expected_sites, resume)
+    config = run_config(study, out, expected_sites, resume, analysis)
     args = ["run", str(app)] + ([superlink] if superlink else []) + ["--run-config", config]
     run_id = str(_flwr(args)["run-id"])
     if on_status:
