@@ -316,3 +316,12 @@ def test_cli_mistakes_are_one_line(cohort, tmp_path):
         f"--out={tmp_path}",
     )
     assert result.returncode == 2 and "--bins" in result.stderr
+    for extra, message in [
+        ([f"--site={name}={path}", "--superlink=somewhere"], "leave out --site"),
+        ([], "name the sites"),
+    ]:
+        result = run_cli(
+            "analyze", "count", f"--study={spec_path}", "--epsilon=1", f"--out={tmp_path}", *extra
+        )
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert result.stderr.strip().count("\n") == 0
