@@ -3,13 +3,12 @@
 import json
 import math
 import re
-import subprocess
-import sys
 
 import numpy as np
 import opendp.prelude as dp
 import pandas as pd
 import pytest
+from cli_helpers import run_allfed
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -226,15 +225,6 @@ def test_the_site_policy_wins_over_the_request(cohort, tmp_path):
     assert ledger.lifetime_epsilon(1e-5, "prv") == pytest.approx(two)
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-c", "from federation.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tmp_path):
     files, spec_path = cohort
@@ -244,7 +234,7 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
     strict = tmp_path / "strict.toml"
     strict.write_text("max-epsilon-per-run = 0.5\n")
     sites = [f"--site={name}={path}" for name, path in files.items()] + [f"--site=clinic={small}"]
-    result = run_cli(
+    result = run_allfed(
         "analyze",
         "table1",
         f"--study={spec_path}",
@@ -294,7 +284,7 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
 def test_cli_mistakes_are_one_line(cohort, tmp_path):
     files, spec_path = cohort
     name, path = next(iter(files.items()))
-    result = run_cli(
+    result = run_allfed(
         "analyze",
         "mean",
         "sex",
@@ -305,7 +295,7 @@ def test_cli_mistakes_are_one_line(cohort, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not a numeric feature" in result.stderr
-    result = run_cli(
+    result = run_allfed(
         "analyze",
         "histogram",
         "age",
@@ -320,7 +310,7 @@ def test_cli_mistakes_are_one_line(cohort, tmp_path):
         ([f"--site={name}={path}", "--superlink=somewhere"], "leave out --site"),
         ([], "name the sites"),
     ]:
-        result = run_cli(
+        result = run_allfed(
             "analyze", "count", f"--study={spec_path}", "--epsilon=1", f"--out={tmp_path}", *extra
         )
         assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -1,26 +1,12 @@
 """The CLI's contract for user mistakes: one line on stderr, exit code 2, no traceback."""
 
-import sys
-
 import pytest
+from cli_helpers import invoke
 from typer.testing import CliRunner
 
-from federation.cli import app, main
+from federation.cli import app
 
 runner = CliRunner()
-
-
-def invoke(*args):
-    """Run the console entry point as a user would; return its exit code."""
-    old = sys.argv
-    sys.argv = ["allfed", *args]
-    try:
-        main()
-    except SystemExit as done:
-        return done.code or 0
-    finally:
-        sys.argv = old
-    return 0
 
 
 def test_site_check_accepts_a_good_file(cohort, capsys):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_allfed
 
 from federation.deploy.certs import make_certificates, make_node_key
 from federation.deploy.local import CONNECTION, LocalFederation
@@ -74,12 +75,11 @@ def test_allfed_analyze_asks_the_deployed_sites(federation, tmp_path):
     """`allfed analyze --superlink`: the central team's command, the sites' own nodes."""
     fed, files, study = federation
     out = tmp_path / "analysis"
-    result = subprocess.run(
-        [sys.executable, "-c", "from federation.cli import main; main()", "analyze", "count",
-         "--by", "sex", "--study", str(study), "--epsilon", "1", "--delta", "1e-6",
-         "--out", str(out), "--superlink", CONNECTION, "--app", str(fed.app_copy()),
-         "--expected-sites", str(len(files))],
-        env={**fed.env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=180,
+    result = run_allfed(
+        "analyze", "count", "--by", "sex", "--study", str(study), "--epsilon", "1",
+        "--delta", "1e-6", "--out", str(out), "--superlink", CONNECTION,
+        "--app", str(fed.app_copy()), "--expected-sites", str(len(files)),
+        env=fed.env, timeout=180,
     )  # fmt: skip
     if result.returncode != 0:
         print(fed.logs())
@@ -257,15 +257,8 @@ def test_run_status_exit_codes(tmp_path):
 
 
 def test_cli_certs_and_keygen(tmp_path: Path):
-    def allfed(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-c", "from federation.cli import main; main()", *args],
-            capture_output=True,
-            text=True,
-        )
-
-    assert allfed("certs", "--out", str(tmp_path / "c"), "--host", "127.0.0.1").returncode == 0
-    again = allfed("certs", "--out", str(tmp_path / "c"), "--host", "127.0.0.1")
+    assert run_allfed("certs", "--out", str(tmp_path / "c"), "--host", "127.0.0.1").returncode == 0
+    again = run_allfed("certs", "--out", str(tmp_path / "c"), "--host", "127.0.0.1")
     assert again.returncode == 2 and "already exist" in again.stderr
-    assert allfed("node", "keygen", "--out", str(tmp_path / "k")).returncode == 0
+    assert run_allfed("node", "keygen", "--out", str(tmp_path / "k")).returncode == 0
     assert (tmp_path / "k" / "node.key.pub").exists()

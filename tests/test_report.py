@@ -8,15 +8,14 @@ import logging
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
 import numpy as np
 import pytest
+from cli_helpers import invoke
 from scipy.special import expit
 
-from federation.cli import main
 from federation.scorestats import ScoreStats, group_stats, intersect_groups, level_counts
 from federation.server import report
 from federation.server.metrics import GroupPool, compute_metrics, publish_groups
@@ -30,18 +29,6 @@ CHROMIUM = next(
     (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
     None,
 )
-
-
-def invoke(*args: str) -> int:
-    """The console entry point as a user runs it; its exit code."""
-    old, sys.argv = sys.argv, ["allfed", *args]
-    try:
-        main()
-    except SystemExit as done:
-        return done.code or 0
-    finally:
-        sys.argv = old
-    return 0
 
 
 def fake_run(path: Path, rounds: int = 3) -> dict:

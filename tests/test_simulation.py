@@ -1,14 +1,12 @@
 """End to end: a real Flower simulation of a small federation, and the CLI around it."""
 
 import json
-import os
-import subprocess
-import sys
 
 import dp_accounting
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import run_allfed
 from dp_accounting import pld
 
 from federation.simulation import simulate
@@ -98,17 +96,6 @@ def test_four_sites_one_broken_one_refused_complete_on_the_others(cohort, tmp_pa
     assert "round 4/4" in (out / "run.log").read_text()
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-c", "from federation.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, "COLUMNS": "120"},
-        timeout=600,
-    )
-
-
 def test_cli_simulate_without_dp_with_fedadam_and_site_scaling(cohort, tmp_path):
     files, spec_path = cohort
     spec_path = tmp_path / "study.toml"  # every site scales by its own statistics
@@ -118,7 +105,7 @@ def test_cli_simulate_without_dp_with_fedadam_and_site_scaling(cohort, tmp_path)
     args = ["simulate", "--study", str(spec_path), "--out", str(tmp_path / "run")]
     for name, path in list(files.items())[:2]:
         args += ["--site", f"{name}={path}"]
-    result = run_cli(*args, "--rounds", "2", "--no-dp", "--strategy", "fedadam")
+    result = run_allfed(*args, "--rounds", "2", "--no-dp", "--strategy", "fedadam")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["privacy"]["enabled"] is False and summary["strategy"] == "fedadam"
@@ -136,7 +123,7 @@ def test_cli_run_with_too_few_sites_left_fails_with_reason(cohort, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("age,sex\n1,female\n")
     name, path = next(iter(files.items()))
-    result = run_cli(
+    result = run_allfed(
         "simulate",
         "--study",
         str(spec_path),
