@@ -7,7 +7,6 @@ checked by its policy) and writes ``OUT/analysis.json`` (sites, privacy, pooled 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -137,7 +136,7 @@ def _on_deployment(
     if outcome.code != COMPLETED or outcome.summary is None:
         err_console.print(outcome.message, highlight=False, soft_wrap=True)
         raise typer.Exit(outcome.code)
-    return json.loads((out / "analysis.json").read_text(encoding="utf-8"))
+    return outcome.summary  # the run directory's analysis.json
 
 
 def _edges(text: str) -> tuple[float, ...]:
