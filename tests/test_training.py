@@ -129,6 +129,22 @@ def test_an_empty_batch_is_a_noisy_step_with_the_planned_noise():
     assert abs(update.mean().item()) < 0.1 * expected_std
 
 
+def test_the_noise_does_not_follow_the_process_random_state():
+    """A deployed node forks every task from one parent, so each child starts from the same
+    global random state: a round's batches and noise must not come from it."""
+    x, y = site_data()
+    settings = LocalSettings(epochs=1, batch_size=50, learning_rate=0.5, max_grad_norm=1.0)
+    plan = plan_dp(len(y), 50, 1, 3, 3.0, 1e-5, "rdp", [])
+    updates = []
+    for _ in range(2):
+        torch.manual_seed(0)  # as two forked children would both start
+        model = nn.Sequential(nn.Linear(N_FEATURES, 1))
+        torch.manual_seed(0)
+        train_dp(model, x, y, settings, plan, "rdp", [])
+        updates.append(model[0].weight.detach().clone())
+    assert not torch.equal(updates[0], updates[1])
+
+
 def test_poisson_batches_are_opacus_sampler_draw_for_draw():
     torch.manual_seed(5)
     ours = [b.tolist() for b in poisson_batches(300, 1 / 7, 20)]

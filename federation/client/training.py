@@ -19,6 +19,7 @@ size and steps the accountant exactly as ``make_private`` would set it up.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -116,13 +117,14 @@ def train_dp(
     check_supported(model)
     features, labels = torch.from_numpy(x), torch.from_numpy(y)
     privacy_accountant = make_accountant(accountant, history)
-    optimizer = dp_optimizer(model, settings, plan, len(y))
+    rng = noise_generator()
+    optimizer = dp_optimizer(model, settings, plan, len(y), generator=rng)
     optimizer.attach_step_hook(
         privacy_accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate)
     )
     anchor = [p.detach().clone() for p in model.parameters()]
     model.train()
-    for batch in poisson_batches(len(y), plan.sample_rate, plan.steps_per_round):
+    for batch in poisson_batches(len(y), plan.sample_rate, plan.steps_per_round, rng):
         # An empty batch is a step like any other: a zero sum plus the same noise.
         optimizer.zero_grad(set_to_none=True)
         clipped_gradient_sum(model, features[batch], labels[batch], settings.max_grad_norm)
@@ -148,12 +150,23 @@ def train_plain(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: LocalS
             _proximal_step(model, anchor, settings)
 
 
-def poisson_batches(n_records: int, sample_rate: float, steps: int) -> Iterator[torch.Tensor]:
+def noise_generator() -> torch.Generator:
+    """A generator for one round's sampling and noise, seeded from the OS's CSPRNG.
+
+    Never torch's global generator: a deployed node forks a child per task from one parent, so
+    every child would start from the same global state and draw the same batches and noise
+    round after round (the noise of two rounds would cancel in their difference)."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+def poisson_batches(
+    n_records: int, sample_rate: float, steps: int, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
     """Index tensors of ``steps`` batches, each record in each independently with probability
     ``sample_rate``: Opacus's ``UniformWithReplacementSampler``, draw for draw, without its
     round trip through Python lists."""
     for _ in range(steps):
-        yield (torch.rand(n_records) < sample_rate).nonzero().reshape(-1)
+        yield (torch.rand(n_records, generator=generator) < sample_rate).nonzero().reshape(-1)
 
 
 def check_supported(model: nn.Module) -> None:
@@ -191,15 +204,23 @@ class ClippedSumOptimizer(DPOptimizerFastGradientClipping):
 
 
 def dp_optimizer(
-    model: nn.Module, settings: LocalSettings, plan: DPPlan, n_records: int
+    model: nn.Module,
+    settings: LocalSettings,
+    plan: DPPlan,
+    n_records: int,
+    generator: torch.Generator | None = None,
 ) -> ClippedSumOptimizer:
     """SGD with DP noise as ``make_private`` sets it up: ``expected_batch_size`` is
-    ``int(n_records * sample_rate)``."""
+    ``int(n_records * sample_rate)``. Opacus's ``secure_mode`` noise (each draw the scaled sum
+    of four Gaussians) resists the floating-point attacks on naive Gaussian samples; the
+    generator is the round's own (``noise_generator``)."""
     return ClippedSumOptimizer(
         torch.optim.SGD(model.parameters(), lr=settings.learning_rate),
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=settings.max_grad_norm,
         expected_batch_size=int(n_records * plan.sample_rate),
+        generator=generator,
+        secure_mode=True,
     )
 
 

@@ -78,6 +78,7 @@ class ForkExecutor:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # the child: run exactly one task, then leave without unwinding the parent
+            _reseed()
             os._exit(_profiled(_run_task, spec, certificates))
         self.children.add(pid)
         return LaunchResult.accepted()
@@ -112,6 +113,20 @@ def _profiled(task: Any, *args: Any) -> int:
         return profile.runcall(task, *args)
     finally:
         profile.dump_stats(os.path.join(folder, f"task-{os.getpid()}.prof"))
+
+
+def _reseed() -> None:
+    """Fresh global random states in a forked child: every child inherits the parent's, and
+    without this each task would draw the same numbers as the one before. (The DP path draws
+    from a generator of its own, seeded from the OS; this covers everything else.)"""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed()
+    np.random.seed()
+    torch.seed()
 
 
 def _run_task(spec: Any, certificates: bytes | None) -> int:

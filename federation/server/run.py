@@ -542,8 +542,9 @@ class StudyRun:
 
 def _initial_model(spec: StudySpec, n_features: int) -> torch.nn.Module:
     """Deterministic start: zeros for logistic regression, seeded weights for an MLP."""
-    torch.manual_seed(spec.study.seed)
-    model = build_model(spec.model.name, n_features, spec.model.hidden)
+    with torch.random.fork_rng():  # the seed stays here, out of the process's global RNG
+        torch.manual_seed(spec.study.seed)
+        model = build_model(spec.model.name, n_features, spec.model.hidden)
     if spec.model.name == "logistic":
         with torch.no_grad():
             for param in model.parameters():
