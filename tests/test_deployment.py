@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from cli_helpers import run_allfed
 
 from federation.deploy.certs import make_certificates, make_node_key
@@ -254,6 +255,26 @@ def test_run_status_exit_codes(tmp_path):
         text=True,
     )
     assert done.returncode == FAILED and "failed" in done.stderr
+
+
+def test_forked_tasks_draw_different_random_numbers():
+    """The warm executor forks every task from one parent; each child reseeds (``_reseed``), or
+    every task would repeat the same draws."""
+    from federation.deploy.node import _reseed
+
+    draws = []
+    for _ in range(2):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # as ForkExecutor's child does
+            _reseed()
+            os.write(write, torch.rand(4).numpy().tobytes())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        draws.append(os.read(read, 64))
+        os.close(read)
+        os.close(write)
+    assert draws[0] != draws[1]
 
 
 def test_cli_certs_and_keygen(tmp_path: Path):
