@@ -37,6 +37,13 @@ class AnalysisRequest:
     by: str | None = None  # stratify by this group or categorical column
     bins: tuple[float, ...] = ()  # histogram edges
 
+    @property
+    def strata_column(self) -> str | None:
+        """The column whose levels are the strata: a crosstab's second column, else ``by``."""
+        if self.kind == "crosstab" and len(self.columns) == 2:
+            return self.columns[1]
+        return self.by
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -56,26 +63,28 @@ def build_query(request: AnalysisRequest, spec: StudySpec) -> Query:
         raise SpecError("--bins applies to histogram only")
     if len(set(request.columns)) != len(request.columns):
         raise SpecError("a column is named twice; name each once")
+    variables = _variables(request, spec)
+    column = request.strata_column
+    return Query(_strata(spec, column), variables, overall=column is not None)
+
+
+def _variables(request: AnalysisRequest, spec: StudySpec) -> tuple[Variable, ...]:
+    """The variables counted in every stratum, by the request's kind."""
     if request.kind == "crosstab":
         if not 1 <= len(request.columns) <= 2:
             raise SpecError("crosstab takes one or two columns")
-        row = request.columns[0]
-        by = request.columns[1] if len(request.columns) == 2 else request.by
-        return Query(_strata(spec, by), (_levels_variable(spec, row),), overall=by is not None)
-    strata, overall = _strata(spec, request.by), request.by is not None
+        return (_levels_variable(spec, request.columns[0]),)
     if request.kind == "count":
-        return Query(strata, overall=overall)
+        return ()
     if request.kind == "mean":
         if not request.columns:
             raise SpecError("mean needs at least one numeric column")
-        variables = tuple(_numeric_variable(spec, c) for c in request.columns)
-    elif request.kind == "histogram":
+        return tuple(_numeric_variable(spec, c) for c in request.columns)
+    if request.kind == "histogram":
         if len(request.columns) != 1:
             raise SpecError("histogram takes one numeric column")
-        variables = (_histogram_variable(spec, request.columns[0], request.bins),)
-    else:
-        variables = tuple(_table1_variables(spec, exclude=request.by))
-    return Query(strata, variables, overall)
+        return (_histogram_variable(spec, request.columns[0], request.bins),)
+    return tuple(_table1_variables(spec, exclude=request.by))
 
 
 def planned_release(request: AnalysisRequest) -> GaussianRelease:

@@ -11,12 +11,14 @@ import pytest
 from cli_helpers import run_allfed
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from federation import protocol as p
 from federation.client.app import SiteSettings, make_client_app
 from federation.queries import AnalysisRequest, build_query, planned_release
+from federation.scorestats import encode_name
+from federation.server.analysis import SiteAnswer, read_answer
 from federation.spec import load_spec
 from privacy.accounting import compute_epsilon
 from privacy.ledger import Ledger
@@ -223,6 +225,41 @@ def test_the_site_policy_wins_over_the_request(cohort, tmp_path):
     ledger = Ledger(site.ledger)
     assert len(ledger.releases()) == 2
     assert ledger.lifetime_epsilon(1e-5, "prv") == pytest.approx(two)
+
+
+def test_the_aggregator_rejects_answers_outside_the_query(cohort):
+    spec = load_spec(cohort[1])
+    request = AnalysisRequest("count", 1.0, 1e-6)
+    query, noise = build_query(request, spec), planned_release(request).noise_multiplier
+    total, stray = (
+        ".".join((p.CELL, *map(encode_name, (stratum, TOTAL, TOTAL)), COUNT))
+        for stratum in ("(all)", "x")
+    )
+
+    def read(noise_multiplier=noise, **cells):
+        answer = SiteAnswer("node-1")
+        content = RecordDict(
+            {
+                p.STATUS: ConfigRecord(
+                    {p.STATUS_SITE: "a", p.STATUS_STATE: p.OK, p.STATUS_REASON: ""}
+                ),
+                p.METRICS: MetricRecord(
+                    {p.EPSILON: 1.0, p.DELTA: 1e-6, p.NOISE_MULTIPLIER: noise_multiplier, **cells}
+                ),
+            }
+        )
+        read_answer(answer, content, query, noise)
+        return answer
+
+    good = read(**{total: 250})
+    assert good.status == p.OK and good.cells == {("(all)", TOTAL, TOTAL, COUNT): 250.0}
+    for answer, reason in [
+        (read(**{total: 250, stray: 30}), "not in the query"),
+        (read(**{total: 250.5}), "not a valid count"),
+        (read(**{total: -30}), "not a valid count"),
+        (read(noise_multiplier=noise / 2, **{total: 250}), "noise other than the request's"),
+    ]:  # fmt: skip
+        assert answer.status == p.FAILED and reason in answer.reason
 
 
 @pytest.mark.slow

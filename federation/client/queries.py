@@ -35,12 +35,8 @@ def exact_answer(
     request: AnalysisRequest, query: Query, table: SiteTable, spec: StudySpec
 ) -> dict[Cell, float]:
     """The query's exact cells over the site's records: what the noise then protects."""
-    strata = _strata_of(table, spec, request.by if request.kind != "crosstab" else _by(request))
+    strata = _strata_of(table, spec, request.strata_column)
     return exact_cells(query, strata, _columns(table, spec, query, request))
-
-
-def _by(request: AnalysisRequest) -> str | None:
-    return request.columns[1] if len(request.columns) == 2 else request.by
 
 
 def _strata_of(table: SiteTable, spec: StudySpec, by: str | None) -> np.ndarray:

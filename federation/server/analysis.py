@@ -70,6 +70,7 @@ class AnalysisRun:
     ) -> None:
         self.grid, self.spec, self.request = grid, spec, request
         self.query = build_query(request, spec)
+        self.noise = planned_release(request).noise_multiplier  # what every site must add
         self.outputs = RunDirectory(out)
         self.expected_sites = expected_sites
         self.run_key = f"analysis-{secrets.token_hex(8)}"
@@ -78,7 +79,7 @@ class AnalysisRun:
         self.outputs.start_log()
         try:
             answers = self._ask()
-            result = pooled_tables(self.spec, self.request, self.query, answers)
+            result = pooled_tables(self.spec, self.request, self.query, answers, self.noise)
             write_tables(self.outputs.path, self.request.kind, result)
             summary = _summary(self.spec, self.request, answers, result, self.run_key)
             self.outputs.write_json("analysis.json", summary)
@@ -98,7 +99,6 @@ class AnalysisRun:
         replies = {
             r.metadata.src_node_id: r for r in self.grid.send_and_receive(messages, timeout=timeout)
         }
-        planned = planned_release(self.request).noise_multiplier
         answers = []
         for node in nodes:
             answer = SiteAnswer(name=f"node-{node}")
@@ -108,14 +108,14 @@ class AnalysisRun:
             elif reply.has_error():
                 answer.status, answer.reason = p.FAILED, "node error"
             else:
-                _read_answer(answer, reply.content, self.query, planned)
+                read_answer(answer, reply.content, self.query, self.noise)
             if answer.status != p.OK:
                 log.warning("site %s %s: %s", answer.name, answer.status, answer.reason)
             answers.append(answer)
         return answers
 
 
-def _read_answer(answer: SiteAnswer, content: RecordDict, query: Query, planned: float) -> None:
+def read_answer(answer: SiteAnswer, content: RecordDict, query: Query, planned: float) -> None:
     """Fill ``answer`` from a reply, or mark it failed when the reply breaks the query."""
     status = content.config_records.get(p.STATUS)
     if status is None:
@@ -155,12 +155,16 @@ def _cells(metrics, expected: set[Cell]) -> dict[Cell, float]:
 
 
 def pooled_tables(
-    spec: StudySpec, request: AnalysisRequest, query: Query, answers: list[SiteAnswer]
+    spec: StudySpec,
+    request: AnalysisRequest,
+    query: Query,
+    answers: list[SiteAnswer],
+    noise_multiplier: float,
 ) -> dict[str, Any]:
     """The pooled table: overall, per site and per stratum; counts with their noise SE, means
     with 95% CIs. Only sites that answered contribute."""
     sites = [a for a in answers if a.status == p.OK]
-    sds = query.noise_sd(planned_release(request).noise_multiplier)
+    sds = query.noise_sd(noise_multiplier)
     strata = [s for s in query.strata if s != ALL]
 
     def scopes():
@@ -183,7 +187,7 @@ def pooled_tables(
     total_sd = sds[(TOTAL, TOTAL, COUNT)]
     if not query.variables:  # a count: the table is every stratum's total
         for stratum in query.strata:
-            row = {"variable": _by(request) or TOTAL, "level": stratum}
+            row = {"variable": request.strata_column or TOTAL, "level": stratum}
             cells = {a.name: a.cells.get((stratum, TOTAL, TOTAL, COUNT)) for a in sites}
             row |= _count_entry(cells.values(), total_sd, totals[("overall", None)].count)
             row["sites"] = {
@@ -210,7 +214,7 @@ def pooled_tables(
     return {
         "analysis": request.kind,
         "study": spec.study.name,
-        "by": _by(request),
+        "by": request.strata_column,
         "epsilon": request.epsilon,
         "delta": request.delta,
         "total": overall.count,
@@ -246,12 +250,6 @@ def _entry(
         return entry
     cells = (a.cells.get((s, variable.name, level, COUNT)) for a, s in parts)
     return _count_entry(cells, sds[(variable.name, level, COUNT)], total)
-
-
-def _by(request: AnalysisRequest) -> str | None:
-    if request.kind == "crosstab" and len(request.columns) == 2:
-        return request.columns[1]
-    return request.by
 
 
 def _summary(
