@@ -13,9 +13,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import opendp.prelude as dp
+from opendp.domains import atom_domain, vector_domain
+from opendp.measurements import make_gaussian
+from opendp.metrics import l2_distance
+from opendp.mod import enable_features
 
-dp.enable_features("contrib")
+# The modules themselves, not opendp.prelude: the prelude imports scikit-learn and costs a
+# ClientApp process most of a second at start-up.
+enable_features("contrib")
 
 
 def gaussian_release(values: np.ndarray, sensitivity: float, noise_multiplier: float) -> np.ndarray:
@@ -30,9 +35,9 @@ def gaussian_release(values: np.ndarray, sensitivity: float, noise_multiplier: f
         raise ValueError("a released value is not finite")
     if not (sensitivity > 0 and noise_multiplier > 0):
         raise ValueError("sensitivity and noise multiplier must be positive")
-    measurement = dp.m.make_gaussian(
-        dp.vector_domain(dp.atom_domain(T=float, nan=False), size=len(vector)),
-        dp.l2_distance(T=float),
+    measurement = make_gaussian(
+        vector_domain(atom_domain(T=float, nan=False), size=len(vector)),
+        l2_distance(T=float),
         scale=noise_multiplier * sensitivity,
     )
     rho = measurement.map(float(sensitivity))
