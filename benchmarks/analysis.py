@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from heart import BOUNDS, FEATURES, flamby_frames  # this folder's heart.py: the same data prep
 
-from federation.client.data import load_site_table
+from federation.client.data import load_site_table, read_table
+from federation.client.partition import fresh_partition
 from federation.client.queries import exact_answer
 from federation.queries import AnalysisRequest, build_query
 from federation.simulation import analyze
@@ -52,7 +53,12 @@ def exact_table(spec, sites: dict[str, Path], request: AnalysisRequest) -> dict:
     query = build_query(request, spec)
     pooled: dict = {}
     for path in sites.values():
-        cells = exact_answer(request, query, load_site_table(path, spec, trainable=False), spec)
+        cells = exact_answer(
+            request,
+            query,
+            load_site_table(path, spec, fresh_partition(spec, _columns(path)), trainable=False),
+            spec,
+        )
         for (_, variable, level, statistic), value in cells.items():
             key = (variable, level, statistic)
             pooled[key] = pooled.get(key, 0.0) + value
@@ -131,6 +137,11 @@ def main() -> None:
         results += run_cohort("heart", heart_spec, heart_sites, args.repeats, tmp)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results}, indent=2) + "\n")
+
+
+def _columns(path) -> list[str]:
+    """The file's columns (a fresh partition's whole-row identity)."""
+    return list(read_table(Path(path)).columns)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from federation.client.data import load_site_table
+from federation.client.data import load_site_table, read_table
 from federation.client.features import encode, resolve_scaling
+from federation.client.partition import fresh_partition
 from federation.simulation import simulate
 from federation.spec import parse_spec
 from models.registry import build_model
@@ -202,7 +203,7 @@ def _test_scores(spec, sites: dict[str, Path], out: Path) -> dict[str, tuple]:
     model.eval()
     scores = {}
     for name, path in sites.items():
-        table = load_site_table(path, spec)
+        table = load_site_table(path, spec, fresh_partition(spec, _columns(path)))
         center, scale = resolve_scaling(table, spec, pooled_center, pooled_scale)
         x, y = encode(table, spec, center, scale, test=True)
         with torch.no_grad():
@@ -259,6 +260,11 @@ def main() -> None:
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def _columns(path) -> list[str]:
+    """The file's columns (a fresh partition's whole-row identity)."""
+    return list(read_table(Path(path)).columns)
 
 
 if __name__ == "__main__":

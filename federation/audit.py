@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from federation import protocol as p
 from federation.client.data import load_site_table, read_table
 from federation.client.features import encode, resolve_scaling
+from federation.client.partition import Partition
 from federation.errors import AllfedError
 from federation.server.outputs import clean_json
 from federation.simulation import simulate
@@ -221,8 +222,11 @@ def _canary_inputs(
     spec: StudySpec, site_file: Path, canary_file: Path, center: list, scale: list
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The canaries encoded exactly as the audited node encodes its training rows."""
-    site_center, site_scale = resolve_scaling(load_site_table(site_file, spec), spec, center, scale)
-    table = load_site_table(canary_file, spec, trainable=False)
+    # The audit's spec has a split column, so the partition is that column's.
+    split = Partition({"method": "column", "column": spec.study.split}, b"")
+    site_table = load_site_table(site_file, spec, split)
+    site_center, site_scale = resolve_scaling(site_table, spec, center, scale)
+    table = load_site_table(canary_file, spec, split, trainable=False)
     x, y = encode(table, spec, site_center, site_scale, test=False)
     return torch.from_numpy(x), torch.from_numpy(y)
 

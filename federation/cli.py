@@ -157,18 +157,41 @@ def report(
 def site_check(
     path: Annotated[Path, typer.Argument(help="The site's data file (CSV or Parquet).")],
     study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
+    policy: Annotated[
+        Path | None, typer.Option(help="The site's privacy policy (its partition settings).")
+    ] = None,
+    ledger: Annotated[
+        Path | None,
+        typer.Option(help="The node's ledger: check with the partition the node has fixed."),
+    ] = None,
 ) -> None:
     """Check a site file exactly as the node will; exit 0 if it can join the study."""
-    from federation.client.data import load_site_table, table_warnings
+    from federation.client.data import load_site_table, read_table, table_warnings
+    from federation.client.partition import Partition, fresh_partition
+    from federation.client.site import site_policy
     from federation.spec import load_spec
+    from privacy.ledger import Ledger
 
     spec = load_spec(study)
-    table = load_site_table(path, spec)
+    rules = site_policy(policy)
+    pinned = Ledger(ledger).partition_definition() if ledger and ledger.exists() else None
+    if pinned is not None:
+        partition, where = Partition(pinned, Ledger(ledger).partition_secret()), "the node's"
+    else:
+        columns = list(read_table(path, spec.features.na_values).columns)
+        partition, where = fresh_partition(spec, columns, rules), "a preview of the"
+    table = load_site_table(path, spec, partition)
+    if spec.privacy.enabled and spec.privacy.delta * table.n_train >= 1:
+        raise AllfedError(
+            f"{path}: delta {spec.privacy.delta:g} is too weak for {table.n_train} training "
+            "records (the node refuses the run): lower [privacy] delta below 1/records"
+        )
     for warning in table_warnings(table, str(path)):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     out_console.print(
-        f"{path}: ok, {table.n_train} training and {table.n_test} test records "
-        f"({len(spec.features.columns)} features, label {spec.study.label!r})"
+        f"{path}: ok, {table.n_train} training and {table.n_test} test records in {where} "
+        f"fixed partition ({len(spec.features.columns)} features, label {spec.study.label!r})",
+        highlight=False,
     )
 
 

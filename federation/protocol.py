@@ -1,13 +1,26 @@
 """The wire contract between the aggregator and the site nodes, in one place.
 
-``federation.server`` and ``federation.client`` share this module (and ``scorestats`` for the
-evaluation statistics) and nothing else. A train reply may carry only the model's arrays and the
-metrics in ``TRAIN_METRICS``; the tests inspect real replies against this whitelist.
+``federation.server`` and ``federation.client`` share this module (with ``evaluation`` for the
+evaluation release's layout) and nothing else. It says which messages a site answers, which
+records and settings each may carry (anything else is refused: default deny), and which records
+and keys each reply may carry (the site's disclosure guard checks every reply against it).
 """
 
-# Message types (Flower "<category>.<action>").
+from urllib.parse import quote, unquote
+
+# Message types (Flower "<category>.<action>") and the kind a site node knows each as.
 SETUP = "query.setup"
 ANALYZE = "query.analyze"  # a descriptive analysis (federation.queries), answered under DP
+TRAIN = "train"
+EVALUATE = "evaluate"  # release 1 of an evaluation: histograms (federation.evaluation)
+EVALUATE_RANKS = "evaluate.ranks"  # release 2: rank sums against the aggregator's CDFs
+KINDS = {
+    SETUP: "setup",
+    ANALYZE: "analyze",
+    TRAIN: "train",
+    EVALUATE: "evaluate",
+    EVALUATE_RANKS: "ranks",
+}
 
 # Record keys inside a message's RecordDict.
 ARRAYS = "arrays"
@@ -26,37 +39,52 @@ RUN_ANALYSIS = "analysis"  # an AnalysisRequest as JSON: the run answers it inst
 NODE_DATA = "data"
 NODE_SITE = "site"
 NODE_POLICY = "policy"  # the site's privacy policy (TOML), owned by the site
-NODE_LEDGER = "ledger"  # the site's ledger (SQLite), one file per site
+NODE_LEDGER = "ledger"  # the site's ledger (SQLite); default $FLWR_HOME/allfed/sites/NAME/
 
 # Server -> site config keys.
 SERVER_ROUND = "server-round"
 SCALING_CENTER = "scaling-center"
 SCALING_SCALE = "scaling-scale"
 PROXIMAL_MU = "proximal-mu"
-STANDARDIZATION_NOISE = "standardization-noise"
-# Setup config: the run's identity in every site's ledger, and on a resume the rounds the server
-# completed; the site then continues its recorded plan instead of planning a fresh budget.
+# The run's identity in every site's ledger (setup binds it to the spec; later messages name
+# it); on a resume the rounds the server completed.
 RUN_KEY = "run-key"
 RESUME_AFTER = "resume-after"
 ANALYSIS_REQUEST = "analysis-request"  # analyze config: the AnalysisRequest as JSON
 
-# Site -> server status (a ConfigRecord under STATUS, present in every setup reply and in any
-# reply where the site declines to do what was asked).
+# What each kind of incoming message may carry: record -> kind, and its config keys (regular
+# expressions matched in full). Anything else is refused before any handler runs.
+_MODEL_CONFIG = (SERVER_ROUND, RUN_KEY, SCALING_CENTER, SCALING_SCALE)
+MESSAGE_RECORDS = {
+    "setup": {CONFIG: "config"},
+    "analyze": {CONFIG: "config"},
+    "train": {ARRAYS: "arrays", CONFIG: "config"},
+    "evaluate": {ARRAYS: "arrays", CONFIG: "config"},
+    "ranks": {ARRAYS: "arrays", CONFIG: "config"},
+}
+MESSAGE_CONFIG = {
+    "setup": (RUN_KEY, RESUME_AFTER),
+    "analyze": (RUN_KEY, ANALYSIS_REQUEST),
+    "train": (*_MODEL_CONFIG, PROXIMAL_MU),
+    "evaluate": _MODEL_CONFIG,
+    "ranks": (*_MODEL_CONFIG, r"ranks\.[^.]+\.[^.]+\.[^.]+\.(cdf|center|class)"),
+}
+
+# Site -> server status (a ConfigRecord under STATUS, present in every setup and analyze reply
+# and in any reply where the site declines). A reason is a phrase of privacy.refusal's fixed
+# vocabulary and at most the key it concerns.
 STATUS_SITE = "site"
 STATUS_STATE = "state"
 STATUS_REASON = "reason"
 OK, REFUSED, FAILED = "ok", "refused", "failed"
-# An evaluate reply whose statistics the site keeps (too few test events to release); the site
-# stays in the run.
-WITHHELD = "withheld"
 
-# Setup reply metrics.
+# Setup reply metrics. The training-record count is public (FedAvg weights and sampling rates
+# need it); the standardization sums are one DP release on the training partition.
 N_TRAIN = "n-train"
-N_TEST = "n-test"
 SUM = "scaling-sum"
 SUM_SQUARES = "scaling-sum-squares"
 COUNT = "scaling-count"
-REPRESENTATION = "representation"  # prefix: training records per group level, small cells withheld
+STANDARDIZATION_NOISE = "standardization-noise"
 
 # Train reply metrics: the whole whitelist.
 NUM_EXAMPLES = "num-examples"
@@ -68,14 +96,9 @@ STEPS = "steps"
 TRAIN_METRICS = (NUM_EXAMPLES, EPSILON, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS)
 
 # Analyze reply metrics: EPSILON, DELTA, NOISE_MULTIPLIER and the released cells, keyed
-# "cell.<stratum>.<variable>.<level>.<statistic>" (names percent-encoded, as scorestats does); a
-# cell absent from the reply was withheld at the site (a count at or under its min-cell-count).
+# "cell.<stratum>.<variable>.<level>.<statistic>" (names percent-encoded); a cell absent from
+# the reply was withheld at the site (a count at or under its min-cell-count).
 CELL = "cell"
-
-# Evaluate reply: NUM_EXAMPLES plus ScoreStats under these prefixes.
-SITE_STATS = "site"
-GROUP_STATS = "group"
-INTERSECTION_STATS = "intersection"  # pairs of group columns, as scorestats.intersect_groups
 
 
 def site_entries(run_config) -> list[tuple[str, str]]:
@@ -85,51 +108,57 @@ def site_entries(run_config) -> list[tuple[str, str]]:
     return [(name.strip(), path.strip()) for name, _, path in pairs]
 
 
+def encode_name(name: str) -> str:
+    """Percent-encoding with dots escaped too, so that a name never contains a key's separator."""
+    return quote(name, safe="", errors="surrogatepass").replace(".", "%2E")
+
+
+def decode_name(text: str) -> str:
+    """Inverse of ``encode_name``; only canonical encodings, so two keys never mean one name."""
+    name = unquote(text, errors="surrogatepass")
+    if encode_name(name) != text:
+        raise ValueError(f"name {text!r} is not canonically encoded")
+    return name
+
+
 # Disclosure whitelist: every record and key a site may send, per reply kind (regular
 # expressions matched in full). The site's guard (privacy.guard) checks each reply against it.
-_NAME = r"[^.]+"  # one percent-encoded group column or level name
+_NAME = r"[^.]+"  # one percent-encoded name
 _STATUS_KEYS = (STATUS_SITE, STATUS_STATE, STATUS_REASON)
-_STATS_FIELDS = (
-    r"n_bins|hist_(pos|neg)\.(bins|counts)|tp|fp|tn|fn|threshold_coarsened"
-    r"|sum_sq_error|sum_log_loss|sum_score|sum_score_pos|cal_count|cal_sum_y|cal_sum_p"
-)
-_STATS_KEYS = (
-    rf"{SITE_STATS}\.({_STATS_FIELDS})",
-    rf"({GROUP_STATS}|{INTERSECTION_STATS})\.{_NAME}\.{_NAME}\.(({_STATS_FIELDS})|withheld)",
-)
+_EVAL_CELL = rf"(pooled|group|intersection)\.{_NAME}\.{_NAME}"
 REPLY_RECORDS = {
     "setup": {STATUS: "config", METRICS: "metrics"},
     "train": {STATUS: "config", ARRAYS: "arrays", METRICS: "metrics"},
     "evaluate": {STATUS: "config", METRICS: "metrics"},
+    "ranks": {STATUS: "config", METRICS: "metrics"},
     "analyze": {STATUS: "config", METRICS: "metrics"},
+    "refusal": {STATUS: "config"},
 }
 REPLY_KEYS = {
     "setup": {
         STATUS: _STATUS_KEYS,
-        METRICS: (
-            N_TRAIN,
-            N_TEST,
-            SUM,
-            SUM_SQUARES,
-            COUNT,
-            STANDARDIZATION_NOISE,
-            rf"{REPRESENTATION}\.{_NAME}\.{_NAME}\.(count|withheld)",
-        ),
+        METRICS: (N_TRAIN, SUM, SUM_SQUARES, COUNT, STANDARDIZATION_NOISE),
     },
     "train": {STATUS: _STATUS_KEYS, METRICS: TRAIN_METRICS},
-    "evaluate": {STATUS: _STATUS_KEYS, METRICS: (NUM_EXAMPLES, *_STATS_KEYS)},
+    "evaluate": {
+        STATUS: _STATUS_KEYS,
+        METRICS: (
+            EPSILON,
+            NOISE_MULTIPLIER,
+            rf"eval\.{_EVAL_CELL}\.(hist_pos|hist_neg|records|events|residuals|squared_errors)",
+        ),
+    },
+    "ranks": {
+        STATUS: _STATUS_KEYS,
+        METRICS: (EPSILON, NOISE_MULTIPLIER, rf"ranks\.{_EVAL_CELL}\.rank_sum"),
+    },
     "analyze": {
         STATUS: _STATUS_KEYS,
         METRICS: (EPSILON, DELTA, NOISE_MULTIPLIER, rf"{CELL}(\.{_NAME}){{3}}\.(count|sum|sumsq)"),
     },
+    "refusal": {STATUS: _STATUS_KEYS},
 }
-# Keys whose values are counts of records: each must be 0 or above the site's min-cell-count.
-COUNT_KEYS = (
-    N_TRAIN,
-    N_TEST,
-    NUM_EXAMPLES,
-    COUNT,
-    rf"{REPRESENTATION}\..*\.count",
-    r".*\.(hist_(pos|neg)\.counts|tp|fp|tn|fn|cal_count|cal_sum_y)",
-    rf"{CELL}\..*\.count",
-)
+# Keys whose values are exact counts of records: each must be 0 or above the site's
+# min-cell-count. (The training-record count is public; the DP releases' noisy counts are not
+# counts of anyone.)
+COUNT_KEYS = (N_TRAIN, NUM_EXAMPLES, COUNT, rf"{CELL}\..*\.count")

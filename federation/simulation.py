@@ -44,19 +44,24 @@ class SimulatedSites:
 
     spec_toml: str
     sites: tuple[tuple[str, str], ...]
+    ledger_dir: str  # each site's ledger is ledger_dir/NAME.sqlite
     policies: tuple[tuple[str, str], ...] = ()  # site name -> its policy file
-    ledger_dir: str | None = None  # each site's ledger is ledger_dir/NAME.sqlite
 
     def __call__(self, context):
-        from federation.client.app import SiteSettings, site_policy
+        from federation.client.site import SiteSettings, site_policy
+        from privacy.policy import simulation_policy
 
         name, path = self.sites[int(context.node_config["partition-id"])]
+        spec = _parse(self.spec_toml)
+        policy_file = dict(self.policies).get(name)
         return SiteSettings(
             name=name,
             data=Path(path),
-            spec=_parse(self.spec_toml),
-            policy=site_policy(dict(self.policies).get(name)),
-            ledger=Path(self.ledger_dir) / f"{name}.sqlite" if self.ledger_dir else None,
+            spec=spec,
+            ledger=Path(self.ledger_dir) / f"{name}.sqlite",
+            policy=site_policy(policy_file)
+            if policy_file
+            else simulation_policy(spec.privacy.enabled),
         )
 
 
@@ -83,8 +88,10 @@ def simulate(
     The run directory ``out`` is written whether the run completes or fails; a failed run
     (fewer than ``min-sites`` sites left) returns a summary with ``status: "failed"``.
     ``client_mods`` (Flower mods wrapped around every site's handlers) are for fault injection.
-    ``policies`` (site name -> policy file) and ``ledger_dir`` (one ledger per site) are the
-    sites' own governance, as ``--node-config policy=... ledger=...`` is in deployment.
+    ``policies`` (site name -> policy file) and ``ledger_dir`` (one ledger per site, default
+    ``out/ledgers``) are the sites' own governance, as ``--node-config policy=... ledger=...``
+    is in deployment; a site without a policy file gets the default policy, except that a study
+    without DP may run (the caller holds the files).
     ``resume`` continues the run in ``out`` from its checkpoint (same spec; under DP the sites
     need their ledgers); ``stop_after`` (tests) stops the run after that round as a crash would.
     ``analysis`` answers that descriptive analysis instead of training and returns its
@@ -100,7 +107,8 @@ def simulate(
     from flwr.simulation import run_simulation
     from flwr.supercore.logger import update_console_handler
 
-    from federation.client.app import make_client_app, site_policy
+    from federation.client.app import make_client_app
+    from federation.client.site import site_policy
     from federation.server.app import RunSettings, make_server_app
     from federation.server.outputs import load_checkpoint
     from federation.server.run import RunFailed
@@ -115,8 +123,8 @@ def simulate(
     resolve_site = SimulatedSites(
         spec.to_toml(),
         tuple((name, str(Path(path).resolve())) for name, path in sites.items()),
+        str(Path(ledger_dir or Path(out) / "ledgers").resolve()),
         tuple((name, str(Path(path).resolve())) for name, path in policies.items()),
-        str(Path(ledger_dir).resolve()) if ledger_dir else None,
     )
     settings = RunSettings(
         spec=spec,

@@ -72,6 +72,15 @@ class TrainingSection:
     max_update_ratio: float = 10.0
     min_sites: int = 2
     round_timeout: float = 600.0
+    # 0: the sites evaluate the final model only; k: also after every k-th round. Every
+    # evaluation spends part of the evaluation budget (measured: benchmarks/evaluation.py).
+    evaluate_every: int = 0
+
+    def evaluation_rounds(self) -> tuple[int, ...]:
+        """The rounds after which the sites evaluate the global model (the last one always)."""
+        every = self.evaluate_every
+        rounds = set(range(every, self.rounds + 1, every)) if every else set()
+        return tuple(sorted(rounds | {self.rounds}))
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,17 @@ class PrivacySection:
     max_grad_norm: float = 1.0
     accountant: str = "prv"
     standardization_share: float = 0.1
+    # The test partition's budget for all evaluations of the run (None: target-epsilon). The
+    # partitions are disjoint, so a participant's epsilon is the larger of the two.
+    evaluation_epsilon: float | None = None
+
+    @property
+    def evaluation_budget(self) -> float:
+        return (
+            self.evaluation_epsilon
+            if self.evaluation_epsilon is not None
+            else (self.target_epsilon)
+        )
 
 
 @dataclass(frozen=True)
@@ -214,6 +234,8 @@ class _Reader:
 
     def positive(self, key: str, kind: type, default: Any, *, allow_zero: bool = False):
         value = self.get(key, kind, default)
+        if value is None:
+            return None
         if isinstance(value, float) and not math.isfinite(value):
             raise self.fail(key, "must be a finite number")
         if value < 0 or (value == 0 and not allow_zero):
@@ -324,6 +346,7 @@ def _read_training(r: _Reader) -> TrainingSection:
         "max-update-ratio",
         "min-sites",
         "round-timeout",
+        "evaluate-every",
     )
     r.check_known(keys)
     trim_fraction = r.positive("trim-fraction", float, 0.2, allow_zero=True)
@@ -341,6 +364,7 @@ def _read_training(r: _Reader) -> TrainingSection:
         max_update_ratio=r.positive("max-update-ratio", float, 10.0, allow_zero=True),
         min_sites=r.positive("min-sites", int, 2),
         round_timeout=r.positive("round-timeout", float, 600.0),
+        evaluate_every=r.positive("evaluate-every", int, 0, allow_zero=True),
     )
 
 
@@ -353,6 +377,7 @@ def _read_privacy(r: _Reader) -> PrivacySection:
             "max-grad-norm",
             "accountant",
             "standardization-share",
+            "evaluation-epsilon",
         )
     )
     delta = r.positive("delta", float, 1e-5)
@@ -368,6 +393,7 @@ def _read_privacy(r: _Reader) -> PrivacySection:
         max_grad_norm=r.positive("max-grad-norm", float, 1.0),
         accountant=r.get("accountant", str, "prv", choices=ACCOUNTANTS),
         standardization_share=share,
+        evaluation_epsilon=r.positive("evaluation-epsilon", float, None),
     )
 
 
@@ -414,6 +440,13 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
     for column in spec.study.groups:
         if column in (label, spec.study.consent, spec.study.split):
             raise SpecError(f"{source}: [study] groups: {column!r} cannot be a group column")
+    for column in spec.study.groups:
+        if column not in features.categorical and column not in spec.study.group_levels:
+            raise SpecError(
+                f"{source}: [study] groups: {column!r} has no declared levels; make it a "
+                "categorical feature or add its levels to [study] group-levels (a site counts "
+                "only declared levels, never values it finds)"
+            )
     for column in spec.study.group_levels:
         if column not in spec.study.groups:
             raise SpecError(f"{source}: [study] group-levels.{column}: not a group column")

@@ -14,8 +14,17 @@ accountant = "prv"            # composes the lifetime budget: prv or rdp
 min-cell-count = 20           # no count from 1 to this may leave the site
 allowed-studies = ["cardiometabolic-risk"]   # absent: any study
 allowed-models = ["logistic", "mlp"]          # absent: any model
-require-dp = true
+require-dp = true             # the default, also for a node without a policy file
+max-evaluation-epsilon-per-run = 3.0   # a run's evaluation (test partition) may not exceed this
+                                       # (default: max-epsilon-per-run)
+test-fraction = 0.3           # the share of records the site holds out for evaluation
+split-column = "split"        # or: the site's own train/test column decides
+record-id-column = "person_id"   # the column that identifies a record (stable partition)
 ```
+
+The partition settings are read once, when the site's first run pins its partition in the
+ledger; a later change is refused rather than applied (it would move records between the train
+and test partitions, whose budgets the ledger keeps apart).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from typing import Any
 
 from privacy.accounting import ACCOUNTANTS
 from privacy.disclosure import DEFAULT_MIN_CELL_COUNT
+from privacy.refusal import Refusal
 
 DEFAULT_LIFETIME_DELTA = 1e-5
 _KEYS = {
@@ -40,7 +50,12 @@ _KEYS = {
     "allowed-studies",
     "allowed-models",
     "require-dp",
+    "max-evaluation-epsilon-per-run",
+    "test-fraction",
+    "split-column",
+    "record-id-column",
 }
+DEFAULT_TEST_FRACTION = 0.3
 
 
 class PolicyError(ValueError):
@@ -60,40 +75,64 @@ class SitePolicy:
     allowed_studies: tuple[str, ...] | None = None
     allowed_models: tuple[str, ...] | None = None
     require_dp: bool = True
+    max_evaluation_epsilon_per_run: float | None = None
+    test_fraction: float | None = None
+    split_column: str | None = None
+    record_id_column: str | None = None
+
+    @property
+    def evaluation_cap(self) -> float | None:
+        """The cap on a run's test-partition epsilon (default: the training partition's)."""
+        if self.max_evaluation_epsilon_per_run is not None:
+            return self.max_evaluation_epsilon_per_run
+        return self.max_epsilon_per_run
 
     def refusal(
-        self, study: str, model: str | None, dp: bool, target_epsilon: float, delta: float
-    ) -> str | None:
+        self,
+        study: str,
+        model: str | None,
+        dp: bool,
+        target_epsilon: float,
+        delta: float,
+        evaluation_epsilon: float | None = None,
+    ) -> Refusal | None:
         """Why this site refuses a run with these settings, or None when it may join. A
-        descriptive analysis trains no model (``model`` None)."""
+        descriptive analysis trains no model (``model`` None) and has no evaluation."""
         if self.allowed_studies is not None and study not in self.allowed_studies:
-            return f"site policy does not allow study {study!r}"
+            return Refusal("study-not-allowed", "allowed-studies", f"study {study!r}")
         if (
             model is not None
             and self.allowed_models is not None
             and model not in self.allowed_models
         ):
-            return f"site policy does not allow model {model!r}"
-        if not dp:
-            return "site policy requires differential privacy" if self.require_dp else None
-        if self.max_epsilon_per_run is not None and target_epsilon > self.max_epsilon_per_run:
-            return (
-                f"target-epsilon {target_epsilon:g} exceeds the site policy's "
-                f"max-epsilon-per-run {self.max_epsilon_per_run:g}"
-            )
+            return Refusal("model-not-allowed", "allowed-models", f"model {model!r}")
         if self.max_delta is not None and delta > self.max_delta:
-            return f"delta {delta:g} exceeds the site policy's max-delta {self.max_delta:g}"
-        if self.lifetime_epsilon is not None and target_epsilon > self.lifetime_epsilon:
-            return (
-                f"target-epsilon {target_epsilon:g} exceeds the site policy's "
-                f"lifetime-epsilon {self.lifetime_epsilon:g}"
+            return Refusal(
+                "delta-above-policy",
+                "max-delta",
+                f"delta {delta:g} exceeds the site policy's max-delta {self.max_delta:g}",
             )
+        caps = [("max-epsilon-per-run", self.max_epsilon_per_run, target_epsilon if dp else None)]
+        caps.append(("lifetime-epsilon", self.lifetime_epsilon, target_epsilon if dp else None))
+        if evaluation_epsilon is not None:
+            caps.append(("max-evaluation-epsilon-per-run", self.evaluation_cap, evaluation_epsilon))
+            caps.append(("lifetime-epsilon", self.lifetime_epsilon, evaluation_epsilon))
+        for name, cap, asked in caps:
+            if cap is not None and asked is not None and asked > cap:
+                return Refusal(
+                    "epsilon-above-policy",
+                    name,
+                    f"epsilon {asked:g} exceeds the site policy's {name} {cap:g}",
+                )
+        if not dp and self.require_dp:
+            return Refusal("dp-required", "require-dp", "a run without DP training")
         return None
 
 
-def permissive_policy() -> SitePolicy:
-    """A node without a policy file: only the dissemination rule (min-cell-count 20) applies."""
-    return SitePolicy(require_dp=False)
+def simulation_policy(dp: bool) -> SitePolicy:
+    """The policy of a simulated site whose files the caller holds and that has no policy file:
+    the default, except that a study without DP may run (the caller owns the data)."""
+    return SitePolicy(require_dp=dp)
 
 
 def load_policy(path: str | Path) -> SitePolicy:
@@ -124,7 +163,12 @@ def parse_policy(raw: dict[str, Any], source: str = "policy") -> SitePolicy:
     require_dp = raw.get("require-dp", True)
     if not isinstance(require_dp, bool):
         raise PolicyError(f"{source}: require-dp must be true or false")
+    test_fraction = _positive(raw, "test-fraction", source, upper=1.0)
     return SitePolicy(
+        max_evaluation_epsilon_per_run=_positive(raw, "max-evaluation-epsilon-per-run", source),
+        test_fraction=test_fraction,
+        split_column=_name(raw, "split-column", source),
+        record_id_column=_name(raw, "record-id-column", source),
         lifetime_epsilon=_positive(raw, "lifetime-epsilon", source),
         max_epsilon_per_run=_positive(raw, "max-epsilon-per-run", source),
         max_delta=max_delta,
@@ -147,6 +191,15 @@ def _positive(raw: dict[str, Any], key: str, source: str, upper: float = math.in
         limit = f" and below {upper:g}" if math.isfinite(upper) else ""
         raise PolicyError(f"{source}: {key} must be a positive number{limit}, got {value!r}")
     return float(value)
+
+
+def _name(raw: dict[str, Any], key: str, source: str) -> str | None:
+    if key not in raw:
+        return None
+    value = raw[key]
+    if not isinstance(value, str) or not value.strip():
+        raise PolicyError(f"{source}: {key} must be a column name")
+    return value
 
 
 def _names(raw: dict[str, Any], key: str, source: str) -> tuple[str, ...] | None:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
+from federation.client.partition import Partition
 from federation.errors import DataError
+from federation.queries import OTHER
 from federation.spec import StudySpec
+from privacy.statistics import MISSING
 
 MIN_TRAIN_RECORDS = 30
 _PARQUET = (".parquet", ".pq")
@@ -36,7 +38,9 @@ class SiteTable:
     """A site's checked, consented records, split into train and test.
 
     ``numeric`` holds raw numeric features (NaN where the spec says impute); ``categorical``
-    holds level indices (-1 where missing and imputed); ``groups`` holds group levels as text.
+    holds level indices (-1 where missing and imputed); ``groups`` holds each record's group
+    level: a declared level, ``(missing)`` for an imputed categorical feature, ``(other)`` for a
+    group value outside its declared ``group-levels`` (never a value seen in the data).
     """
 
     numeric: np.ndarray
@@ -54,12 +58,15 @@ class SiteTable:
         return int(self.is_test.sum())
 
 
-def load_site_table(path: str | Path, spec: StudySpec, trainable: bool = True) -> SiteTable:
-    """Read ``path`` (CSV or Parquet) and check it against ``spec``; raise ``DataError``.
-    ``trainable=False`` (descriptive analyses) skips the minimum size of DP training."""
+def load_site_table(
+    path: str | Path, spec: StudySpec, partition: Partition, trainable: bool = True
+) -> SiteTable:
+    """Read ``path`` (CSV or Parquet) and check it against ``spec``, its test rows those of the
+    site's ``partition``; raise ``DataError``. ``trainable=False`` (descriptive analyses) skips
+    the minimum size of DP training."""
     path = Path(path)
     frame = read_table(path, spec.features.na_values)
-    return check_table(frame, spec, source=str(path), trainable=trainable)
+    return check_table(frame, spec, str(path), partition, trainable=trainable)
 
 
 def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -136,7 +143,7 @@ def _check_csv_layout(path: Path) -> None:
         raise DataError(
             f"{path}: {len(ragged)} {'rows do' if len(ragged) > 1 else 'row does'} not have "
             f"the header's {len(header)} fields "
-            f"({_first_rows(pd.Series(rows), mask)}); check for a missing or extra delimiter"
+            f"({first_rows(pd.Series(rows), mask)}); check for a missing or extra delimiter"
         )
 
 
@@ -196,17 +203,23 @@ def _check_parquet_layout(path: Path) -> None:
 
 
 def check_table(
-    frame: pd.DataFrame, spec: StudySpec, source: str, trainable: bool = True
+    frame: pd.DataFrame,
+    spec: StudySpec,
+    source: str,
+    partition: Partition,
+    trainable: bool = True,
 ) -> SiteTable:
     """Check a frame of text cells against the spec and build a ``SiteTable``."""
     _reject_identifiers(frame, source)
     study, features = spec.study, spec.features
     required = [study.label, *features.columns, *study.groups]
-    required += [c for c in (study.consent, study.split) if c]
+    required += [c for c in (study.consent,) if c]
     missing_columns = [c for c in dict.fromkeys(required) if c not in frame.columns]
     if missing_columns:
         raise DataError(
-            f"{source}: missing column {missing_columns[0]!r} required by the study spec"
+            f"{source}: missing column {missing_columns[0]!r} required by the study spec",
+            "missing-column",
+            missing_columns[0],
         )
 
     rows = pd.Series(np.arange(len(frame)) + 2, index=frame.index)  # spreadsheet row numbers
@@ -230,16 +243,16 @@ def check_table(
         if rule is None:
             raise DataError(
                 f"{source}: column {column!r} has {int(absent.sum())} missing values "
-                f"({_first_rows(rows, absent)}) and the spec has no rule for it; "
-                f'add {column} = "impute" or "drop" to [features] missing'
+                f"({first_rows(rows, absent)}) and the spec has no rule for it; "
+                f'add {column} = "impute" or "drop" to [features] missing',
+                "missing-values",
+                column,
             )
         if rule == "drop":
             keep &= ~absent
 
-    is_test = _split(frame, rows, label, spec, source)
-    groups = {
-        g: frame[g].fillna("missing").astype(str).str.strip().to_numpy() for g in study.groups
-    }
+    is_test = partition.test_rows(frame, rows, source)
+    groups = {g: _group_levels(frame, categorical, spec, g) for g in study.groups}
     table = SiteTable(
         numeric=np.column_stack([numeric[c] for c in features.numeric]).astype(float)[keep]
         if features.numeric
@@ -262,7 +275,8 @@ def _reject_identifiers(frame: pd.DataFrame, source: str) -> None:
         if _IDENTIFIER.match(key):
             raise DataError(
                 f"{source}: column {column!r} looks like a direct identifier; "
-                "remove it from the analysis file"
+                "remove it from the analysis file",
+                "identifier-column",
             )
 
 
@@ -272,11 +286,15 @@ def _keep_consented(frame, rows, column, source):
     if unknown.any():
         raise DataError(
             f"{source}: consent column {column!r} has {int(unknown.sum())} values that are not "
-            f"yes/no, true/false or 1/0 ({_first_rows(rows, unknown.to_numpy())})"
+            f"yes/no, true/false or 1/0 ({first_rows(rows, unknown.to_numpy())})",
+            "bad-consent",
+            column,
         )
     consented = text.isin(_TRUE_CONSENT).to_numpy()
     if not consented.any():
-        raise DataError(f"{source}: no record has consent in column {column!r}")
+        raise DataError(
+            f"{source}: no record has consent in column {column!r}", "no-consent", column
+        )
     return frame[consented], rows[consented]
 
 
@@ -289,15 +307,19 @@ def _to_numeric(values: pd.Series, rows: pd.Series, column: str, source: str) ->
     if bad.any():
         raise DataError(
             f"{source}: column {column!r} is numeric in the spec but has {int(bad.sum())} "
-            f"non-numeric values ({_first_rows(rows, bad.to_numpy())}); if they mark missing "
-            "values, list the marker in [features] na-values"
+            f"non-numeric values ({first_rows(rows, bad.to_numpy())}); if they mark missing "
+            "values, list the marker in [features] na-values",
+            "bad-values",
+            column,
         )
     array = parsed.to_numpy(dtype=float)
     infinite = np.isinf(array)
     if infinite.any():
         raise DataError(
             f"{source}: column {column!r} has {int(infinite.sum())} infinite values "
-            f"({_first_rows(rows, infinite)})"
+            f"({first_rows(rows, infinite)})",
+            "bad-values",
+            column,
         )
     return array
 
@@ -307,14 +329,18 @@ def _to_label(values: pd.Series, rows: pd.Series, column: str, source: str) -> n
     if absent.any():
         raise DataError(
             f"{source}: label column {column!r} is missing in {int(absent.sum())} rows "
-            f"({_first_rows(rows, absent)}); remove those records or fill the label"
+            f"({first_rows(rows, absent)}); remove those records or fill the label",
+            "bad-label",
+            column,
         )
     parsed = pd.to_numeric(values.astype(str).str.strip(), errors="coerce").to_numpy(dtype=float)
     bad = ~np.isin(parsed, (0.0, 1.0))
     if bad.any():
         raise DataError(
             f"{source}: label column {column!r} must be 0 or 1; {int(bad.sum())} rows are not "
-            f"({_first_rows(rows, bad)})"
+            f"({first_rows(rows, bad)})",
+            "bad-label",
+            column,
         )
     return parsed.astype(np.float32)
 
@@ -329,7 +355,9 @@ def _to_levels(values, rows, column, levels, source) -> np.ndarray:
     if unknown.any():
         raise DataError(
             f"{source}: column {column!r} has {int(unknown.sum())} values that are not among its "
-            f"declared levels ({_first_rows(rows, unknown)}); declared: {', '.join(levels)}"
+            f"declared levels ({first_rows(rows, unknown)}); declared: {', '.join(levels)}",
+            "undeclared-level",
+            column,
         )
     return codes
 
@@ -344,29 +372,21 @@ def _normalize_level(value: object) -> str:
     return str(int(number)) if number.is_integer() else text
 
 
-def _split(frame, rows, label, spec: StudySpec, source: str) -> np.ndarray:
-    study = spec.study
-    if study.split:
-        text = frame[study.split].fillna("").astype(str).str.strip().str.lower()
-        bad = ~text.isin(("train", "test"))
-        if bad.any():
-            raise DataError(
-                f"{source}: split column {study.split!r} must be 'train' or 'test'; "
-                f"{int(bad.sum())} rows are not ({_first_rows(rows, bad.to_numpy())})"
-            )
-        return (text == "test").to_numpy()
-    indices = np.arange(len(label))
-    stratify = label if min(label.sum(), len(label) - label.sum()) >= 2 else None
-    if len(label) < 2:
-        raise DataError(
-            f"{source}: only {len(label)} usable records; need at least {MIN_TRAIN_RECORDS}"
-        )
-    _, test = train_test_split(
-        indices, test_size=study.test_fraction, random_state=study.seed, stratify=stratify
+def _group_levels(
+    frame: pd.DataFrame, categorical: dict[str, np.ndarray], spec: StudySpec, column: str
+) -> np.ndarray:
+    """Each record's level of group ``column``: declared levels only (the spec guarantees the
+    column is a categorical feature or has ``group-levels``)."""
+    if column in categorical:
+        names = np.array([*spec.features.categorical[column], MISSING], dtype=object)
+        return names[categorical[column]]  # code -1 (missing, imputed) picks MISSING
+    declared = spec.study.group_levels[column]
+    values = (
+        frame[column]
+        .astype(object)
+        .map(lambda v: _normalize_level(v) if isinstance(v, str) else None)
     )
-    is_test = np.zeros(len(label), dtype=bool)
-    is_test[test] = True
-    return is_test
+    return np.where(values.isin(declared), values, OTHER).astype(object)
 
 
 def _check_trainable(table: SiteTable, source: str) -> None:
@@ -374,7 +394,8 @@ def _check_trainable(table: SiteTable, source: str) -> None:
         raise DataError(
             f"{source}: {table.n_train} training records after consent and missing-value rules; "
             f"DP training needs at least {MIN_TRAIN_RECORDS} (with fewer, the noise that protects "
-            "each record swamps what the site can contribute)"
+            "each record swamps what the site can contribute)",
+            "too-few-records",
         )
 
 
@@ -390,7 +411,8 @@ def table_warnings(table: SiteTable, source: str) -> list[str]:
     return []
 
 
-def _first_rows(rows: pd.Series, mask: np.ndarray, limit: int = 5) -> str:
+def first_rows(rows: pd.Series, mask: np.ndarray, limit: int = 5) -> str:
+    """The first row numbers where ``mask`` holds, as an error message names them."""
     numbers = rows.to_numpy()[np.asarray(mask)][:limit]
     more = ", ..." if int(np.asarray(mask).sum()) > limit else ""
     label = "row" if len(numbers) == 1 and not more else "rows"

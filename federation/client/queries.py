@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from federation.client.data import SiteTable
-from federation.queries import ALL, OTHER, AnalysisRequest, bin_of, level_names
+from federation.queries import ALL, AnalysisRequest, bin_of, level_names
 from federation.spec import StudySpec
 from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.statistics import Cell, Query, exact_cells, release
@@ -73,6 +73,4 @@ def _level_column(table: SiteTable, spec: StudySpec, column: str) -> np.ndarray:
         levels = np.array(level_names(spec, column), dtype=object)
         index = table.categorical[:, list(spec.features.categorical).index(column)]
         return levels[index]
-    declared = set(level_names(spec, column)) - {OTHER}
-    values = table.groups[column]
-    return np.where(np.isin(values, list(declared)), values, OTHER).astype(object)
+    return table.groups[column]  # already a declared level or (other): client.data

@@ -2,9 +2,9 @@
 
 The plan fixes the sampling rate and the noise multiplier once, at the site's first round, for
 every noisy step the site will run in the run (rounds x local epochs x steps per epoch), after
-any earlier releases (the standardization sums). Each round continues the same accountant, so
-the epsilon reported after round r is the true epsilon of everything released so far and the
-last round lands at (not above) the target.
+any earlier releases (the standardization sums). The site's ledger records each round's
+release before it runs, so the epsilon reported after round r is the true epsilon of everything
+released so far and the last round lands at (not above) the target.
 
 Per-record clipping costs one backward pass. The models are stacks of Linear layers on tabular
 rows, and a record's gradient of a Linear layer is the outer product of the gradient at the
@@ -13,7 +13,7 @@ with the bias, and the sum of the clipped gradients is one matrix product per la
 per-sample hooks materialize every record's gradient and cost several times a non-private step;
 this gives the same clipped sum (flat clipping of the whole per-record gradient, Opacus's clip
 factor) and hands it to Opacus's optimizer, which adds the noise, divides by the expected batch
-size and steps the accountant exactly as ``make_private`` would set it up.
+size exactly as ``make_private`` would set it up.
 """
 
 from __future__ import annotations
@@ -29,13 +29,7 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
 from torch.nn import functional as F
 
-from privacy.accounting import (
-    GaussianRelease,
-    calibrate_noise,
-    compute_epsilon,
-    make_accountant,
-    releases_of,
-)
+from privacy.accounting import GaussianRelease, calibrate_noise, compute_epsilon
 
 
 @dataclass(frozen=True)
@@ -103,25 +97,16 @@ def plan_dp(
 
 
 def train_dp(
-    model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
-    settings: LocalSettings,
-    plan: DPPlan,
-    accountant: str,
-    history: list[GaussianRelease],
-) -> list[GaussianRelease]:
-    """Train ``model`` in place with DP-SGD; return the accountant's history after this round."""
+    model: nn.Module, x: np.ndarray, y: np.ndarray, settings: LocalSettings, plan: DPPlan
+) -> None:
+    """Train ``model`` in place with one round of ``plan``'s DP-SGD steps. The site's ledger,
+    not an accountant object here, records the round: it admitted it before this runs."""
     if abs(1.0 / batches_per_epoch(len(y), settings.batch_size) - plan.sample_rate) > 1e-12:
         raise RuntimeError("the site's record count no longer matches its privacy plan")
     check_supported(model)
     features, labels = torch.from_numpy(x), torch.from_numpy(y)
-    privacy_accountant = make_accountant(accountant, history)
     rng = noise_generator()
     optimizer = dp_optimizer(model, settings, plan, len(y), generator=rng)
-    optimizer.attach_step_hook(
-        privacy_accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate)
-    )
     anchor = [p.detach().clone() for p in model.parameters()]
     model.train()
     for batch in poisson_batches(len(y), plan.sample_rate, plan.steps_per_round, rng):
@@ -130,7 +115,6 @@ def train_dp(
         clipped_gradient_sum(model, features[batch], labels[batch], settings.max_grad_norm)
         optimizer.step()
         _proximal_step(model, anchor, settings)
-    return releases_of(privacy_accountant)
 
 
 def train_plain(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: LocalSettings) -> None:
@@ -190,10 +174,10 @@ def check_supported(model: nn.Module) -> None:
 
 class ClippedSumOptimizer(DPOptimizerFastGradientClipping):
     """Opacus's optimizer for gradients that already are sums of clipped per-record gradients:
-    it adds Gaussian noise of std ``noise_multiplier * max_grad_norm`` to the sum, divides by the
-    expected batch size and calls the accountant's step hook. Unchanged but for one copy: Opacus
-    deep-copies ``.grad`` into the sum (a fifth of a small model's step), and here the clipped sum
-    is a fresh tensor every step, so it is taken as it is."""
+    it adds Gaussian noise of std ``noise_multiplier * max_grad_norm`` to the sum and divides by
+    the expected batch size. Unchanged but for one copy: Opacus deep-copies ``.grad`` into the
+    sum (a fifth of a small model's step), and here the clipped sum is a fresh tensor every
+    step, so it is taken as it is."""
 
     def accumulate(self) -> None:
         for p in self.params:

@@ -274,7 +274,9 @@ class LocalFederation:
         ``out`` from its checkpoint."""
         config = run_config(study, out, expected_sites, resume, analysis)
         app = self.app_copy()
-        answer = self.flwr("run", str(app), CONNECTION, "--run-config", config, "--format", "json")
+        answer = self.flwr(
+            "run", str(app), CONNECTION, "--run-config", str(config), "--format", "json"
+        )
         return str(answer["run-id"])
 
     def app_copy(self) -> Path:

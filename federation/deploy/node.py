@@ -8,9 +8,10 @@ node's code once, then forks a child per task that runs Flower's own ``run_clien
 token it was handed, so each task starts in milliseconds and still runs in a process of its own
 that exits when the task ends (no state leaks between messages beyond Flower's node state).
 
-A side effect worth knowing: the forked child runs the allfed code installed at the site (it is
-already imported), not the copy inside the FAB that ``flwr run`` ships; a site that pins its
-allfed version therefore runs exactly the code it vetted.
+The child runs the site's installed node and nothing from the FAB that ``flwr run`` ships
+(``deploy.task``): it never installs the FAB or puts it on the import path, and it refuses a
+task whose FAB names another ClientApp component. A site that pins its allfed version therefore
+runs exactly the code it vetted, whatever the central team sends.
 
 The SuperNode itself is Flower's ``flower-supernode``, run in this process with the operator's
 own arguments; only its idle wait between polls of the SuperLink (3 s, fixed in Flower) is cut to
@@ -33,13 +34,13 @@ from types import ModuleType
 from typing import Any
 
 # What a ClientApp task imports: loaded once in the executor, before it forks any child. Beside
-# the node's code: Flower's task runner and FAB installer, and torch._dynamo, which torch imports
-# lazily the first time an optimizer is built (seconds, in every task, if left to the child).
+# the node's code: Flower's task input and output functions, and torch._dynamo, which torch
+# imports lazily the first time an optimizer is built (seconds, in every task, if left to it).
 PRELOAD = (
     "federation.client.app",
+    "federation.deploy.task",
     "torch._dynamo",
     "flwr.supernode.runtime.run_clientapp",
-    "flwr.cli.install",
 )
 
 DEFAULT_POLL_INTERVAL = 0.2  # seconds between a SuperNode's polls of the SuperLink when idle
@@ -130,22 +131,14 @@ def _reseed() -> None:
 
 
 def _run_task(spec: Any, certificates: bytes | None) -> int:
-    """Flower's own ClientApp runner for one token; returns the process exit code."""
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
+    """The site's own task runner for one token (``deploy.task``); the process exit code."""
+    from federation.deploy.task import run_site_task
 
     code = 1
     try:
-        run_clientapp(
-            runtime_api_address=spec.runtime_api_address,
-            token=spec.token,
-            insecure=spec.insecure,
-            certificates=certificates,
-            parent_pid=spec.parent_pid,
-            runtime_dependency_install=False,
+        code = run_site_task(
+            spec.runtime_api_address, spec.token, spec.insecure, certificates, spec.parent_pid
         )
-        code = 0
-    except SystemExit as done:  # Flower ends every task with sys.exit
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except BaseException:
         import traceback
 

@@ -9,12 +9,16 @@ Exit codes: 0 completed; 1 failed (the reason is printed); 3 not finished (or no
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from federation.errors import AllfedError
 
@@ -81,15 +85,25 @@ def run_config(
     expected_sites: int = 0,
     resume: bool = False,
     analysis: str | None = None,
-) -> str:
-    """The ``--run-config`` text of a run: ``resume`` continues the run in ``out`` from its
-    checkpoint; ``analysis`` (a request's JSON) makes it a descriptive analysis."""
-    config = f'study-file="{study}" ' + (f'resume="{out}"' if resume else f'out="{out}"')
+) -> Path:
+    """A TOML file for ``flwr run --run-config FILE``, written with a TOML writer (any text is
+    quoted right: a spec, a path with quotes, an analysis of a column named ``patient's age``).
+    It carries the study spec itself: the sites read it from the run config and cannot read a
+    file on the SuperLink's host. ``resume`` continues the run in ``out`` from its checkpoint;
+    ``analysis`` (a request's JSON) makes it a descriptive analysis."""
+    try:
+        spec = study.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise AllfedError(f"{study}: cannot read the study spec ({type(error).__name__})") from None
+    config: dict[str, str | int] = {"study": spec, "resume" if resume else "out": str(out)}
     if expected_sites:
-        config += f" expected-sites={expected_sites}"
+        config["expected-sites"] = expected_sites
     if analysis:
-        config += f" analysis='{analysis}'"  # a TOML literal string: JSON has no '
-    return config
+        config["analysis"] = analysis
+    handle, name = tempfile.mkstemp(prefix="allfed-run-config-", suffix=".toml")
+    with os.fdopen(handle, "wb") as file:
+        tomli_w.dump(config, file)
+    return Path(name)
 
 
 def launch(
@@ -112,7 +126,7 @@ def launch(
     JSON) runs that descriptive analysis instead of training.
     """
     config = run_config(study, out, expected_sites, resume, analysis)
-    args = ["run", str(app)] + ([superlink] if superlink else []) + ["--run-config", config]
+    args = ["run", str(app)] + ([superlink] if superlink else []) + ["--run-config", str(config)]
     run_id = str(_flwr(args)["run-id"])
     if on_status:
         on_status(f"submitted run {run_id}")

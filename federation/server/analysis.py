@@ -22,8 +22,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from federation import protocol as p
+from federation.protocol import decode_name
 from federation.queries import ALL, AnalysisRequest, build_query, planned_release
-from federation.scorestats import decode_name
 from federation.server.outputs import RunDirectory
 from federation.server.run import wait_for_nodes
 from federation.server.tables import write_tables

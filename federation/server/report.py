@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy.special import expit, logit
 
-from federation.scorestats import INTERSECTION
+from federation.evaluation import INTERSECTION_JOIN
 
 log = logging.getLogger("allfed.server")
 
@@ -761,7 +761,7 @@ def _ordered_columns(table: dict[str, Any], groups: list[str]) -> list[str]:
     order = {name: i for i, name in enumerate(groups)}
 
     def key(column: str) -> tuple[int, ...]:
-        parts = [order.get(part, len(order)) for part in column.split(INTERSECTION)]
+        parts = [order.get(part, len(order)) for part in column.split(INTERSECTION_JOIN)]
         return (len(parts), *parts)
 
     return sorted(table, key=lambda column: (key(column), column))

@@ -14,28 +14,22 @@ and the rounds done in the setup config, and the sites continue their plans from
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from federation import protocol as p
-from federation.scorestats import (
-    ScoreStats,
-    counts_from_record,
-    groups_from_record,
-    intersection_name,
-)
-from federation.server.metrics import GroupPool, compute_metrics, publish_groups
+from federation.server.evaluator import Evaluator
 from federation.server.outputs import CHECKPOINT_FORMAT, REPORT, RunDirectory, checkpoint_state
 from federation.server.standardization import pooled_scaling
 from federation.server.strategy import aggregate, build_strategy
@@ -46,6 +40,7 @@ from models.registry import build_model
 log = logging.getLogger("allfed.server")
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
+DIVERGED_WEIGHT = 100.0  # on standardized inputs, a weight this large saturates every score
 _STRATEGY_STATE = ("m_t", "v_t")  # what Flower's FedOpt strategies (FedAdam) carry across rounds
 
 
@@ -76,17 +71,16 @@ class SiteRecord:
     status: str = p.OK
     reason: str | None = None
     n_train: int = 0
-    n_test: int | None = 0  # None: withheld at the site (a count under its min-cell-count)
-    epsilon: float | None = None
+    n_test: int | None = None  # noisy, from the evaluation release; None: not published
+    epsilon: float | None = None  # the training partition's
+    evaluation_epsilon: float | None = None  # the test partition's
     delta: float | None = None
     noise_multiplier: float | None = None
     sample_rate: float | None = None
     steps: int = 0
     other_releases: list[dict[str, float]] = field(default_factory=list)
-    representation: dict[str, dict[str, int | None]] = field(default_factory=dict)
     epsilon_by_round: list[dict[str, Any]] = field(default_factory=list)  # the trajectory
     rejected_updates: list[dict[str, Any]] = field(default_factory=list)
-    evaluation_withheld: str | None = None  # why the site kept its last evaluation to itself
 
     def fail(self, state: str, reason: str) -> None:
         self.status, self.reason = state, reason
@@ -115,6 +109,9 @@ class StudyRun:
         self.outputs = RunDirectory(out, resume=checkpoint is not None)
         self.sites: dict[int, SiteRecord] = {}
         self.metrics: dict[str, Any] = {}
+        self.representation: dict[str, Any] = {}
+        self.diagnostics: list[str] = []
+        self.evaluated_round: int | None = None
         self.rounds_done = 0
         self.rows: list[dict[str, Any]] = []
         self.scaling: tuple[list[float], list[float]] = ([], [])
@@ -160,32 +157,38 @@ class StudyRun:
         else:
             arrays = self._restore(strategy)
             self._setup()
+        evaluator = Evaluator(spec, self._exchange, self._reject)
+        evaluation_rounds = set(spec.training.evaluation_rounds())
         for server_round in range(self.rounds_done + 1, spec.training.rounds + 1):
             started = time.perf_counter()
             config = self._scaling_config()
+            config[p.RUN_KEY] = self.run_key
             train_messages = strategy.configure_train(server_round, arrays, config, self.grid)
             replies = self._exchange(_only(train_messages, self._active()))
             accepted = [r for r in replies if self._accept_update(r, arrays)]
             accepted, rejected = self._validate_updates(server_round, accepted, arrays)
             self._require_sites(f"round {server_round}")
             arrays = aggregate(strategy, server_round, accepted, arrays)
-            self.metrics = self._evaluate(arrays)
+            self._check_weights(arrays, server_round)
+            evaluated = server_round in evaluation_rounds
+            if evaluated:
+                self._evaluate(evaluator, arrays, server_round)
             self.rounds_done = server_round
             row = {
                 "round": server_round,
                 "seconds": round(time.perf_counter() - started, 3),
                 "epsilon": self._record_epsilons(server_round),
                 "rejected": rejected,
-                "metrics": self.metrics,
+                "metrics": self.metrics if evaluated else None,
             }
             self.rows.append(row)
             self._write_checkpoint(arrays, strategy)  # before the row: resume rewrites the rows
             self.outputs.append_round(row)
             log.info(
-                "round %d/%d: pooled AUROC %s",
+                "round %d/%d%s",
                 server_round,
                 spec.training.rounds,
-                self.metrics["pooled"].get("auroc") if self.metrics.get("pooled") else None,
+                f": pooled AUROC {self.metrics['pooled'].get('auroc')}" if evaluated else "",
             )
             if self.on_round:
                 self.on_round(server_round, row)
@@ -214,6 +217,9 @@ class StudyRun:
                     scaling=list(self.scaling),
                     sites=[asdict(site) for site in self.sites.values()],
                     metrics=self.metrics,
+                    representation=self.representation,
+                    diagnostics=self.diagnostics,
+                    evaluated_round=self.evaluated_round,
                     rows=self.rows,
                 ),
             }
@@ -227,6 +233,9 @@ class StudyRun:
         center, scale = state["scaling"]
         self.scaling = (list(center), list(scale))
         self.metrics, self.rows = state["metrics"], list(state["rows"])
+        self.representation = state["representation"]
+        self.diagnostics = list(state["diagnostics"])
+        self.evaluated_round = state["evaluated_round"]
         for name, value in checkpoint["strategy"].items():
             setattr(strategy, name, {k: t.numpy() for k, t in value.items()})
         self.outputs.rewrite_rounds(self.rows)
@@ -293,14 +302,11 @@ class StudyRun:
                 site.fail(str(status[p.STATUS_STATE]), str(status[p.STATUS_REASON]))
                 continue
             metrics = reply.content[p.METRICS]
-            site.n_train = int(metrics[p.N_TRAIN])
-            site.n_test = int(metrics[p.N_TEST]) if p.N_TEST in metrics else None
-            try:
-                site.representation = counts_from_record(metrics, p.REPRESENTATION)
-                _check_columns(site.representation, self.spec.study.groups, "representation")
-            except ValueError as error:
-                site.fail(p.FAILED, f"setup reply rejected: {_short(str(error))}")
+            problem = _setup_problem(metrics, len(federated_columns(self.spec)))
+            if problem:
+                site.fail(p.FAILED, f"setup reply rejected: {problem}")
                 continue
+            site.n_train = int(metrics[p.N_TRAIN])
             if p.STANDARDIZATION_NOISE in metrics:
                 site.other_releases.append(
                     {
@@ -360,9 +366,6 @@ class StudyRun:
                 continue
             if reply.has_error():
                 site.fail(p.FAILED, f"node error: {_node_error(reply.error.reason)}")
-            elif _withheld(reply):
-                site.evaluation_withheld = str(reply.content[p.STATUS][p.STATUS_REASON])
-                log.info("site %s: %s", site.name, site.evaluation_withheld)
             elif _declined(reply):
                 status = reply.content[p.STATUS]
                 site.name = str(status[p.STATUS_SITE])
@@ -409,41 +412,40 @@ class StudyRun:
         keep = set(verdict.accepted)
         return [r for r in replies if r.metadata.src_node_id in keep], rejected
 
-    def _evaluate(self, arrays: ArrayRecord) -> dict[str, Any]:
+    def _evaluate(self, evaluator: Evaluator, arrays: ArrayRecord, server_round: int) -> None:
+        """Both evaluation releases of the global model at every active site, pooled."""
         config = self._scaling_config()
-        content = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
-        messages = [
-            Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
-            for node in sorted(self._active())
-        ]
-        pooled = ScoreStats.empty()
-        per_site: dict[str, Any] = {}
-        single, crossed = GroupPool(), GroupPool()
-        pairs = _intersections(self.spec.study.groups)
-        for reply in self._exchange(messages):
-            site = self.sites[reply.metadata.src_node_id]
-            try:
-                record = reply.content[p.METRICS]
-                stats = ScoreStats.from_record(record, p.SITE_STATS)
-                site_groups = groups_from_record(record, p.GROUP_STATS)
-                site_crossed = groups_from_record(record, p.INTERSECTION_STATS)
-                _check_columns(site_groups, self.spec.study.groups, "group")
-                _check_columns(site_crossed, pairs, "intersection")
-            except (KeyError, ValueError) as error:
-                site.fail(p.FAILED, f"evaluation reply rejected: {_short(str(error))}")
-                continue
-            pooled = pooled + stats
-            per_site[site.name] = compute_metrics(stats)
-            site.evaluation_withheld = None
-            single.add(site.name, site_groups)
-            crossed.add(site.name, site_crossed)
-        per_group, per_intersection = publish_groups(pooled, single, crossed, pairs)
-        return {
-            "pooled": compute_metrics(pooled),
-            "per_site": per_site,
-            "per_group": per_group,
-            "per_intersection": per_intersection,
-        }
+        config[p.RUN_KEY] = self.run_key
+        config[p.SERVER_ROUND] = server_round
+        active = sorted(self._active())
+        names = {node: self.sites[node].name for node in active}
+        result = evaluator.evaluate(arrays, config, active, names)
+        self.metrics, self.representation = result.metrics, result.representation
+        self.evaluated_round = server_round
+        for node, count in result.n_test.items():
+            self.sites[node].n_test = count
+        for node, epsilon in result.epsilon.items():
+            self.sites[node].evaluation_epsilon = epsilon
+        pooled = self.metrics.get("pooled") or {}
+        self.diagnostics = sorted({*self.diagnostics, *(pooled.get("diagnostics") or [])})
+
+    def _reject(self, node: int, reason: str) -> None:
+        self.sites[node].fail(p.FAILED, _short(reason))
+
+    def _check_weights(self, arrays: ArrayRecord, server_round: int) -> None:
+        """Updates that blew up are a finding of the run, not a score."""
+        largest = max(
+            (float(t.abs().max()) for t in arrays.to_torch_state_dict().values() if t.numel()),
+            default=0.0,
+        )
+        if not np.isfinite(largest) or largest > DIVERGED_WEIGHT:
+            finding = (
+                f"the model diverged: a weight reached {largest:.3g} by round {server_round} "
+                "(the updates blew up; lower the learning rate)"
+            )
+            if not any(d.startswith("the model diverged: a weight") for d in self.diagnostics):
+                self.diagnostics.append(finding)
+                log.warning(finding)
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -515,9 +517,10 @@ class StudyRun:
             "accountant": privacy.accountant if privacy.enabled else None,
             "n_train": site.n_train,
             "n_test": site.n_test,
+            "evaluation_epsilon": site.evaluation_epsilon,
+            "participant_epsilon": _participant_epsilon(site) if privacy.enabled else None,
             "epsilon_by_round": site.epsilon_by_round,
             "rejected_updates": site.rejected_updates,
-            "evaluation_withheld": site.evaluation_withheld,
         }
 
     def _summary(self, status: str, error: str | None) -> dict[str, Any]:
@@ -535,7 +538,9 @@ class StudyRun:
             "model": self.spec.model.name,
             "privacy": self._privacy_header(),
             "sites": {s.name: self._site_summary(s) for s in self.sites.values()},
-            "representation": _representation(self.sites.values()),
+            "representation": self.representation,
+            "evaluated_round": self.evaluated_round,
+            "diagnostics": self.diagnostics,
             "metrics": self.metrics,
         }
 
@@ -568,37 +573,24 @@ def _update_problem(content: RecordDict, global_arrays: ArrayRecord, dp: bool) -
     return None
 
 
-def _intersections(groups: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """Intersection column name -> its two group columns, for every pair of group columns."""
-    return {intersection_name(a, b): (a, b) for a, b in combinations(groups, 2)}
+def _setup_problem(metrics: Any, columns: int) -> str | None:
+    """Why a setup reply breaks the wire contract, or None."""
+    count = metrics.get(p.N_TRAIN)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        return "n-train must be a positive whole number"
+    sums = [metrics.get(k) for k in (p.SUM, p.SUM_SQUARES, p.COUNT)]
+    if any(s is not None for s in sums) and not all(
+        isinstance(s, list) and len(s) == columns and all(math.isfinite(v) for v in s) for s in sums
+    ):
+        return f"the standardization sums must be {columns} finite numbers each"
+    return None
 
 
-def _check_columns(found: Mapping[str, Any], expected: Collection[str], what: str) -> None:
-    """A site may only report on the study's group columns (or their pairs)."""
-    if unexpected := sorted(set(found) - set(expected)):
-        raise ValueError(f"unexpected {what} columns: {', '.join(map(repr, unexpected))}")
-
-
-def _representation(sites: Iterable[SiteRecord]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Training records per group column, level and site (None: withheld at the site, 0: none
-    there), with the total over sites where no site withheld the level."""
-    reporting = [site for site in sites if site.representation]
-    columns = sorted({column for site in reporting for column in site.representation})
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for column in columns:
-        levels = sorted({level for s in reporting for level in s.representation.get(column, {})})
-        table[column] = {}
-        for level in levels:
-            counts = {s.name: s.representation.get(column, {}).get(level, 0) for s in reporting}
-            total = None if None in counts.values() else sum(counts.values())
-            table[column][level] = {"total": total, "sites": counts}
-    return table
-
-
-def _withheld(reply: Message) -> bool:
-    """An evaluate reply in which the site keeps its statistics (it stays in the run)."""
-    status = reply.content.config_records.get(p.STATUS)
-    return status is not None and status[p.STATUS_STATE] == p.WITHHELD
+def _participant_epsilon(site: SiteRecord) -> float | None:
+    """A participant is in the training or the test partition, never both: the larger of the
+    two partitions' epsilons."""
+    spent = [e for e in (site.epsilon, site.evaluation_epsilon) if e is not None]
+    return max(spent) if spent else None
 
 
 def _declined(reply: Message) -> bool:

@@ -1,0 +1,105 @@
+"""A site's two evaluation releases of a model's scores on its test partition (layout and
+sensitivity: ``federation.evaluation``).
+
+The exact statistics are computed here and leave only through one OpenDP Gaussian release per
+message, after the ledger has admitted it. Scores come from whatever model the message carries:
+the release is private for any model, so a crafted one learns no more than noise allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from federation.evaluation import (
+    EVAL_PREFIX,
+    EVENTS,
+    HIST_NEG,
+    HIST_POS,
+    N_BINS,
+    RANK_SUM,
+    RANKS_PREFIX,
+    RECORDS,
+    RESIDUALS,
+    SQUARED_ERRORS,
+    STAT_SHARES,
+    Cell,
+    Layout,
+    RankRequest,
+    Table,
+    cdf_at,
+    key,
+    score_bins,
+)
+from privacy.noise import gaussian_release
+
+Members = Mapping[Table, np.ndarray]  # per table, each test record's level
+
+
+def histogram_release(
+    y: np.ndarray, p: np.ndarray, members: Members, layout: Layout, noise_multiplier: float
+) -> dict[str, float | list[float]]:
+    """Release 1: every cell's class histograms, records, events, residual and squared-error
+    sums, with Gaussian noise of ``noise_multiplier`` on the unit-sensitivity weighted vector."""
+    y = np.asarray(y, dtype=np.int64)
+    bins = score_bins(p)
+    shares = layout.table_shares()
+    names, values, weights = [], [], []
+    for table, levels in layout.tables.items():
+        for level in levels:
+            rows = members[table] == level
+            exact = {
+                HIST_POS: np.bincount(bins[rows & (y == 1)], minlength=N_BINS),
+                HIST_NEG: np.bincount(bins[rows & (y == 0)], minlength=N_BINS),
+                RECORDS: [rows.sum()],
+                EVENTS: [(rows & (y == 1)).sum()],
+                RESIDUALS: [np.sum(y[rows] - p[rows])],
+                SQUARED_ERRORS: [np.sum((p[rows] - y[rows]) ** 2)],
+            }
+            for statistic, cells in exact.items():
+                names.append((key(EVAL_PREFIX, (*table, level), statistic), len(cells)))
+                values.extend(float(v) for v in cells)
+                weights.extend([np.sqrt(shares[table] * STAT_SHARES[statistic])] * len(cells))
+    return _noisy(names, np.array(values), np.array(weights), noise_multiplier)
+
+
+def rank_release(
+    y: np.ndarray,
+    p: np.ndarray,
+    members: Members,
+    layout: Layout,
+    requests: Mapping[Cell, RankRequest],
+    noise_multiplier: float,
+) -> dict[str, float | list[float]]:
+    """Release 2: per requested cell, the sum over its records of class ``rank_class`` of
+    ``cdf(score) - center``, each cell divided by its bound and weighted by its table's share."""
+    y = np.asarray(y, dtype=np.int64)
+    shares = layout.table_shares(ranks=True)
+    names, values, weights = [], [], []
+    for cell, request in requests.items():
+        table = cell[:2]
+        rows = (members[table] == cell[2]) & (y == request.rank_class)
+        contribution = cdf_at(p[rows], np.asarray(request.cdf)) - request.center
+        bound = max(request.center, 1.0 - request.center)
+        names.append((key(RANKS_PREFIX, cell, RANK_SUM), 1))
+        values.append(float(contribution.sum()))
+        weights.append(np.sqrt(shares[table]) / bound)
+    return _noisy(names, np.array(values), np.array(weights), noise_multiplier)
+
+
+def _noisy(
+    names: list[tuple[str, int]], values: np.ndarray, weights: np.ndarray, noise: float
+) -> dict[str, float | list[float]]:
+    """One Gaussian release of the weighted vector (unit L2 sensitivity), back in natural units;
+    histograms stay lists, single statistics become numbers."""
+    if not len(values):
+        return {}
+    released = gaussian_release(values * weights, 1.0, noise) / weights
+    record: dict[str, float | list[float]] = {}
+    start = 0
+    for name, length in names:
+        part = released[start : start + length]
+        record[name] = [float(v) for v in part] if length > 1 else float(part[0])
+        start += length
+    return record

@@ -1,0 +1,438 @@
+"""What a site node does for each message the monitor lets through: setup, train, evaluate (two
+releases) and analyze. Every handler returns the reply's content or raises ``Refused``; the
+monitor (``client.monitor``) has already checked the message's shape and the site's policy.
+
+Training and evaluation happen only inside a run the site's ledger admitted, for the same study
+spec (its digest is bound to the run key at admission) and within the plan the ledger holds;
+every release is recorded in the ledger before it is computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from federation import protocol as p
+from federation.client.data import SiteTable
+from federation.client.evaluation import histogram_release, rank_release
+from federation.client.features import encode, resolve_scaling, scaling_sensitivity, scaling_sums
+from federation.client.plan import (
+    DP_SGD,
+    SETUP_SUMS,
+    SitePlan,
+    partition_epsilon,
+    recorded,
+    site_plan,
+)
+from federation.client.queries import answer
+from federation.client.site import SiteSettings, site_partition, site_table
+from federation.client.training import LocalSettings, train_dp, train_plain
+from federation.errors import AllfedError, SpecError
+from federation.evaluation import (
+    GROUP,
+    INTERSECTION,
+    INTERSECTION_JOIN,
+    LEVEL_JOIN,
+    POOLED_TABLE,
+    layout,
+    rank_requests_from_config,
+)
+from federation.queries import AnalysisRequest, build_query, planned_release
+from federation.spec import StudySpec
+from models.registry import build_model
+from privacy.ledger import ALL, TEST, TRAIN, Ledger, PlannedRelease, RunPlan
+from privacy.noise import gaussian_release
+from privacy.refusal import Refusal
+
+log = logging.getLogger("allfed.site")
+
+_STATE = "allfed"  # this node's ConfigRecord in context.state: the run it serves, a plan cache
+
+
+class Refused(Exception):
+    """The site declines this message; only ``refusal.public()`` leaves the site."""
+
+    def __init__(self, refusal: Refusal, state: str = p.REFUSED) -> None:
+        super().__init__(refusal.detail or refusal.check)
+        self.refusal, self.state = refusal, state
+
+
+@dataclass(frozen=True)
+class Request:
+    """One message the monitor admitted, with the site it is for and the site's ledger."""
+
+    kind: str
+    message: Message
+    context: Context
+    site: SiteSettings
+    ledger: Ledger
+
+    @property
+    def config(self) -> ConfigRecord:
+        content = self.message.content
+        return content[p.CONFIG] if p.CONFIG in content else ConfigRecord()
+
+    @property
+    def spec(self) -> StudySpec:
+        return self.site.spec
+
+
+def spec_digest(spec: StudySpec) -> str:
+    return hashlib.sha256(spec.to_toml().encode("utf-8")).hexdigest()
+
+
+# -- setup ---------------------------------------------------------------------------------------
+
+
+def setup(request: Request) -> RecordDict:
+    """Admit the run: check the data, fix the plan, let the ledger admit it (and record the
+    standardization release first), then release this site's noisy sums. A repeated setup of an
+    admitted run answers what the first one released and plans, resets and releases nothing."""
+    spec, site, ledger = request.spec, request.site, request.ledger
+    run_key = str(request.config.get(p.RUN_KEY, "") or "")
+    resume_after = int(request.config.get(p.RESUME_AFTER, 0) or 0)
+    if run_key and (known := ledger.run(run_key)) is not None:
+        return _repeated_setup(request, run_key, known, resume_after)
+    if resume_after > 0:
+        raise Refused(Refusal("resume-refused", None, f"run {run_key!r} is not in the ledger"))
+    table = site_table(site, site_partition(site, ledger))
+    if spec.privacy.enabled and spec.privacy.delta * table.n_train >= 1:
+        raise Refused(
+            Refusal(
+                "delta-too-weak",
+                "delta",
+                f"delta {spec.privacy.delta:g} is too weak for {table.n_train} records",
+            )
+        )
+    sums = scaling_sums(table, spec)
+    plan = site_plan(spec, table.n_train, with_sums=bool(len(sums[0])))
+    run_key = run_key or f"{request.context.run_id}-{secrets.token_hex(4)}"
+    refusal = ledger.admit(
+        RunPlan(
+            run_key,
+            spec.study.name,
+            spec.privacy.accountant,
+            spec.privacy.delta,
+            spec.privacy.target_epsilon,
+            plan.releases(),
+            spec_digest(spec),
+        ),
+        site.budget(),
+        first=plan.setup_releases(),  # recorded before the sums are computed
+    )
+    if refusal:
+        raise Refused(refusal)
+    metrics = MetricRecord({p.N_TRAIN: table.n_train})
+    if len(sums[0]):
+        if plan.setup_noise is not None:
+            noisy = gaussian_release(
+                np.concatenate(sums), scaling_sensitivity(spec), plan.setup_noise
+            )
+            sums = tuple(np.split(noisy, len(sums)))
+            metrics[p.STANDARDIZATION_NOISE] = plan.setup_noise
+        metrics[p.SUM], metrics[p.SUM_SQUARES], metrics[p.COUNT] = (s.tolist() for s in sums)
+    ledger.store_setup_reply(run_key, dict(metrics))
+    _bind(request.context, run_key, plan)
+    return _ok(site.name, metrics)
+
+
+def _repeated_setup(request: Request, run_key: str, known: dict, resume_after: int) -> RecordDict:
+    """A second setup under a recorded run key: the same spec, an admitted run and the same
+    plan, or a refusal; the reply is the first one's (without the sums on a resume: the
+    aggregator kept its pooled scaling)."""
+    spec, site = request.spec, request.site
+    if known["spec_digest"] != spec_digest(spec) or known["kind"] != "training":
+        raise Refused(Refusal("run-key-in-use", None, f"run {run_key} has another spec"))
+    if known["status"] != "admitted" or known["setup_reply"] is None:
+        raise Refused(Refusal("no-admitted-run", None, f"run {run_key} was {known['status']}"))
+    table = site_table(site, site_partition(site, request.ledger))
+    plan = _checked_plan(request, table, known)
+    done = sum(1 for r in request.ledger.run_releases(run_key) if r["mechanism"] == DP_SGD)
+    if resume_after and done > resume_after:
+        log.warning(
+            "site %s: %d round(s) recorded but not completed by the server count as spent",
+            site.name,
+            done - resume_after,
+        )
+    _bind(request.context, run_key, plan)
+    metrics = MetricRecord(dict(known["setup_reply"]))
+    if resume_after:
+        for name in (p.SUM, p.SUM_SQUARES, p.COUNT, p.STANDARDIZATION_NOISE):
+            metrics.pop(name, None)
+    return _ok(site.name, metrics)
+
+
+def _checked_plan(request: Request, table: SiteTable, run: dict) -> SitePlan:
+    """The run's plan worked out again; it must be the plan the ledger admitted (the same spec
+    and the same training-record count)."""
+    state = request.context.state.get(_STATE)
+    if state is not None and state.get("run-key") == run["run_id"] and "plan" in state:
+        return SitePlan.from_json(str(state["plan"]))
+    with_sums = any(item[0] == SETUP_SUMS for item in run["planned"])
+    plan = site_plan(request.spec, table.n_train, with_sums)
+    if [r.as_list() for r in plan.releases()] != run["planned"]:
+        raise Refused(
+            Refusal("spec-changed", None, "the site's data changed since the run was admitted")
+        )
+    return plan
+
+
+def _bind(context: Context, run_key: str, plan: SitePlan) -> None:
+    """This Flower run's node state remembers the run it serves and its plan (a cache: the
+    ledger is the authority)."""
+    context.state[_STATE] = ConfigRecord({"run-key": run_key, "plan": plan.to_json()})
+
+
+@dataclass(frozen=True)
+class BoundRun:
+    """An admitted training run a train or evaluate message belongs to."""
+
+    key: str
+    plan: SitePlan
+    table: SiteTable
+
+
+def bound_run(request: Request) -> BoundRun:
+    """The admitted run of this message: its key from the message or this node's state, in the
+    ledger as admitted, of this very spec, with the plan the ledger holds."""
+    state = request.context.state.get(_STATE)
+    key = str(request.config.get(p.RUN_KEY, "") or "") or (
+        str(state["run-key"]) if state is not None and "run-key" in state else ""
+    )
+    if not key:
+        raise Refused(Refusal("no-admitted-run", None, "no setup admitted a run for this message"))
+    run = request.ledger.run(key)
+    if run is None or run["status"] != "admitted" or run["kind"] != "training":
+        raise Refused(Refusal("no-admitted-run", None, f"run {key} is not admitted"))
+    if run["spec_digest"] != spec_digest(request.spec):
+        raise Refused(Refusal("spec-changed", None, f"run {key} was admitted for another spec"))
+    table = site_table(request.site, site_partition(request.site, request.ledger))
+    plan = _checked_plan(request, table, run)
+    _bind(request.context, key, plan)
+    return BoundRun(key, plan, table)
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+
+def train(request: Request) -> RecordDict:
+    """One round of local training: the ledger records the round's release first (refusing one
+    the plan or the budgets no longer hold), then DP-SGD from the message's weights."""
+    spec, config = request.spec, request.config
+    run = bound_run(request)
+    x, y, model = _inputs(request, run.table, test=False)
+    settings = LocalSettings(
+        epochs=spec.training.local_epochs,
+        batch_size=spec.training.batch_size,
+        learning_rate=spec.training.learning_rate,
+        max_grad_norm=spec.privacy.max_grad_norm,
+        proximal_mu=float(config.get(p.PROXIMAL_MU, 0.0)),
+    )
+    server_round = int(config.get(p.SERVER_ROUND, 0))
+    metrics = MetricRecord({p.NUM_EXAMPLES: len(y)})
+    if run.plan.dp is None:
+        done = request.ledger.message_count(run.key, "train", p.OK)
+        if done >= spec.training.rounds:
+            raise Refused(Refusal("plan-exhausted", None, "every planned round was trained"))
+        train_plain(model, x, y, settings)
+        return RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.METRICS: metrics})
+    refusal = request.ledger.record_release(
+        run.key, server_round, run.plan.round_release(), request.site.budget()
+    )
+    if refusal:
+        raise Refused(refusal)
+    dp = run.plan.dp
+    train_dp(model, x, y, settings, dp)
+    releases = recorded(request.ledger.run_releases(run.key))
+    steps = sum(r.release.steps for r in releases if r.mechanism == DP_SGD)
+    epsilon = dp.epsilon_after(steps)
+    if epsilon is None:
+        epsilon = partition_epsilon(releases, TRAIN, spec.privacy.delta, spec.privacy.accountant)
+    metrics[p.EPSILON] = epsilon
+    metrics[p.DELTA] = spec.privacy.delta
+    metrics[p.NOISE_MULTIPLIER] = dp.noise_multiplier
+    metrics[p.SAMPLE_RATE] = dp.sample_rate
+    metrics[p.STEPS] = steps
+    return RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.METRICS: metrics})
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+
+
+def evaluate(request: Request) -> RecordDict:
+    """Release 1 of an evaluation (``federation.evaluation``): the test partition's noisy
+    histograms and sums of the message's model, admitted by the ledger first."""
+    return _evaluation(request, ranks=False)
+
+
+def evaluate_ranks(request: Request) -> RecordDict:
+    """Release 2 of an evaluation: the noisy rank sums the aggregator's CDFs ask for."""
+    return _evaluation(request, ranks=True)
+
+
+def _evaluation(request: Request, ranks: bool) -> RecordDict:
+    spec = request.spec
+    run = bound_run(request)
+    cells = layout(spec)
+    requests = {}
+    if ranks:
+        try:
+            requests = rank_requests_from_config(request.config, cells.rank_cells())
+        except ValueError as error:
+            raise Refused(Refusal("bad-config-value", "ranks", str(error))) from None
+    x, y, model = _inputs(request, run.table, test=True)
+    planned = run.plan.evaluation_release(ranks)
+    refusal = request.ledger.record_release(
+        run.key, int(request.config.get(p.SERVER_ROUND, 0)), planned, request.site.budget()
+    )
+    if refusal:
+        raise Refused(refusal)
+    scores = _scores(model, x)
+    members = _members(run.table, spec)
+    noise = planned.release.noise_multiplier
+    if ranks:
+        released = rank_release(y, scores, members, cells, requests, noise)
+    else:
+        released = histogram_release(y, scores, members, cells, noise)
+    releases = recorded(request.ledger.run_releases(run.key))
+    metrics = MetricRecord(released)
+    metrics[p.EPSILON] = partition_epsilon(
+        releases, TEST, spec.privacy.delta, spec.privacy.accountant
+    )
+    metrics[p.NOISE_MULTIPLIER] = noise
+    return RecordDict({p.METRICS: metrics})
+
+
+def _scores(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """Risks in [0, 1] for any weights the message carried (non-finite logits become 0.5 or
+    the nearer end, never an error that would depend on the data)."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).squeeze(-1).double()
+    logits = torch.nan_to_num(logits, nan=0.0)
+    return torch.sigmoid(logits).numpy().astype(float)
+
+
+def _members(table: SiteTable, spec: StudySpec) -> dict[tuple[str, str], np.ndarray]:
+    """Per evaluation table, each test record's level (declared levels only)."""
+    test = table.is_test
+    members = {POOLED_TABLE: np.full(int(test.sum()), "all", dtype=object)}
+    groups = {g: table.groups[g][test] for g in spec.study.groups}
+    for column, levels in groups.items():
+        members[(GROUP, column)] = levels
+    for i, first in enumerate(spec.study.groups):
+        for second in spec.study.groups[i + 1 :]:
+            joined = np.array(
+                [f"{a}{LEVEL_JOIN}{b}" for a, b in zip(groups[first], groups[second], strict=True)],
+                dtype=object,
+            )
+            members[(INTERSECTION, f"{first}{INTERSECTION_JOIN}{second}")] = joined
+    return members
+
+
+def _inputs(request: Request, table: SiteTable, test: bool):
+    """The train (or test) rows encoded with the aggregator's scaling, and the model the message
+    carries, checked against the study's model (names, shapes, finite values)."""
+    spec, config = request.spec, request.config
+    try:
+        center = [float(v) for v in config[p.SCALING_CENTER]]
+        scale = [float(v) for v in config[p.SCALING_SCALE]]
+    except (KeyError, TypeError, ValueError):
+        raise Refused(Refusal("bad-config-value", p.SCALING_CENTER, "no scaling")) from None
+    if not all(np.isfinite(center)) or not all(np.isfinite(scale)) or min(scale, default=1) <= 0:
+        raise Refused(Refusal("bad-config-value", p.SCALING_SCALE, "a non-finite scaling"))
+    try:
+        center_all, scale_all = resolve_scaling(table, spec, center, scale)
+    except ValueError:
+        raise Refused(Refusal("bad-config-value", p.SCALING_CENTER, "scaling length")) from None
+    x, y = encode(table, spec, center_all, scale_all, test=test)
+    model = build_model(spec.model.name, x.shape[1], spec.model.hidden)
+    expected = model.state_dict()
+    try:
+        weights = request.message.content[p.ARRAYS].to_torch_state_dict()
+    except Exception:  # whatever Flower raises for a malformed ArrayRecord
+        raise Refused(Refusal("bad-model", p.ARRAYS, "unreadable arrays")) from None
+    if list(weights) != list(expected) or any(
+        weights[k].shape != expected[k].shape
+        or weights[k].dtype != expected[k].dtype
+        or not torch.isfinite(weights[k]).all()
+        for k in expected
+    ):
+        raise Refused(Refusal("bad-model", p.ARRAYS, "arrays differ from the study's model"))
+    model.load_state_dict(weights)
+    return x, y, model
+
+
+# -- analyze -------------------------------------------------------------------------------------
+
+
+def analyze(request: Request) -> RecordDict:
+    """A descriptive analysis: its one release on all the site's records, admitted by the ledger
+    before anything is computed, then the noisy cells with small counts withheld."""
+    spec, site, ledger = request.spec, request.site, request.ledger
+    try:
+        analysis = AnalysisRequest.from_json(str(request.config[p.ANALYSIS_REQUEST]))
+        query = build_query(analysis, spec)
+    except SpecError as error:
+        raise Refused(Refusal("analysis-invalid", None, str(error)), p.FAILED) from None
+    except (KeyError, TypeError, ValueError):
+        raise Refused(Refusal("analysis-invalid", None, "malformed request"), p.FAILED) from None
+    refusal = site.policy.refusal(spec.study.name, None, True, analysis.epsilon, analysis.delta)
+    if refusal:
+        raise Refused(refusal)
+    try:
+        noise = planned_release(analysis)
+    except ValueError as error:  # an epsilon no noise can reach
+        raise Refused(Refusal("analysis-invalid", "epsilon", str(error)), p.FAILED) from None
+    table = site_table(site, site_partition(site, ledger), trainable=False)
+    if analysis.delta * len(table.label) >= 1:
+        raise Refused(Refusal("delta-too-weak", "delta", "delta too weak for the site's records"))
+    run_key = str(request.config.get(p.RUN_KEY, "") or "") or (
+        f"{request.context.run_id}-{secrets.token_hex(4)}"
+    )
+    planned = PlannedRelease(f"analysis-{analysis.kind}", ALL, noise)
+    refusal = ledger.admit(
+        RunPlan(
+            run_key,
+            spec.study.name,
+            analysis.accountant,
+            analysis.delta,
+            analysis.epsilon,
+            (planned,),
+            spec_digest(spec),
+            kind="analysis",
+        ),
+        site.budget(),
+        first=[planned],  # recorded before it is computed
+    )
+    if refusal:
+        raise Refused(refusal)
+    cells, epsilon = answer(analysis, query, table, spec, noise, site.policy.min_cell_count)
+    metrics = MetricRecord(
+        {p.EPSILON: epsilon, p.DELTA: analysis.delta, p.NOISE_MULTIPLIER: noise.noise_multiplier}
+    )
+    for (stratum, variable, level, statistic), value in cells.items():
+        key = ".".join((p.CELL, *map(p.encode_name, (stratum, variable, level)), statistic))
+        metrics[key] = int(value) if statistic == "count" else value
+    request.context.state[_STATE] = ConfigRecord({"run-key": run_key})
+    return _ok(site.name, metrics)
+
+
+def _ok(site: str, metrics: MetricRecord) -> RecordDict:
+    return RecordDict({p.STATUS: status(site, p.OK, ""), p.METRICS: metrics})
+
+
+def status(site: str, state: str, reason: str) -> ConfigRecord:
+    return ConfigRecord({p.STATUS_SITE: site, p.STATUS_STATE: state, p.STATUS_REASON: reason})
+
+
+def data_error(error: AllfedError) -> Refused:
+    """A user mistake at the site (its data, its configuration) as a refusal that names only
+    the check and the column."""
+    return Refused(error.refusal(), p.FAILED)

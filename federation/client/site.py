@@ -1,0 +1,145 @@
+"""Who a site node is: its name, its data, its policy, its ledger, and its fixed partition.
+
+Everything here comes from the site (the node config of ``flower-supernode`` / ``allfed node
+start``, or the simulation's own table of sites), never from the aggregator, except the study
+spec, which the site checks against its policy before anything else.
+
+A node that names no ledger keeps one at ``$FLWR_HOME/allfed/sites/<site>/ledger.sqlite``
+(``FLWR_HOME`` defaults to ``~/.flwr``, the SuperNode's own state folder): every node accounts
+durably, whether or not its operator thought of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import Context
+
+from federation import protocol as p
+from federation.client.data import SiteTable, load_site_table, read_table
+from federation.client.partition import Partition, requested_definition
+from federation.errors import AllfedError
+from federation.spec import StudySpec, spec_from_run_config
+from privacy.ledger import Budget, Ledger, LedgerError
+from privacy.policy import PolicyError, SitePolicy, load_policy
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """Who this node is, where its data and ledger live, and the study it is asked to join."""
+
+    name: str
+    data: Path
+    spec: StudySpec
+    ledger: Path
+    policy: SitePolicy = field(default_factory=SitePolicy)
+
+    def budget(self) -> Budget:
+        policy = self.policy
+        return Budget(
+            policy.lifetime_epsilon,
+            policy.lifetime_delta,
+            policy.accountant,
+            policy.max_epsilon_per_run,
+            policy.evaluation_cap,
+        )
+
+    def open_ledger(self) -> Ledger:
+        try:
+            return Ledger(self.ledger)
+        except (LedgerError, OSError) as error:
+            raise AllfedError(f"site {self.name}: {error}", "node-config", "ledger") from None
+
+
+Resolver = Callable[[Context], SiteSettings]
+
+
+def default_ledger(site: str) -> Path:
+    """Where a node keeps its ledger when its node config names none."""
+    home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", site) or "site"
+    return home / "allfed" / "sites" / safe / "ledger.sqlite"
+
+
+def site_policy(path: str | Path | None) -> SitePolicy:
+    """The policy file's rules, or the default policy (DP required) when the site has none."""
+    if not path:
+        return SitePolicy()
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        raise AllfedError(str(error), "node-config", "policy") from None
+
+
+def settings_from_context(context: Context) -> SiteSettings:
+    """Deployment: data, name, policy and ledger from ``--node-config``, the study from the run
+    config. (``flwr run`` on the local simulation engine: the site of the partition id.)"""
+    node, run = context.node_config, context.run_config
+    if p.NODE_DATA in node:
+        data, name = str(node[p.NODE_DATA]), str(node.get(p.NODE_SITE) or f"node-{context.node_id}")
+    elif "partition-id" in node and run.get(p.RUN_SITES):
+        name, data = _site_of_partition(p.site_entries(run), int(node["partition-id"]))
+    else:
+        raise AllfedError(
+            "the SuperNode needs --node-config 'data=\"PATH\"' (its site data file)",
+            "node-config",
+            p.NODE_DATA,
+        )
+    ledger = str(node.get(p.NODE_LEDGER) or "")
+    policy = site_policy(str(node.get(p.NODE_POLICY) or ""))
+    try:
+        spec = spec_from_run_config(run)
+    except AllfedError as error:
+        raise AllfedError(str(error), "spec-invalid") from None
+    return SiteSettings(
+        name=name,
+        data=Path(data),
+        spec=spec,
+        ledger=Path(ledger) if ledger else default_ledger(name),
+        policy=policy,
+    )
+
+
+def _site_of_partition(entries: list[tuple[str, str]], partition: int) -> tuple[str, str]:
+    if partition >= len(entries):
+        raise AllfedError(
+            f"run config 'sites' names {len(entries)} sites; node {partition} has none",
+            "node-config",
+            p.RUN_SITES,
+        )
+    return entries[partition]
+
+
+def site_partition(site: SiteSettings, ledger: Ledger) -> Partition:
+    """The site's fixed partition: pinned in its ledger by its first run, from its policy (or,
+    at that first run only, the spec's split column or test fraction)."""
+    definition = ledger.partition_definition()
+    if definition is None:
+        columns = list(read_table(site.data, site.spec.features.na_values).columns)
+        definition = ledger.pin_partition(requested_definition(site.policy, site.spec, columns))
+    return Partition(definition, ledger.partition_secret())
+
+
+# path -> (file version, spec, partition and trainable check, table)
+_TABLES: dict[str, tuple[tuple, SiteTable]] = {}
+
+
+def site_table(site: SiteSettings, partition: Partition, trainable: bool = True) -> SiteTable:
+    """The site's checked table, read once per file version, spec and partition in this process.
+    One entry per file: a simulation's worker process serves many sites in turn."""
+    digest = hashlib.sha256(partition.secret).hexdigest()
+    key = (site.spec.to_toml(), repr(sorted(partition.definition.items())), digest, trainable)
+    try:
+        stat = site.data.stat()
+        version = (stat.st_mtime_ns, stat.st_size, *key)
+    except OSError:
+        version = (None, None, *key)
+    path = str(site.data)
+    if path not in _TABLES or _TABLES[path][0] != version:
+        _TABLES[path] = (version, load_site_table(site.data, site.spec, partition, trainable))
+    return _TABLES[path][1]

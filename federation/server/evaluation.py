@@ -1,0 +1,651 @@
+"""Metrics from the sites' DP evaluation releases, each with a 95% interval that covers the DP
+noise as well as sampling, and withheld where that interval is too wide to mean anything.
+
+The sites' releases (``federation.evaluation``) are pooled by summing; every statistic's noise
+variance is known from the release's layout and noise multiplier. Post-processing (free of
+privacy cost) then makes the noisy numbers consistent before anything is computed from them:
+
+- a class histogram becomes the isotonic (non-decreasing) fit of its noisy cumulative counts,
+  anchored at 0 and at the class's released count: non-negative bins without the upward bias
+  that clipping each bin at 0 would give the many empty bins;
+- the records and events of a group column's levels are reconciled with the pooled totals by
+  weighted least squares (the variances are known), so levels add up to the total.
+
+The AUROC of a cell with a rank release is read from it: the aggregator sends each site the
+other class's pooled CDF from release 1, each site sums it over its records of the rarer class,
+and the AUROC is that mean (its noise is one bounded sum's, not every bin's). Its interval adds
+the rank noise, the uncertainty of the CDF (simulated from release 1's noise) and DeLong's
+sampling variance. The other metrics' intervals come from a parametric bootstrap over the
+release's noise and Poisson sampling of the post-processed bins (seeded: the same release
+always gives the same intervals).
+
+Rules stated in the README: a group or intersection level is published only when its noisy
+records, events and non-events each exceed the site policy's dissemination threshold (20); a
+metric whose 95% interval is wider than ``MAX_CI_WIDTH`` of its scale is withheld (``None``,
+with the reason in ``withheld``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+
+from federation.evaluation import (
+    EVAL_PREFIX,
+    EVENTS,
+    HIST_NEG,
+    HIST_POS,
+    HISTOGRAMS,
+    INNER_EDGES,
+    INTERSECTION,
+    N_BINS,
+    POOLED_CELL,
+    RANK_SUM,
+    RANKS_PREFIX,
+    RECORDS,
+    RESIDUALS,
+    SQUARED_ERRORS,
+    STAT_SHARES,
+    THRESHOLD,
+    THRESHOLD_BIN,
+    Cell,
+    Layout,
+    RankRequest,
+    bin_logits,
+    histogram_keys,
+    key,
+)
+from federation.server import metrics as m
+
+CI_LEVEL = 0.95
+_Z = NormalDist().inv_cdf(0.5 + CI_LEVEL / 2)
+BOOTSTRAP_DRAWS = 200
+MIN_PUBLISHED_COUNT = 20  # the dissemination rule, applied to published (noisy) counts
+# A metric is withheld when its 95% interval is wider than this share of its scale: on [0, 1]
+# for rates, AUROC and AUPRC; the scale of a calibration slope or intercept is 2 (0 to 2 for a
+# slope around its ideal 1), of the E-statistics 1.
+MAX_CI_WIDTH = 0.4
+MIN_CALIBRATION_RECORDS = 50  # (noisy) records per group of bins on the calibration plot
+DEGENERATE_SHARE = 0.9  # of the records in one bin (or the two saturated tails): a flag
+_LOGITS = bin_logits()
+
+
+@dataclass
+class CellRelease:
+    """One cell's released statistics, summed over the sites that released it, with the noise
+    variance of each statistic (per bin for the histograms)."""
+
+    hist_pos: np.ndarray
+    hist_neg: np.ndarray
+    records: float
+    events: float
+    residuals: float
+    squared_errors: float
+    variance: dict[str, float]
+    rank_sum: float | None = None
+    rank_variance: float = 0.0
+    rank: RankRequest | None = None
+    sites: int = 1
+
+    def __add__(self, other: CellRelease) -> CellRelease:
+        return CellRelease(
+            self.hist_pos + other.hist_pos,
+            self.hist_neg + other.hist_neg,
+            self.records + other.records,
+            self.events + other.events,
+            self.residuals + other.residuals,
+            self.squared_errors + other.squared_errors,
+            {k: v + other.variance[k] for k, v in self.variance.items()},
+            None
+            if self.rank_sum is None or other.rank_sum is None
+            else self.rank_sum + other.rank_sum,
+            self.rank_variance + other.rank_variance,
+            self.rank,
+            self.sites + other.sites,
+        )
+
+
+def read_histograms(
+    record: Mapping[str, Any], layout: Layout, noise_multiplier: float
+) -> dict[Cell, CellRelease]:
+    """A site's release 1 (its reply's metrics) as cells; ValueError unless it holds exactly the
+    layout's keys, each a finite number (histograms: ``N_BINS`` of them)."""
+    expected = histogram_keys(layout.cells)
+    present = {k for k in record if k.startswith(f"{EVAL_PREFIX}.")}
+    if missing := sorted(set(expected) - present):
+        raise ValueError(f"missing evaluation keys, e.g. {missing[0]}")
+    if extra := sorted(present - set(expected)):
+        raise ValueError(f"unexpected evaluation keys, e.g. {extra[0]}")
+    values: dict[Cell, dict[str, Any]] = {}
+    for name, (cell, statistic) in expected.items():
+        value = record[name]
+        if statistic in HISTOGRAMS:
+            array = np.asarray(value, dtype=float) if isinstance(value, list) else None
+            if array is None or array.shape != (N_BINS,) or not np.all(np.isfinite(array)):
+                raise ValueError(f"{name} must be {N_BINS} finite numbers")
+            value = array
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number")
+        elif not math.isfinite(value):
+            raise ValueError(f"{name} must be finite")
+        values.setdefault(cell, {})[statistic] = value
+    cells = {}
+    for cell, stats in values.items():
+        table = cell[:2]
+        variance = {s: layout.histogram_sd(table, s, noise_multiplier) ** 2 for s in STAT_SHARES}
+        cells[cell] = CellRelease(
+            stats[HIST_POS], stats[HIST_NEG], float(stats[RECORDS]), float(stats[EVENTS]),
+            float(stats[RESIDUALS]), float(stats[SQUARED_ERRORS]), variance,
+        )  # fmt: skip
+    return cells
+
+
+def read_ranks(
+    record: Mapping[str, Any],
+    requests: Mapping[Cell, RankRequest],
+    layout: Layout,
+    noise_multiplier: float,
+) -> dict[Cell, tuple[float, float]]:
+    """A site's release 2: per requested cell, (rank sum, its noise variance); ValueError unless
+    it answers exactly the requests."""
+    expected = {key(RANKS_PREFIX, cell, RANK_SUM): cell for cell in requests}
+    present = {k for k in record if k.startswith(f"{RANKS_PREFIX}.")}
+    if present != set(expected):
+        raise ValueError("the rank release does not answer exactly the requested cells")
+    ranks = {}
+    for name, cell in expected.items():
+        value = record[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{name} must be a finite number")
+        sd = layout.rank_sd(cell[:2], requests[cell].center, noise_multiplier)
+        ranks[cell] = (float(value), sd**2)
+    return ranks
+
+
+def pool(sites: Iterable[Mapping[Cell, CellRelease]]) -> dict[Cell, CellRelease]:
+    """The cells summed over sites."""
+    total: dict[Cell, CellRelease] = {}
+    for cells in sites:
+        for cell, release in cells.items():
+            total[cell] = total[cell] + release if cell in total else release
+    return total
+
+
+def with_ranks(
+    cells: Mapping[Cell, CellRelease],
+    ranks: Iterable[Mapping[Cell, tuple[float, float]]],
+    requests: Mapping[Cell, RankRequest],
+) -> dict[Cell, CellRelease]:
+    """The pooled cells with every site's rank sums added (a cell keeps its rank release only
+    if every site that released its histograms answered it)."""
+    sums: dict[Cell, list[tuple[float, float]]] = {}
+    for site in ranks:
+        for cell, value in site.items():
+            sums.setdefault(cell, []).append(value)
+    result = dict(cells)
+    for cell, values in sums.items():
+        release = result.get(cell)
+        if release is None or len(values) != release.sites:
+            continue
+        result[cell] = replace(
+            release,
+            rank_sum=sum(v for v, _ in values),
+            rank_variance=sum(var for _, var in values),
+            rank=requests[cell],
+        )
+    return result
+
+
+# -- post-processing ---------------------------------------------------------------------------
+
+
+def histogram(noisy: np.ndarray) -> np.ndarray:
+    """Non-negative bins from noisy ones: the isotonic (non-decreasing, non-negative) fit of the
+    noisy cumulative counts, differenced. Its total is the fit's own: anchoring it at a
+    separately released count would pile the difference into the last bin."""
+    fitted = np.maximum(_non_decreasing(np.cumsum(noisy)), 0.0)
+    return np.diff(np.concatenate([[0.0], fitted]))
+
+
+def _non_decreasing(values: np.ndarray) -> np.ndarray:
+    """The least-squares non-decreasing fit of ``values`` (pool adjacent violators)."""
+    means: list[float] = []
+    sizes: list[int] = []
+    for value in values.tolist():
+        means.append(value)
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            size = sizes[-2] + sizes[-1]
+            means[-2] = (means[-2] * sizes[-2] + means[-1] * sizes[-1]) / size
+            sizes[-2] = size
+            means.pop()
+            sizes.pop()
+    return np.repeat(means, sizes)
+
+
+def class_histograms(release: CellRelease) -> tuple[np.ndarray, np.ndarray]:
+    """The post-processed positive and negative histograms of a cell."""
+    return histogram(release.hist_pos), histogram(release.hist_neg)
+
+
+def reconcile(cells: Mapping[Cell, CellRelease], layout: Layout) -> dict[Cell, CellRelease]:
+    """Records and events of each table's levels adjusted by weighted least squares so that
+    they add up to the pooled cell's (which moves too, by its own variance's share)."""
+    result = dict(cells)
+    total = cells.get(POOLED_CELL)
+    if total is None:
+        return result
+    for table, levels in layout.tables.items():
+        members = [(*table, level) for level in levels]
+        if table == POOLED_CELL[:2] or not all(c in cells for c in members):
+            continue
+        for statistic in (RECORDS, EVENTS):
+            values = np.array([getattr(cells[c], statistic) for c in members])
+            variances = np.array([cells[c].variance[statistic] for c in members])
+            gap = getattr(total, statistic) - values.sum()
+            weight = total.variance[statistic] + variances.sum()
+            for c, value, variance in zip(members, values, variances, strict=True):
+                adjusted = max(value + gap * variance / weight, 0.0)
+                result[c] = replace(result[c], **{statistic: adjusted})
+    return result
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Interval:
+    value: float | None
+    ci: list[float] | None
+    width_limit: float = MAX_CI_WIDTH
+
+    def published(self) -> tuple[float | None, list[float] | None, str | None]:
+        if self.value is None:
+            return None, None, "undefined (a class is absent)"
+        if self.ci is not None and self.ci[1] - self.ci[0] > self.width_limit:
+            return None, self.ci, "95% interval too wide (DP noise and sampling)"
+        return self.value, self.ci, None
+
+
+@dataclass
+class Metrics:
+    """JSON-ready metrics of one cell, with intervals and the reasons for what is withheld."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    withheld: dict[str, str] = field(default_factory=dict)
+
+    def put(self, name: str, interval: _Interval) -> None:
+        value, ci, reason = interval.published()
+        self.values[name] = value
+        self.values[f"{name}_ci"] = ci
+        if reason:
+            self.withheld[name] = reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.values, "withheld": dict(self.withheld)}
+
+
+def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
+    """Every metric of one cell (pooled, a site, a group level), intervals covering noise and
+    sampling; ``None`` for what is undefined or too uncertain, the reason in ``withheld``."""
+    pos, neg = class_histograms(release)
+    n, events = max(release.records, 0.0), float(pos.sum())
+    out = Metrics()
+    out.values.update(
+        n=round(n), n_se=round(math.sqrt(release.variance[RECORDS]), 1),
+        n_pos=round(events), n_pos_se=round(math.sqrt(release.variance[EVENTS]), 1),
+        threshold=THRESHOLD,
+    )  # fmt: skip
+    draws = _bootstrap(release, seed)
+    out.put("prevalence", _ratio_interval(events, n, release.variance[EVENTS], release))
+    out.put("auroc", _auroc_interval(release, pos, neg))
+    out.values["auroc_method"] = (
+        "rank release" if release.rank_sum is not None else "binned histograms"
+    )
+    brier = _mean_interval(release.squared_errors, n, release.variance[SQUARED_ERRORS], 0.25)
+    out.put("brier", brier)
+    prevalence = events / n if n > 0 else None
+    out.values["brier_scaled"] = (
+        None
+        if brier.published()[0] is None or not prevalence or prevalence >= 1
+        else 1.0 - brier.value / (prevalence * (1.0 - prevalence))
+    )
+    citl = _mean_interval(release.residuals, n, release.variance[RESIDUALS], 0.25)
+    out.put("calibration_in_the_large_observed_minus_predicted", citl)
+    out.values["mean_predicted"] = (events - release.residuals) / n if n > 0 else None
+    out.values["calibration_observed_expected_ratio"] = (
+        events / (events - release.residuals) if events - release.residuals > 0 else None
+    )
+    point = _binned_metrics(pos, neg)
+    replicates = [_binned_metrics(p, q) for p, q in zip(draws.pos, draws.neg, strict=True)]
+    for name, value in point.items():
+        limit = 2 * MAX_CI_WIDTH if name in _WIDE_SCALE else MAX_CI_WIDTH
+        out.put(name, _percentile_interval(value, [r[name] for r in replicates], limit))
+    out.values["roc_curve"] = _roc_curve(pos, neg, draws)
+    out.values["calibration"] = _calibration_bins(pos, neg, draws)
+    out.values["diagnostics"] = score_diagnostics(pos, neg)
+    return out.as_dict()
+
+
+_WIDE_SCALE = {"calibration_intercept", "calibration_slope", "calibration_line_intercept"}
+_RATES = {
+    "accuracy": lambda tp, fp, tn, fn: (tp + tn) / (tp + fp + tn + fn),
+    "sensitivity": lambda tp, fp, tn, fn: tp / (tp + fn),
+    "specificity": lambda tp, fp, tn, fn: tn / (tn + fp),
+    "ppv": lambda tp, fp, tn, fn: tp / (tp + fp),
+    "npv": lambda tp, fp, tn, fn: tn / (tn + fn),
+}
+
+
+def _binned_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float | None]:
+    """The metrics read from the class histograms alone: AUPRC, the threshold metrics at risk
+    0.5 (a bin edge), the logistic recalibration and the lowess E-statistics."""
+    values: dict[str, float | None] = {"auprc": m.average_precision(pos, neg)}
+    counts = m.threshold_counts(pos, neg, THRESHOLD_BIN)
+    for name, rate in _RATES.items():
+        try:
+            values[name] = float(rate(*counts))
+        except ZeroDivisionError:
+            values[name] = None
+    intercept, slope, line = m.calibration_fit(_LOGITS, pos, neg)
+    values.update(
+        calibration_intercept=intercept, calibration_slope=slope, calibration_line_intercept=line
+    )
+    values.update(m.calibration_errors(_LOGITS, pos, neg))
+    return values
+
+
+def _percentile_interval(
+    value: float | None, replicates: list[float | None], limit: float
+) -> _Interval:
+    if value is None:
+        return _Interval(None, None, limit)
+    usable = [r for r in replicates if r is not None]
+    if len(usable) < len(replicates) // 2:
+        return _Interval(value, None, limit)
+    low, high = np.quantile(usable, [(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2])
+    return _Interval(value, [float(low), float(high)], limit)
+
+
+def _ratio_interval(
+    numerator: float, denominator: float, variance: float, release: CellRelease
+) -> _Interval:
+    """A proportion's interval: binomial sampling plus the numerator's and denominator's noise."""
+    if denominator <= 0:
+        return _Interval(None, None)
+    share = min(max(numerator / denominator, 0.0), 1.0)
+    spread = share * (1 - share) / denominator
+    spread += (variance + share**2 * release.variance[RECORDS]) / denominator**2
+    return _symmetric(share, math.sqrt(spread), 0.0, 1.0)
+
+
+def _mean_interval(total: float, n: float, variance: float, spread_bound: float) -> _Interval:
+    """A mean of bounded per-record values: its noise over n^2 plus a sampling variance at most
+    ``spread_bound`` per record."""
+    if n <= 0:
+        return _Interval(None, None)
+    value = total / n
+    return _symmetric(value, math.sqrt(variance / n**2 + spread_bound / n), -1.0, 1.0)
+
+
+def _symmetric(value: float, se: float, low: float, high: float) -> _Interval:
+    return _Interval(value, [max(low, value - _Z * se), min(high, value + _Z * se)])
+
+
+def _auroc_interval(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> _Interval:
+    area = m.auroc(pos, neg)
+    sampling = m.delong_variance(pos, neg)
+    if area is None or sampling is None:
+        return _Interval(None, None)
+    if release.rank_sum is None or release.rank is None:
+        noise = _histogram_auroc_noise(release, pos, neg)
+        return _symmetric(area, math.sqrt(sampling + noise), 0.0, 1.0)
+    request = release.rank
+    summed = pos if request.rank_class == 1 else neg
+    count = release.events if request.rank_class == 1 else release.records - release.events
+    if count <= 0 or summed.sum() <= 0:
+        return _Interval(None, None)
+    mean = request.center + release.rank_sum / count
+    value = mean if request.rank_class == 1 else 1.0 - mean
+    noise = release.rank_variance / count**2
+    noise += _cdf_noise(release, request, summed)
+    return _symmetric(min(max(value, 0.0), 1.0), math.sqrt(sampling + noise), 0.0, 1.0)
+
+
+def _histogram_auroc_noise(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> float:
+    """The AUROC's variance from the histograms' noise, by the delta method at the estimate."""
+    n_pos, n_neg = pos.sum(), neg.sum()
+    area = m.auroc(pos, neg)
+    below = (np.cumsum(neg) - neg / 2) / n_neg
+    above = (n_pos - np.cumsum(pos) + pos / 2) / n_pos
+    return float(
+        release.variance[HIST_POS] * np.sum(((below - area) / n_pos) ** 2)
+        + release.variance[HIST_NEG] * np.sum(((above - area) / n_neg) ** 2)
+    )
+
+
+def _cdf_noise(release: CellRelease, request: RankRequest, summed: np.ndarray) -> float:
+    """Variance of the rank AUROC from the noise of the CDF it used: the other class's pooled
+    histogram redrawn with release 1's noise, its CDF rebuilt, and the change averaged over the
+    summed class's bins."""
+    if request.rank_class == 1:
+        noisy, variance = release.hist_neg, HIST_NEG
+    else:
+        noisy, variance = release.hist_pos, HIST_POS
+    used = np.asarray(request.cdf)
+    used_means = (used[:-1] + used[1:]) / 2  # the CDF's mean over each bin
+    rng = np.random.default_rng(0)
+    sd = math.sqrt(release.variance[variance])
+    changes = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        redrawn = histogram(noisy + rng.normal(0, sd, N_BINS))
+        cdf = np.concatenate([[0.0], np.cumsum(redrawn) / max(redrawn.sum(), 1e-12)])
+        changes.append(np.dot(summed, (cdf[:-1] + cdf[1:]) / 2 - used_means) / summed.sum())
+    return float(np.var(changes))
+
+
+def rank_request(release: CellRelease) -> RankRequest | None:
+    """What to ask of a cell in release 2: the rarer class sums the other class's CDF, centred
+    on release 1's AUROC; None when the cell has no AUROC to refine."""
+    pos, neg = class_histograms(release)
+    area = m.auroc(pos, neg)
+    if area is None:
+        return None
+    rank_class = 1 if pos.sum() <= neg.sum() else 0
+    other = neg if rank_class == 1 else pos
+    cdf = np.concatenate([[0.0], np.cumsum(other) / other.sum()])
+    center = area if rank_class == 1 else 1.0 - area
+    return RankRequest(tuple(float(v) for v in np.clip(cdf, 0, 1)), float(center), rank_class)
+
+
+@dataclass
+class _Draws:
+    """Bootstrap replicates of a cell's post-processed histograms: Poisson sampling of the bins
+    plus a fresh draw of the release's noise."""
+
+    pos: list[np.ndarray]
+    neg: list[np.ndarray]
+
+
+def _bootstrap(release: CellRelease, seed: int) -> _Draws:
+    rng = np.random.default_rng(seed)
+    pos, neg = class_histograms(release)
+    sd_pos, sd_neg = math.sqrt(release.variance[HIST_POS]), math.sqrt(release.variance[HIST_NEG])
+    draws = _Draws([], [])
+    for _ in range(BOOTSTRAP_DRAWS):
+        draws.pos.append(histogram(rng.poisson(pos) + rng.normal(0, sd_pos, N_BINS)))
+        draws.neg.append(histogram(rng.poisson(neg) + rng.normal(0, sd_neg, N_BINS)))
+    return draws
+
+
+def _roc_curve(pos: np.ndarray, neg: np.ndarray, draws: _Draws) -> list[dict[str, float]]:
+    """The ROC curve at every bin edge (monotone by construction) with a pointwise 95% band of
+    the true-positive rate."""
+    fpr, tpr = m.roc_points(pos, neg)
+    replicates = np.array(
+        [m.roc_points(p, n)[1] for p, n in zip(draws.pos, draws.neg, strict=True)]
+    )
+    low, high = np.quantile(replicates, [(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2], axis=0)
+    return [
+        {"fpr": float(f), "tpr": float(t), "tpr_low": float(lo), "tpr_high": float(hi)}
+        for f, t, lo, hi in zip(fpr, tpr, low, high, strict=True)
+    ]
+
+
+def _calibration_bins(pos: np.ndarray, neg: np.ndarray, draws: _Draws) -> list[dict[str, Any]]:
+    """Observed vs predicted risk in groups of adjacent score bins, merged until each holds more
+    than ``MIN_CALIBRATION_RECORDS`` (noisy) records, with a 95% interval of the observed risk;
+    a group's observed risk is withheld when that interval is wider than ``MAX_CI_WIDTH``."""
+    records = pos + neg
+    groups, start = [], 0
+    for end in range(1, N_BINS + 1):
+        if records[start:end].sum() > MIN_CALIBRATION_RECORDS:
+            groups.append((start, end))
+            start = end
+    if start < N_BINS and groups:
+        groups[-1] = (groups[-1][0], N_BINS)
+    bins = []
+    risks = expit(_LOGITS)
+    for low, high in groups:
+        count = records[low:high].sum()
+        observed = pos[low:high].sum() / count
+        predicted = float(np.dot(records[low:high], risks[low:high]) / count)
+        replicates = [
+            p[low:high].sum() / (p[low:high].sum() + n[low:high].sum())
+            for p, n in zip(draws.pos, draws.neg, strict=True)
+            if p[low:high].sum() + n[low:high].sum() > 0
+        ]
+        ci = [float(q) for q in np.quantile(replicates, [0.025, 0.975])] if replicates else None
+        wide = ci is None or ci[1] - ci[0] > MAX_CI_WIDTH
+        bins.append(
+            {
+                "risk_low": float(expit(_edge(low))),
+                "risk_high": float(expit(_edge(high))),
+                "count": round(float(count)),
+                "mean_predicted": predicted,
+                "observed": None if wide else float(observed),
+                "observed_ci": ci,
+            }
+        )
+    return bins
+
+
+def _edge(index: int) -> float:
+    """The logit at the lower edge of bin ``index`` (bins 0 and N_BINS: the ends)."""
+    if index == 0:
+        return -math.inf
+    if index >= N_BINS:
+        return math.inf
+    return float(INNER_EDGES[index - 1])
+
+
+def score_diagnostics(pos: np.ndarray, neg: np.ndarray) -> list[str]:
+    """What makes the scores unusable, as findings: (nearly) everyone in one score bin, or in
+    the two saturated tails (risks below 0.25% or above 98%: a diverged model)."""
+    records = pos + neg
+    total = records.sum()
+    findings = []
+    if total <= 0:
+        return findings
+    if records.max() / total >= DEGENERATE_SHARE:
+        findings.append("the model gives (nearly) every record the same score")
+    if (records[0] + records[-1]) / total >= DEGENERATE_SHARE:
+        findings.append("the scores saturate at 0 or 1: the model diverged")
+    return findings
+
+
+def is_publishable(release: CellRelease, min_count: int = MIN_PUBLISHED_COUNT) -> bool:
+    """A level's metrics are published only when its noisy records, events and non-events each
+    exceed the dissemination threshold."""
+    events = release.events
+    return min(release.records, events, release.records - events) > min_count
+
+
+def intersection_tables(layout: Layout) -> list[str]:
+    return [column for kind, column in layout.tables if kind == INTERSECTION]
+
+
+# -- the run's evaluation tables ------------------------------------------------------------------
+
+
+def evaluation_tables(
+    sites: Mapping[str, Mapping[Cell, CellRelease]],
+    pooled: Mapping[Cell, CellRelease],
+    layout: Layout,
+) -> dict[str, Any]:
+    """``summary.json``'s ``metrics``: pooled (with its rank release), per site, per group level
+    and per intersection level; a level or site below the dissemination threshold is withheld
+    with its reason. ``pooled`` holds the reconciled cells with their rank sums."""
+    result: dict[str, Any] = {
+        "pooled": _published(pooled.get(POOLED_CELL)),
+        "per_site": {name: _published(cells.get(POOLED_CELL)) for name, cells in sites.items()},
+        "per_group": {},
+        "per_intersection": {},
+    }
+    for (kind, column), levels in layout.tables.items():
+        if kind == POOLED_CELL[0]:
+            continue
+        table = result["per_group" if kind != INTERSECTION else "per_intersection"]
+        table[column] = {}
+        for level in levels:
+            release = pooled.get((kind, column, level))
+            metrics = _published(release)
+            table[column][level] = {
+                "metrics": None if "withheld_reason" in metrics else metrics,
+                "withheld_reason": metrics.get("withheld_reason"),
+            }
+    return result
+
+
+def _published(release: CellRelease | None) -> dict[str, Any]:
+    if release is None:
+        return {"withheld_reason": "no site released it"}
+    if not is_publishable(release):
+        return {
+            "withheld_reason": (
+                f"{MIN_PUBLISHED_COUNT} or fewer records, events or non-events (after DP noise)"
+            )
+        }
+    return cell_metrics(release)
+
+
+def representation(
+    sites: Mapping[str, Mapping[Cell, CellRelease]],
+    pooled: Mapping[Cell, CellRelease],
+    layout: Layout,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Test records per group column and level, pooled and per site, from the evaluation
+    release (noisy counts, rounded; ``None`` at or under the dissemination threshold)."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for (kind, column), levels in layout.tables.items():
+        if kind == POOLED_CELL[0] or kind == INTERSECTION:
+            continue
+        table[column] = {}
+        for level in levels:
+            cell = (kind, column, level)
+            total = pooled.get(cell)
+            table[column][level] = {
+                "total": published_count(total.records) if total is not None else None,
+                "total_se": round(math.sqrt(total.variance[RECORDS]), 1) if total else None,
+                "sites": {
+                    name: published_count(cells[cell].records) if cell in cells else None
+                    for name, cells in sites.items()
+                },
+            }
+    return table
+
+
+def published_count(value: float) -> int | None:
+    """A noisy count as published: rounded, ``None`` at or under the dissemination threshold."""
+    count = round(value)
+    return count if count > MIN_PUBLISHED_COUNT else None

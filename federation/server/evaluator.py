@@ -1,0 +1,117 @@
+"""One evaluation of a model across the sites: two DP releases per site, pooled into metrics.
+
+Release 1 (``evaluate``): every site sends its test partition's noisy histograms and sums. The
+aggregator checks each reply (exactly the study's cells, finite numbers, the planned noise),
+pools them and works out, per cell, the CDF to rank against. Release 2 (``evaluate.ranks``):
+every site that sent release 1 sums that CDF over its records; the pooled AUROCs come from
+these sums. A site that fails release 2 keeps its release-1 metrics; its cells' AUROCs then
+come from the histograms (wider intervals).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from federation import protocol as p
+from federation.evaluation import evaluation_noise, layout, rank_requests_to_config
+from federation.server import evaluation as ev
+from federation.spec import StudySpec
+
+log = logging.getLogger("allfed.server")
+
+Exchange = Callable[[list[Message]], list[Message]]
+Reject = Callable[[int, str], None]  # (node, reason): the site failed this exchange
+
+
+@dataclass
+class EvaluationResult:
+    """What an evaluation gives the run: metrics, representation, and per site its noisy
+    test-record count and the test partition's epsilon so far."""
+
+    metrics: dict[str, Any]
+    representation: dict[str, Any]
+    n_test: dict[int, int | None] = field(default_factory=dict)
+    epsilon: dict[int, float] = field(default_factory=dict)
+
+
+class Evaluator:
+    """Evaluates models of ``spec`` over the sites ``exchange`` reaches."""
+
+    def __init__(self, spec: StudySpec, exchange: Exchange, reject: Reject) -> None:
+        self.spec, self.exchange, self.reject = spec, exchange, reject
+        self.layout = layout(spec)
+        privacy = spec.privacy
+        self.histogram_noise, self.rank_noise = evaluation_noise(
+            privacy.evaluation_budget,
+            privacy.delta,
+            privacy.accountant,
+            len(spec.training.evaluation_rounds()),
+        )
+
+    def evaluate(
+        self,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        nodes: list[int],
+        names: dict[int, str],
+    ) -> EvaluationResult:
+        replies = self._send(p.EVALUATE, arrays, config, nodes)
+        sites: dict[int, dict] = {}
+        epsilon: dict[int, float] = {}
+        for node, metrics in replies.items():
+            try:
+                _check_noise(metrics, self.histogram_noise)
+                sites[node] = ev.read_histograms(metrics, self.layout, self.histogram_noise)
+                epsilon[node] = float(metrics[p.EPSILON])
+            except (KeyError, TypeError, ValueError) as error:
+                self.reject(node, f"evaluation reply rejected: {error}")
+        pooled = ev.pool(sites.values())
+        requests = {
+            cell: request
+            for cell in self.layout.rank_cells()
+            if cell in pooled and (request := ev.rank_request(pooled[cell])) is not None
+        }
+        rank_config = ConfigRecord(dict(config))
+        rank_config.update(rank_requests_to_config(requests))
+        ranks = []
+        for node, metrics in self._send(p.EVALUATE_RANKS, arrays, rank_config, list(sites)).items():
+            try:
+                _check_noise(metrics, self.rank_noise)
+                ranks.append(ev.read_ranks(metrics, requests, self.layout, self.rank_noise))
+                epsilon[node] = float(metrics[p.EPSILON])
+            except (KeyError, TypeError, ValueError) as error:
+                log.warning("site %s: rank release rejected: %s", names.get(node, node), error)
+        cells = ev.reconcile(ev.with_ranks(pooled, ranks, requests), self.layout)
+        by_name = {names[node]: released for node, released in sites.items()}
+        return EvaluationResult(
+            metrics=ev.evaluation_tables(by_name, cells, self.layout),
+            representation=ev.representation(by_name, cells, self.layout),
+            n_test={
+                node: ev.published_count(released[ev.POOLED_CELL].records)
+                for node, released in sites.items()
+            },
+            epsilon=epsilon,
+        )
+
+    def _send(
+        self, message_type: str, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int]
+    ) -> dict[int, Any]:
+        content = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
+        kind = MessageType.EVALUATE if message_type == p.EVALUATE else message_type
+        messages = [Message(content=content, message_type=kind, dst_node_id=node) for node in nodes]
+        return {
+            reply.metadata.src_node_id: reply.content[p.METRICS]
+            for reply in self.exchange(messages)
+            if p.METRICS in reply.content
+        }
+
+
+def _check_noise(metrics: Any, planned: float) -> None:
+    """A site must add the noise its plan says: the intervals are computed from it."""
+    if abs(float(metrics[p.NOISE_MULTIPLIER]) - planned) > 1e-9 * planned:
+        raise ValueError("the site's evaluation noise differs from the plan")
