@@ -43,7 +43,8 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-# report.html is self-contained: its own <style> and its plots as data: URIs, and no script.
+# report.html and an analysis's table are self-contained: their own <style>, plots as data:
+# URIs, and no script.
 _REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 _STATIC = Path(__file__).parent / "static"
 
@@ -63,6 +64,7 @@ def build_app(sources: views.Sources, token: str, loopback: bool = True) -> Star
         Route("/runs/{name}/epsilon.svg", pages.run_epsilon_plot),
         Route("/runs/{name}/report.html", pages.run_report),
         Route("/runs/{name}/model-card", pages.run_model_card),
+        Route("/runs/{name}/table.html", pages.run_table),
         Route("/api/runs/{name}", pages.run_state),
         Route("/favicon.ico", _favicon),
         Mount("/static", StaticFiles(directory=_STATIC), name="static"),
@@ -121,8 +123,8 @@ def _header_token(request: Request) -> str | None:
 
 
 def _secure(response: Response, request: Request) -> None:
-    report = request.url.path.endswith(f"/{REPORT}")
-    response.headers.setdefault("Content-Security-Policy", _REPORT_CSP if report else _CSP)
+    own_page = request.url.path.endswith((f"/{REPORT}", "/table.html"))
+    response.headers.setdefault("Content-Security-Policy", _REPORT_CSP if own_page else _CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"
@@ -196,6 +198,14 @@ class _Pages:
         if not (path / REPORT).is_file():
             raise HTTPException(404, "this run has no report yet")
         return FileResponse(path / REPORT, media_type="text/html")
+
+    def run_table(self, request: Request) -> Response:
+        """An analysis's table (``<kind>.html``), written by ``allfed analyze``."""
+        name, path = self._run(request)
+        view = _or_400(views.run_view, name, path)
+        if not view["table"]:
+            raise HTTPException(404, "this run has no table")
+        return FileResponse(path / f"{view['analysis']}.html", media_type="text/html")
 
     def run_model_card(self, request: Request) -> Response:
         name, path = self._run(request)

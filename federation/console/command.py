@@ -101,4 +101,5 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         raise AllfedError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.listen(128)  # the printed address answers at once: requests wait for the server
     return sock

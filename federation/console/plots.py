@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
@@ -43,7 +43,15 @@ def lifetime_figure(series: dict[str, Any]) -> Figure | None:
     axes = figure.subplots()
     when = [datetime.fromtimestamp(p["when"]).astimezone() for p in points]
     epsilon = [p["epsilon"] for p in points]
-    axes.step(when, epsilon, where="post", color="#444", linewidth=1.2, zorder=1)
+    span = max((when[-1] - when[0]) * 0.05, timedelta(minutes=1))
+    axes.step(  # from 0 before the first release, to the last value after the last one
+        [when[0] - span, *when, when[-1] + span],
+        [0.0, *epsilon, epsilon[-1]],
+        where="post",
+        color="#444",
+        linewidth=1.2,
+        zorder=1,
+    )
     runs = list(dict.fromkeys(p["run_id"] for p in points))
     for i, run in enumerate(runs):
         own = [(w, p) for w, p in zip(when, points, strict=True) if p["run_id"] == run]
@@ -53,7 +61,7 @@ def lifetime_figure(series: dict[str, Any]) -> Figure | None:
             color=_COLORS[i % len(_COLORS)],
             s=22,
             zorder=2,
-            label=f"{own[0][1]['study']} ({run[:8]})",
+            label=f"{own[0][1]['study']} ({run[:12]})",
         )
     top = max(epsilon)
     if budget is not None:
@@ -61,6 +69,7 @@ def lifetime_figure(series: dict[str, Any]) -> Figure | None:
         axes.axhline(budget, color="#9b1c13", linestyle="--", label=label)
         top = max(top, budget)
     axes.set(ylabel="lifetime ε spent", ylim=(0, top * 1.12))
+    axes.set_xlim(when[0] - span, when[-1] + span)
     locator = AutoDateLocator(tz=when[0].tzinfo)
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=when[0].tzinfo))

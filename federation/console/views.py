@@ -18,6 +18,7 @@ from typing import Any
 from federation.errors import AllfedError
 from federation.server.outputs import LOG, METRICS, MODEL_CARD_MD, REPORT, SUMMARY
 
+ANALYSIS = "analysis.json"  # what an `allfed analyze` run directory holds instead of a summary
 LEDGER_TABLES = {"meta", "runs", "releases", "messages"}
 # Pooled metrics shown per round, each with its interval (``<key>_ci``) where the run gives one.
 ROUND_METRICS = (("auroc", "AUROC"), ("auprc", "AUPRC"), ("brier", "Brier"))
@@ -47,7 +48,7 @@ class Sources:
 
 
 def _is_run(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in (SUMMARY, METRICS, LOG))
+    return any((folder / name).is_file() for name in (SUMMARY, ANALYSIS, METRICS, LOG))
 
 
 # -- site side: the ledger ----------------------------------------------------------------
@@ -224,8 +225,10 @@ def epsilon_series(path: Path) -> dict[str, Any]:
 
 
 def run_view(name: str, path: Path) -> dict[str, Any]:
-    """A run's status, sites, rounds and links; a run in progress has rounds but no summary."""
-    summary = _read_summary(path)
+    """A run's status, sites, rounds and links; a run in progress has rounds but no summary.
+    A descriptive analysis (``allfed analyze``) has its ``analysis.json`` and a table instead."""
+    summary = _read_summary(path, SUMMARY) or _read_summary(path, ANALYSIS)
+    analysis = (summary or {}).get("analysis")
     rounds = read_complete_rounds(path)
     latest = rounds[-1] if rounds else {}
     epsilon_now = latest.get("epsilon") or {}
@@ -236,7 +239,7 @@ def run_view(name: str, path: Path) -> dict[str, Any]:
         sites.append(
             {
                 "name": site,
-                "status": info.get("status", "training"),
+                "status": info.get("status") or _in_progress(epsilon_now.get(site)),
                 "reason": info.get("reason"),
                 "epsilon": info.get("epsilon", epsilon_now.get(site)),
                 "n_train": info.get("n_train"),
@@ -260,11 +263,18 @@ def run_view(name: str, path: Path) -> dict[str, Any]:
         "rounds": [_round_row(row, names) for row in rounds],
         "site_names": names,
         "final": _metric_cells(pooled),
+        "analysis": analysis,
+        "table": bool(analysis) and (path / f"{analysis}.html").is_file(),
         "report": (path / REPORT).is_file(),
         "model_card": (path / MODEL_CARD_MD).is_file(),
         "updated": updated,
         "version": f"{len(rounds)}:{status}:{updated}",
     }
+
+
+def _in_progress(epsilon: float | None) -> str:
+    """A site's state before the summary says: its last round's update came, or it did not."""
+    return "no update yet" if epsilon is None else "training"
 
 
 def run_state(name: str, path: Path) -> dict[str, Any]:
@@ -306,21 +316,22 @@ def read_complete_rounds(path: Path) -> list[dict[str, Any]]:
         raise AllfedError(f"{path.name}/{METRICS}: not valid JSON lines ({error})") from None
 
 
-def _read_summary(path: Path) -> dict[str, Any] | None:
-    file = path / SUMMARY
+def _read_summary(path: Path, name: str) -> dict[str, Any] | None:
+    file = path / name
     if not file.is_file():
         return None
     try:
         summary = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AllfedError(f"{path.name}/{SUMMARY}: not valid JSON ({error})") from None
-    if not isinstance(summary, dict) or "sites" not in summary:
-        raise AllfedError(f"{path.name}/{SUMMARY}: not an allfed run summary")
+        raise AllfedError(f"{path.name}/{name}: not valid JSON ({error})") from None
+    if not isinstance(summary, dict) or "sites" not in summary or "status" not in summary:
+        raise AllfedError(f"{path.name}/{name}: not an allfed run summary")
     return summary
 
 
 def _last_write(path: Path) -> float | None:
-    times = [(path / n).stat().st_mtime for n in (SUMMARY, METRICS, LOG) if (path / n).is_file()]
+    names = (SUMMARY, ANALYSIS, METRICS, LOG)
+    times = [(path / n).stat().st_mtime for n in names if (path / n).is_file()]
     return max(times, default=None)
 
 
