@@ -325,3 +325,51 @@ def test_a_file_that_is_not_a_ledger_is_shown_as_such_and_left_untouched(tmp_pat
     with pytest.raises(AllfedError, match=r"other\.sqlite: not an allfed ledger"):
         site_summary("other", other)
     assert other.read_bytes() == before
+
+
+def test_rows_with_a_partition_are_shown_per_partition(tmp_path, capsys):
+    """The ledger is gaining columns (a release's partition, a run's spec digest): the console
+    passes them through, and a participant's epsilon per partition is that partition's releases
+    composed with those over all records, as `allfed privacy ledger --json` gives it."""
+    import sqlite3
+
+    from starlette.testclient import TestClient
+
+    from federation.console.app import build_app
+    from federation.console.views import Sources
+    from privacy.accounting import compute_epsilon
+
+    budget = Budget(lifetime_epsilon=8.0, lifetime_delta=1e-5, accountant="prv")
+    releases = {
+        "all": GaussianRelease(8.0, 1.0, 1),
+        "train": GaussianRelease(1.5, 0.1, 60),
+        "test": GaussianRelease(4.0, 1.0, 2),
+    }
+    path = tmp_path / "site-a.sqlite"
+    book = Ledger(path)
+    plan = RunPlan("run-with-partitions", "a-study", "prv", 1e-5, 3.0, tuple(releases.values()))
+    assert book.admit(plan, budget) is None
+    for round_, release in enumerate(releases.values()):
+        assert book.record_release(plan.run_id, round_, "gaussian", release, budget) is None
+    with sqlite3.connect(path) as db:  # the columns the ledger is gaining
+        db.execute("ALTER TABLE releases ADD COLUMN partition TEXT")
+        db.execute("ALTER TABLE runs ADD COLUMN spec_digest TEXT")
+        for round_, part in enumerate(releases):
+            db.execute("UPDATE releases SET partition = ? WHERE round = ?", (part, round_))
+    db.close()
+    cli = cli_json(capsys, "privacy", "ledger", "--ledger", str(path))
+    expected = {
+        part: compute_epsilon([releases["all"], releases[part]], 1e-5, "prv")
+        for part in ("test", "train")
+    }
+    assert cli["partitions"] == pytest.approx(expected, rel=1e-12)
+    assert cli["partitions"]["train"] < cli["lifetime_epsilon"]
+    app = build_app(Sources(tmp_path, None, {}), "t0ken")
+    client = TestClient(app, base_url="http://127.0.0.1")
+    page = client.get("/sites/site-a", headers={"Authorization": "token t0ken"})
+    assert page.status_code == 200
+    for part, value in cli["partitions"].items():
+        assert re.search(
+            rf'data-partition="{part}"><td>{part}</td><td class="num">{value:.4f}<', page.text
+        )
+    assert client.get("/sites/site-a").status_code == 403
