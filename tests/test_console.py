@@ -108,8 +108,7 @@ def shoot(page: Page, folder: Path, name: str) -> None:
     """A full-page screenshot once every plot has loaded (a broken one fails the test)."""
     page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth)")
     path = folder / f"{name}.png"
-    page.screenshot(path=path, full_page=True)
-    print(f"screenshot: {path}")
+    page.screenshot(path=path, full_page=True)  # listed at the end (capsys reads the CLI)
 
 
 @pytest.mark.slow
@@ -185,7 +184,8 @@ def test_console_in_a_browser(tmp_path, capsys):
     finally:
         stop(simulate)
         stop(console)
-    print(f"screenshots in {shots}")
+    for path in sorted(shots.iterdir()):
+        print(f"screenshot: {path}")
 
 
 def gate_refuses_without_token(base: str, token: str) -> None:

@@ -61,7 +61,7 @@ def lifetime_figure(series: dict[str, Any]) -> Figure | None:
             color=_COLORS[i % len(_COLORS)],
             s=22,
             zorder=2,
-            label=f"{own[0][1]['study']} ({run[:12]})",
+            label=f"{own[0][1]['study']}\nrun {run[:12]}",
         )
     top = max(epsilon)
     if budget is not None:
