@@ -20,6 +20,7 @@ from rich.table import Table
 from federation.cli_analyze import analyze
 from federation.cli_options import LedgerDir, Policies, Sites, parse_sites
 from federation.cli_privacy import privacy_app
+from federation.console.command import console
 from federation.deploy import cli as deploy_cli
 from federation.errors import AllfedError
 
@@ -36,6 +37,7 @@ app.command("analyze")(analyze)
 app.add_typer(deploy_cli.node_app, name="node")
 app.add_typer(deploy_cli.run_app, name="run")
 app.command("certs")(deploy_cli.certs)
+app.command("console")(console)
 
 out_console = Console()
 err_console = Console(stderr=True)

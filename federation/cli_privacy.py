@@ -118,23 +118,14 @@ def plan(
 @privacy_app.command()
 def ledger(ledger: LedgerPath, as_json: AsJson = False) -> None:
     """A site's lifetime epsilon and every noisy release it recorded."""
-    book, budget = _open(ledger)
-    lifetime = book.lifetime_epsilon(budget["lifetime_delta"], budget["accountant"])
-    entries = book.releases()
-    result = {
-        "lifetime_epsilon": lifetime,
-        "lifetime_budget": budget.get("lifetime_epsilon"),
-        "delta": budget["lifetime_delta"],
-        "accountant": budget["accountant"],
-        "entries": entries,
-    }
+    result = ledger_report(ledger)
     if as_json:
         print(json.dumps(result))
         return
-    cap = budget.get("lifetime_epsilon")
+    lifetime, cap = result["lifetime_epsilon"], result["lifetime_budget"]
     _out.print(
-        f"{ledger}: lifetime epsilon {lifetime:.4f} at delta {budget['lifetime_delta']:g} "
-        f"({budget['accountant']}), budget {'none' if cap is None else f'{cap:g}'}"
+        f"{ledger}: lifetime epsilon {lifetime:.4f} at delta {result['delta']:g} "
+        f"({result['accountant']}), budget {'none' if cap is None else f'{cap:g}'}"
     )
     view = Table()
     columns = (
@@ -150,7 +141,7 @@ def ledger(ledger: LedgerPath, as_json: AsJson = False) -> None:
     )
     for column in columns:
         view.add_column(column)
-    for e in entries:
+    for e in result["entries"]:
         view.add_row(
             e["run_id"],
             e["study"],
@@ -169,23 +160,11 @@ def ledger(ledger: LedgerPath, as_json: AsJson = False) -> None:
 def audit(ledger: LedgerPath, as_json: AsJson = False) -> None:
     """What left the site, run by run: every message (kind, keys, array shapes) and the
     privacy spent when it left."""
-    book, _ = _open(ledger)
-    messages = book.messages()
-    releases = book.releases()
-    runs: list[dict[str, Any]] = []
-    known = {run["run_id"] for run in book.runs()}
-    for run in book.runs():
-        runs.append({**run, "messages": [m for m in messages if m["run_id"] == run["run_id"]]})
-    orphans = [m for m in messages if m["run_id"] not in known]  # refused before admission
-    for run_id in sorted({m["run_id"] for m in orphans}):
-        runs.append({"run_id": run_id, "status": "not admitted", "messages": _of(orphans, run_id)})
-    for run in runs:
-        spent = [r["run_epsilon_after"] for r in releases if r["run_id"] == run["run_id"]]
-        run["epsilon"] = spent[-1] if spent else 0.0
+    report = audit_report(ledger)
     if as_json:
-        print(json.dumps({"runs": runs}))
+        print(json.dumps(report))
         return
-    for run in runs:
+    for run in report["runs"]:
         reason = f" ({run['reason']})" if run.get("reason") else ""
         _out.print(
             f"[bold]run {run['run_id']}[/] {run.get('study', '')}: {run['status']}{reason}, "
@@ -205,6 +184,65 @@ def audit(ledger: LedgerPath, as_json: AsJson = False) -> None:
                 f"{m['lifetime_epsilon']:.4f}",
             )
         _out.print(view)
+
+
+def ledger_report(path: Path) -> dict[str, Any]:
+    """What ``allfed privacy ledger --json`` prints (and ``allfed console`` shows): the lifetime
+    epsilon against the recorded budget, and every release."""
+    book, budget = _open(path)
+    entries = book.releases()
+    report = {
+        "lifetime_epsilon": book.lifetime_epsilon(budget["lifetime_delta"], budget["accountant"]),
+        "lifetime_budget": budget.get("lifetime_epsilon"),
+        "delta": budget["lifetime_delta"],
+        "accountant": budget["accountant"],
+        "entries": entries,
+    }
+    if partitions := _partition_epsilons(entries, budget["lifetime_delta"], budget["accountant"]):
+        report["partitions"] = partitions
+    return report
+
+
+def _partition_epsilons(
+    entries: list[dict[str, Any]], delta: float, accountant: str
+) -> dict[str, float]:
+    """Lifetime epsilon of a participant in each partition the ledger keeps apart (train,
+    test): that partition's releases composed with those over all records. Train and test hold
+    different people, so a participant's epsilon is the larger; {} when no release names one."""
+    from privacy.accounting import GaussianRelease, compute_epsilon
+
+    named = sorted({e["partition"] for e in entries if e.get("partition") not in (None, "all")})
+    return {
+        part: compute_epsilon(
+            [
+                GaussianRelease(e["noise_multiplier"], e["sample_rate"], e["steps"])
+                for e in entries
+                if (e.get("partition") or "all") in (part, "all")
+            ],
+            delta,
+            accountant,
+        )
+        for part in named
+    }
+
+
+def audit_report(path: Path) -> dict[str, Any]:
+    """What ``allfed privacy audit --json`` prints (and ``allfed console`` shows): every run
+    with its messages and the epsilon it spent, runs refused before admission included."""
+    book, _ = _open(path)
+    messages = book.messages()
+    releases = book.releases()
+    runs: list[dict[str, Any]] = []
+    known = {run["run_id"] for run in book.runs()}
+    for run in book.runs():
+        runs.append({**run, "messages": [m for m in messages if m["run_id"] == run["run_id"]]})
+    orphans = [m for m in messages if m["run_id"] not in known]  # refused before admission
+    for run_id in sorted({m["run_id"] for m in orphans}):
+        runs.append({"run_id": run_id, "status": "not admitted", "messages": _of(orphans, run_id)})
+    for run in runs:
+        spent = [r["run_epsilon_after"] for r in releases if r["run_id"] == run["run_id"]]
+        run["epsilon"] = spent[-1] if spent else 0.0
+    return {"runs": runs}
 
 
 def _of(messages: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
