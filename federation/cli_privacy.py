@@ -123,9 +123,14 @@ def ledger(ledger: LedgerPath, as_json: AsJson = False) -> None:
         print(json.dumps(result))
         return
     lifetime, cap = result["lifetime_epsilon"], result["lifetime_budget"]
+    parts = result["partitions"]
     _out.print(
-        f"{ledger}: lifetime epsilon {lifetime:.4f} at delta {result['delta']:g} "
-        f"({result['accountant']}), budget {'none' if cap is None else f'{cap:g}'}"
+        f"{ledger}: a participant's lifetime epsilon {lifetime:.4f} at delta "
+        f"{result['delta']:g} ({result['accountant']}), budget "
+        f"{'none' if cap is None else f'{cap:g}'}; training records {parts['train']:.4f}, "
+        f"test records {parts['test']:.4f} (disjoint: a participant is in one partition, and "
+        "releases on all records count in both)",
+        highlight=False,
     )
     view = Table()
     columns = (
@@ -133,6 +138,7 @@ def ledger(ledger: LedgerPath, as_json: AsJson = False) -> None:
         "study",
         "round",
         "mechanism",
+        "partition",
         "noise",
         "rate",
         "steps",
@@ -147,6 +153,7 @@ def ledger(ledger: LedgerPath, as_json: AsJson = False) -> None:
             e["study"],
             str(e["round"]),
             e["mechanism"],
+            e["partition"],
             f"{e['noise_multiplier']:.4g}",
             f"{e['sample_rate']:.4g}",
             str(e["steps"]),
@@ -188,41 +195,18 @@ def audit(ledger: LedgerPath, as_json: AsJson = False) -> None:
 
 def ledger_report(path: Path) -> dict[str, Any]:
     """What ``allfed privacy ledger --json`` prints (and ``allfed console`` shows): the lifetime
-    epsilon against the recorded budget, and every release."""
+    epsilon against the recorded budget, per partition and for a participant (the larger of
+    the two: train and test records are different people), and every release."""
     book, budget = _open(path)
-    entries = book.releases()
-    report = {
-        "lifetime_epsilon": book.lifetime_epsilon(budget["lifetime_delta"], budget["accountant"]),
+    partitions = book.lifetime_epsilons(budget["lifetime_delta"], budget["accountant"])
+    return {
+        "lifetime_epsilon": max(partitions.values()),
+        "partitions": partitions,
         "lifetime_budget": budget.get("lifetime_epsilon"),
         "delta": budget["lifetime_delta"],
         "accountant": budget["accountant"],
-        "entries": entries,
-    }
-    if partitions := _partition_epsilons(entries, budget["lifetime_delta"], budget["accountant"]):
-        report["partitions"] = partitions
-    return report
-
-
-def _partition_epsilons(
-    entries: list[dict[str, Any]], delta: float, accountant: str
-) -> dict[str, float]:
-    """Lifetime epsilon of a participant in each partition the ledger keeps apart (train,
-    test): that partition's releases composed with those over all records. Train and test hold
-    different people, so a participant's epsilon is the larger; {} when no release names one."""
-    from privacy.accounting import GaussianRelease, compute_epsilon
-
-    named = sorted({e["partition"] for e in entries if e.get("partition") not in (None, "all")})
-    return {
-        part: compute_epsilon(
-            [
-                GaussianRelease(e["noise_multiplier"], e["sample_rate"], e["steps"])
-                for e in entries
-                if (e.get("partition") or "all") in (part, "all")
-            ],
-            delta,
-            accountant,
-        )
-        for part in named
+        "partition": book.partition_definition(),
+        "entries": book.releases(),
     }
 
 
@@ -231,7 +215,6 @@ def audit_report(path: Path) -> dict[str, Any]:
     with its messages and the epsilon it spent, runs refused before admission included."""
     book, _ = _open(path)
     messages = book.messages()
-    releases = book.releases()
     runs: list[dict[str, Any]] = []
     known = {run["run_id"] for run in book.runs()}
     for run in book.runs():
@@ -240,8 +223,9 @@ def audit_report(path: Path) -> dict[str, Any]:
     for run_id in sorted({m["run_id"] for m in orphans}):
         runs.append({"run_id": run_id, "status": "not admitted", "messages": _of(orphans, run_id)})
     for run in runs:
-        spent = [r["run_epsilon_after"] for r in releases if r["run_id"] == run["run_id"]]
-        run["epsilon"] = spent[-1] if spent else 0.0
+        spent = book.run_epsilons(run["run_id"])
+        run["epsilons"] = spent
+        run["epsilon"] = max(spent.values())
     return {"runs": runs}
 
 
@@ -250,12 +234,17 @@ def _of(messages: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
 
 
 def _open(path: Path):
-    from privacy.ledger import Ledger
+    from privacy.ledger import Ledger, LedgerError
     from privacy.policy import DEFAULT_LIFETIME_DELTA
 
     if not path.is_file():
         raise AllfedError(f"{path}: ledger not found")
-    book = Ledger(path)
+    if path.stat().st_size == 0:
+        raise AllfedError(f"{path}: an empty file, not a ledger")
+    try:
+        book = Ledger(path)
+    except LedgerError as error:
+        raise AllfedError(str(error)) from None
     budget = {"lifetime_delta": DEFAULT_LIFETIME_DELTA, "accountant": "prv", **book.budget()}
     return book, budget
 

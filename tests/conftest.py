@@ -1,6 +1,8 @@
-"""Shared fixtures: a private FLWR_HOME, no telemetry, and small synthetic cohorts."""
+"""Shared fixtures: a private FLWR_HOME, no telemetry, a task identity for messages built in the
+test process, and small synthetic cohorts."""
 
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
 from federation.synth import write_cohort
 
@@ -10,6 +12,12 @@ def flower_environment(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
     monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+@pytest.fixture(autouse=True)
+def server_identity():
+    """Messages are created by a ServerApp; give this process the identity Flower expects."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
 
 
 @pytest.fixture(scope="session")

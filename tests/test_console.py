@@ -27,7 +27,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from federation.synth import write_cohort
 from privacy.accounting import GaussianRelease
-from privacy.ledger import Budget, Ledger, RunPlan
+from privacy.ledger import Budget, Ledger, PlannedRelease, RunPlan
 
 ROUNDS = 4
 SITES = ("urban-academic", "community-health", "rural-network")
@@ -90,11 +90,11 @@ def http(url: str, method: str = "GET", headers: dict | None = None) -> tuple[in
 def earlier_run(ledger_dir: Path) -> None:
     """An earlier study's run at the tight site, recorded by the site's own Ledger."""
     budget = Budget(lifetime_epsilon=3.5, lifetime_delta=1e-5, accountant="prv")
-    release = GaussianRelease(2.0, 0.1, 100)  # epsilon 2.35 at 1e-5 (PRV)
+    release = PlannedRelease("dp-sgd", "train", GaussianRelease(2.0, 0.1, 100))  # epsilon 2.35
     book = Ledger(ledger_dir / f"{TIGHT}.sqlite")
     plan = RunPlan("earlier-run-0001", "earlier-study", "prv", 1e-5, 3.0, (release,))
     assert book.admit(plan, budget) is None
-    assert book.record_release(plan.run_id, 1, "dp-sgd", release, budget) is None
+    assert book.record_release(plan.run_id, 1, release, budget) is None
     book.record_message(plan.run_id, 1, "train", "ok", ["arrays/0.weight"], {"0.weight": [1, 13]})
 
 
@@ -327,12 +327,9 @@ def test_a_file_that_is_not_a_ledger_is_shown_as_such_and_left_untouched(tmp_pat
     assert other.read_bytes() == before
 
 
-def test_rows_with_a_partition_are_shown_per_partition(tmp_path, capsys):
-    """The ledger is gaining columns (a release's partition, a run's spec digest): the console
-    passes them through, and a participant's epsilon per partition is that partition's releases
-    composed with those over all records, as `allfed privacy ledger --json` gives it."""
-    import sqlite3
-
+def test_a_participants_epsilon_is_shown_per_partition(tmp_path, capsys):
+    """A participant's epsilon per partition is that partition's releases composed with those
+    over all records, as `allfed privacy ledger --json` gives it, and the page shows the same."""
     from starlette.testclient import TestClient
 
     from federation.console.app import build_app
@@ -341,29 +338,23 @@ def test_rows_with_a_partition_are_shown_per_partition(tmp_path, capsys):
 
     budget = Budget(lifetime_epsilon=8.0, lifetime_delta=1e-5, accountant="prv")
     releases = {
-        "all": GaussianRelease(8.0, 1.0, 1),
-        "train": GaussianRelease(1.5, 0.1, 60),
-        "test": GaussianRelease(4.0, 1.0, 2),
+        "all": PlannedRelease("analysis-count", "all", GaussianRelease(8.0, 1.0, 1)),
+        "train": PlannedRelease("dp-sgd", "train", GaussianRelease(1.5, 0.1, 60)),
+        "test": PlannedRelease("evaluation-histograms", "test", GaussianRelease(4.0, 1.0, 2)),
     }
     path = tmp_path / "site-a.sqlite"
     book = Ledger(path)
     plan = RunPlan("run-with-partitions", "a-study", "prv", 1e-5, 3.0, tuple(releases.values()))
     assert book.admit(plan, budget) is None
     for round_, release in enumerate(releases.values()):
-        assert book.record_release(plan.run_id, round_, "gaussian", release, budget) is None
-    with sqlite3.connect(path) as db:  # the columns the ledger is gaining
-        db.execute("ALTER TABLE releases ADD COLUMN partition TEXT")
-        db.execute("ALTER TABLE runs ADD COLUMN spec_digest TEXT")
-        for round_, part in enumerate(releases):
-            db.execute("UPDATE releases SET partition = ? WHERE round = ?", (part, round_))
-    db.close()
+        assert book.record_release(plan.run_id, round_, release, budget) is None
     cli = cli_json(capsys, "privacy", "ledger", "--ledger", str(path))
     expected = {
-        part: compute_epsilon([releases["all"], releases[part]], 1e-5, "prv")
+        part: compute_epsilon([releases["all"].release, releases[part].release], 1e-5, "prv")
         for part in ("test", "train")
     }
     assert cli["partitions"] == pytest.approx(expected, rel=1e-12)
-    assert cli["partitions"]["train"] < cli["lifetime_epsilon"]
+    assert cli["lifetime_epsilon"] == max(cli["partitions"].values())
     app = build_app(Sources(tmp_path, None, {}), "t0ken")
     client = TestClient(app, base_url="http://127.0.0.1")
     page = client.get("/sites/site-a", headers={"Authorization": "token t0ken"})

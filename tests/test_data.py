@@ -9,16 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from federation.client.data import load_site_table, table_warnings
+from federation.client import data as site_data
+from federation.client.data import read_table, table_warnings
 from federation.client.features import encode, scaling_sums, site_scaling
+from federation.client.partition import Partition, requested_definition
 from federation.errors import DataError
 from federation.spec import feature_names, parse_spec
+from privacy.policy import SitePolicy
+
+SECRET = bytes(range(32))  # a fixed site secret: the same partition in every test
 
 SPEC = parse_spec(
     """
 [study]
 label = "y"
 groups = ["race"]
+group-levels = { race = ["Black", "White", "Asian"] }
 consent = "consent"
 seed = 3
 [features]
@@ -46,6 +52,13 @@ def frame(n=100, seed=0):
     )
 
 
+def load_site_table(path, spec, trainable=True, secret=SECRET):
+    """The node's table of ``path`` under the partition a site with ``secret`` would pin."""
+    columns = list(read_table(path, spec.features.na_values).columns) if path.is_file() else []
+    definition = requested_definition(SitePolicy(), spec, columns)
+    return site_data.load_site_table(path, spec, Partition(definition, secret), trainable)
+
+
 def write(df, tmp_path, name="site.csv"):
     path = tmp_path / name
     if name.endswith(".parquet"):
@@ -55,12 +68,22 @@ def write(df, tmp_path, name="site.csv"):
     return path
 
 
-def test_valid_file_loads_and_splits_deterministically(tmp_path):
-    path = write(frame(), tmp_path)
+def test_valid_file_loads_and_the_sites_secret_fixes_its_partition(tmp_path):
+    df = frame(1000)
+    path = write(df, tmp_path)
     first, second = load_site_table(path, SPEC), load_site_table(path, SPEC)
-    assert first.n_train + first.n_test == 100
-    assert first.n_test == 30
+    assert first.n_train + first.n_test == 1000
+    assert 250 <= first.n_test <= 350  # test-fraction 0.3
     assert np.array_equal(first.is_test, second.is_test)
+    # The same records in another order, or with others added, keep their partition.
+    shuffled = write(df.sample(frac=1.0, random_state=1), tmp_path, "shuffled.csv")
+    order = df.sample(frac=1.0, random_state=1).index.to_numpy()
+    assert np.array_equal(load_site_table(shuffled, SPEC).is_test, first.is_test[order])
+    grown = write(pd.concat([df, frame(50, seed=9)]), tmp_path, "grown.csv")
+    assert np.array_equal(load_site_table(grown, SPEC).is_test[:1000], first.is_test)
+    # Another site (another secret) splits differently.
+    other = load_site_table(path, SPEC, secret=bytes(32))
+    assert not np.array_equal(other.is_test, first.is_test)
 
 
 def test_csv_and_parquet_give_the_same_table(tmp_path):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from federation.cli import app
 from privacy.accounting import GaussianRelease
-from privacy.ledger import Budget, Ledger, RunPlan
+from privacy.ledger import Budget, Ledger, PlannedRelease, RunPlan
 
 DELTA = 1e-5
 GRID = [(1.1, 64 / 700, 110), (0.8, 0.01, 3000), (2.0, 0.5, 40), (5.0, 1.0, 10)]
@@ -122,14 +122,15 @@ def test_ledger_and_audit_read_the_site_file(tmp_path):
     path = tmp_path / "site.sqlite"
     book = Ledger(path)
     budget = Budget(4.0, DELTA, "prv")
-    release = GaussianRelease(1.5, 0.1, 50)
+    release = PlannedRelease("dp-sgd", "train", GaussianRelease(1.5, 0.1, 50))
     plan = RunPlan("r1", "heart", "prv", DELTA, 3.0, (release,))
     assert book.admit(plan, budget) is None
-    assert book.record_release("r1", 1, "dp-sgd", release, budget) is None
+    assert book.record_release("r1", 1, release, budget) is None
     book.record_message("r1", 1, "train", "ok", ["metrics/epsilon"], {"0.weight": [1, 4]})
     ledger = run("ledger", "--ledger", str(path))
     assert ledger["lifetime_epsilon"] == pytest.approx(oracle(1.5, 0.1, 50, "prv"), rel=0.03)
     assert ledger["lifetime_budget"] == 4.0 and len(ledger["entries"]) == 1
+    assert ledger["partitions"] == {"train": ledger["lifetime_epsilon"], "test": 0.0}
     audit = run("audit", "--ledger", str(path))
     (entry,) = audit["runs"]
     assert entry["study"] == "heart" and entry["messages"][0]["arrays"] == {"0.weight": [1, 4]}

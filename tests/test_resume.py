@@ -9,11 +9,12 @@ import time
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, MessageType, RecordDict
-from test_site_node import global_arrays, scaling, send, server_identity  # noqa: F401
+from flwr.app import ConfigRecord, Context, RecordDict
+from wire import global_arrays, model_config, reason_of, send, state_of
 
 from federation import protocol as p
-from federation.client.app import SiteSettings, make_client_app
+from federation.client.app import make_client_app
+from federation.client.site import SiteSettings
 from federation.client.training import plan_dp
 from federation.errors import AllfedError
 from federation.server.outputs import CHECKPOINT, CHECKPOINT_FORMAT, RunDirectory, load_checkpoint
@@ -89,7 +90,7 @@ def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp
         prior = [
             GaussianRelease(r["noise_multiplier"], r["sample_rate"], r["steps"])
             for r in releases
-            if r["mechanism"] != "dp-sgd"
+            if r["mechanism"] == "gaussian-sums"
         ]
         plan = plan_dp(
             site["n_train"],
@@ -105,7 +106,13 @@ def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp
         assert site["steps"] == plan.planned_steps
         trajectory = [e["epsilon"] for e in site["epsilon_by_round"]]
         assert trajectory == pytest.approx(list(plan.epsilon_by_round), rel=1e-9)
-        assert releases[-1]["run_epsilon_after"] == pytest.approx(site["epsilon"], rel=1e-6)
+        last_round = [r for r in releases if r["mechanism"] == "dp-sgd"][-1]
+        assert last_round["run_epsilon_after"] == pytest.approx(site["epsilon"], rel=1e-6)
+        # The final model was evaluated once, on the test partition's own budget.
+        evaluations = [r["mechanism"] for r in releases if r["partition"] == "test"]
+        assert evaluations == ["evaluation-histograms", "evaluation-ranks"]
+        assert site["evaluation_epsilon"] <= privacy.evaluation_budget
+        assert site["participant_epsilon"] == max(site["epsilon"], site["evaluation_epsilon"])
         assert site["epsilon"] <= privacy.target_epsilon * 1.0001
         assert site["other_releases"]  # the standardization sums, released once
 
@@ -124,14 +131,14 @@ def test_resume_refuses_a_changed_spec_and_a_missing_checkpoint(small, tmp_path)
         assert "\n" not in str(refusal.value)
 
 
-def test_a_site_without_a_ledger_refuses_to_resume_under_dp(small):
+def test_a_site_resumes_only_a_run_its_ledger_admitted(small, tmp_path):
     files, spec = small
-    site = SiteSettings("forgetful", next(iter(files.values())), spec)
+    site = SiteSettings("forgetful", next(iter(files.values())), spec, tmp_path / "new.sqlite")
     context = Context(run_id=2, node_id=7, node_config={}, state=RecordDict(), run_config={})
     config = ConfigRecord({p.RUN_KEY: "abc", p.RESUME_AFTER: 2})
-    reply = send(make_client_app(lambda _c: site), context, p.SETUP, RecordDict({p.CONFIG: config}))
-    assert reply.content[p.STATUS][p.STATUS_STATE] == p.REFUSED
-    assert "only be resumed by a site with a ledger" in reply.content[p.STATUS][p.STATUS_REASON]
+    app = make_client_app(lambda _c: site)
+    reply = send(context, p.SETUP, RecordDict({p.CONFIG: config}), app=app)
+    assert state_of(reply) == p.REFUSED and reason_of(reply).startswith("resume-refused")
 
 
 def test_a_round_recorded_but_never_received_counts_as_spent(small, tmp_path):
@@ -139,19 +146,19 @@ def test_a_round_recorded_but_never_received_counts_as_spent(small, tmp_path):
     site re-trains nothing beyond its plan: round 3 is refused, its release already spent."""
     files, spec = small
     spec = spec.with_overrides(training={"rounds": 3})
-    site = SiteSettings("urban", next(iter(files.values())), spec, ledger=tmp_path / "l.sqlite")
+    site = SiteSettings("urban", next(iter(files.values())), spec, tmp_path / "l.sqlite")
     app = make_client_app(lambda _c: site)
 
     def run(context, resume_after, rounds):
         config = ConfigRecord({p.RUN_KEY: "run-1", p.RESUME_AFTER: resume_after})
-        setup = send(app, context, p.SETUP, RecordDict({p.CONFIG: config})).content
-        assert setup[p.STATUS][p.STATUS_STATE] == p.OK, setup[p.STATUS][p.STATUS_REASON]
+        setup = send(context, p.SETUP, RecordDict({p.CONFIG: config}), app=app)
+        assert state_of(setup) == p.OK, reason_of(setup)
+        assert (p.SUM in setup[p.METRICS]) == (resume_after == 0)  # the sums: once
         replies = []
         for server_round in rounds:
-            train = scaling(spec)
-            train[p.SERVER_ROUND] = server_round
+            train = model_config(spec, server_round)
             content = RecordDict({p.ARRAYS: global_arrays(spec), p.CONFIG: train})
-            replies.append(send(app, context, MessageType.TRAIN, content).content)
+            replies.append(send(context, "train", content, app=app))
         return replies
 
     first = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
@@ -159,8 +166,7 @@ def test_a_round_recorded_but_never_received_counts_as_spent(small, tmp_path):
     assert all(p.METRICS in r for r in done)
     again = Context(run_id=2, node_id=7, node_config={}, state=RecordDict(), run_config={})
     (reply,) = run(again, 2, (3,))
-    assert reply[p.STATUS][p.STATUS_STATE] == p.REFUSED
-    assert "planned rounds are used up" in reply[p.STATUS][p.STATUS_REASON]
+    assert state_of(reply) == p.REFUSED and reason_of(reply).startswith("plan-exhausted")
     rounds = [r["round"] for r in Ledger(site.ledger).releases() if r["mechanism"] == "dp-sgd"]
     assert rounds == [1, 2, 3]
 
@@ -231,4 +237,5 @@ def test_the_checkpoint_is_written_atomically(small, tmp_path, monkeypatch):
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         assert (out / CHECKPOINT).is_file()
-        assert load_checkpoint(out, spec.to_toml())["round"] >= 0
+        checkpoint = load_checkpoint(out, spec.to_toml())  # whole: a torn file fails to load
+        assert checkpoint["arrays"]["w"].numel() == 2_000_000

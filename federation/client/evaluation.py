@@ -37,11 +37,35 @@ from privacy.noise import gaussian_release
 Members = Mapping[Table, np.ndarray]  # per table, each test record's level
 
 
+Statistics = tuple[list[tuple[str, int]], np.ndarray, np.ndarray]  # (key, length), values, weights
+
+
 def histogram_release(
     y: np.ndarray, p: np.ndarray, members: Members, layout: Layout, noise_multiplier: float
 ) -> dict[str, float | list[float]]:
     """Release 1: every cell's class histograms, records, events, residual and squared-error
     sums, with Gaussian noise of ``noise_multiplier`` on the unit-sensitivity weighted vector."""
+    return _noisy(*histogram_statistics(y, p, members, layout), noise_multiplier)
+
+
+def rank_release(
+    y: np.ndarray,
+    p: np.ndarray,
+    members: Members,
+    layout: Layout,
+    requests: Mapping[Cell, RankRequest],
+    noise_multiplier: float,
+) -> dict[str, float | list[float]]:
+    """Release 2: per requested cell, the sum over its records of class ``rank_class`` of
+    ``cdf(score) - center``, with Gaussian noise on the unit-sensitivity weighted vector."""
+    return _noisy(*rank_statistics(y, p, members, layout, requests), noise_multiplier)
+
+
+def histogram_statistics(
+    y: np.ndarray, p: np.ndarray, members: Members, layout: Layout
+) -> Statistics:
+    """Release 1's exact statistics, and each entry's weight (the square root of its share):
+    the weighted vector has L2 sensitivity 1 (``federation.evaluation``)."""
     y = np.asarray(y, dtype=np.int64)
     bins = score_bins(p)
     shares = layout.table_shares()
@@ -61,19 +85,18 @@ def histogram_release(
                 names.append((key(EVAL_PREFIX, (*table, level), statistic), len(cells)))
                 values.extend(float(v) for v in cells)
                 weights.extend([np.sqrt(shares[table] * STAT_SHARES[statistic])] * len(cells))
-    return _noisy(names, np.array(values), np.array(weights), noise_multiplier)
+    return names, np.array(values), np.array(weights)
 
 
-def rank_release(
+def rank_statistics(
     y: np.ndarray,
     p: np.ndarray,
     members: Members,
     layout: Layout,
     requests: Mapping[Cell, RankRequest],
-    noise_multiplier: float,
-) -> dict[str, float | list[float]]:
-    """Release 2: per requested cell, the sum over its records of class ``rank_class`` of
-    ``cdf(score) - center``, each cell divided by its bound and weighted by its table's share."""
+) -> Statistics:
+    """Release 2's exact sums, each cell weighted by its table's share over its bound: the
+    weighted vector has L2 sensitivity 1."""
     y = np.asarray(y, dtype=np.int64)
     shares = layout.table_shares(ranks=True)
     names, values, weights = [], [], []
@@ -85,7 +108,7 @@ def rank_release(
         names.append((key(RANKS_PREFIX, cell, RANK_SUM), 1))
         values.append(float(contribution.sum()))
         weights.append(np.sqrt(shares[table]) / bound)
-    return _noisy(names, np.array(values), np.array(weights), noise_multiplier)
+    return names, np.array(values), np.array(weights)
 
 
 def _noisy(

@@ -239,8 +239,10 @@ def class_histograms(release: CellRelease) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reconcile(cells: Mapping[Cell, CellRelease], layout: Layout) -> dict[Cell, CellRelease]:
-    """Records and events of each table's levels adjusted by weighted least squares so that
-    they add up to the pooled cell's (which moves too, by its own variance's share)."""
+    """Records and events of each group column's (and intersection's) levels adjusted so that
+    they add up to the pooled cell's: the gap is shared in proportion to the levels' noise
+    variances (weighted least squares with the pooled count held fixed: it is the most precise
+    count of the release), then kept non-negative."""
     result = dict(cells)
     total = cells.get(POOLED_CELL)
     if total is None:
@@ -252,11 +254,12 @@ def reconcile(cells: Mapping[Cell, CellRelease], layout: Layout) -> dict[Cell, C
         for statistic in (RECORDS, EVENTS):
             values = np.array([getattr(cells[c], statistic) for c in members])
             variances = np.array([cells[c].variance[statistic] for c in members])
-            gap = getattr(total, statistic) - values.sum()
-            weight = total.variance[statistic] + variances.sum()
-            for c, value, variance in zip(members, values, variances, strict=True):
-                adjusted = max(value + gap * variance / weight, 0.0)
-                result[c] = replace(result[c], **{statistic: adjusted})
+            target = max(getattr(total, statistic), 0.0)
+            adjusted = np.maximum(values + (target - values.sum()) * variances / variances.sum(), 0)
+            if adjusted.sum() > 0:
+                adjusted *= target / adjusted.sum()
+            for c, value in zip(members, adjusted, strict=True):
+                result[c] = replace(result[c], **{statistic: float(value)})
     return result
 
 
@@ -464,7 +467,7 @@ def rank_request(release: CellRelease) -> RankRequest | None:
     rank_class = 1 if pos.sum() <= neg.sum() else 0
     other = neg if rank_class == 1 else pos
     cdf = np.concatenate([[0.0], np.cumsum(other) / other.sum()])
-    center = area if rank_class == 1 else 1.0 - area
+    center = min(max(area if rank_class == 1 else 1.0 - area, 0.0), 1.0)
     return RankRequest(tuple(float(v) for v in np.clip(cdf, 0, 1)), float(center), rank_class)
 
 

@@ -29,7 +29,7 @@ MODEL_CARD_MD = "model_card.md"
 LOG = "run.log"
 REPORT = "report.html"
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the evaluation release (representation, diagnostics)
 
 _LOGGERS = ("allfed", "flwr")
 
