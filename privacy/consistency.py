@@ -6,8 +6,12 @@ each stratum, every variable's level counts add to the stratum's total (the leve
 overall cell the strata's totals add to it. Independent Gaussian noise of known variance
 (``Query.noise_sd``, plus 1/12 for the rounding to whole counts) breaks them. The weighted
 least-squares projection onto the constraints is, by Gauss-Markov, the best linear unbiased
-estimate of the true counts given the release; it is post-processing, so it costs no privacy,
-and its covariance is known exactly, so every pooled count keeps an honest standard error.
+estimate of the true counts given the release. Why this method: every cell that bears on a count
+is used in proportion to its precision (a stratum's total is estimated at once by its released
+total, the overall cell less the other strata and each variable's levels), so the estimate beats
+any one of them and no rule of thumb decides which to trust; and it is linear, so its covariance
+is known exactly and every pooled count keeps an honest standard error. It is post-processing:
+it costs no privacy. Sums and squares have no such constraints and are left as released.
 
 A withheld cell (absent: its noisy count was at or under the site's minimum) is an unknown, not
 a zero: the constraints estimate it where they can (a stratum's only withheld level is its total
@@ -24,7 +28,7 @@ method), which keeps every constraint. Standard errors are those of the linear p
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -45,14 +49,13 @@ class SiteCounts:
     unknown: np.ndarray  # orthonormal basis of the directions the release does not determine
     released: frozenset[Cell]
     total: tuple[Cell, ...]  # the cells whose sum is the site's total
+    _spreads: dict[tuple[int, ...], float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @cached_property
     def _position(self) -> dict[Cell, int]:
         return {cell: i for i, cell in enumerate(self.cells)}
-
-    @cached_property
-    def _ranges(self) -> dict[tuple[int, ...], float]:
-        return {}
 
     def index(self, cells: Iterable[Cell]) -> np.ndarray:
         return np.array([self._position[c] for c in cells], dtype=int)
@@ -80,9 +83,9 @@ class SiteCounts:
         non-negative consistent counts that agree with everything the release determines."""
         index = self.index(cells)
         key = tuple(sorted(index.tolist()))
-        if key not in self._ranges:
-            self._ranges[key] = 0.0 if self.identifies(cells) else self._spread(index)
-        return self._ranges[key]
+        if key not in self._spreads:
+            self._spreads[key] = 0.0 if self.identifies(cells) else self._spread(index)
+        return self._spreads[key]
 
     def _spread(self, index: np.ndarray) -> float:
         direction = self.unknown[index].sum(axis=0)

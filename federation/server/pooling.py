@@ -23,6 +23,7 @@ from typing import Any
 from federation.queries import ALL, AnalysisRequest
 from federation.spec import StudySpec
 from privacy.consistency import SiteCounts, consistent_counts
+from privacy.disclosure import DEFAULT_MIN_CELL_COUNT
 from privacy.statistics import (
     COUNT,
     MAX_CI_SHARE,
@@ -60,7 +61,7 @@ METHOD = {
         "the range it can take: a count within its column's total, a percentage within 0-100 "
         "(a variable's percentages in a column go together), a mean within the declared bounds, "
         "an SD within 0 and the half-range; an SD also when the noisy sums give an impossible "
-        "variance or its CI reaches 0. Counts from 1 to 20 are withheld."
+        f"variance or its CI reaches 0. Counts from 1 to {DEFAULT_MIN_CELL_COUNT} are withheld."
     ),
 }
 
