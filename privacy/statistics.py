@@ -16,6 +16,10 @@ concatenation has L2 sensitivity 1, which is exactly the release the accountants
 
 Counts at or below the site's minimum cell count are withheld after the noise (post-processing
 costs no privacy); so are a numeric variable's sum and squares when its present count is.
+
+The aggregator's side is at the end: pooled counts, percentages, means and SDs, each with its
+95% CI or held back by a stated n/a rule (the counts made consistent first,
+``privacy.consistency``).
 """
 
 from __future__ import annotations
