@@ -101,7 +101,7 @@ def round_fns(config: Config) -> dict[str, tuple[Callable[[nn.Module], None], in
     fns: dict[str, tuple[Callable[[nn.Module], None], int]] = {
         "nonprivate": (lambda m: train_plain(m, x, y, settings), plain_steps),
         "dp (allfed)": (
-            lambda m: train_dp(m, x, y, settings, plan, "prv", []),
+            lambda m: train_dp(m, x, y, settings, plan),
             plan.steps_per_round,
         ),
     }

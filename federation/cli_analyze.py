@@ -198,13 +198,21 @@ def _warn_about_left_out_columns(spec, kind: str) -> None:
 
 
 def _value(entry: dict[str, Any]) -> str:
-    """``count (percent%)`` or ``mean (SD)``; withheld where the sites kept it."""
+    """``count (percent%)`` or ``mean (SD)``; withheld (a small count) or n/a (too uncertain,
+    the reason in the JSON) where the table holds the number back."""
+    from privacy.statistics import SMALL_COUNT
+
+    reasons = entry.get("withheld_reason", {})
+
+    def held(field: str) -> str:
+        return "n/a" if reasons.get(field, SMALL_COUNT) != SMALL_COUNT else "withheld"
+
     if "mean" in entry:
         if entry["mean"] is None:
-            return "withheld"
+            return held("mean")
         sd = "n/a" if entry["sd"] is None else f"{entry['sd']:.2f}"
         return f"{entry['mean']:.2f} ({sd})"
     if entry.get("count") is None:
-        return "withheld"
-    percent = entry.get("percent")
-    return f"{entry['count']}" + ("" if percent is None else f" ({percent:.1f}%)")
+        return held("count")
+    percent = "n/a" if entry.get("percent") is None else f"{entry['percent']:.1f}%"
+    return f"{entry['count']} ({percent})"

@@ -1,6 +1,6 @@
 """The disclosure guard: the last check every outgoing message passes at the site.
 
-The producers (scorestats, the representation counts) already suppress and coarsen; the guard
+The producers (the DP releases, the public training-record count) are built to leave; the guard
 does not trust them. It checks the message as it will leave: only the record names the message
 kind allows, only the model's declared arrays with their declared shapes, only whitelisted keys,
 and no count from 1 to ``min_cell_count``. A message that fails is never sent; the site sends a

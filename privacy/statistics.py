@@ -16,17 +16,21 @@ concatenation has L2 sensitivity 1, which is exactly the release the accountants
 
 Counts at or below the site's minimum cell count are withheld after the noise (post-processing
 costs no privacy); so are a numeric variable's sum and squares when its present count is.
+
+The aggregator's side is at the end: pooled counts, percentages, means and SDs, each with its
+95% CI or held back by a stated n/a rule (the counts made consistent first,
+``privacy.consistency``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.disclosure import is_disclosive
+from privacy.disclosure import DEFAULT_MIN_CELL_COUNT, is_disclosive
 from privacy.noise import gaussian_release
 
 COUNT, SUM, SQUARES = "count", "sum", "sumsq"
@@ -183,74 +187,206 @@ def exact_cells(
     return exact
 
 
+# -- pooled statistics: each with its 95% CI, or n/a with the reason ------------------------
+#
+# The rule for n/a: a value is shown only when its 95% CI (noise and sampling together) spans at
+# most MAX_CI_SHARE of the range the value can take: a count within its column's total, a
+# percentage within 0-100 (a variable's percentages in one column are shown together or not at
+# all, so that those shown add to 100), a mean within the declared bounds, an SD within 0 and the
+# bounds' half-range. An SD is n/a also when the noisy sums give a variance that values within the
+# bounds cannot have, or when the variance's 95% CI reaches 0 (the noise swamps the spread). A
+# whole count from 1 to 20 is withheld (the dissemination rule), with what rests on it.
+
+MAX_CI_SHARE = 0.5
+SMALL_COUNT = f"1 to {DEFAULT_MIN_CELL_COUNT} records: no such count is published"
+
+
 @dataclass(frozen=True)
 class PooledCount:
-    """A count summed over released cells, with the noise's standard error."""
+    """A pooled whole count with its noise SE and 95% CI; ``count`` is None when withheld (a
+    small count) or n/a (too uncertain), and ``reason`` says which."""
 
-    count: int | None  # None: every contributing cell was withheld
+    count: int | None
     se: float
-    withheld: int  # cells (site strata) withheld at their sites
+    ci: tuple[float, float] | None
+    withheld: int  # cells (site strata) withheld at their sites, estimated from their totals
+    reason: str | None = None
+
+    @property
+    def na(self) -> bool:
+        """Not shown because too uncertain (as opposed to withheld as a small count)."""
+        return self.reason is not None and self.reason != SMALL_COUNT
 
     def as_dict(self) -> dict:
-        return {"count": self.count, "count_se": round(self.se, 2), "withheld_cells": self.withheld}
+        return {
+            "count": self.count,
+            "count_se": round(self.se, 2),
+            "count_ci": None if self.ci is None else [round(x, 1) for x in self.ci],
+            "withheld_cells": self.withheld,
+            "withheld_reason": {} if self.reason is None else {"count": self.reason},
+        }
 
 
-def pool_count(values: Iterable[float | None], sd: float) -> PooledCount:
-    """Sum of the released values (None = withheld), its noise SE from the per-cell ``sd``."""
-    values = list(values)
-    released = [v for v in values if v is not None]
-    withheld = len(values) - len(released)
-    if not released:
-        return PooledCount(None, 0.0, withheld)
-    return PooledCount(round(sum(released)), sd * math.sqrt(len(released)), withheld)
+def pool_count(
+    count: int, variance: float, withheld: int, column_total: float | None = None
+) -> PooledCount:
+    """The shown ``count`` (already rounded) with SE from the projection's ``variance``; n/a
+    when its CI spans more than ``MAX_CI_SHARE`` of ``column_total`` (None: a total itself)."""
+    se = math.sqrt(max(variance, 0.0))
+    if is_disclosive(count):
+        return PooledCount(None, se, None, withheld, SMALL_COUNT)
+    if column_total is not None and 2 * _Z95 * se > MAX_CI_SHARE * column_total:
+        reason = f"its 95% CI spans more than {MAX_CI_SHARE:.0%} of its column's total"
+        return PooledCount(None, se, None, withheld, reason)
+    return PooledCount(count, se, (max(count - _Z95 * se, 0.0), count + _Z95 * se), withheld)
+
+
+@dataclass(frozen=True)
+class PooledPercentages:
+    """A variable's percentages in one column, in level order, with 95% CIs; all None with
+    ``reason`` when n/a, one None where its count is withheld as small."""
+
+    percents: list[float | None]
+    cis: list[tuple[float, float] | None]
+    reason: str | None = None
+
+
+def pool_percentages(
+    counts: Sequence[PooledCount], total: PooledCount, noise_variances: Sequence[float]
+) -> PooledPercentages:
+    """Percent of ``total`` from the same whole counts that are shown, rounded (largest
+    remainder) to add to exactly 100 when every level is shown. ``noise_variances``: of each
+    count's share of the total, from the noise (the projection's covariances); the CIs add the
+    sampling variance of a proportion."""
+    reason = None
+    if total.count is None or total.count == 0:
+        reason = "its column's total is withheld" if total.count is None else "no records"
+    elif any(c.na for c in counts):
+        reason = "a count of this variable in this column is n/a"
+    if reason is None:
+        shares = [None if c.count is None else c.count / total.count for c in counts]
+        half = [
+            None if p is None else _Z95 * math.sqrt(max(v, 0.0) + p * (1 - p) / total.count)
+            for p, v in zip(shares, noise_variances, strict=True)
+        ]
+        if any(h is not None and 2 * h > MAX_CI_SHARE for h in half):
+            reason = f"a 95% CI spans more than {MAX_CI_SHARE * 100:.0f} percentage points"
+    if reason is not None:
+        return PooledPercentages([None] * len(counts), [None] * len(counts), reason)
+    percents = _rounded_percents(shares)
+    cis = [
+        None if p is None else (100 * max(p - h, 0.0), 100 * min(p + h, 1.0))
+        for p, h in zip(shares, half, strict=True)
+    ]
+    return PooledPercentages(percents, cis)
+
+
+def _rounded_percents(shares: Sequence[float | None]) -> list[float | None]:
+    """Percentages to one decimal; by largest remainder, so they add to 100.0, when none is
+    withheld."""
+    if any(s is None for s in shares) or not math.isclose(sum(shares), 1.0, abs_tol=1e-9):
+        return [None if s is None else round(100 * s, 1) for s in shares]
+    tenths = [1000 * s for s in shares]
+    floors = [math.floor(t) for t in tenths]
+    order = sorted(range(len(tenths)), key=lambda i: floors[i] - tenths[i])
+    for i in order[: 1000 - sum(floors)]:
+        floors[i] += 1
+    return [f / 10 for f in floors]
 
 
 @dataclass(frozen=True)
 class PooledMean:
-    """Sum, mean, SD and variance of a numeric variable from pooled noisy count, sum and
-    squares (values clipped to the variable's bounds)."""
+    """Mean, SD and variance of a numeric variable from pooled noisy count, sum and squares
+    (values clipped to the variable's bounds, centred), each with its 95% CI (noise and
+    sampling); a value is None where ``reasons`` says why."""
 
-    count: int | None
+    n: float
     mean: float | None
-    sd: float | None  # None also where the noise swamped the spread
-    mean_ci: tuple[float, float] | None  # 95%: sampling and noise together
+    mean_ci: tuple[float, float] | None
+    sd: float | None
+    sd_ci: tuple[float, float] | None
+    variance: float | None
+    variance_ci: tuple[float, float] | None
+    reasons: dict[str, str]
 
     def as_dict(self) -> dict:
         def rounded(x):
             return None if x is None else round(x, 4)
 
-        ci = None if self.mean_ci is None else [rounded(x) for x in self.mean_ci]
-        total = None if self.mean is None else self.mean * self.count
-        variance = None if self.sd is None else self.sd**2
+        def interval(ci):
+            return None if ci is None else [rounded(x) for x in ci]
+
         return {
-            "count": self.count,
-            "sum": rounded(total),
+            "mean_n": round(self.n) if self.n is not None else None,
+            "sum": rounded(None if self.mean is None else self.mean * self.n),
             "mean": rounded(self.mean),
+            "mean_ci": interval(self.mean_ci),
             "sd": rounded(self.sd),
-            "variance": rounded(variance),
-            "mean_ci": ci,
+            "sd_ci": interval(self.sd_ci),
+            "variance": rounded(self.variance),
+            "variance_ci": interval(self.variance_ci),
         }
 
 
 def pool_mean(
     variable: Variable,
-    released: Iterable[tuple[float, float, float] | None],
-    sds: Mapping[tuple[str, str, str], float],
+    n: tuple[float, float],
+    total: tuple[float, float],
+    squares: tuple[float, float],
 ) -> PooledMean:
-    """Pool per-cell (count, centred sum, centred squares); None = withheld cell."""
-    parts = [r for r in released if r is not None]
-    if not parts:
-        return PooledMean(None, None, None, None)
-    n, total, squares = (sum(part[i] for part in parts) for i in range(3))
-    if n < 2:
-        return PooledMean(round(n), None, None, None)
+    """From pooled (estimate, noise variance) of the present count, the centred sum and the
+    centred squares. Noise variances by the delta method; sampling: var/n for the mean and the
+    normal-theory 2 var^2 / (n - 1) for the variance. The mean's sampling part uses the largest
+    variance bounded values can have where the variance itself is n/a."""
+    (count, count_var), (s, s_var), (q, q_var) = n, total, squares
+    if count < 2 or is_disclosive(round(count)):
+        reason = SMALL_COUNT if is_disclosive(round(count)) else "fewer than 2 records"
+        reasons = dict.fromkeys(("mean", "sd"), reason)
+        return PooledMean(count, None, None, None, None, None, None, reasons)
     low, high = variable.bounds
-    mean_centred = total / n
-    variance = min((squares - total**2 / n) / (n - 1), variable.half_range**2)
-    sd_count = sds[(variable.name, PRESENT, COUNT)] * math.sqrt(len(parts))
-    sd_sum = sds[(variable.name, PRESENT, SUM)] * math.sqrt(len(parts))
-    noise_var = (sd_sum**2 + (mean_centred * sd_count) ** 2) / n**2  # delta method
-    se = math.sqrt(max(variance, 0.0) / n + noise_var)
-    mean = min(max(variable.center + mean_centred, low), high)
-    sd = math.sqrt(variance) if variance > 0 else None  # None: the noise swamped the spread
-    return PooledMean(round(n), mean, sd, (mean - _Z95 * se, mean + _Z95 * se))
+    h = variable.half_range
+    centred = s / count
+    variance = (q - s**2 / count) / (count - 1)
+    largest = h**2 * count / (count - 1)  # of values within the bounds
+    reasons: dict[str, str] = {}
+    noise = (q_var + (2 * centred) ** 2 * s_var + (centred**2 - variance) ** 2 * count_var) / (
+        count - 1
+    ) ** 2
+    variance_ci = sd_ci = None
+    if not 0 < variance <= largest:
+        reasons["sd"] = (
+            f"the noisy sums give a variance that values within [{low:g}, {high:g}] cannot "
+            "have (at or below 0, or above the half-range squared)"
+        )
+    else:
+        half = _Z95 * math.sqrt(noise + 2 * variance**2 / (count - 1))
+        variance_ci = (max(variance - half, 0.0), min(variance + half, largest))
+        sd_ci = (math.sqrt(variance_ci[0]), math.sqrt(variance_ci[1]))
+        if variance - half <= 0:
+            reasons["sd"] = "the 95% CI of the variance reaches 0: the noise swamps the spread"
+        elif sd_ci[1] - sd_ci[0] > MAX_CI_SHARE * h:
+            reasons["sd"] = (
+                f"its 95% CI spans more than {MAX_CI_SHARE:.0%} of what an SD within the bounds "
+                f"can be (0 to {h:g})"
+            )
+    spread = largest if "sd" in reasons else variance
+    se = math.sqrt(spread / count + (s_var + centred**2 * count_var) / count**2)
+    mean = min(max(variable.center + centred, low), high)
+    mean_ci = (max(mean - _Z95 * se, low), min(mean + _Z95 * se, high))
+    if mean_ci[1] - mean_ci[0] > MAX_CI_SHARE * (high - low):
+        reasons["mean"] = (
+            f"its 95% CI spans more than {MAX_CI_SHARE:.0%} of the declared range "
+            f"[{low:g}, {high:g}]"
+        )
+    if "sd" in reasons:
+        variance, variance_ci = None, None
+    return PooledMean(
+        count,
+        None if "mean" in reasons else mean,
+        None if "mean" in reasons else mean_ci,
+        None if "sd" in reasons else math.sqrt(variance),
+        None if "sd" in reasons else sd_ci,
+        variance,
+        variance_ci,
+        reasons,
+    )

@@ -12,12 +12,12 @@ from cli_helpers import run_allfed
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from federation import protocol as p
-from federation.client.app import SiteSettings, make_client_app
+from federation.client.app import make_client_app
+from federation.client.site import SiteSettings
+from federation.protocol import encode_name
 from federation.queries import AnalysisRequest, build_query, planned_release
-from federation.scorestats import encode_name
 from federation.server.analysis import SiteAnswer, read_answer
 from federation.spec import load_spec
 from privacy.accounting import compute_epsilon
@@ -28,13 +28,13 @@ from privacy.statistics import (
     COUNT,
     MISSING,
     PRESENT,
+    SMALL_COUNT,
     SQUARES,
     SUM,
     TOTAL,
     Query,
     Variable,
     exact_cells,
-    pool_mean,
     release,
 )
 
@@ -130,20 +130,6 @@ def test_small_counts_and_their_sums_are_withheld_after_the_noise():
         assert ("a", "age", PRESENT, SUM) not in released
 
 
-def test_pooled_mean_and_sd_recover_the_truth_with_little_noise():
-    values = np.random.default_rng(0).normal(50, 10, 5000).clip(18, 90)
-    query = Query(("a",), (AGE,))
-    cells = exact_cells(query, ["a"] * len(values), {"age": values})
-    trio = tuple(cells[("a", "age", PRESENT, s)] for s in (COUNT, SUM, SQUARES))
-    pooled = pool_mean(AGE, [trio], query.noise_sd(0.01))
-    assert pooled.mean == pytest.approx(values.mean(), abs=1e-6)
-    assert pooled.sd == pytest.approx(values.std(ddof=1), rel=1e-6)
-    assert pooled.mean_ci[0] < values.mean() < pooled.mean_ci[1]
-    released = pooled.as_dict()
-    assert released["sum"] == pytest.approx(values.sum(), rel=1e-6)
-    assert released["variance"] == pytest.approx(values.var(ddof=1), rel=1e-3)
-
-
 def test_requests_the_spec_cannot_answer_are_named(cohort):
     spec = load_spec(cohort[1])
     for request, message in [
@@ -158,14 +144,8 @@ def test_requests_the_spec_cannot_answer_are_named(cohort):
     ]:
         with pytest.raises(Exception, match=message):
             build_query(request, spec)
-    undeclared = spec.with_overrides(study={"group_levels": {}})
-    with pytest.raises(Exception, match="group-levels"):
-        build_query(AnalysisRequest("count", 1.0, 1e-6, by="race_ethnicity"), undeclared)
-
-
-@pytest.fixture(autouse=True)
-def server_identity():
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    with pytest.raises(Exception, match="has no declared levels"):  # not even a valid spec
+        spec.with_overrides(study={"group_levels": {}})
 
 
 def ask(site, request, run_key="analysis-1"):
@@ -180,7 +160,7 @@ def ask(site, request, run_key="analysis-1"):
 def test_what_leaves_a_site_is_whitelisted_noisy_and_in_its_ledger(cohort, tmp_path):
     files, spec_path = cohort
     spec = load_spec(spec_path)
-    site = SiteSettings("urban", next(iter(files.values())), spec, ledger=tmp_path / "l.sqlite")
+    site = SiteSettings("urban", next(iter(files.values())), spec, tmp_path / "l.sqlite")
     request = AnalysisRequest("table1", epsilon=2.0, delta=1e-6, by="sex")
     content = ask(site, request)
     assert set(content.keys()) == {p.STATUS, p.METRICS}
@@ -212,7 +192,7 @@ def test_the_site_policy_wins_over_the_request(cohort, tmp_path):
     two = compute_epsilon([one, one], 1e-5, "prv")  # composed, well under 1 + 1
     assert two < 1.6
     policy = parse_policy({"max-epsilon-per-run": 1.0, "lifetime-epsilon": two + 0.01})
-    site = SiteSettings("urban", next(iter(files.values())), spec, policy, tmp_path / "l.sqlite")
+    site = SiteSettings("urban", next(iter(files.values())), spec, tmp_path / "l.sqlite", policy)
     refused = ask(site, AnalysisRequest("count", epsilon=2.0, delta=1e-6))
     assert refused[p.STATUS][p.STATUS_STATE] == p.REFUSED
     assert "max-epsilon-per-run" in refused[p.STATUS][p.STATUS_REASON]
@@ -276,6 +256,7 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
         "table1",
         f"--study={spec_path}",
         *sites,
+        "--by=sex",
         "--epsilon=3",
         "--delta=1e-6",
         f"--out={tmp_path / 'out'}",
@@ -293,7 +274,7 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
     def released_counts(node):
         if isinstance(node, dict):
             for key, value in node.items():
-                if key in ("count", "total") and value is not None:
+                if key in ("count", "total") and isinstance(value, int | float):
                     yield value
                 yield from released_counts(value)
         elif isinstance(node, list):
@@ -314,8 +295,42 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
         not (tmp_path / "ledgers" / f"{refused}.sqlite").exists()
         or not Ledger(tmp_path / "ledgers" / f"{refused}.sqlite").releases()
     )
+    # a table that reads true: strata add to the total, a variable's percentages to 100 in
+    # every column where all are shown, and nothing is shown without its CI or its reason
+    assert sum(table["groups"].values()) == table["total"] == sum(table["sites"].values())
+    full = 0
+    for scope in ("overall", "sites", "groups"):
+        for key in [None] if scope == "overall" else table[scope]:
+            by_variable = {}
+            for row in table["rows"]:
+                entry = row if key is None else row[scope][key]
+                by_variable.setdefault(row["variable"], []).append(entry)
+                for field in ("count", "percent", "mean", "sd"):
+                    if field not in entry:
+                        continue
+                    if entry[field] is None:
+                        assert entry["withheld_reason"][field]
+                    else:
+                        assert entry[f"{field}_ci"][0] <= entry[field] <= entry[f"{field}_ci"][1]
+            for entries in by_variable.values():
+                percents = [e["percent"] for e in entries]
+                if None not in percents:
+                    full += 1
+                    assert sum(percents) == pytest.approx(100.0, abs=1e-6)
+    assert full >= len(by_variable) * 3  # at least overall and both strata
+    for row in table["rows"]:
+        groups = [e["count"] for e in row["groups"].values()]
+        if None not in groups and row["count"] is not None:
+            assert sum(groups) == row["count"]
     html = (tmp_path / "out" / "table1.html").read_text()
-    assert "Overall (N = " in html and "withheld" in html
+    assert "Overall (N = " in html and "withheld" in html and "sex: female (N = " in html
+    for row in table["rows"]:  # each n/a on the page comes with its reason
+        reasons = row["withheld_reason"]
+        shown = ("mean", "sd") if "mean" in row else ("count",) if "count" in reasons else (
+            "count", "percent")  # fmt: skip
+        for reason in (reasons[f] for f in shown if f in reasons):
+            if reason != SMALL_COUNT:
+                assert reason.replace("'", "&#39;") in html
 
 
 def test_cli_mistakes_are_one_line(cohort, tmp_path):

@@ -52,7 +52,10 @@ def test_policy_file_is_parsed_and_checked(tmp_path):
     )
     assert policy.refusal("heart", "logistic", True, 3.0, 1e-5, 2.0) is None
     checks = {
-        ("heart", "logistic", True, 5.0, 1e-5, 2.0): ("epsilon-above-policy", "max-epsilon-per-run"),
+        ("heart", "logistic", True, 5.0, 1e-5, 2.0): (
+            "epsilon-above-policy",
+            "max-epsilon-per-run",
+        ),
         ("heart", "logistic", True, 3.0, 1e-5, 2.5): (
             "epsilon-above-policy",
             "max-evaluation-epsilon-per-run",

@@ -27,11 +27,9 @@ from wire import (
 )
 
 from federation import protocol as p
-from federation.client.site import default_ledger, site_partition, site_table
-from federation.client.site import settings_from_context
+from federation.client.site import default_ledger, settings_from_context, site_partition, site_table
 from federation.evaluation import (
     EVAL_PREFIX,
-    HIST_NEG,
     HIST_POS,
     POOLED_CELL,
     RECORDS,
@@ -87,7 +85,9 @@ def test_a_site_requiring_dp_refuses_a_run_without_it_and_every_later_message(
 ):
     spec, data = study
     plain = spec.with_overrides(privacy={"enabled": False})
-    context = context_for(plain, data, tmp_path, mode, write_policy(tmp_path, "require-dp = true\n"))
+    context = context_for(
+        plain, data, tmp_path, mode, write_policy(tmp_path, "require-dp = true\n")
+    )
     assert_declined(setup(context), check="dp-required")
     assert_declined(train(context, plain), check="dp-required")
     assert_declined(evaluate(context, plain), check="dp-required")
@@ -182,7 +182,10 @@ def test_a_crafted_model_gets_noise_not_a_count(study, tmp_path):
     setup(context)
     n = len(spec.features.numeric)
     center, scale = [0.0] * n, [1.0] * n
-    center[spec.features.numeric.index("age")], scale[spec.features.numeric.index("age")] = 50.0, 10.0
+    center[spec.features.numeric.index("age")], scale[spec.features.numeric.index("age")] = (
+        50.0,
+        10.0,
+    )
     crafted = crafted_threshold_model(spec, None)
     config = {p.SCALING_CENTER: center, p.SCALING_SCALE: scale}
     content = RecordDict({p.ARRAYS: crafted, p.CONFIG: model_config(spec, **config)})
@@ -241,11 +244,11 @@ def test_a_file_whose_columns_change_is_refused_rather_than_repartitioned(study,
     assert_declined(setup(later, "run-2"), p.FAILED, "partition-changed")
 
 
-def test_a_group_column_without_declared_levels_is_refused_before_the_data_is_read(
-    study, tmp_path
-):
+def test_a_group_column_without_declared_levels_is_refused_before_the_data_is_read(study, tmp_path):
     spec, _ = study
-    text = spec.to_toml().replace('groups = ["race_ethnicity", "sex", "rurality"]', 'groups = ["bmi"]')
+    text = spec.to_toml().replace(
+        'groups = ["race_ethnicity", "sex", "rurality"]', 'groups = ["bmi"]'
+    )
     assert 'groups = ["bmi"]' in text
     context = node_context(tmp_path / "not-there.csv", spec, ledger=tmp_path / "l.sqlite")
     context.run_config[p.RUN_STUDY] = text

@@ -61,7 +61,10 @@ def cohort(n: int, seed: int, shift: float = 0.0):
         (GROUP, "area"): rng.choice(np.array(["north", "south", "(other)"], dtype=object), n),
     }
     members[("intersection", "sex x area")] = np.array(
-        [f"{a} | {b}" for a, b in zip(members[(GROUP, "sex")], members[(GROUP, "area")], strict=True)],
+        [
+            f"{a} | {b}"
+            for a, b in zip(members[(GROUP, "sex")], members[(GROUP, "area")], strict=True)
+        ],
         dtype=object,
     )
     return y, p, members
@@ -81,7 +84,9 @@ def test_one_record_moves_release_one_by_at_most_one():
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
         fewer = {t: v[keep] for t, v in members.items()}
-        moved = np.linalg.norm(full - weighted(histogram_statistics(y[keep], p[keep], fewer, LAYOUT)))
+        moved = np.linalg.norm(
+            full - weighted(histogram_statistics(y[keep], p[keep], fewer, LAYOUT))
+        )
         assert moved <= 1.0 + 1e-9
 
 
@@ -173,9 +178,7 @@ def pooled_estimate(parts, epsilon, seed_split=0.5):
         for y, p, mem in parts
     ]
     pooled = ev.pool(releases)
-    requests = {
-        c: r for c in LAYOUT.rank_cells() if (r := ev.rank_request(pooled[c])) is not None
-    }
+    requests = {c: r for c in LAYOUT.rank_cells() if (r := ev.rank_request(pooled[c])) is not None}
     ranks = [
         ev.read_ranks(rank_release(y, p, mem, LAYOUT, requests, noise2), requests, LAYOUT, noise2)
         for y, p, mem in parts
@@ -234,7 +237,7 @@ def test_a_small_or_noisy_cell_is_withheld_with_its_reason():
     assert withheld and all(entry["withheld_reason"] for entry in withheld)
     pooled = tables["pooled"]
     for name, reason in pooled["withheld"].items():
-        assert pooled[name] is None and "interval" in reason or "undefined" in reason
+        assert (pooled[name] is None and "interval" in reason) or "undefined" in reason
 
 
 def test_degenerate_scores_are_a_finding():

@@ -14,9 +14,9 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 from cli_helpers import invoke
+from federation.scorestats import ScoreStats, group_stats, intersect_groups, level_counts
 from scipy.special import expit
 
-from federation.scorestats import ScoreStats, group_stats, intersect_groups, level_counts
 from federation.server import report
 from federation.server.metrics import GroupPool, compute_metrics, publish_groups
 from federation.server.outputs import REPORT, SUMMARY, RunDirectory, rebuild_report

@@ -156,5 +156,5 @@ def test_released_values_carry_no_participant_value(honest, tmp_path):
     replies.append(evaluate_ranks(context, spec, replies[-1]))
     for reply in replies:
         for record in reply.values():
-            for value in (record.values() if not hasattr(record, "to_torch_state_dict") else []):
+            for value in record.values() if not hasattr(record, "to_torch_state_dict") else []:
                 assert not np.isclose(list(numbers(value)), sentinel, atol=1e-6).any()

@@ -55,7 +55,9 @@ def send(context: Context, message_type: str, content: RecordDict, app=site_node
 
 
 def setup(context: Context, run_key: str = "run-1", **config) -> RecordDict:
-    return send(context, p.SETUP, RecordDict({p.CONFIG: ConfigRecord({p.RUN_KEY: run_key, **config})}))
+    return send(
+        context, p.SETUP, RecordDict({p.CONFIG: ConfigRecord({p.RUN_KEY: run_key, **config})})
+    )
 
 
 def global_arrays(spec: StudySpec, scale: float = 0.0) -> ArrayRecord:
@@ -80,7 +82,10 @@ def model_config(spec: StudySpec, server_round: int = 1, **extra) -> ConfigRecor
 
 def train(context: Context, spec: StudySpec, server_round: int = 1, arrays=None, **extra):
     content = RecordDict(
-        {p.ARRAYS: arrays or global_arrays(spec), p.CONFIG: model_config(spec, server_round, **extra)}
+        {
+            p.ARRAYS: arrays or global_arrays(spec),
+            p.CONFIG: model_config(spec, server_round, **extra),
+        }
     )
     return send(context, MessageType.TRAIN, content)
 
@@ -97,9 +102,7 @@ def evaluate_ranks(context: Context, spec: StudySpec, first: RecordDict, arrays=
     cells = layout(spec)
     noise = float(first[p.METRICS][p.NOISE_MULTIPLIER])
     pooled = ev.read_histograms(first[p.METRICS], cells, noise)
-    requests = {
-        c: r for c in cells.rank_cells() if (r := ev.rank_request(pooled[c])) is not None
-    }
+    requests = {c: r for c in cells.rank_cells() if (r := ev.rank_request(pooled[c])) is not None}
     config = model_config(spec)
     config.update(rank_requests_to_config(requests))
     content = RecordDict({p.ARRAYS: arrays or global_arrays(spec), p.CONFIG: config})

@@ -2,10 +2,10 @@
 
 Every site answers the same query (``federation.queries``) with one noisy release; the aggregator
 checks each answer against the query (only its cells, whole non-negative counts, the planned
-noise), pools the released cells overall, per site and per stratum with the noise's standard
-errors, and writes ``analysis.json`` (sites, privacy, pooled results), ``<kind>.json`` and
-``<kind>.html`` (the table) and ``run.log``. A site that refuses or fails is named with its
-reason; the analysis completes on the others.
+noise), pools the released cells overall, per site and per stratum (``pooling``: consistent
+counts, uncertainties, what is n/a and why), and writes ``analysis.json`` (sites, privacy,
+pooled results), ``<kind>.json`` and ``<kind>.html`` (the table) and ``run.log``. A site
+that refuses or fails is named with its reason; the analysis completes on the others.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,24 +22,13 @@ from flwr.serverapp import Grid
 
 from federation import protocol as p
 from federation.protocol import decode_name
-from federation.queries import ALL, AnalysisRequest, build_query, planned_release
+from federation.queries import AnalysisRequest, build_query, planned_release
 from federation.server.outputs import RunDirectory
+from federation.server.pooling import pooled_tables
 from federation.server.run import wait_for_nodes
 from federation.server.tables import write_tables
 from federation.spec import StudySpec
-from privacy.statistics import (
-    COUNT,
-    OVERALL_CELL,
-    PRESENT,
-    SQUARES,
-    SUM,
-    TOTAL,
-    Cell,
-    Query,
-    Variable,
-    pool_count,
-    pool_mean,
-)
+from privacy.statistics import COUNT, Cell, Query
 
 log = logging.getLogger("allfed.server")
 
@@ -79,7 +67,8 @@ class AnalysisRun:
         self.outputs.start_log()
         try:
             answers = self._ask()
-            result = pooled_tables(self.spec, self.request, self.query, answers, self.noise)
+            released = {a.name: a.cells for a in answers if a.status == p.OK}
+            result = pooled_tables(self.spec, self.request, self.query, released, self.noise)
             write_tables(self.outputs.path, self.request.kind, result)
             summary = _summary(self.spec, self.request, answers, result, self.run_key)
             self.outputs.write_json("analysis.json", summary)
@@ -152,104 +141,6 @@ def _cells(metrics, expected: set[Cell]) -> dict[Cell, float]:
             raise ValueError(f"cell {key} is not a valid {statistic}")
         cells[cell] = value
     return cells
-
-
-def pooled_tables(
-    spec: StudySpec,
-    request: AnalysisRequest,
-    query: Query,
-    answers: list[SiteAnswer],
-    noise_multiplier: float,
-) -> dict[str, Any]:
-    """The pooled table: overall, per site and per stratum; counts with their noise SE, means
-    with 95% CIs. Only sites that answered contribute."""
-    sites = [a for a in answers if a.status == p.OK]
-    sds = query.noise_sd(noise_multiplier)
-    strata = [s for s in query.strata if s != ALL]
-
-    def scopes():
-        yield ("overall", None), [(a, s) for a in sites for s in query.strata]
-        for a in sites:
-            yield ("sites", a.name), [(a, s) for s in query.strata]
-        for s in strata:
-            yield ("groups", s), [(a, s) for a in sites]
-
-    totals = {}
-    for scope, parts in scopes():
-        if query.overall and scope[0] != "groups":  # the released total over all strata
-            answering = {a.name: a for a, _ in parts}.values()
-            cells = (a.cells.get(OVERALL_CELL) for a in answering)
-            totals[scope] = pool_count(cells, sds[OVERALL_CELL[1:]])
-        else:
-            cells = (a.cells.get((s, TOTAL, TOTAL, COUNT)) for a, s in parts)
-            totals[scope] = pool_count(cells, sds[(TOTAL, TOTAL, COUNT)])
-    rows = []
-    total_sd = sds[(TOTAL, TOTAL, COUNT)]
-    if not query.variables:  # a count: the table is every stratum's total
-        for stratum in query.strata:
-            row = {"variable": request.strata_column or TOTAL, "level": stratum}
-            cells = {a.name: a.cells.get((stratum, TOTAL, TOTAL, COUNT)) for a in sites}
-            row |= _count_entry(cells.values(), total_sd, totals[("overall", None)].count)
-            row["sites"] = {
-                name: _count_entry([cell], total_sd, totals[("sites", name)].count)
-                for name, cell in cells.items()
-            }
-            rows.append(row)
-    for variable in query.variables:
-        for level, statistic in variable.cells():
-            if statistic != COUNT:
-                continue
-            row: dict[str, Any] = {
-                "variable": variable.name,
-                "level": "mean (SD)" if (variable.numeric and level == PRESENT) else level,
-            }
-            for scope, parts in scopes():
-                entry = _entry(variable, level, parts, sds, totals[scope].count)
-                if scope[0] == "overall":
-                    row.update(entry)
-                else:
-                    row.setdefault(scope[0], {})[scope[1]] = entry
-            rows.append(row)
-    overall = totals[("overall", None)]
-    return {
-        "analysis": request.kind,
-        "study": spec.study.name,
-        "by": request.strata_column,
-        "epsilon": request.epsilon,
-        "delta": request.delta,
-        "total": overall.count,
-        "total_se": round(overall.se, 2),
-        "sites": {a.name: totals[("sites", a.name)].count for a in sites},
-        # a count's rows are its strata already
-        "groups": {s: totals[("groups", s)].count for s in strata} if query.variables else {},
-        "rows": rows,
-    }
-
-
-def _count_entry(cells: Iterable[float | None], sd: float, total: int | None) -> dict[str, Any]:
-    """A pooled count with its noise SE, withheld cells and percent of ``total``."""
-    pooled = pool_count(cells, sd)
-    entry = pooled.as_dict()
-    entry["percent"] = (
-        round(100 * pooled.count / total, 1) if pooled.count is not None and total else None
-    )
-    return entry
-
-
-def _entry(
-    variable: Variable, level: str, parts: list, sds: dict, total: int | None
-) -> dict[str, Any]:
-    if variable.numeric and level == PRESENT:
-        trios = []
-        for answer, stratum in parts:
-            key = (stratum, variable.name, PRESENT)
-            trio = tuple(answer.cells.get((*key, stat)) for stat in (COUNT, SUM, SQUARES))
-            trios.append(None if None in trio else trio)
-        entry = pool_mean(variable, trios, sds).as_dict()
-        entry["withheld_cells"] = sum(t is None for t in trios)
-        return entry
-    cells = (a.cells.get((s, variable.name, level, COUNT)) for a, s in parts)
-    return _count_entry(cells, sds[(variable.name, level, COUNT)], total)
 
 
 def _summary(

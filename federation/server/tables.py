@@ -2,19 +2,60 @@
 
 The HTML reads like the first table of a clinical paper: one row per level (count and percent)
 or per numeric variable (mean and SD), an overall column, then a column per site and per
-stratum. A cell that some site withheld says so: its count is a sum over the sites that
-released it.
+stratum, each value with its 95% CI underneath. A value the n/a rule holds back reads ``n/a``
+with a numbered note giving the reason; a small count reads ``withheld``; a count that includes
+cells some site withheld (estimated from that site's totals) says how many. The page is a
+Jinja2 template with autoescaping.
 """
 
 from __future__ import annotations
 
 import json
-from html import escape
 from pathlib import Path
 from typing import Any
 
+from jinja2 import Environment
+
 from federation.server.outputs import clean_json
-from federation.server.report import PAGE_CSS, WITHHELD, html_table
+from federation.server.report import PAGE_CSS, WITHHELD
+from privacy.statistics import SMALL_COUNT
+
+NA = "n/a"
+_LABELS = {"count": "count", "percent": "percentage", "mean": "mean", "sd": "SD"}
+# The template lives in this module, not a file beside it: a Flower app bundle (FAB) carries
+# only Python, TOML, Markdown, YAML and JSON files, and the ServerApp may run from one.
+_PAGE = Environment(autoescape=True).from_string(
+    """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title><style>{{ css | safe }}
+td small { display: block; color: #555; } sup { color: #8a5a00; }</style></head>
+<body>
+<h1>{{ title }}</h1>
+<p class="muted">{{ privacy }}</p>
+<p class="muted">{{ method }}</p>
+{% for name, reason in left_out.items() %}
+<p class="box">Site {{ name }} is left out of every column: {{ reason }}.</p>
+{% endfor %}
+<table><thead><tr>{% for h in header %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{% for row in rows %}
+<tr><td>{{ row.variable }}</td><td>{{ row.level }}</td>
+{%- for cell in row.cells %}
+<td class="num{% if cell.withheld %} withheld{% endif %}">{{ cell.text }}
+{%- for note in cell.notes %}<sup>{{ note }}</sup>{% endfor %}
+{%- if cell.detail %}<small>{{ cell.detail }}</small>{% endif %}</td>
+{%- endfor %}</tr>
+{% endfor %}
+</tbody></table>
+{% if notes %}
+<ol class="muted">
+{% for note in notes %}<li>{{ note }}</li>
+{% endfor %}
+</ol>
+{% endif %}
+</body></html>
+"""
+)
 
 
 def write_tables(out: Path, kind: str, result: dict[str, Any]) -> tuple[Path, Path]:
@@ -31,51 +72,100 @@ def write_tables(out: Path, kind: str, result: dict[str, Any]) -> tuple[Path, Pa
 
 
 def render_table(result: dict[str, Any]) -> str:
+    notes: list[str] = []  # numbered reasons, each once
     columns = [("overall", None)]
     columns += [("sites", name) for name in result["sites"]]
     columns += [("groups", level) for level in result["groups"]]
     by = result.get("by")
     header = ["Variable", "Level", f"Overall (N = {_n(result['total'])})"]
-    header += [f"{escape(name)} (N = {_n(n)})" for name, n in result["sites"].items()]
-    header += [
-        f"{escape(str(by))}: {escape(level)} (N = {_n(n)})" for level, n in result["groups"].items()
-    ]
+    header += [f"{name} (N = {_n(n)})" for name, n in result["sites"].items()]
+    header += [f"{by}: {level} (N = {_n(n)})" for level, n in result["groups"].items()]
     rows = []
     for row in result["rows"]:
-        cells = [escape(row["variable"]), escape(row["level"])]
+        cells = []
         for scope, key in columns:
-            entry = row if scope == "overall" else row.get(scope, {}).get(key, {})
-            cells.append(_cell(entry))
-        rows.append(cells)
-    title = escape(f"{result['study']}: {result['analysis']}")
-    note = (
+            entry = row if scope == "overall" else row.get(scope, {}).get(key)
+            cells.append(_cell(entry, notes))
+        rows.append({"variable": row["variable"], "level": row["level"], "cells": cells})
+    privacy = (
         f"Differentially private: every site released its cells once with Gaussian noise "
         f"(OpenDP) at epsilon {result['epsilon']:g}, delta {result['delta']:g}; counts at or "
         "under a site's minimum cell count were withheld there, after the noise. "
         f"The overall total carries a noise SE of {result['total_se']:g} records."
     )
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{PAGE_CSS}</style></head>\n<body>\n<h1>{title}</h1>\n"
-        f'<p class="muted">{escape(note)}</p>\n'
-        f"{html_table(header, rows, numeric_from=2)}\n</body></html>\n"
+    method = (
+        "Each site's counts were made consistent (weighted least squares with the known noise, "
+        "then non-negative), so levels add to their column's total and strata to the overall "
+        "total; a cell a site withheld is estimated from that site's totals, never taken as 0. "
+        "Under each value: its 95% CI (noise and sampling). A value whose CI spans more than "
+        f"{result['method']['max_ci_share']:.0%} of the range it can take is n/a (see the notes); "
+        "a count from 1 to 20 is withheld."
+    )
+    return _PAGE.render(
+        title=f"{result['study']}: {result['analysis']}",
+        css=PAGE_CSS,
+        privacy=privacy,
+        method=method,
+        left_out=result.get("left_out", {}),
+        header=header,
+        rows=rows,
+        notes=notes,
     )
 
 
-def _cell(entry: dict[str, Any]) -> str:
+def _cell(entry: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:
+    """A cell's text, its CI line and its note numbers."""
+    if entry is None:
+        return {"text": WITHHELD, "withheld": True, "notes": [], "detail": None}
+    reasons = entry.get("withheld_reason", {})
     if "mean" in entry:
-        if entry.get("mean") is None:
-            return WITHHELD
-        sd = "n/a" if entry.get("sd") is None else f"{entry['sd']:.1f}"
-        text = f"{entry['mean']:.1f} ({sd})"
-    elif entry.get("count") is None:
-        return WITHHELD
+        (text, detail), shown = _mean_text(entry), ("mean", "sd")
     else:
-        percent = entry.get("percent")
-        text = f"{entry['count']}" + (f" ({percent:.1f}%)" if percent is not None else "")
-    if entry.get("withheld_cells"):
-        text += f" <small>+{entry['withheld_cells']} withheld</small>"
-    return text
+        (text, detail), shown = _count_text(entry), ("count", "percent")
+        if "count" in reasons:  # its percent goes with it
+            shown = ("count",)
+    marks = [
+        _note(notes, f"{_LABELS[field]}: {reasons[field]}")
+        for field in shown
+        if field in reasons and reasons[field] != SMALL_COUNT
+    ]
+    withheld = entry["count"] is None and reasons.get("count") == SMALL_COUNT
+    if entry.get("withheld_cells") and not withheld:
+        detail = f"{detail}; " if detail else ""
+        detail += f"includes {entry['withheld_cells']} withheld cell(s), estimated"
+    return {"text": text, "withheld": withheld, "notes": sorted(set(marks)), "detail": detail}
+
+
+def _count_text(entry: dict[str, Any]) -> tuple[str, str | None]:
+    if entry["count"] is None:
+        small = entry.get("withheld_reason", {}).get("count") == SMALL_COUNT
+        return (WITHHELD if small else NA), None
+    percent = entry.get("percent")
+    if percent is None:
+        return f"{entry['count']} ({NA})", _interval(entry.get("count_ci"), "{:.0f}")
+    ci = entry.get("percent_ci")
+    return f"{entry['count']} ({percent:.1f}%)", _interval(ci, "{:.1f}%")
+
+
+def _mean_text(entry: dict[str, Any]) -> tuple[str, str | None]:
+    if entry.get("mean") is None:
+        small = entry.get("withheld_reason", {}).get("mean") == SMALL_COUNT
+        return (WITHHELD if small else NA), None
+    sd = NA if entry.get("sd") is None else f"{entry['sd']:.1f}"
+    detail = _interval(entry.get("mean_ci"), "{:.1f}")
+    if entry.get("sd_ci"):
+        detail += f"; SD {_interval(entry['sd_ci'], '{:.1f}')}"
+    return f"{entry['mean']:.1f} ({sd})", detail
+
+
+def _interval(ci: list[float] | None, fmt: str) -> str | None:
+    return None if ci is None else f"{fmt.format(ci[0])} to {fmt.format(ci[1])}"
+
+
+def _note(notes: list[str], text: str) -> int:
+    if text not in notes:
+        notes.append(text)
+    return notes.index(text) + 1
 
 
 def _n(count: int | None) -> str:
