@@ -81,8 +81,8 @@ HISTOGRAM_SHARE = 0.5  # of an evaluation's rho: release 1; release 2 gets the r
 # Each release's split between its tables: the pooled AUROC is the headline, so release 2 (the
 # AUROCs) ranks the pooled cell and the group levels only; intersections' AUROCs come from their
 # histograms (their cells are small, and mostly withheld anyway).
-GROUPS_SHARE = {False: 0.25, True: 0.3}  # by release: False the histograms, True the ranks
-INTERSECTIONS_SHARE = {False: 0.15, True: 0.0}
+GROUPS_SHARE = {False: 0.3, True: 0.3}  # by release: False the histograms, True the ranks
+INTERSECTIONS_SHARE = {False: 0.1, True: 0.0}
 
 EVAL_PREFIX, RANKS_PREFIX = "eval", "ranks"
 CDF, CENTER, CLASS = "cdf", "center", "class"

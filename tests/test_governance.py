@@ -24,7 +24,11 @@ RUN = GaussianRelease(1.2, 0.05, 400)  # one run: epsilon about 2.4 at 1e-5 (PRV
 EVAL = GaussianRelease(2.0, 1.0, 1)
 
 
-def plan(run_id, releases=(PlannedRelease("dp-sgd", TRAIN, RUN),)):
+ONE_RUN = (PlannedRelease("dp-sgd", TRAIN, RUN),)
+ROUND = GaussianRelease(1.2, 0.05, 200)
+
+
+def plan(run_id, releases=ONE_RUN):
     return RunPlan(run_id, "study", "prv", DELTA, 3.0, tuple(releases))
 
 
@@ -32,7 +36,7 @@ def budget(lifetime, per_run=None, evaluation=None):
     return Budget(lifetime, DELTA, "prv", per_run, evaluation)
 
 
-def step(release=GaussianRelease(1.2, 0.05, 200), partition=TRAIN, mechanism="dp-sgd"):
+def step(release=ROUND, partition=TRAIN, mechanism="dp-sgd"):
     return PlannedRelease(mechanism, partition, release)
 
 
@@ -173,7 +177,8 @@ def test_a_version_one_ledger_is_read_and_its_releases_count_against_both_partit
             run_id TEXT NOT NULL, round INTEGER NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
             keys TEXT NOT NULL, arrays TEXT NOT NULL, run_epsilon REAL NOT NULL,
             lifetime_epsilon REAL NOT NULL);
-        INSERT INTO runs VALUES ('old', 's', 0, 'prv', 1e-5, 3, '[[1.2, 0.05, 400]]', 'admitted', NULL);
+        INSERT INTO runs VALUES
+            ('old', 's', 0, 'prv', 1e-5, 3, '[[1.2, 0.05, 400]]', 'admitted', NULL);
         INSERT INTO releases VALUES (1, 0, 'old', 's', 1, 'dp-sgd', 1.2, 0.05, 400, 1e-5, 2, 2);
         """
     )

@@ -14,57 +14,76 @@ from xml.etree import ElementTree
 import numpy as np
 import pytest
 from cli_helpers import invoke
-from federation.scorestats import ScoreStats, group_stats, intersect_groups, level_counts
 from scipy.special import expit
 
-from federation.server import report
-from federation.server.metrics import GroupPool, compute_metrics, publish_groups
+from federation.client.evaluation import histogram_release, rank_release
+from federation.evaluation import GROUP, INTERSECTION, POOLED_TABLE, evaluation_noise, layout
+from federation.server import evaluation as ev
+from federation.server import report, report_figures
 from federation.server.outputs import REPORT, SUMMARY, RunDirectory, rebuild_report
-from federation.server.run import SiteRecord, StudyRun, _representation
-from federation.spec import load_spec
+from federation.server.run import StudyRun
+from federation.spec import load_spec, parse_spec
 
 SITES = ("north", "south & <east>", "west")
-IMAGE = 'src="data:image/svg+xml;base64,'
+SPEC = parse_spec(
+    """
+[study]
+label = "outcome"
+groups = ["race", "sex"]
+group-levels = { race = ["A", "B", "C"] }
+[features]
+numeric = ["x"]
+categorical = { sex = ["female", "male"] }
+""",
+    source="spec",
+)
 CHROMIUM = next(
     (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
     None,
 )
 
 
-def fake_run(path: Path, rounds: int = 3) -> dict:
-    """A run directory whose metrics come from the real pooling code, without Flower."""
+def fake_run(path: Path, rounds: int = 3, scores=None) -> dict:
+    """A run directory whose metrics come from the real releases and pooling, without Flower."""
     rng = np.random.default_rng(0)
-    pooled, single, crossed = ScoreStats.empty(), GroupPool(), GroupPool()
-    per_site, records = {}, []
-    for i, name in enumerate(SITES):
-        n = 500 + 150 * i
+    cells = layout(SPEC)
+    noise1, noise2 = evaluation_noise(3.0, 1e-5, "rdp", 1)
+    parts = []
+    for i in range(len(SITES)):
+        n = 900 + 300 * i
         x = rng.normal(size=n)
         y = (rng.random(n) < expit(-1.0 + 1.6 * x)).astype(int)
-        p = expit(-1.3 + 1.2 * x)
-        groups = {
-            "race": rng.choice(["A", "B", "C"], p=[0.75, 0.22, 0.03], size=n),
-            "sex": rng.choice(["female", "male"], size=n),
+        p = expit(-1.3 + 1.2 * x) if scores is None else scores(x)
+        race = rng.choice(["A", "B", "C"], p=[0.75, 0.22, 0.03], size=n).astype(object)
+        sex = rng.choice(["female", "male"], size=n).astype(object)
+        members = {
+            POOLED_TABLE: np.full(n, "all", dtype=object),
+            (GROUP, "race"): race,
+            (GROUP, "sex"): sex,
+            (INTERSECTION, "race x sex"): np.array(
+                [f"{a} | {b}" for a, b in zip(race, sex, strict=True)], dtype=object
+            ),
         }
-        stats = ScoreStats.from_scores(y, p)
-        pooled, per_site[name] = pooled + stats, compute_metrics(stats)
-        single.add(name, group_stats(y, p, groups, 20))
-        crossed.add(name, group_stats(y, p, intersect_groups(groups), 20))
-        records.append(SiteRecord(name=name, n_train=2 * n, n_test=n))
-        records[-1].representation = level_counts(groups, 20)
-        records[-1].epsilon = 3.0
-    per_group, per_intersection = publish_groups(
-        pooled, single, crossed, {"race x sex": ("race", "sex")}
-    )
-    metrics = {
-        "pooled": compute_metrics(pooled),
-        "per_site": per_site,
-        "per_group": per_group,
-        "per_intersection": per_intersection,
+        parts.append((y, p, members))
+    sites = {
+        name: ev.read_histograms(histogram_release(y, p, m, cells, noise1), cells, noise1)
+        for name, (y, p, m) in zip(SITES, parts, strict=True)
     }
+    pooled = ev.pool(sites.values())
+    requests = {c: r for c in cells.rank_cells() if (r := ev.rank_request(pooled[c])) is not None}
+    ranks = [
+        ev.read_ranks(rank_release(y, p, m, cells, requests, noise2), requests, cells, noise2)
+        for y, p, m in parts
+    ]
+    pooled = ev.reconcile(ev.with_ranks(pooled, ranks, requests), cells)
+    metrics = ev.evaluation_tables(sites, pooled, cells)
     outputs = RunDirectory(path)
     for r in range(1, rounds + 1):
-        epsilon = {s.name: 3.0 * (r / rounds) ** 0.6 for s in records}
-        outputs.append_round({"round": r, "seconds": 1.0, "epsilon": epsilon, "metrics": metrics})
+        epsilon = {name: 3.0 * (r / rounds) ** 0.6 for name in SITES}
+        row = {"round": r, "seconds": 1.0, "epsilon": epsilon, "metrics": None}
+        if r == rounds:
+            row["metrics"] = metrics
+        outputs.append_round(row)
     summary = {
         "study": "fake-study",
         "task": "binary",
@@ -74,20 +93,23 @@ def fake_run(path: Path, rounds: int = 3) -> dict:
         "error": None,
         "rounds": rounds,
         "planned_rounds": rounds,
+        "evaluated_round": rounds,
         "strategy": "fedavg",
         "model": "logistic",
         "privacy": {"enabled": True, "target_epsilon": 3.0, "delta": 1e-5, "accountant": "prv"},
         "sites": {
-            s.name: {
+            name: {
                 "status": "ok",
                 "reason": None,
                 "epsilon": 3.0,
-                "n_train": s.n_train,
-                "n_test": s.n_test,
+                "evaluation_epsilon": 2.99,
+                "n_train": 2 * (900 + 300 * i),
+                "n_test": ev.published_count(sites[name][("pooled", "all", "all")].records),
             }
-            for s in records
+            for i, name in enumerate(SITES)
         },
-        "representation": _representation(records),
+        "representation": ev.representation(sites, pooled, cells),
+        "diagnostics": sorted({d for d in (metrics["pooled"].get("diagnostics") or [])}),
         "metrics": metrics,
     }
     outputs.write_summary(summary)
@@ -110,9 +132,7 @@ def test_report_is_self_contained_readable_and_has_the_plots(run_dir: Path) -> N
     assert invoke("report", str(run_dir)) == 0  # `allfed report` rebuilds it
     html = (run_dir / REPORT).read_text(encoding="utf-8")
     svgs = images(html)
-    assert (
-        len(svgs) == 7
-    )  # rounds, epsilon, ROC, calibration, group and intersection AUROC, representation
+    assert len(svgs) == 6  # ROC, calibration, epsilon, group and intersection AUROC, who
     for svg in svgs:
         ElementTree.fromstring(base64.b64decode(svg))  # each plot is a whole SVG document
     # Nothing is fetched from elsewhere: no scripts, no links, every source a data URI.
@@ -120,9 +140,15 @@ def test_report_is_self_contained_readable_and_has_the_plots(run_dir: Path) -> N
     assert re.findall(r'(?:src|href)="(?!data:)', html) == []
     assert "fake-study" in html and "Who took part" in html and "ε = 3.0" in html
     assert "south &amp; &lt;east&gt;" in html and "<east>" not in html
-    assert "withheld" in html  # race C has 1..20 records at every site
-    for words in ("AUROC (95% CI)", "Calibration slope", "E-avg (ICI)", "Sensitivity"):
+    assert "20 or fewer records" in html  # race C has few records at every site
+    for words in ("AUROC (95% interval)", "Calibration slope", "E-avg (ICI)", "Sensitivity"):
         assert words in html
+    assert "What differential privacy does to these numbers" in html
+    # Every published metric is shown with its interval, or as n/a with its reason.
+    pooled = json.loads((run_dir / SUMMARY).read_text())["metrics"]["pooled"]
+    for name, reason in pooled["withheld"].items():
+        assert pooled[name] is None and reason
+    assert html.count(" to ") >= 10 and "Findings" not in html
 
 
 def test_report_of_a_run_that_failed_before_any_round(tmp_path: Path) -> None:
@@ -136,7 +162,7 @@ def test_report_of_a_run_that_failed_before_any_round(tmp_path: Path) -> None:
     }
     html = report.render_report(summary, [])
     assert "The run failed:" in html and "min-sites = 2" in html
-    assert "missing column &#x27;sbp&#x27;" in html and "No evaluation round finished" in html
+    assert "missing column &#39;sbp&#39;" in html and "No evaluation finished" in html
     assert images(html) == []
 
 
@@ -146,7 +172,7 @@ def test_a_plot_that_cannot_be_drawn_is_logged_and_the_rest_is_kept(
     def broken(*args):
         raise ValueError("bad value")
 
-    monkeypatch.setattr(report, "_roc_figure", broken)
+    monkeypatch.setattr(report_figures, "roc_figure", broken)
     summary = json.loads((run_dir / SUMMARY).read_text())
     with caplog.at_level(logging.ERROR, logger="allfed.server"):
         html = report.render_report(summary, [])
@@ -216,103 +242,51 @@ def test_report_renders_in_a_headless_browser(run_dir: Path, tmp_path: Path) -> 
     assert blue.sum() > 2000
 
 
+def test_a_diverged_model_is_a_finding_not_a_score(tmp_path: Path) -> None:
+    """Scores saturated at 0 and 1 (a model whose updates blew up): the summary and the page
+    say so first; no AUROC reads as if the model discriminated."""
+    summary = fake_run(tmp_path / "run", scores=lambda x: expit(1e4 * np.sign(x - 2)))
+    assert any("diverged" in d for d in summary["diagnostics"])
+    html = (rebuild_report(tmp_path / "run")).read_text(encoding="utf-8")
+    assert "Findings" in html and "diverged" in html
+    assert html.index("Findings") < html.index("Results on all sites")
+
+
 # -- a real simulated run ----------------------------------------------------------------------
-
-COUNT_KEYS = {"n", "n_pos", "count", "total"}
-
-
-def small_counts(node, path: str = "") -> list[str]:
-    """Every count-like value from 1 to 20 under ``node``, as its path."""
-    found = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            where = f"{path}.{key}"
-            if key in COUNT_KEYS and isinstance(value, int) and 0 < value <= 20:
-                found.append(where)
-            found += small_counts(value, where)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found += small_counts(value, f"{path}[{i}]")
-    return found
-
-
-def derived_small_counts(metrics: dict) -> list[str]:
-    """Counts a reader could compute from a published table: non-events of a group, events of
-    a calibration bin, true positives from a group's sensitivity."""
-    found = []
-    for table in ("per_group", "per_intersection"):
-        for column, levels in metrics[table].items():
-            for level, entry in levels.items():
-                m = entry["metrics"]
-                if m is None:
-                    continue
-                derived = {"non-events": m["n"] - m["n_pos"]}
-                if m["sensitivity"] is not None:
-                    derived["true positives"] = round(m["sensitivity"] * m["n_pos"])
-                found += [
-                    f"{table}.{column}.{level} {k}" for k, v in derived.items() if 0 < v <= 20
-                ]
-    for name, m in [("pooled", metrics["pooled"]), *metrics["per_site"].items()]:
-        for b in m["calibration"]:
-            if b["observed"] is not None:
-                events = round(b["observed"] * b["count"])
-                if 0 < events <= 20 or 0 < b["count"] - events <= 20:
-                    found.append(f"{name} calibration bin {b['bin_lower']}")
-    return found
 
 
 @pytest.mark.slow
-def test_a_simulated_run_publishes_no_small_count_and_a_report(cohort, tmp_path: Path) -> None:
+def test_a_simulated_run_publishes_dp_metrics_with_intervals_and_a_report(
+    cohort, tmp_path: Path
+) -> None:
     from federation.simulation import simulate
 
     files, spec_path = cohort
     spec = load_spec(spec_path).with_overrides(training={"rounds": 2})
     summary = simulate(spec, files, tmp_path / "run")
-    assert summary["status"] == "completed"
+    assert summary["status"] == "completed" and summary["evaluated_round"] == 2
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
-    for metrics in [summary["metrics"], *(row["metrics"] for row in rows)]:
-        published = {k: metrics[k] for k in ("per_group", "per_intersection")}
-        published["calibration"] = [metrics["pooled"]["calibration"]] + [
-            m["calibration"] for m in metrics["per_site"].values()
-        ]
-        assert small_counts(published) == []
-        assert derived_small_counts(metrics) == []
-    representation = summary["representation"]
-    assert set(representation) == set(spec.study.groups)
-    assert small_counts(representation) == []
-    site_counts = [
-        c
-        for levels in representation.values()
-        for e in levels.values()
-        for c in e["sites"].values()
-    ]
-    assert all(c is None or c == 0 or c > 20 for c in site_counts) and None in site_counts
-
+    assert [row["metrics"] is not None for row in rows] == [False, True]  # the final model only
     pooled = summary["metrics"]["pooled"]
-    for key in (
-        "auroc_ci",
-        "auprc",
-        "brier_scaled",
-        "calibration_intercept",
-        "calibration_slope",
-        "calibration_e_avg",
-        "calibration_e90",
-        "calibration_e_max",
-    ):
-        assert pooled[key] is not None, key
-    # at 0.5 the counts are exact, or (a small count on one side at some site) all withheld
-    at_threshold = [pooled[key] for key in ("sensitivity", "specificity", "accuracy")]
-    if pooled["threshold_metrics_withheld"]:
-        assert at_threshold == [None, None, None] and pooled["ppv"] is None
-    else:
-        assert None not in at_threshold
-    assert set(summary["metrics"]["per_intersection"]) == {
-        "race_ethnicity x sex",
-        "race_ethnicity x rurality",
-        "sex x rurality",
-    }
+    assert pooled["auroc_method"] == "rank release"
+    for name, value in pooled.items():
+        if f"{name}_ci" in pooled and value is not None:
+            low, high = pooled[f"{name}_ci"]
+            assert low <= value <= high, name
+    for levels in summary["representation"].values():
+        for entry in levels.values():
+            counts = [entry["total"], *entry["sites"].values()]
+            assert all(c is None or c > 20 for c in counts)
+    for table in ("per_group", "per_intersection"):
+        for levels in summary["metrics"][table].values():
+            for entry in levels.values():
+                assert (entry["metrics"] is None) == (entry["withheld_reason"] is not None)
+                if entry["metrics"] is not None:
+                    assert entry["metrics"]["n"] > 20
+    for site in summary["sites"].values():
+        assert site["participant_epsilon"] == max(site["epsilon"], site["evaluation_epsilon"])
     html = (tmp_path / "run" / REPORT).read_text(encoding="utf-8")
     assert len(images(html)) >= 4
     assert "report.html in" in (tmp_path / "run" / "run.log").read_text()

@@ -95,7 +95,7 @@ def test_an_honest_run_releases_only_whitelisted_dp_content(honest):
 
 
 def test_a_repeated_setup_repeats_the_first_reply_and_plans_nothing(honest):
-    spec, _, ledger, context = honest
+    _, _, ledger, context = honest
     first = setup(context)
     again = setup(context)
     assert dict(again[p.METRICS]) == dict(first[p.METRICS])

@@ -16,7 +16,8 @@ from typing import Any
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from federation.server.report import _COLORS, _epsilon_figure, _figure, _rounds_figure
+from federation.server.report_figures import COLORS, epsilon_figure, new_figure
+from federation.server.report_figures import rounds_figure as report_rounds_figure
 
 _LOCK = threading.Lock()  # matplotlib's text and font caches are not meant for threads
 
@@ -25,7 +26,7 @@ def svg(figure: Figure | None) -> bytes:
     """The figure as an SVG document (an empty, labelled one when there is nothing to draw)."""
     with _LOCK:
         if figure is None:
-            figure = _figure(6.0, 1.0, left=0.2, bottom=0.2)
+            figure = new_figure(6.0, 1.0, left=0.2, bottom=0.2)
             figure.text(0.5, 0.5, "nothing to plot yet", ha="center", va="center", color="#555")
         buffer = io.BytesIO()
         figure.savefig(buffer, format="svg", metadata={"Date": None})
@@ -38,7 +39,7 @@ def lifetime_figure(series: dict[str, Any]) -> Figure | None:
     points, budget = series["points"], series["budget"]
     if not points:
         return None
-    figure = _figure(9.0, 3.4, left=0.7, top=0.2)
+    figure = new_figure(9.0, 3.4, left=0.7, top=0.2)
     figure.subplots_adjust(right=1 - 2.5 / 9.0)  # the legend (one line a run) on the right
     axes = figure.subplots()
     when = [datetime.fromtimestamp(p["when"]).astimezone() for p in points]
@@ -58,7 +59,7 @@ def lifetime_figure(series: dict[str, Any]) -> Figure | None:
         axes.scatter(
             [w for w, _ in own],
             [p["epsilon"] for _, p in own],
-            color=_COLORS[i % len(_COLORS)],
+            color=COLORS[i % len(COLORS)],
             s=22,
             zorder=2,
             label=f"{own[0][1]['study']}\nrun {run[:12]}",
@@ -80,9 +81,9 @@ def lifetime_figure(series: dict[str, Any]) -> Figure | None:
 
 def rounds_figure(rounds: list[dict[str, Any]]) -> Figure | None:
     """Pooled AUROC (with its 95% CI band), AUPRC and scaled Brier per round, as in the report."""
-    return _rounds_figure(rounds)
+    return report_rounds_figure(rounds)
 
 
 def run_epsilon_figure(rounds: list[dict[str, Any]], target: float | None) -> Figure | None:
     """Each site's epsilon so far per round against the run's target, as in the report."""
-    return _epsilon_figure(rounds, target)
+    return epsilon_figure(rounds, target)

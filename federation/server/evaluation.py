@@ -274,7 +274,7 @@ class _Interval:
 
     def published(self) -> tuple[float | None, list[float] | None, str | None]:
         if self.value is None:
-            return None, None, "undefined (a class is absent)"
+            return None, None, "undefined (a class is absent, or the fit does not converge)"
         if self.ci is not None and self.ci[1] - self.ci[0] > self.width_limit:
             return None, self.ci, "95% interval too wide (DP noise and sampling)"
         return self.value, self.ci, None

@@ -17,7 +17,9 @@ from typing import Any
 from jinja2 import Environment
 
 from federation.server.outputs import clean_json
-from federation.server.report import PAGE_CSS, WITHHELD
+from federation.server.style import PAGE_CSS
+
+WITHHELD = "withheld"  # a cell a site kept to itself (a count at or under its threshold)
 from privacy.statistics import SMALL_COUNT
 
 NA = "n/a"

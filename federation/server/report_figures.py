@@ -1,0 +1,270 @@
+"""The plots of a run's report (and of ``allfed console``): matplotlib on a bare ``Figure`` (no
+pyplot state), each drawn with the uncertainty of what it shows: the DP noise and sampling.
+
+Every function takes what ``summary.json`` and ``metrics.jsonl`` hold and returns a figure, or
+None when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from scipy.special import expit, logit
+
+from federation.evaluation import INTERSECTION_JOIN
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+POOLED_COLOR = "#222222"
+
+
+def rounds_figure(rounds: list[dict[str, Any]]) -> Figure | None:
+    """Pooled AUROC (shaded: its 95% interval) after each evaluated round; None with fewer
+    than two evaluations (the default evaluates the final model only)."""
+    points = [(r["round"], (r.get("metrics") or {}).get("pooled") or {}) for r in rounds]
+    points = [(n, m) for n, m in points if m.get("auroc") is not None]
+    if len(points) < 2:
+        return None
+    figure = new_figure(7.5, 3.6, left=0.7, top=0.45)
+    axes = figure.subplots()
+    x = [n for n, _ in points]
+    ci = [m.get("auroc_ci") or [m["auroc"], m["auroc"]] for _, m in points]
+    axes.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], color=COLORS[0], alpha=0.15)
+    axes.plot(x, [m["auroc"] for _, m in points], marker="o", color=COLORS[0], label="AUROC")
+    axes.set(xlabel="Round", ylabel="Pooled test AUROC", ylim=(0.4, 1))
+    integer_ticks(axes, x)
+    figure.legend(loc="upper center", ncols=3, frameon=False)
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def epsilon_figure(rounds: list[dict[str, Any]], target: float | None) -> Figure | None:
+    """Each site's training-partition epsilon after each round against the run's budget."""
+    if target is None or not rounds:
+        return None
+    sites = sorted({name for r in rounds for name in (r.get("epsilon") or {})})
+    figure = new_figure(7.5, 3.6, left=0.7)
+    axes = figure.subplots()
+    x = [r["round"] for r in rounds]
+    for i, site in enumerate(sites):
+        values = [(r.get("epsilon") or {}).get(site) for r in rounds]
+        axes.plot(
+            x,
+            [np.nan if v is None else v for v in values],
+            marker=MARKERS[i % len(MARKERS)],
+            fillstyle="none",
+            markersize=max(4, 9 - i),
+            color=COLORS[i % len(COLORS)],
+            label=site,
+        )
+    axes.axhline(target, color="#555", linestyle="--", label=f"budget ε = {target:g}")
+    axes.set(xlabel="Round", ylabel="ε spent so far", ylim=(0, target * 1.15))
+    integer_ticks(axes, x)
+    axes.legend(loc="lower right", frameon=False, fontsize="small")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def roc_figure(pooled: dict[str, Any]) -> Figure | None:
+    """The pooled ROC curve with its pointwise 95% band of the sensitivity."""
+    curve = pooled.get("roc_curve") or []
+    if not curve:
+        return None
+    figure = new_figure(5.2, 5.0, left=0.75)
+    axes = figure.subplots()
+    fpr = [p["fpr"] for p in curve]
+    axes.fill_between(
+        fpr,
+        [p["tpr_low"] for p in curve],
+        [p["tpr_high"] for p in curve],
+        step=None,
+        color=COLORS[0],
+        alpha=0.18,
+        label="95% band (DP noise and sampling)",
+    )
+    auroc = pooled.get("auroc")
+    label = "pooled" + (f" (AUROC {auroc:.3f})" if auroc is not None else "")
+    axes.plot(fpr, [p["tpr"] for p in curve], color=POOLED_COLOR, lw=2.2, label=label)
+    axes.plot([0, 1], [0, 1], color="#999", linestyle=":", label="no skill")
+    axes.set(
+        xlabel="1 − specificity (false positive rate)",
+        ylabel="Sensitivity (true positive rate)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        aspect="equal",
+    )
+    axes.legend(loc="lower right", frameon=False, fontsize="small")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def calibration_figure(pooled: dict[str, Any]) -> Figure | None:
+    """Observed against predicted risk per group of score bins, with 95% intervals of the
+    observed risk, and the fitted recalibration line."""
+    bins = [b for b in pooled.get("calibration") or [] if b.get("observed") is not None]
+    if not bins:
+        return None
+    figure = new_figure(5.2, 5.0, left=0.75)
+    axes = figure.subplots()
+    top = max([0.1] + [max(b["mean_predicted"], b["observed_ci"][1]) for b in bins])
+    limit = min(1.0, np.ceil(top * 10 + 0.5) / 10)
+    axes.plot([0, limit], [0, limit], color="#999", linestyle=":", label="perfect calibration")
+    predicted = np.array([b["mean_predicted"] for b in bins])
+    observed = np.array([b["observed"] for b in bins])
+    low = observed - np.array([b["observed_ci"][0] for b in bins])
+    high = np.array([b["observed_ci"][1] for b in bins]) - observed
+    axes.errorbar(
+        predicted,
+        observed,
+        yerr=np.vstack([np.maximum(low, 0), np.maximum(high, 0)]),
+        fmt="o",
+        color=COLORS[1],
+        capsize=3,
+        zorder=3,
+        label="observed risk per score group (95% interval)",
+    )
+    a, b = pooled.get("calibration_line_intercept"), pooled.get("calibration_slope")
+    if a is not None and b is not None:
+        risk = np.linspace(max(predicted.min(), 1e-3), min(predicted.max(), 1 - 1e-3), 100)
+        axes.plot(
+            risk,
+            expit(a + b * logit(risk)),
+            color=COLORS[2],
+            linestyle=(0, (1, 1)),
+            lw=1.6,
+            label=f"recalibration (slope {b:.2f})",
+        )
+    axes.set(
+        xlabel="Predicted risk", ylabel="Observed risk", xlim=(0, limit), ylim=(0, limit),
+        aspect="equal",
+    )  # fmt: skip
+    axes.legend(loc="upper left", frameon=False, fontsize="small")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def forest_figure(
+    table: dict[str, Any], groups: list[str], pooled: dict[str, Any], released_only: bool = False
+) -> Figure | None:
+    """One row per level: AUROC with its 95% interval, or "withheld"."""
+    rows: list[tuple[str, dict[str, Any] | None, bool]] = []  # label, metrics, is a heading
+    for column in ordered_columns(table, groups):
+        levels = [
+            (level, entry.get("metrics"))
+            for level, entry in table[column].items()
+            if not released_only or (entry.get("metrics") or {}).get("auroc") is not None
+        ]
+        if levels:
+            rows.append((column, None, True))
+            rows += [(level, m, False) for level, m in levels]
+    if not rows:
+        return None
+    figure = new_figure(7.5, 0.8 + 0.27 * len(rows), left=label_width([r[0] for r in rows], 8))
+    axes = figure.subplots()
+    y = np.arange(len(rows))[::-1]
+    labels = []
+    for position, (label, m, heading) in zip(y, rows, strict=True):
+        if heading:
+            labels.append(label)
+        elif m is None or m.get("auroc") is None:
+            labels.append(f"   {label}")
+            axes.text(0.505, position, "withheld", va="center", color="#8a5a00", fontsize=8.5)
+        else:
+            labels.append(f"   {label} (n≈{m['n']})")
+            low, high = m.get("auroc_ci") or (m["auroc"], m["auroc"])
+            axes.plot([low, high], [position, position], color=COLORS[0], lw=1.6)
+            axes.plot(m["auroc"], position, "s", color=COLORS[0], ms=5)
+    axes.set_yticks(y, labels, fontsize=8.5)
+    for tick, (_, _, heading) in zip(axes.get_yticklabels(), rows, strict=True):
+        tick.set_fontweight("bold" if heading else "normal")
+    if pooled.get("auroc") is not None:
+        axes.axvline(pooled["auroc"], color=POOLED_COLOR, linestyle="--", lw=1, label="pooled")
+    axes.axvline(0.5, color="#999", linestyle=":", lw=1)
+    axes.set(xlim=(0.3, 1.0), ylim=(-0.7, len(rows) - 0.3), xlabel="AUROC (95% interval)")
+    axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def representation_figure(representation: dict[str, Any], groups: list[str]) -> Figure | None:
+    """Horizontal bars of (noisy) test records per level, one colour per site."""
+    columns = ordered_columns(representation, groups)
+    if not columns:
+        return None
+    sites = sorted({s for c in columns for e in representation[c].values() for s in e["sites"]})
+    heights = [0.16 * len(representation[c]) * len(sites) + 0.2 for c in columns]
+    gap, top, bottom = 0.75, 0.7, 0.55
+    figure = new_figure(
+        7.5,
+        top + bottom + sum(heights) + gap * (len(columns) - 1),
+        left=label_width([level for c in columns for level in representation[c]]),
+        bottom=bottom,
+        top=top,
+    )
+    panels = figure.subplots(
+        len(columns),
+        1,
+        squeeze=False,
+        height_ratios=heights,
+        gridspec_kw={"hspace": gap / np.mean(heights)},
+    )[:, 0]
+    width = 0.8 / len(sites)
+    for axes, column in zip(panels, columns, strict=True):
+        levels = list(representation[column])
+        counts = [v or 0 for lv in levels for v in representation[column][lv]["sites"].values()]
+        largest = max([*counts, 1])
+        for i, site in enumerate(sites):
+            for j, level in enumerate(levels):
+                count = representation[column][level]["sites"].get(site)
+                position = j + (i - (len(sites) - 1) / 2) * width
+                color = COLORS[i % len(COLORS)]
+                if count is None:
+                    axes.text(
+                        largest * 0.01, position, "withheld", va="center", fontsize=7.5,
+                        color=color, style="italic",
+                    )  # fmt: skip
+                else:
+                    axes.barh(position, count, height=width * 0.9, color=color)
+        axes.set_yticks(range(len(levels)), levels, fontsize=8.5)
+        axes.set_ylim(len(levels) - 0.5, -0.5)  # first level on top; rows without bars too
+        axes.set_title(column, loc="left", fontsize=10, fontweight="bold")
+        axes.set_xlim(0, largest * 1.08)
+        axes.grid(axis="x", alpha=0.3)
+    panels[-1].set_xlabel("Test records (DP counts)")
+    handles = [Patch(color=COLORS[i % len(COLORS)], label=site) for i, site in enumerate(sites)]
+    figure.legend(handles=handles, loc="upper right", frameon=False, fontsize="small")
+    return figure
+
+
+def new_figure(
+    width: float, height: float, left: float, bottom: float = 0.55, top: float = 0.15
+) -> Figure:
+    """A figure with fixed margins in inches: a layout engine would draw every plot twice."""
+    figure = Figure(figsize=(width, height))
+    figure.subplots_adjust(
+        left=left / width, right=1 - 0.2 / width, bottom=bottom / height, top=1 - top / height
+    )
+    return figure
+
+
+def label_width(labels: list[str], indent: int = 0) -> float:
+    """Inches of left margin for tick labels of this many characters (8.5 pt DejaVu Sans)."""
+    return 0.25 + 0.068 * (indent + max((len(label) for label in labels), default=0))
+
+
+def integer_ticks(axes, rounds: list[int]) -> None:
+    step = max(1, int(np.ceil(len(rounds) / 12)))
+    axes.set_xticks(rounds[::step])
+
+
+def ordered_columns(table: dict[str, Any], groups: list[str]) -> list[str]:
+    """The study's own order of group columns (and their pairs), then any others."""
+    order = {name: i for i, name in enumerate(groups)}
+
+    def key(column: str) -> tuple[int, ...]:
+        parts = [order.get(part, len(order)) for part in column.split(INTERSECTION_JOIN)]
+        return (len(parts), *parts)
+
+    return sorted(table, key=lambda column: (key(column), column))
