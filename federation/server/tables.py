@@ -18,10 +18,9 @@ from jinja2 import Environment
 
 from federation.server.outputs import clean_json
 from federation.server.style import PAGE_CSS
-
-WITHHELD = "withheld"  # a cell a site kept to itself (a count at or under its threshold)
 from privacy.statistics import SMALL_COUNT
 
+WITHHELD = "withheld"  # a cell a site kept to itself (a count at or under its threshold)
 NA = "n/a"
 _LABELS = {"count": "count", "percent": "percentage", "mean": "mean", "sd": "SD"}
 # The template lives in this module, not a file beside it: a Flower app bundle (FAB) carries
