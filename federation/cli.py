@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -221,12 +222,16 @@ def _run_and_report(
             progress.update(task, completed=done, status=f"resuming after round {done}...")
 
         def on_round(server_round: int, row: dict[str, Any]) -> None:
-            auroc = (row["metrics"].get("pooled") or {}).get("auroc")
+            parts = []
+            if row["metrics"] is not None:
+                pooled = row["metrics"].get("pooled") or {}
+                parts.append(
+                    f"pooled AUROC {_with_ci(pooled.get('auroc'), pooled.get('auroc_ci'))}"
+                )
             spent = [e for e in row["epsilon"].values() if e is not None]
-            status = f"pooled AUROC {auroc:.3f}" if auroc is not None else "pooled AUROC n/a"
             if spent:
-                status += f", max site epsilon {max(spent):.3f}"
-            progress.update(task, completed=server_round, status=status)
+                parts.append(f"max site epsilon {max(spent):.3f}")
+            progress.update(task, completed=server_round, status=", ".join(parts))
 
         summary = run_simulation(spec, sites, out, on_round=on_round, verbose=verbose, **governance)
     _print_summary(summary, out)
@@ -251,41 +256,51 @@ def _warn_about_site_scaling(spec) -> None:
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    """The run on the terminal: findings first, then each site and the pooled results, every
+    released figure with its 95% interval (or n/a where the noise makes it meaningless)."""
+    for finding in summary.get("diagnostics") or []:
+        err_console.print(f"[red bold]finding:[/] {escape(finding)}", highlight=False)
     pooled = (summary.get("metrics") or {}).get("pooled") or {}
     per_site = (summary.get("metrics") or {}).get("per_site") or {}
     table = Table(title=f"{summary['study']}: {summary['rounds']} rounds, {summary['model']}")
-    for column in ("site", "status", "train", "test", "AUROC", "epsilon"):
+    for column in ("site", "status", "train", "test (≈)", "AUROC (95% interval)", "ε train/test"):
         table.add_column(column, justify="left" if column in ("site", "status") else "right")
     for name, site in summary["sites"].items():
-        auroc = (per_site.get(name) or {}).get("auroc")
+        metrics = per_site.get(name) or {}
+        epsilons = (site.get("epsilon"), site.get("evaluation_epsilon"))
         table.add_row(
-            name,
-            site["status"] if not site["reason"] else f"{site['status']}: {site['reason']}",
+            escape(name),
+            escape(site["status"] if not site["reason"] else f"{site['status']}: {site['reason']}"),
             str(site["n_train"]),
-            "withheld" if site["n_test"] is None else str(site["n_test"]),
-            _fmt(auroc),
-            _fmt(site["epsilon"]) if site["epsilon"] is not None else "no DP",
+            "n/a" if site.get("n_test") is None else str(site["n_test"]),
+            _with_ci(metrics.get("auroc"), metrics.get("auroc_ci")),
+            " / ".join(_fmt(e) for e in epsilons) if epsilons[0] is not None else "no DP",
         )
-    ci = pooled.get("auroc_ci") or [None, None]
     table.add_section()
     table.add_row(
         "pooled",
         "",
         str(sum(s["n_train"] for s in summary["sites"].values())),
-        str(pooled.get("n", "")),
-        f"{_fmt(pooled.get('auroc'))} ({_fmt(ci[0])}-{_fmt(ci[1])})",
+        str(pooled.get("n", "n/a")),
+        _with_ci(pooled.get("auroc"), pooled.get("auroc_ci")),
         "",
     )
     out_console.print(table)
-    accuracy = (
-        "withheld (small counts at the threshold)"
-        if pooled.get("threshold_metrics_withheld")
-        else _fmt(pooled.get("accuracy"))
-    )
+    citl = "calibration_in_the_large_observed_minus_predicted"
     out_console.print(
-        f"AUPRC {_fmt(pooled.get('auprc'))}, Brier {_fmt(pooled.get('brier'))}, "
-        f"accuracy {accuracy}. Run directory: {out}"
+        f"calibration-in-the-large {_with_ci(pooled.get(citl), pooled.get(f'{citl}_ci'))}, "
+        f"slope {_with_ci(pooled.get('calibration_slope'), pooled.get('calibration_slope_ci'))}, "
+        f"Brier {_with_ci(pooled.get('brier'), pooled.get('brier_ci'))} "
+        "(DP estimates; n/a: the noise makes it meaningless). "
+        f"Run directory: {escape(str(out))}",
+        highlight=False,
     )
+
+
+def _with_ci(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{value:.3f}"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -298,7 +313,7 @@ def main() -> None:
         # Without standalone mode, click returns the code of a typer.Exit instead of raising.
         code = app(standalone_mode=False)
     except AllfedError as error:
-        err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -71,17 +71,27 @@ def test_separable_scores_give_a_bound_and_a_violation():
 
 @dataclass(frozen=True)
 class NoiseOff:
-    """A Flower client mod: site ``partition`` trains with (almost) no DP noise while its
-    accountant keeps the plan's epsilon (the node's plan lives in ``context.state``)."""
+    """A Flower client mod: site ``partition`` trains with (almost) no DP noise while its ledger
+    records the plan's noise, as a site whose DP-SGD is broken would."""
 
     partition: int
 
     def __call__(self, msg: Message, context: Context, call_next) -> Message:
-        plan = context.state.get("allfed")
+        from federation.client import handlers
+
         mine = int(context.node_config["partition-id"]) == self.partition
-        if mine and msg.metadata.message_type == "train" and plan and "plan-noise" in plan:
-            plan["plan-noise"] = 1e-6  # positive: the accountant's history still takes it
-        return call_next(msg, context)
+        if not (mine and msg.metadata.message_type == "train"):
+            return call_next(msg, context)
+        honest = handlers.train_dp
+
+        def noiseless(model, x, y, settings, plan):
+            honest(model, x, y, settings, replace(plan, noise_multiplier=1e-6))
+
+        handlers.train_dp = noiseless
+        try:
+            return call_next(msg, context)
+        finally:
+            handlers.train_dp = honest
 
 
 @pytest.fixture(scope="module")

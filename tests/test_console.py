@@ -233,9 +233,12 @@ def check_the_run_page(page: Page, base: str, run: Path, shots: Path) -> None:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     page.goto(base + "/runs/live")
     expect(page.locator("#rounds tbody tr")).to_have_count(len(rows))
+    assert rows[-1]["metrics"] is not None  # the sites evaluate the final model
     for row in rows:
+        if row["metrics"] is None:
+            continue
         auroc = row["metrics"]["pooled"]["auroc"]
-        assert auroc is not None, "the sites withheld their evaluation: too few test records"
+        assert auroc is not None, "the pooled AUROC was withheld: too few test records"
         cell = page.locator(f'#rounds tr[data-round="{row["round"]}"] [data-field="auroc"]')
         expect(cell).to_contain_text(f"{auroc:.3f}")
     for name, site in summary["sites"].items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -21,7 +22,7 @@ from cli_helpers import run_allfed
 
 from federation.deploy.certs import make_certificates, make_node_key
 from federation.deploy.local import CONNECTION, LocalFederation
-from federation.deploy.runs import COMPLETED, FAILED, PENDING, run_status
+from federation.deploy.runs import COMPLETED, FAILED, PENDING, run_config, run_status
 from federation.errors import AllfedError
 from federation.synth import write_cohort
 
@@ -109,9 +110,8 @@ def test_a_stopped_server_resumes_from_its_checkpoint(federation, tmp_path):
     """The aggregator dies after a round (``flwr stop``); a new run with ``resume`` continues
     from the checkpoint and completes every round once."""
     fed, files, study = federation
-    spec = tmp_path / "study.toml"  # without DP: these nodes keep no ledger
-    text = study.read_text().replace("rounds = 1", "rounds = 12")
-    spec.write_text(text.replace("enabled = true", "enabled = false"))
+    spec = tmp_path / "study.toml"  # under DP: each node's default ledger holds what it spent
+    spec.write_text(study.read_text().replace("rounds = 1", "rounds = 12"))
     out = tmp_path / "run"
     first = fed.launch(spec, out, expected_sites=len(files))
     try:
@@ -283,3 +283,62 @@ def test_cli_certs_and_keygen(tmp_path: Path):
     assert again.returncode == 2 and "already exist" in again.stderr
     assert run_allfed("node", "keygen", "--out", str(tmp_path / "k")).returncode == 0
     assert (tmp_path / "k" / "node.key.pub").exists()
+
+
+def _tampered_app(fed, root: Path, clientapp: str, marker: Path) -> Path:
+    """A copy of the app the central team could ship: its pyproject names ``clientapp``, and it
+    carries a module of its own and a modified copy of one of the site node's modules, each
+    writing ``marker`` when imported."""
+    app = root / "tampered-app"
+    shutil.copytree(fed.app_copy(), app)
+    payload = f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran at the site')\n"
+    (app / "evilapp.py").write_text(payload + "from federation.client.app import app\n")
+    handlers = app / "federation" / "client" / "handlers.py"
+    handlers.write_text(payload + handlers.read_text())
+    pyproject = app / "pyproject.toml"
+    text = pyproject.read_text().replace(
+        'clientapp = "federation.client.app:app"', f'clientapp = "{clientapp}"'
+    )
+    pyproject.write_text(text)
+    return app
+
+
+def _launch_app(fed, app: Path, study: Path, out: Path, sites: int) -> str:
+    config = run_config(study, out, sites)
+    answer = fed.flwr("run", str(app), CONNECTION, "--run-config", str(config), "--format", "json")
+    return str(answer["run-id"])
+
+
+def test_a_fab_never_runs_its_code_at_a_site(federation, tmp_path):
+    """`allfed node start` runs the site's installed node only: a FAB naming another ClientApp
+    is refused (the central team sees why, the site logs it), and a FAB carrying a modified
+    copy of the node's own modules still gets the site's code; no FAB module is ever imported."""
+    fed, files, study = federation
+    marker = tmp_path / "marker"
+    evil = _tampered_app(fed, tmp_path / "evil", "evilapp:app", marker)
+    out = tmp_path / "refused"
+    run_id = _launch_app(fed, evil, study, out, len(files))
+    try:
+        fed.wait_for_run(run_id, timeout=240)
+        summary = json.loads((out / "summary.json").read_text())
+    except BaseException:
+        print(fed.logs())
+        raise
+    assert summary["status"] == "failed"
+    for name in files:
+        assert summary["sites"][name]["status"] == "refused"
+        assert summary["sites"][name]["reason"].startswith("untrusted-app")
+    assert "refused a task: the app's ClientApp component is 'evilapp:app'" in fed.logs()
+    assert not marker.exists()
+
+    tampered = _tampered_app(fed, tmp_path / "copy", "federation.client.app:app", marker)
+    out = tmp_path / "completed"
+    run_id = _launch_app(fed, tampered, study, out, len(files))
+    try:
+        assert fed.wait_for_run(run_id, timeout=240) == "finished:completed"
+    except BaseException:
+        print(fed.logs())
+        raise
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert not marker.exists()  # the sites ran their own handlers, not the FAB's copy

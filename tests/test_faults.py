@@ -92,7 +92,7 @@ def test_broken_file_crash_nan_and_wrong_shape_are_survived(four_sites, tmp_path
     assert summary["status"] == "completed" and summary["rounds"] == 3, summary["error"]
     recorded = summary["sites"]
     assert recorded["broken"]["status"] == "failed"
-    assert "NUL bytes" in recorded["broken"]["reason"]
+    assert recorded["broken"]["reason"].startswith("data-unreadable")  # the detail stays there
     crashed = recorded[names[1]]
     assert crashed["status"] == "failed" and "injected fault" in crashed["reason"]
     assert crashed["epsilon"] is not None  # round 1 ran: its privacy spend stays on record
@@ -132,13 +132,16 @@ def test_scaled_malicious_update(four_sites, tmp_path, strategy, max_ratio, surv
     out = tmp_path / "run"
     summary = simulate(spec, files, out, client_mods=[Fault(0, "scale")])
     auroc = summary["metrics"]["pooled"]["auroc"]
-    print(f"x-1000 attack, {strategy}, max-update-ratio {max_ratio}: pooled AUROC {auroc:.3f}")
+    diverged = [d for d in summary["diagnostics"] if "diverged" in d]
+    print(f"x-1000 attack, {strategy}, max-update-ratio {max_ratio}: pooled AUROC {auroc}")
     assert summary["status"] == "completed"
     attacker = summary["sites"][next(iter(files))]
     if survives:
-        assert auroc > 0.7
-    else:
-        assert auroc < 0.6
+        assert auroc > 0.65 and not diverged
+    else:  # the attack takes the model over: a finding, never reported as discriminating
+        assert diverged
+        html = (out / "report.html").read_text(encoding="utf-8")
+        assert html.index("Findings") < html.index("Results on all sites")
     rejected = [r["round"] for r in attacker["rejected_updates"]]
     assert rejected == ([1, 2, 3] if max_ratio else [])
 
@@ -162,6 +165,7 @@ def test_run_below_min_sites_fails_with_reason(four_sites, tmp_path):
     )
     assert summary["rounds"] == 1
     assert summary["sites"]["broken"]["status"] == "failed"
-    assert "missing column 'age'" in summary["sites"]["broken"]["reason"]
+    assert summary["sites"]["broken"]["reason"].startswith("missing-column")
+    assert "(age)" in summary["sites"]["broken"]["reason"]
     assert summary["sites"][second[0]]["status"] == "failed"
     assert summary["sites"][first[0]]["status"] == "ok"

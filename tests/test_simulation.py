@@ -62,9 +62,12 @@ def test_four_sites_one_broken_one_refused_complete_on_the_others(cohort, tmp_pa
     assert summary["status"] == "completed" and summary["rounds"] == 4
     assert rounds_seen == [1, 2, 3, 4]
     assert summary["sites"]["broken-site"]["status"] == "failed"
-    assert "label column 'outcome' must be 0 or 1" in summary["sites"]["broken-site"]["reason"]
+    assert summary["sites"]["broken-site"]["reason"].startswith("bad-label")
+    assert "(outcome)" in summary["sites"]["broken-site"]["reason"]
     assert summary["sites"][strict]["status"] == "refused"
-    assert "max-epsilon-per-run 1" in summary["sites"][strict]["reason"]
+    assert summary["sites"][strict]["reason"] == (
+        "epsilon-above-policy: the run's epsilon is above the site's policy (max-epsilon-per-run)"
+    )
     target, delta = spec.privacy.target_epsilon, spec.privacy.delta
     for name in files:
         site = summary["sites"][name]

@@ -12,12 +12,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from federation.client.data import SiteTable
 from federation.evaluation import (
     EVAL_PREFIX,
     EVENTS,
+    GROUP,
     HIST_NEG,
     HIST_POS,
+    INTERSECTION,
+    INTERSECTION_JOIN,
+    LEVEL_JOIN,
     N_BINS,
+    POOLED_TABLE,
     RANK_SUM,
     RANKS_PREFIX,
     RECORDS,
@@ -32,9 +38,27 @@ from federation.evaluation import (
     key,
     score_bins,
 )
+from federation.spec import StudySpec
 from privacy.noise import gaussian_release
 
 Members = Mapping[Table, np.ndarray]  # per table, each test record's level
+
+
+def members_of(table: SiteTable, spec: StudySpec) -> dict[tuple[str, str], np.ndarray]:
+    """Per evaluation table, each test record's level (declared levels only)."""
+    test = table.is_test
+    members = {POOLED_TABLE: np.full(int(test.sum()), "all", dtype=object)}
+    groups = {g: table.groups[g][test] for g in spec.study.groups}
+    for column, levels in groups.items():
+        members[(GROUP, column)] = levels
+    for i, first in enumerate(spec.study.groups):
+        for second in spec.study.groups[i + 1 :]:
+            joined = np.array(
+                [f"{a}{LEVEL_JOIN}{b}" for a, b in zip(groups[first], groups[second], strict=True)],
+                dtype=object,
+            )
+            members[(INTERSECTION, f"{first}{INTERSECTION_JOIN}{second}")] = joined
+    return members
 
 
 Statistics = tuple[list[tuple[str, int]], np.ndarray, np.ndarray]  # (key, length), values, weights

@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from federation import protocol as p
 from federation.client.data import SiteTable
-from federation.client.evaluation import histogram_release, rank_release
+from federation.client.evaluation import histogram_release, members_of, rank_release
 from federation.client.features import encode, resolve_scaling, scaling_sensitivity, scaling_sums
 from federation.client.plan import (
     DP_SGD,
@@ -34,15 +34,7 @@ from federation.client.queries import answer
 from federation.client.site import SiteSettings, site_partition, site_table
 from federation.client.training import LocalSettings, train_dp, train_plain
 from federation.errors import AllfedError, SpecError
-from federation.evaluation import (
-    GROUP,
-    INTERSECTION,
-    INTERSECTION_JOIN,
-    LEVEL_JOIN,
-    POOLED_TABLE,
-    layout,
-    rank_requests_from_config,
-)
+from federation.evaluation import layout, rank_requests_from_config
 from federation.queries import AnalysisRequest, build_query, planned_release
 from federation.spec import StudySpec
 from models.registry import build_model
@@ -294,7 +286,7 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     if refusal:
         raise Refused(refusal)
     scores = _scores(model, x)
-    members = _members(run.table, spec)
+    members = members_of(run.table, spec)
     noise = planned.release.noise_multiplier
     if ranks:
         released = rank_release(y, scores, members, cells, requests, noise)
@@ -317,23 +309,6 @@ def _scores(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         logits = model(torch.from_numpy(x)).squeeze(-1).double()
     logits = torch.nan_to_num(logits, nan=0.0)
     return torch.sigmoid(logits).numpy().astype(float)
-
-
-def _members(table: SiteTable, spec: StudySpec) -> dict[tuple[str, str], np.ndarray]:
-    """Per evaluation table, each test record's level (declared levels only)."""
-    test = table.is_test
-    members = {POOLED_TABLE: np.full(int(test.sum()), "all", dtype=object)}
-    groups = {g: table.groups[g][test] for g in spec.study.groups}
-    for column, levels in groups.items():
-        members[(GROUP, column)] = levels
-    for i, first in enumerate(spec.study.groups):
-        for second in spec.study.groups[i + 1 :]:
-            joined = np.array(
-                [f"{a}{LEVEL_JOIN}{b}" for a, b in zip(groups[first], groups[second], strict=True)],
-                dtype=object,
-            )
-            members[(INTERSECTION, f"{first}{INTERSECTION_JOIN}{second}")] = joined
-    return members
 
 
 def _inputs(request: Request, table: SiteTable, test: bool):

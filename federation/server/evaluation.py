@@ -71,6 +71,7 @@ MIN_PUBLISHED_COUNT = 20  # the dissemination rule, applied to published (noisy)
 # for rates, AUROC and AUPRC; the scale of a calibration slope or intercept is 2 (0 to 2 for a
 # slope around its ideal 1), of the E-statistics 1.
 MAX_CI_WIDTH = 0.4
+NOISE_FLOOR = 3.0  # noise SDs of a bin's records under which calibration ignores the bin
 MIN_CALIBRATION_RECORDS = 50  # (noisy) records per group of bins on the calibration plot
 DEGENERATE_SHARE = 0.9  # of the records in one bin (or the two saturated tails): a flag
 _LOGITS = bin_logits()
@@ -329,8 +330,9 @@ def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
     out.values["calibration_observed_expected_ratio"] = (
         events / (events - release.residuals) if events - release.residuals > 0 else None
     )
-    point = _binned_metrics(pos, neg)
-    replicates = [_binned_metrics(p, q) for p, q in zip(draws.pos, draws.neg, strict=True)]
+    floor = NOISE_FLOOR * math.sqrt(release.variance[HIST_POS] + release.variance[HIST_NEG])
+    point = _binned_metrics(pos, neg, floor)
+    replicates = [_binned_metrics(p, q, floor) for p, q in zip(draws.pos, draws.neg, strict=True)]
     for name, value in point.items():
         limit = 2 * MAX_CI_WIDTH if name in _WIDE_SCALE else MAX_CI_WIDTH
         out.put(name, _percentile_interval(value, [r[name] for r in replicates], limit))
@@ -350,9 +352,13 @@ _RATES = {
 }
 
 
-def _binned_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float | None]:
+def _binned_metrics(pos: np.ndarray, neg: np.ndarray, floor: float) -> dict[str, float | None]:
     """The metrics read from the class histograms alone: AUPRC, the threshold metrics at risk
-    0.5 (a bin edge), the logistic recalibration and the lowess E-statistics."""
+    0.5 (a bin edge), the logistic recalibration and the lowess E-statistics. Calibration is
+    fitted on the bins holding more than ``floor`` records: below it a bin's mass is mostly
+    noise that post-processing could not remove, and such bins, at the extreme logits, pull
+    the slope towards 0 (measured: slope 0.85 against an exact 1.10 at epsilon 3; 1.11 with
+    the floor at 3 noise SDs)."""
     values: dict[str, float | None] = {"auprc": m.average_precision(pos, neg)}
     counts = m.threshold_counts(pos, neg, THRESHOLD_BIN)
     for name, rate in _RATES.items():
@@ -360,11 +366,12 @@ def _binned_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float | None]
             values[name] = float(rate(*counts))
         except ZeroDivisionError:
             values[name] = None
-    intercept, slope, line = m.calibration_fit(_LOGITS, pos, neg)
+    signal = (pos + neg) > floor
+    intercept, slope, line = m.calibration_fit(_LOGITS, pos * signal, neg * signal)
     values.update(
         calibration_intercept=intercept, calibration_slope=slope, calibration_line_intercept=line
     )
-    values.update(m.calibration_errors(_LOGITS, pos, neg))
+    values.update(m.calibration_errors(_LOGITS, pos * signal, neg * signal))
     return values
 
 
