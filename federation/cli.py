@@ -155,15 +155,23 @@ def report(
 
 @site_app.command("check")
 def site_check(
-    path: Annotated[Path, typer.Argument(help="The site's data file (CSV or Parquet).")],
+    path: Annotated[
+        Path, typer.Argument(help="The site's data file (CSV or Parquet) or OMOP source (TOML).")
+    ],
     study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
 ) -> None:
     """Check a site file exactly as the node will; exit 0 if it can join the study."""
     from federation.client.data import load_site_table, table_warnings
+    from federation.omop import is_source
     from federation.spec import load_spec
 
     spec = load_spec(study)
-    table = load_site_table(path, spec)
+    if is_source(path):
+        from federation.cli_omop import check_source
+
+        table = check_source(path, spec, out_console)
+    else:
+        table = load_site_table(path, spec)
     for warning in table_warnings(table, str(path)):
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     out_console.print(

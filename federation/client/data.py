@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from federation.errors import DataError
+from federation.omop import is_source
 from federation.spec import StudySpec
 
 MIN_TRAIN_RECORDS = 30
@@ -55,9 +56,15 @@ class SiteTable:
 
 
 def load_site_table(path: str | Path, spec: StudySpec, trainable: bool = True) -> SiteTable:
-    """Read ``path`` (CSV or Parquet) and check it against ``spec``; raise ``DataError``.
-    ``trainable=False`` (descriptive analyses) skips the minimum size of DP training."""
+    """Read ``path`` (CSV or Parquet, or an OMOP source description) and check it against
+    ``spec``; raise ``DataError``. ``trainable=False`` (descriptive analyses) skips the minimum
+    size of DP training."""
     path = Path(path)
+    if is_source(path):
+        from federation.omop.extract import read_source
+
+        rows = read_source(path, spec)  # rows.records: each row's identity, kept at the site
+        return check_table(rows.frame, spec, source=str(path), trainable=trainable)
     frame = read_table(path, spec.features.na_values)
     return check_table(frame, spec, source=str(path), trainable=trainable)
 

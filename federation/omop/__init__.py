@@ -6,3 +6,14 @@ one SQLAlchemy Core statement per cohort; ``extract`` turns its rows into the sa
 cells a site file gives; ``report`` is what ``allfed site check`` prints for the operator;
 ``eunomia`` writes the demo's sites from PyPI's Eunomia GiBleed CDM.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SOURCE_SUFFIX = ".toml"
+
+
+def is_source(path: str | Path) -> bool:
+    """A data path names an OMOP source when it is a TOML file (site files are CSV or Parquet)."""
+    return Path(path).suffix.lower() == SOURCE_SUFFIX

@@ -42,7 +42,7 @@ class SiteRows:
 def read_source(path: str | Path, spec: StudySpec) -> SiteRows:
     """Extract the study's cohort from the source described at ``path``; raise ``SourceError``."""
     where = str(path)
-    cohort = _cohort_of(spec, where)
+    cohort = cohort_of(spec, where)
     source = load_source(path)
     with connect(source, where) as conn:
         cdm = prepare(conn, source, cohort, where)
@@ -56,7 +56,7 @@ def read_source(path: str | Path, spec: StudySpec) -> SiteRows:
     return SiteRows(to_frame(rows, spec), record_ids(rows))
 
 
-def _cohort_of(spec: StudySpec, where: str) -> Cohort:
+def cohort_of(spec: StudySpec, where: str) -> Cohort:
     if spec.cohort is None:
         raise SourceError(
             where,

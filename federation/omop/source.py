@@ -34,13 +34,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from federation.omop.errors import SourceError
 
-SUFFIX = ".toml"
-
-
-def is_source(path: str | Path) -> bool:
-    """A data path names an OMOP source when it is a TOML file (site files are CSV or Parquet)."""
-    return Path(path).suffix.lower() == SUFFIX
-
 
 class Source(BaseModel):
     model_config = ConfigDict(
