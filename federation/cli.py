@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -299,7 +300,7 @@ def main() -> None:
         # Without standalone mode, click returns the code of a typer.Exit instead of raising.
         code = app(standalone_mode=False)
     except AllfedError as error:
-        err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")

@@ -70,7 +70,7 @@ COLUMNS: dict[str, dict[str, str]] = {
     },
 }
 VOCABULARY_TABLES = ("concept", "concept_ancestor")
-_SA_TYPES = {ID: sa.BigInteger, DATE: sa.Date, NUMBER: sa.Float, TEXT: sa.String}
+_SA_TYPES = {ID: sa.BigInteger, DATE: sa.Date, NUMBER: sa.Double, TEXT: sa.String}
 # How information_schema spells a type that needs no cast (DuckDB and PostgreSQL).
 _NATIVE = {
     ID: ("bigint", "integer", "int", "int4", "int8", "smallint", "hugeint"),

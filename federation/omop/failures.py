@@ -36,6 +36,24 @@ _DUCKDB = {
 }
 
 
+# What libpq says when a connection is refused (it gives no SQLSTATE then): matched here, never
+# shown.
+_CONNECTION = (
+    (
+        "password authentication failed",
+        "authentication-failed",
+        "the database refused the password",
+    ),
+    (
+        "no password supplied",
+        "authentication-failed",
+        "the database wants a password: set password-env or passfile",
+    ),
+    ("role ", "authentication-failed", "the database refused the user"),
+    ("database ", "database-unreachable", "the database named in dbname does not exist"),
+)
+
+
 def translate(exc: sa.exc.DBAPIError, where: str, connecting: bool = False) -> SourceError:
     """The ``SourceError`` for a driver error, from its SQLSTATE or its class, never its text."""
     orig = exc.orig
@@ -47,6 +65,10 @@ def translate(exc: sa.exc.DBAPIError, where: str, connecting: bool = False) -> S
     if name in _DUCKDB:
         reason, message = _DUCKDB[name]
         return SourceError(where, reason, message)
+    text = str(orig).lower()
+    for pattern, reason, message in _CONNECTION if connecting else ():
+        if pattern in text and ("does not exist" in text or "role" not in pattern):
+            return SourceError(where, reason, message)
     if connecting or (state or "").startswith("08"):
         return SourceError(
             where,

@@ -115,7 +115,11 @@ def site_report(path: str | Path, spec: StudySpec) -> SiteReport:
             raise translate(exc, where) from None
         rows = run(conn, query.rows, where)
     frame = to_frame(rows, spec) if not rows.empty else pd.DataFrame()
-    covariates = [_covariate(name, c, frame) for name, c in cohort.covariates.items()]
+    covariates = (
+        [_covariate(name, c, frame) for name, c in cohort.covariates.items()]
+        if not rows.empty
+        else []
+    )
     return SiteReport(
         source=source.describe(),
         cdm_version=version,
@@ -124,7 +128,7 @@ def site_report(path: str | Path, spec: StudySpec) -> SiteReport:
         entries=len(rows),
         persons=int(rows["person_id"].nunique()) if not rows.empty else 0,
         outcomes=int(frame[spec.study.label].eq("1").sum()) if not rows.empty else 0,
-        covariates=covariates if not rows.empty else [],
+        covariates=covariates,
         frame=frame,
         records=record_ids(rows) if not rows.empty else pd.Series(dtype=str),
     )
