@@ -124,7 +124,9 @@ def unknown_concepts(conn: sa.Connection, cdm: Cdm, cohort: Cohort) -> dict[str,
 def run(conn: sa.Connection, query: sa.Select, where: str) -> pd.DataFrame:
     try:
         result = conn.execute(query)
-        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        keys = list(result.keys())
+        columns = list(zip(*result.tuples().fetchall(), strict=True)) or [()] * len(keys)
+        return pd.DataFrame(dict(zip(keys, columns, strict=True)))
     except sa.exc.DBAPIError as exc:
         raise translate(exc, where) from None
 
@@ -155,13 +157,19 @@ def to_frame(rows: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
 
 def _integers(values: pd.Series) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce")
-    text = numbers.map(lambda v: str(int(v)) if pd.notna(v) else np.nan)
-    return text.astype(object)
+    text = pd.Series(np.nan, index=values.index, dtype=object)
+    present = numbers.notna()
+    text[present] = numbers[present].astype("int64").astype(str)
+    return text
 
 
 def _floats(values: pd.Series) -> pd.Series:
+    """The shortest text that reads back to the same double (numpy's, as ``repr``)."""
     numbers = pd.to_numeric(values, errors="coerce").astype(float)
-    return numbers.map(lambda v: repr(float(v)) if np.isfinite(v) else np.nan).astype(object)
+    text = pd.Series(np.nan, index=values.index, dtype=object)
+    present = np.isfinite(numbers)
+    text[present] = numbers[present].to_numpy().astype(str)
+    return text
 
 
 def _levels(codes: pd.Series, levels: tuple[str, ...] | None) -> pd.Series:
@@ -169,6 +177,6 @@ def _levels(codes: pd.Series, levels: tuple[str, ...] | None) -> pd.Series:
     missing otherwise (then the spec's missing-value rule applies)."""
     if not levels:
         return codes
-    declared = set(levels)
-    fallback = OTHER if OTHER in declared else np.nan
-    return codes.map(lambda v: v if (pd.isna(v) or v in declared) else fallback).astype(object)
+    fallback = OTHER if OTHER in levels else np.nan
+    undeclared = codes.notna() & ~codes.isin(levels)
+    return codes.where(~undeclared, fallback)
