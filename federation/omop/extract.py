@@ -26,7 +26,7 @@ from federation.omop.cohort import (
 )
 from federation.omop.errors import SourceError
 from federation.omop.failures import translate
-from federation.omop.query import LABEL, build, needed_columns
+from federation.omop.query import LABEL, CohortQuery, build, needed_columns
 from federation.omop.source import Source, connect, load_source
 from federation.spec import StudySpec
 
@@ -46,7 +46,7 @@ def read_source(path: str | Path, spec: StudySpec) -> SiteRows:
     source = load_source(path)
     with connect(source, where) as conn:
         cdm = prepare(conn, source, cohort, where)
-        rows = run(conn, build(cdm, cohort).rows, where)
+        rows = run(conn, build(cdm, cohort), where)
     if rows.empty:
         raise SourceError(
             where,
@@ -121,10 +121,12 @@ def unknown_concepts(conn: sa.Connection, cdm: Cdm, cohort: Cohort) -> dict[str,
     return {place: ids for place, ids in missing.items() if ids}
 
 
-def run(conn: sa.Connection, query: sa.Select, where: str) -> pd.DataFrame:
+def run(conn: sa.Connection, query: CohortQuery, where: str) -> pd.DataFrame:
+    """The cohort's rows, one column per covariate under its name."""
     try:
-        result = conn.execute(query)
-        keys = list(result.keys())
+        result = conn.execute(query.rows)
+        names = {label: name for name, label in query.labels.items()}
+        keys = [names.get(k, k) for k in list(result.keys())]
         columns = list(zip(*result.tuples().fetchall(), strict=True)) or [()] * len(keys)
         return pd.DataFrame(dict(zip(keys, columns, strict=True)))
     except sa.exc.DBAPIError as exc:

@@ -7,8 +7,8 @@ site check can count each step (the attrition) with the very query the node runs
     events -> observed (in an observation period, enough prior observation)
            -> aged (age at index) -> new (no prior outcome) -> entries (time at risk)
 
-and then one grouped join per covariate, as FeatureExtraction does: the cost grows with the
-rows of each domain table that match a concept set, not with the number of covariates squared.
+and then one pass per domain table over its rows whose concept is in a covariate's concept set,
+as FeatureExtraction does: the cost grows with those rows, not with covariates times table size.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class CohortQuery:
 
     steps: tuple[tuple[str, sa.CTE], ...]
     rows: sa.Select
+    labels: dict[str, str]  # covariate name -> its column in ``rows`` (names are not SQL)
 
 
 def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
@@ -177,26 +178,33 @@ def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
         entries.c.index_date,
         entries.c[LABEL],
     ]
+    labels = {name: f"covariate_{i}" for i, name in enumerate(cohort.covariates)}
     query_from = entries
+    presence: dict[str, sa.CTE] = {}
+    for kind in dict.fromkeys(
+        c.kind for c in cohort.covariates.values() if isinstance(c, PresenceCovariate)
+    ):
+        these = {
+            labels[n]: c
+            for n, c in cohort.covariates.items()
+            if isinstance(c, PresenceCovariate) and c.kind == kind
+        }
+        presence[kind] = _presence(cdm, entries, kind, these).cte(f"{kind}_covariates")
     for name, covariate in cohort.covariates.items():
+        label = labels[name]
         if isinstance(covariate, AgeCovariate):
-            columns.append(entries.c.age.label(name))
+            columns.append(entries.c.age.label(label))
         elif isinstance(covariate, DemographicCovariate):
-            columns.append(entries.c[covariate.kind].label(name))
+            columns.append(entries.c[covariate.kind].label(label))
+        elif isinstance(covariate, MeasurementCovariate):
+            part = _latest(cdm, entries, covariate).cte(f"{label}_latest")
+            query_from = query_from.outerjoin(part, _same_entry(part, entries))
+            columns.append(part.c.value.label(label))
         else:
-            part = (
-                _latest(cdm, entries, covariate)
-                if isinstance(covariate, MeasurementCovariate)
-                else _flag(cdm, entries, covariate.kind, covariate, covariate.window)
-            ).cte(f"covariate_{len(columns)}")
-            on = sa.and_(
-                part.c.person_id == entries.c.person_id, part.c.index_date == entries.c.index_date
-            )
-            query_from = query_from.outerjoin(part, on)
-            if isinstance(covariate, MeasurementCovariate):
-                columns.append(part.c.value.label(name))
-            else:
-                columns.append(sa.case((part.c.person_id.is_not(None), 1), else_=0).label(name))
+            part = presence[covariate.kind]
+            columns.append(sa.func.coalesce(part.c[label], 0).label(label))
+    for part in presence.values():
+        query_from = query_from.outerjoin(part, _same_entry(part, entries))
     rows = (
         sa.select(*columns)
         .select_from(query_from)
@@ -209,7 +217,52 @@ def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
         ("new", fresh),
         ("entries", entries),
     )
-    return CohortQuery(steps, rows)
+    return CohortQuery(steps, rows, labels)
+
+
+def _same_entry(part, entries) -> sa.ColumnElement:
+    return sa.and_(
+        part.c.person_id == entries.c.person_id, part.c.index_date == entries.c.index_date
+    )
+
+
+def _presence(cdm: Cdm, entries, domain: str, covariates: dict[str, PresenceCovariate]):
+    """Every presence covariate of one domain in one pass over its table, as FeatureExtraction
+    and Circe do with their codesets table: the concept sets, each tagged with its covariate
+    and window, are joined to the domain's rows once, and the hits pivoted to one 0/1 column
+    per covariate."""
+    d = DOMAINS[domain]
+    table = cdm[d.table]
+    tagged = sa.union_all(
+        *(
+            sa.select(
+                _int(i).label("covariate"),
+                _int(c.window[0]).label("window_start"),
+                _int(c.window[1]).label("window_end"),
+                codeset(cdm, c).subquery().c.concept_id,
+            )
+            for i, c in enumerate(covariates.values())
+        )
+    ).cte(f"{domain}_codesets")
+    date = table.column(d.date)
+    hits = (
+        sa.select(entries.c.person_id, entries.c.index_date, tagged.c.covariate)
+        .select_from(table.table)
+        .join(tagged, tagged.c.concept_id == table.column(d.concept))
+        .join(entries, entries.c.person_id == table.column("person_id"))
+        .where(date >= entries.c.index_date + tagged.c.window_start)
+        .where(date <= entries.c.index_date + tagged.c.window_end)
+        .distinct()
+        .subquery()
+    )
+    return sa.select(
+        hits.c.person_id,
+        hits.c.index_date,
+        *(
+            sa.func.max(sa.case((hits.c.covariate == _int(i), 1), else_=0)).label(label)
+            for i, label in enumerate(covariates)
+        ),
+    ).group_by(hits.c.person_id, hits.c.index_date)
 
 
 def _flag(cdm: Cdm, entries, domain: str, concepts: ConceptSet, window) -> sa.Select:

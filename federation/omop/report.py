@@ -113,7 +113,7 @@ def site_report(path: str | Path, spec: StudySpec) -> SiteReport:
             ]
         except sa.exc.DBAPIError as exc:
             raise translate(exc, where) from None
-        rows = run(conn, query.rows, where)
+        rows = run(conn, query, where)
     frame = to_frame(rows, spec) if not rows.empty else pd.DataFrame()
     covariates = (
         [_covariate(name, c, frame) for name, c in cohort.covariates.items()]
