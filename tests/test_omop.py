@@ -49,11 +49,11 @@ def postgres():
         yield server
 
 
-def pg_source(path, server, user="reader", schema="cdm", port=None):
+def pg_source(path, server, user="reader", schema="cdm", port=None, dbname="postgres"):
     return write(
         path,
         f'[omop]\nengine = "postgresql"\nhost = "127.0.0.1"\nport = {port or server.port}\n'
-        f'dbname = "postgres"\nuser = "{user}"\npassword-env = "ALLFED_TEST_PG_PASSWORD"\n'
+        f'dbname = "{dbname}"\nuser = "{user}"\npassword-env = "ALLFED_TEST_PG_PASSWORD"\n'
         f'cdm-schema = "{schema}"\nconnect-timeout = 5\n',
     )
 
@@ -143,6 +143,20 @@ def test_latest_measurement_in_a_declared_unit_on_both_engines(
     values = duck.frame["temperature"]
     assert values.iloc[0] == "38.2" and values.iloc[1] == "37.9"
     assert values.iloc[2:].isna().all()
+
+
+def test_consent_is_the_presence_of_a_consent_observation(tmp_path, clean_site):
+    text = study_text().replace('label = "gi_bleed"', 'label = "gi_bleed"\nconsent = "consented"')
+    text += (
+        "[cohort.covariates.consented]\n"
+        'kind = "observation"\nconcepts = [4323208]\nwindow = [-36500, 0]\n'
+    )  # "History of appendectomy" stands in for a consent concept
+    spec = parse_spec(text)
+    rows = read_source(duckdb_source(tmp_path / "a.toml", clean_site), spec)
+    consented = int(rows.frame["consented"].eq("1").sum())
+    assert 30 < consented < len(rows.frame)
+    table = check_table(rows.frame, spec, "site")
+    assert table.n_train + table.n_test == consented
 
 
 def test_concept_ids_and_windows_are_bound_parameters(tmp_path):
@@ -263,13 +277,14 @@ def test_a_spec_the_site_cannot_serve_gets_one_line(tmp_path, capsys, edit, mess
         ("down", "cannot connect to the database", "database-unreachable"),
         ("password", "the database refused the password", "authentication-failed"),
         ("schema", "may not use schema 'cdm'", "permission-denied"),
+        ("dbname", "the database named in dbname does not exist", "database-unreachable"),
     ],
 )
 def test_postgresql_failures_get_one_line_without_credentials(
     tmp_path, postgres, monkeypatch, capsys, case, message, reason
 ):
     text = study_text()
-    user, password, port = "reader", READER_PASSWORD, None
+    user, password, port, dbname = "reader", READER_PASSWORD, None, "postgres"
     if case == "down":
         import socket
 
@@ -278,10 +293,12 @@ def test_postgresql_failures_get_one_line_without_credentials(
             port = s.getsockname()[1]  # nothing listens there
     elif case == "password":
         password = "not-the-password-123"
+    elif case == "dbname":
+        dbname = "no_such_cdm"
     else:
         user, password = "outsider", OUTSIDER_PASSWORD
     monkeypatch.setenv("ALLFED_TEST_PG_PASSWORD", password)
-    source = pg_source(tmp_path / "pg.toml", postgres, user=user, port=port)
+    source = pg_source(tmp_path / "pg.toml", postgres, user=user, port=port, dbname=dbname)
     with pytest.raises(SourceError) as caught:
         load_site_table(source, parse_spec(text))
     assert caught.value.reason == reason
@@ -352,3 +369,20 @@ def test_demo_omop_trains_a_gi_bleed_model_end_to_end(tmp_path):
     assert sum(s["n_train"] for s in summary["sites"].values()) > 1700
     pooled = summary["metrics"]["pooled"]
     assert pooled["auroc_ci"][0] > 0.5  # beats chance, noise included
+
+    data = tmp_path / "demo" / "data"
+    broken = data / "broken.duckdb"
+    shutil.copy(data / "site-c.duckdb", broken)
+    with duckdb.connect(str(broken)) as con:
+        con.execute("DROP TABLE observation_period")
+    duckdb_source(data / "broken.toml", broken)
+    done = run_allfed(
+        "simulate", "--study", str(data / "study.toml"), "--rounds", "2",
+        "--site", f"a={data / 'site-a.toml'}", "--site", f"b={data / 'site-b.toml'}",
+        "--site", f"broken={data / 'broken.toml'}", "--out", str(tmp_path / "partial"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    sites = json.loads((tmp_path / "partial" / "summary.json").read_text())["sites"]
+    assert sites["a"]["status"] == sites["b"]["status"] == "ok"
+    assert sites["broken"]["status"] == "failed"
+    assert "has no table 'observation_period'" in sites["broken"]["reason"]

@@ -36,21 +36,25 @@ _DUCKDB = {
 }
 
 
-# What libpq says when a connection is refused (it gives no SQLSTATE then): matched here, never
-# shown.
+# What libpq says when it refuses a connection (it gives no SQLSTATE then): every fragment must be
+# in the driver's text; matched here, never shown.
 _CONNECTION = (
     (
-        "password authentication failed",
+        ("password authentication failed",),
         "authentication-failed",
         "the database refused the password",
     ),
     (
-        "no password supplied",
+        ("no password supplied",),
         "authentication-failed",
         "the database wants a password: set password-env or passfile",
     ),
-    ("role ", "authentication-failed", "the database refused the user"),
-    ("database ", "database-unreachable", "the database named in dbname does not exist"),
+    (('role "', "does not exist"), "authentication-failed", "the database refused the user"),
+    (
+        ('database "', "does not exist"),
+        "database-unreachable",
+        "the database named in dbname does not exist",
+    ),
 )
 
 
@@ -66,8 +70,8 @@ def translate(exc: sa.exc.DBAPIError, where: str, connecting: bool = False) -> S
         reason, message = _DUCKDB[name]
         return SourceError(where, reason, message)
     text = str(orig).lower()
-    for pattern, reason, message in _CONNECTION if connecting else ():
-        if pattern in text and ("does not exist" in text or "role" not in pattern):
+    for fragments, reason, message in _CONNECTION if connecting else ():
+        if all(f in text for f in fragments):
             return SourceError(where, reason, message)
     if connecting or (state or "").startswith("08"):
         return SourceError(
