@@ -193,7 +193,6 @@ def main() -> None:
             print(f"== {name}: {sites} sites x {records} records", flush=True)
             report[name] = benchmark(load_spec(spec_path), files, budgets, args.repeats)
         if args.heart.exists():
-
             heart = Path(tmp) / "heart"
             heart.mkdir()
             files = {}

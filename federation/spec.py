@@ -11,11 +11,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from federation.errors import SpecError
 from federation.protocol import RUN_STUDY, RUN_STUDY_FILE
 from models import MODEL_NAMES
+
+if TYPE_CHECKING:
+    from federation.omop.cohort import Cohort
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 ACCOUNTANTS = ("prv", "rdp")
@@ -111,11 +114,14 @@ class StudySpec:
     model: ModelSection = ModelSection()
     training: TrainingSection = TrainingSection()
     privacy: PrivacySection = PrivacySection()
+    cohort: Cohort | None = None  # an OMOP site's rows (federation.omop.cohort)
 
     def to_toml(self) -> str:
         """Serialize to TOML text that ``parse_spec`` reads back to an equal spec."""
         lines: list[str] = []
         for section in fields(self):
+            if section.name == "cohort":
+                continue
             lines.append(f"[{section.name}]")
             for item in fields(getattr(self, section.name)):
                 value = getattr(getattr(self, section.name), item.name)
@@ -123,6 +129,8 @@ class StudySpec:
                     continue
                 lines.append(f"{item.name.replace('_', '-')} = {_toml_value(value)}")
             lines.append("")
+        if self.cohort is not None:
+            lines.append(self.cohort.to_toml())
         return "\n".join(lines)
 
     def with_overrides(self, **changes: dict[str, Any]) -> StudySpec:
@@ -169,16 +177,30 @@ def parse_spec(text: str, source: str = "study spec") -> StudySpec:
         model=_read_model(reader.section("model")),
         training=_read_training(reader.section("training")),
         privacy=_read_privacy(reader.section("privacy")),
+        cohort=_read_cohort(raw, source),
     )
     reader.reject_unknown_sections()
     _check_consistency(spec, source)
+    if spec.cohort is not None:
+        from federation.omop.cohort import check_cohort_columns
+
+        check_cohort_columns(spec, source)
     return spec
+
+
+def _read_cohort(raw: dict[str, Any], source: str) -> Cohort | None:
+    """``[cohort]`` is parsed by its own module, imported only by the studies that have one."""
+    if "cohort" not in raw:
+        return None
+    from federation.omop.cohort import parse_cohort
+
+    return parse_cohort(raw["cohort"], source)
 
 
 class _Reader:
     """Typed access to one TOML table, with errors that name ``[section] key``."""
 
-    SECTIONS = ("study", "features", "model", "training", "privacy")
+    SECTIONS = ("study", "features", "model", "training", "privacy", "cohort")
 
     def __init__(self, raw: dict[str, Any], source: str, name: str = "") -> None:
         self.raw, self.source, self.name = raw, source, name

@@ -51,6 +51,17 @@ CHECKS = {
     "too-few-records": "the site has too few records for the study",
     "delta-too-weak": "the run's delta is too weak for the site's size",
     "analysis-invalid": "the analysis request is invalid",
+    # an OMOP CDM site (federation.omop.errors)
+    "source-config": "the site's OMOP source description is invalid",
+    "database-unreachable": "the site's database cannot be reached",
+    "authentication-failed": "the site's database refused its credentials",
+    "permission-denied": "the site's database user may not read what the study needs",
+    "missing-table": "a table the study needs is missing in the site's database",
+    "cdm-version": "the site's CDM version is not one the study accepts",
+    "unknown-concept": "a concept of the study is not in the site's vocabulary",
+    "bad-value": "a database column holds values of the wrong type at the site",
+    "empty-cohort": "the study's cohort is empty at the site",
+    "database-error": "the site's database refused a query",
     "internal-error": "the site node failed; see the site's log",
 }
 _KEY = re.compile(r"[A-Za-z0-9_.\- ]{1,80}")

@@ -18,11 +18,13 @@ import pandas as pd
 
 from federation.client.partition import Partition
 from federation.errors import DataError
+from federation.omop import is_source
 from federation.queries import OTHER
 from federation.spec import StudySpec
 from privacy.statistics import MISSING
 
 MIN_TRAIN_RECORDS = 30
+PERSON_COLUMN = "__allfed_person__"  # an OMOP row's person, kept beside its cells for the partition
 _PARQUET = (".parquet", ".pq")
 _TRUE_CONSENT = {"1", "1.0", "true", "yes", "y", "t"}
 _FALSE_CONSENT = {"0", "0.0", "false", "no", "n", "f"}
@@ -61,12 +63,29 @@ class SiteTable:
 def load_site_table(
     path: str | Path, spec: StudySpec, partition: Partition, trainable: bool = True
 ) -> SiteTable:
-    """Read ``path`` (CSV or Parquet) and check it against ``spec``, its test rows those of the
-    site's ``partition``; raise ``DataError``. ``trainable=False`` (descriptive analyses) skips
-    the minimum size of DP training."""
+    """Read ``path`` (CSV or Parquet, or an OMOP source description) and check it against
+    ``spec``, its test rows those of the site's ``partition``; raise ``DataError``.
+    ``trainable=False`` (descriptive analyses) skips the minimum size of DP training."""
     path = Path(path)
+    if is_source(path):
+        from federation.omop.extract import read_source
+
+        rows = read_source(path, spec)
+        # The person behind each row (never leaves the site) identifies it for the partition:
+        # a person's entries (``events = "all"``) all fall on the same side.
+        persons = rows.records.str.split(":").str[0]
+        frame = rows.frame.assign(**{PERSON_COLUMN: persons})
+        return check_table(frame, spec, str(path), partition, trainable=trainable)
     frame = read_table(path, spec.features.na_values)
     return check_table(frame, spec, str(path), partition, trainable=trainable)
+
+
+def identity_columns(path: Path, na_values: tuple[str, ...] = ()) -> list[str]:
+    """The columns that identify a record of ``path`` when the site names no record-id column:
+    its whole row, or an OMOP source's person."""
+    if is_source(path):
+        return [PERSON_COLUMN]
+    return list(read_table(path, na_values).columns)
 
 
 def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:

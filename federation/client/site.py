@@ -21,7 +21,7 @@ from pathlib import Path
 from flwr.app import Context
 
 from federation import protocol as p
-from federation.client.data import SiteTable, load_site_table, read_table
+from federation.client.data import SiteTable, identity_columns, load_site_table
 from federation.client.partition import Partition, requested_definition
 from federation.errors import AllfedError
 from federation.spec import StudySpec, spec_from_run_config
@@ -120,7 +120,7 @@ def site_partition(site: SiteSettings, ledger: Ledger) -> Partition:
     at that first run only, the spec's split column or test fraction)."""
     definition = ledger.partition_definition()
     if definition is None:
-        columns = list(read_table(site.data, site.spec.features.na_values).columns)
+        columns = identity_columns(site.data, site.spec.features.na_values)
         definition = ledger.pin_partition(requested_definition(site.policy, site.spec, columns))
     return Partition(definition, ledger.partition_secret())
 

@@ -1,0 +1,318 @@
+"""One SQLAlchemy Core statement per cohort, the same on DuckDB and PostgreSQL.
+
+Every concept id, window and age bound is a bound parameter; table and column names come from
+``federation.omop.cdm``. The statement is a chain of CTEs, one per step of the cohort, so the
+site check can count each step (the attrition) with the very query the node runs:
+
+    events -> observed (in an observation period, enough prior observation)
+           -> aged (age at index) -> new (no prior outcome) -> entries (time at risk)
+
+and then one pass per domain table over its rows whose concept is in a covariate's concept set,
+as FeatureExtraction does: the cost grows with those rows, not with covariates times table size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from federation.omop.cdm import COLUMNS, DOMAINS, Cdm
+from federation.omop.cohort import (
+    AgeCovariate,
+    Cohort,
+    ConceptSet,
+    DemographicCovariate,
+    MeasurementCovariate,
+    PresenceCovariate,
+)
+
+LABEL = "label"  # the outcome's column in the result; the extraction renames it
+
+
+def needed_columns(cohort: Cohort) -> dict[str, set[str]]:
+    """Which CDM tables and columns this cohort reads (the site check reports the rest)."""
+    needed: dict[str, set[str]] = {
+        "person": {"person_id", "year_of_birth"},
+        "observation_period": set(COLUMNS["observation_period"]),
+        "concept": set(COLUMNS["concept"]),
+        "cdm_source": {"cdm_version"},
+    }
+    sets = cohort.concept_sets().values()
+    if any(s.descendants for s in sets):
+        needed["concept_ancestor"] = set(COLUMNS["concept_ancestor"])
+    domains = {cohort.target.domain, cohort.outcome.domain}
+    for covariate in cohort.covariates.values():
+        if isinstance(covariate, DemographicCovariate):
+            needed["person"].add(f"{covariate.kind}_concept_id")
+        elif isinstance(covariate, PresenceCovariate | MeasurementCovariate):
+            domains.add(covariate.kind)
+    for domain in domains:
+        d = DOMAINS[domain]
+        needed.setdefault(d.table, set()).update({"person_id", d.concept, d.date})
+    if any(isinstance(c, MeasurementCovariate) for c in cohort.covariates.values()):
+        needed["measurement"].update({"value_as_number", "unit_concept_id"})
+    return needed
+
+
+def _int(n: int) -> sa.ColumnElement:
+    return sa.cast(sa.literal(n, sa.Integer), sa.Integer)
+
+
+def codeset(cdm: Cdm, concepts: ConceptSet) -> sa.Select:
+    """Circe's concept set: the listed concepts and, with descendants, every valid concept
+    below them."""
+    concept = cdm["concept"]
+    cid = concept.column("concept_id")
+    listed = sa.select(cid.label("concept_id")).where(cid.in_(list(concepts.concepts)))
+    if not concepts.descendants:
+        return listed
+    ancestor = cdm["concept_ancestor"]
+    below = (
+        sa.select(ancestor.column("descendant_concept_id").label("concept_id"))
+        .join(concept.table, cid == ancestor.column("descendant_concept_id"))
+        .where(ancestor.column("ancestor_concept_id").in_(list(concepts.concepts)))
+        .where(concept.column("invalid_reason").is_(None))
+    )
+    return sa.union(listed, below)
+
+
+def _events(cdm: Cdm, domain: str, concepts: ConceptSet):
+    """(table, person_id, date) of the domain's events whose concept is in the set."""
+    d = DOMAINS[domain]
+    table = cdm[d.table]
+    in_set = table.column(d.concept).in_(codeset(cdm, concepts))
+    return table, table.column("person_id"), table.column(d.date), in_set
+
+
+@dataclass(frozen=True)
+class CohortQuery:
+    """The cohort's steps (for the attrition) and the final select of its rows."""
+
+    steps: tuple[tuple[str, sa.CTE], ...]
+    rows: sa.Select
+    labels: dict[str, str]  # covariate name -> its column in ``rows`` (names are not SQL)
+
+
+def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
+    target, outcome = cohort.target, cohort.outcome
+    _, person_id, date, in_set = _events(cdm, target.domain, target)
+    if target.events == "first":
+        events = sa.select(person_id.label("person_id"), sa.func.min(date).label("index_date"))
+        events = events.where(in_set).group_by(person_id)
+    else:
+        events = sa.select(person_id.label("person_id"), date.label("index_date"))
+        events = events.where(in_set).distinct()
+    events = events.cte("events")
+
+    op = cdm["observation_period"]
+    person = cdm["person"]
+    start = op.column("observation_period_start_date")
+    end = op.column("observation_period_end_date")
+    age = sa.cast(sa.extract("year", events.c.index_date), sa.Integer) - sa.cast(
+        person.column("year_of_birth"), sa.Integer
+    )
+    demographics = [
+        person.column(f"{c.kind}_concept_id").label(c.kind)
+        for c in cohort.covariates.values()
+        if isinstance(c, DemographicCovariate)
+    ]
+    observed = (
+        sa.select(
+            events.c.person_id,
+            events.c.index_date,
+            end.label("observation_end"),
+            age.label("age"),
+            *dict((col.name, col) for col in demographics).values(),
+        )
+        .join(
+            op.table,
+            sa.and_(
+                op.column("person_id") == events.c.person_id,
+                events.c.index_date >= start,
+                events.c.index_date <= end,
+            ),
+        )
+        .join(person.table, person.column("person_id") == events.c.person_id)
+        .where(events.c.index_date >= start + _int(target.prior_observation))
+        .cte("observed")
+    )
+    aged = sa.select(observed)
+    if target.age is not None:
+        aged = aged.where(observed.c.age.between(_int(target.age[0]), _int(target.age[1])))
+    aged = aged.cte("aged")
+
+    fresh = sa.select(aged)
+    if outcome.prior_outcome_lookback is not None:
+        prior = _flag(
+            cdm, aged, outcome.domain, outcome, (-outcome.prior_outcome_lookback, -1)
+        ).cte("prior_outcome")
+        fresh = fresh.where(
+            ~sa.exists().where(
+                prior.c.person_id == aged.c.person_id, prior.c.index_date == aged.c.index_date
+            )
+        )
+    fresh = fresh.cte("new")
+
+    label = _flag(cdm, fresh, outcome.domain, outcome, outcome.window).cte("outcome")
+    has_outcome = label.c.person_id.is_not(None)
+    at_risk = fresh.c.observation_end >= fresh.c.index_date + _int(
+        outcome.window[0] + outcome.required_time_at_risk
+    )
+    entries = (
+        sa.select(
+            fresh,
+            sa.case((has_outcome, 1), else_=0).label(LABEL),
+        )
+        .outerjoin(
+            label,
+            sa.and_(
+                label.c.person_id == fresh.c.person_id, label.c.index_date == fresh.c.index_date
+            ),
+        )
+        .where(sa.or_(has_outcome, at_risk))
+        .cte("entries")
+    )
+    columns: list[sa.ColumnElement] = [
+        entries.c.person_id,
+        entries.c.index_date,
+        entries.c[LABEL],
+    ]
+    labels = {name: f"covariate_{i}" for i, name in enumerate(cohort.covariates)}
+    query_from = entries
+    presence: dict[str, sa.CTE] = {}
+    for kind in dict.fromkeys(
+        c.kind for c in cohort.covariates.values() if isinstance(c, PresenceCovariate)
+    ):
+        these = {
+            labels[n]: c
+            for n, c in cohort.covariates.items()
+            if isinstance(c, PresenceCovariate) and c.kind == kind
+        }
+        presence[kind] = _presence(cdm, entries, kind, these).cte(f"{kind}_covariates")
+    for name, covariate in cohort.covariates.items():
+        label = labels[name]
+        if isinstance(covariate, AgeCovariate):
+            columns.append(entries.c.age.label(label))
+        elif isinstance(covariate, DemographicCovariate):
+            columns.append(entries.c[covariate.kind].label(label))
+        elif isinstance(covariate, MeasurementCovariate):
+            part = _latest(cdm, entries, covariate).cte(f"{label}_latest")
+            query_from = query_from.outerjoin(part, _same_entry(part, entries))
+            columns.append(part.c.value.label(label))
+        else:
+            part = presence[covariate.kind]
+            columns.append(sa.func.coalesce(part.c[label], 0).label(label))
+    for part in presence.values():
+        query_from = query_from.outerjoin(part, _same_entry(part, entries))
+    rows = (
+        sa.select(*columns)
+        .select_from(query_from)
+        .order_by(entries.c.person_id, entries.c.index_date)
+    )
+    steps = (
+        ("events", events),
+        ("observed", observed),
+        ("aged", aged),
+        ("new", fresh),
+        ("entries", entries),
+    )
+    return CohortQuery(steps, rows, labels)
+
+
+def _same_entry(part, entries) -> sa.ColumnElement:
+    return sa.and_(
+        part.c.person_id == entries.c.person_id, part.c.index_date == entries.c.index_date
+    )
+
+
+def _presence(cdm: Cdm, entries, domain: str, covariates: dict[str, PresenceCovariate]):
+    """Every presence covariate of one domain in one pass over its table, as FeatureExtraction
+    and Circe do with their codesets table: the concept sets, each tagged with its covariate
+    and window, are joined to the domain's rows once, and the hits pivoted to one 0/1 column
+    per covariate."""
+    d = DOMAINS[domain]
+    table = cdm[d.table]
+    tagged = sa.union_all(
+        *(
+            sa.select(
+                _int(i).label("covariate"),
+                _int(c.window[0]).label("window_start"),
+                _int(c.window[1]).label("window_end"),
+                codeset(cdm, c).subquery().c.concept_id,
+            )
+            for i, c in enumerate(covariates.values())
+        )
+    ).cte(f"{domain}_codesets")
+    date = table.column(d.date)
+    hits = (
+        sa.select(entries.c.person_id, entries.c.index_date, tagged.c.covariate)
+        .select_from(table.table)
+        .join(tagged, tagged.c.concept_id == table.column(d.concept))
+        .join(entries, entries.c.person_id == table.column("person_id"))
+        .where(date >= entries.c.index_date + tagged.c.window_start)
+        .where(date <= entries.c.index_date + tagged.c.window_end)
+        .distinct()
+        .subquery()
+    )
+    return sa.select(
+        hits.c.person_id,
+        hits.c.index_date,
+        *(
+            sa.func.max(sa.case((hits.c.covariate == _int(i), 1), else_=0)).label(label)
+            for i, label in enumerate(covariates)
+        ),
+    ).group_by(hits.c.person_id, hits.c.index_date)
+
+
+def _flag(cdm: Cdm, entries, domain: str, concepts: ConceptSet, window) -> sa.Select:
+    """The entries with an event of the set within ``window`` days of index (one row each)."""
+    table, person_id, date, in_set = _events(cdm, domain, concepts)
+    return (
+        sa.select(entries.c.person_id, entries.c.index_date)
+        .join(
+            table.table,
+            sa.and_(
+                person_id == entries.c.person_id,
+                date >= entries.c.index_date + _int(window[0]),
+                date <= entries.c.index_date + _int(window[1]),
+            ),
+        )
+        .where(in_set)
+        .group_by(entries.c.person_id, entries.c.index_date)
+    )
+
+
+def _latest(cdm: Cdm, entries, covariate: MeasurementCovariate) -> sa.Select:
+    """Each entry's latest value of the measurement in the window, in a declared unit (ties on
+    one day: the largest value, so that every engine picks the same)."""
+    table, person_id, date, in_set = _events(cdm, "measurement", covariate)
+    value = table.column("value_as_number")
+    ranked = (
+        sa.select(
+            entries.c.person_id,
+            entries.c.index_date,
+            value.label("value"),
+            sa.func.row_number()
+            .over(
+                partition_by=(entries.c.person_id, entries.c.index_date),
+                order_by=(date.desc(), value.desc()),
+            )
+            .label("ordinal"),
+        )
+        .join(
+            table.table,
+            sa.and_(
+                person_id == entries.c.person_id,
+                date >= entries.c.index_date + _int(covariate.window[0]),
+                date <= entries.c.index_date + _int(covariate.window[1]),
+            ),
+        )
+        .where(in_set)
+        .where(table.column("unit_concept_id").in_(list(covariate.units)))
+        .where(value.is_not(None))
+        .subquery()
+    )
+    return sa.select(ranked.c.person_id, ranked.c.index_date, ranked.c.value).where(
+        ranked.c.ordinal == 1
+    )
