@@ -24,7 +24,8 @@ again (the hard stop), and recorded in the same transaction.
 Tables: ``runs`` (admitted and refused runs: plan, spec digest, the setup reply to repeat),
 ``releases`` (mechanism, partition, parameters, epsilon after), ``messages`` (the audit trail of
 every message the site sent, with the detailed reason that stayed at the site), ``partition``
-(the site's fixed partition and its secret; never printed).
+(the site's fixed partition and its secret; never printed), ``last_reply`` (each run's last
+released update, to answer a server that lost it with the same release).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ CREATE TABLE IF NOT EXISTS messages (
     arrays TEXT NOT NULL, run_epsilon REAL NOT NULL, lifetime_epsilon REAL NOT NULL,
     detail TEXT);
 CREATE TABLE IF NOT EXISTS partition (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS last_reply (
+    run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, kind TEXT NOT NULL, content BLOB NOT NULL);
 """
 # Columns a version-1 ledger lacks: its releases did not say their partition, so they count
 # against both (conservative).
@@ -371,6 +374,25 @@ class Ledger:
                 planned.partition,
             ),
         )
+
+    # -- the last released reply of a run ---------------------------------------------------
+
+    def keep_reply(self, run_id: str, round_: int, kind: str, content: bytes) -> None:
+        """Keep what the site released for ``round_`` (already accounted): a server that lost it
+        (a crash, a resume) gets the same release again instead of a new one."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO last_reply VALUES (?, ?, ?, ?)",
+                (run_id, round_, kind, content),
+            )
+
+    def kept_reply(self, run_id: str, round_: int, kind: str) -> bytes | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT content FROM last_reply WHERE run_id = ? AND round = ? AND kind = ?",
+                (run_id, round_, kind),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
 
     # -- audit trail ----------------------------------------------------------------------
 

@@ -292,7 +292,9 @@ def _tampered_app(fed, root: Path, clientapp: str, marker: Path) -> Path:
     app = root / "tampered-app"
     shutil.copytree(fed.app_copy(), app)
     payload = f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran at the site')\n"
-    (app / "evilapp.py").write_text(payload + "from federation.client.app import app\n")
+    (app / "evilapp.py").write_text(
+        payload + "from federation.client.app import make_client_app\n\napp = make_client_app()\n"
+    )
     handlers = app / "federation" / "client" / "handlers.py"
     handlers.write_text(payload + handlers.read_text())
     pyproject = app / "pyproject.toml"
@@ -306,6 +308,7 @@ def _tampered_app(fed, root: Path, clientapp: str, marker: Path) -> Path:
 def _launch_app(fed, app: Path, study: Path, out: Path, sites: int) -> str:
     config = run_config(study, out, sites)
     answer = fed.flwr("run", str(app), CONNECTION, "--run-config", str(config), "--format", "json")
+    assert "run-id" in answer, answer
     return str(answer["run-id"])
 
 

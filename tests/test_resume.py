@@ -141,9 +141,10 @@ def test_a_site_resumes_only_a_run_its_ledger_admitted(small, tmp_path):
     assert state_of(reply) == p.REFUSED and reason_of(reply).startswith("resume-refused")
 
 
-def test_a_round_recorded_but_never_received_counts_as_spent(small, tmp_path):
-    """The server crashed after the site recorded round 3 of 3; on resume after round 2 the
-    site re-trains nothing beyond its plan: round 3 is refused, its release already spent."""
+def test_a_round_recorded_but_never_received_is_sent_again_not_trained_again(small, tmp_path):
+    """The server crashed after the site released round 3 of 3; on resume after round 2 the
+    site answers round 3 with the very release it made (already spent), trains nothing new,
+    and refuses anything beyond its plan."""
     files, spec = small
     spec = spec.with_overrides(training={"rounds": 3})
     site = SiteSettings("urban", next(iter(files.values())), spec, tmp_path / "l.sqlite")
@@ -165,8 +166,12 @@ def test_a_round_recorded_but_never_received_counts_as_spent(small, tmp_path):
     done = run(first, 0, (1, 2, 3))
     assert all(p.METRICS in r for r in done)
     again = Context(run_id=2, node_id=7, node_config={}, state=RecordDict(), run_config={})
-    (reply,) = run(again, 2, (3,))
-    assert state_of(reply) == p.REFUSED and reason_of(reply).startswith("plan-exhausted")
+    (reply, beyond) = run(again, 2, (3, 4))
+    lost = done[-1][p.ARRAYS].to_torch_state_dict()
+    resent = reply[p.ARRAYS].to_torch_state_dict()
+    assert all(torch.equal(lost[k], resent[k]) for k in lost)
+    assert dict(reply[p.METRICS]) == dict(done[-1][p.METRICS])
+    assert state_of(beyond) == p.REFUSED and reason_of(beyond).startswith("plan-exhausted")
     rounds = [r["round"] for r in Ledger(site.ledger).releases() if r["mechanism"] == "dp-sgd"]
     assert rounds == [1, 2, 3]
 

@@ -10,6 +10,7 @@ every release is recorded in the ledger before it is computed.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import secrets
 from dataclasses import dataclass
@@ -227,6 +228,9 @@ def train(request: Request) -> RecordDict:
         proximal_mu=float(config.get(p.PROXIMAL_MU, 0.0)),
     )
     server_round = int(config.get(p.SERVER_ROUND, 0))
+    kept = request.ledger.kept_reply(run.key, server_round, "train")
+    if kept is not None:  # released already (the server lost it): the same release again
+        return _unpacked(kept)
     metrics = MetricRecord({p.NUM_EXAMPLES: len(y)})
     if run.plan.dp is None:
         done = request.ledger.message_count(run.key, "train", p.OK)
@@ -251,7 +255,25 @@ def train(request: Request) -> RecordDict:
     metrics[p.NOISE_MULTIPLIER] = dp.noise_multiplier
     metrics[p.SAMPLE_RATE] = dp.sample_rate
     metrics[p.STEPS] = steps
-    return RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.METRICS: metrics})
+    reply = RecordDict({p.ARRAYS: ArrayRecord(model.state_dict()), p.METRICS: metrics})
+    request.ledger.keep_reply(run.key, server_round, "train", _packed(reply))
+    return reply
+
+
+def _packed(reply: RecordDict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(
+        {"arrays": reply[p.ARRAYS].to_torch_state_dict(), "metrics": dict(reply[p.METRICS])},
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+def _unpacked(content: bytes) -> RecordDict:
+    kept = torch.load(io.BytesIO(content), weights_only=True)
+    return RecordDict(
+        {p.ARRAYS: ArrayRecord(kept["arrays"]), p.METRICS: MetricRecord(kept["metrics"])}
+    )
 
 
 # -- evaluate ------------------------------------------------------------------------------------
