@@ -22,19 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from federation import protocol as p
 from federation.client.data import SiteTable, load_site_table
-from federation.client.features import (
-    encode,
-    resolve_scaling,
-    scaling_sensitivity,
-    scaling_sums,
-)
+from federation.client.features import encode, resolve_scaling, scaling_sums
 from federation.client.queries import answer
 from federation.client.training import DPPlan, LocalSettings, plan_dp, train_dp, train_plain
 from federation.errors import AllfedError, SpecError
@@ -52,7 +46,6 @@ from federation.spec import StudySpec, spec_from_run_config
 from models.registry import build_model
 from privacy.accounting import (
     GaussianRelease,
-    calibrate_noise,
     compute_epsilon,
     dumps_releases,
     loads_releases,
@@ -61,8 +54,9 @@ from privacy.accounting import (
 from privacy.disclosure import is_disclosive
 from privacy.guard import DisclosureError, Whitelist, check_message
 from privacy.ledger import Budget, Ledger, RunPlan
-from privacy.noise import gaussian_release
+from privacy.planner import share_noise
 from privacy.policy import PolicyError, SitePolicy, load_policy, permissive_policy
+from privacy.scaling import release_scaling_sums
 from privacy.statistics import COUNT
 
 log = logging.getLogger("allfed.site")
@@ -281,8 +275,7 @@ def _setup(msg: Message, context: Context, site: SiteSettings) -> RecordDict:
     if len(sums[0]):
         if standardization is not None:
             noise = standardization.noise_multiplier
-            noisy = gaussian_release(np.concatenate(sums), scaling_sensitivity(spec), noise)
-            sums = tuple(np.split(noisy, len(sums)))
+            sums = release_scaling_sums(sums, noise)
             metrics[p.STANDARDIZATION_NOISE] = noise
         metrics[p.SUM], metrics[p.SUM_SQUARES], metrics[p.COUNT] = (s.tolist() for s in sums)
     _save_state(context, releases=releases, plan=plan, run_key=run_key)
@@ -545,10 +538,11 @@ def _inputs(msg: Message, site: SiteSettings, test: bool):
 
 
 def _standardization_noise(spec: StudySpec) -> float:
-    """Noise multiplier of the standardization sums: alone, a ``standardization-share`` of the
-    run's target epsilon; DP-SGD's noise is then calibrated for what remains after it."""
-    share = spec.privacy.standardization_share * spec.privacy.target_epsilon
-    return calibrate_noise(share, spec.privacy.delta, 1.0, 1, spec.privacy.accountant)
+    """Noise multiplier of the standardization sums: ``standardization-share`` of the run's
+    zCDP budget (``privacy.planner.share_noise``); DP-SGD's noise is then calibrated for what
+    remains after it."""
+    privacy = spec.privacy
+    return share_noise(privacy.standardization_share, privacy.target_epsilon, privacy.delta)
 
 
 def _load_state(context: Context) -> dict:

@@ -10,10 +10,11 @@ Per-record clipping costs one backward pass. The models are stacks of Linear lay
 rows, and a record's gradient of a Linear layer is the outer product of the gradient at the
 layer's output (``g``) and the layer's input (``a``): its squared norm is ``|g|^2 (|a|^2 + 1)``
 with the bias, and the sum of the clipped gradients is one matrix product per layer. Opacus's
-per-sample hooks materialize every record's gradient and cost several times a non-private step;
-this gives the same clipped sum (flat clipping of the whole per-record gradient, Opacus's clip
-factor) and hands it to Opacus's optimizer, which adds the noise, divides by the expected batch
-size and steps the accountant exactly as ``make_private`` would set it up.
+per-sample hooks materialize every record's gradient and cost several times a non-private step.
+The clip factor is taken from the norm of the record's logit gradient, so it does not depend on
+the label (``clipped_gradient_sum`` says why: flat clipping of the loss gradient under-predicts
+the rare class); the clipped sum goes to Opacus's optimizer, which adds the noise, divides by
+the expected batch size and steps the accountant exactly as ``make_private`` would set it up.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import numpy as np
 import torch
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
-from torch.nn import functional as F
 
 from privacy.accounting import (
     GaussianRelease,
@@ -228,18 +228,29 @@ def clipped_gradient_sum(
     model: nn.Sequential, features: torch.Tensor, labels: torch.Tensor, max_grad_norm: float
 ) -> None:
     """Set each parameter's ``.grad`` to the sum over the batch of the records' logistic-loss
-    gradients, each record's whole gradient scaled by Opacus's clip factor
-    ``min(1, max_grad_norm / (norm + 1e-6))``."""
+    gradients, each scaled by ``min(1, max_grad_norm / (|J| + 1e-6))``, where ``J`` is the
+    gradient of the record's logit (not of its loss) with respect to the weights.
+
+    A record's loss gradient is ``(p - y) J``, and ``|p - y| < 1``, so the scaled gradient has
+    norm at most ``max_grad_norm``: the sensitivity Opacus's noise is calibrated to, exactly as
+    with flat clipping. Flat clipping scales by ``max_grad_norm / |(p - y) J|`` instead, which
+    depends on the label: under class imbalance the rare class has the large residuals, its
+    gradients are the ones cut, and the model under-predicts it (at the demo's defaults: mean
+    risk 14% where 21% have the outcome). Here the factor depends on the record's features and
+    the model only, so the expected clipped gradient at the true risk is still zero, for the
+    intercept and every weight alike: the fit is a weighted maximum-likelihood fit, calibrated.
+    """
     logits, linears, inputs, outputs = _forward(model, features)
-    loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels, reduction="sum")
-    output_grads = torch.autograd.grad(loss, outputs)
+    logits = logits.squeeze(-1)
+    logit_grads = torch.autograd.grad(logits.sum(), outputs)
     squared_norms = sum(
         g.square().sum(1) * (a.square().sum(1) + int(layer.bias is not None))
-        for layer, a, g in zip(linears, inputs, output_grads, strict=True)
+        for layer, a, g in zip(linears, inputs, logit_grads, strict=True)
     )
     factor = (max_grad_norm / (squared_norms.sqrt() + 1e-6)).clamp(max=1.0)
-    for layer, a, g in zip(linears, inputs, output_grads, strict=True):
-        clipped = g * factor.unsqueeze(1)
+    weight = ((torch.sigmoid(logits) - labels) * factor).detach().unsqueeze(1)
+    for layer, a, g in zip(linears, inputs, logit_grads, strict=True):
+        clipped = g * weight
         layer.weight.grad = clipped.T @ a
         if layer.bias is not None:
             layer.bias.grad = clipped.sum(0)

@@ -1,0 +1,185 @@
+"""Federated training in one process, with the node's own functions and no Flower.
+
+What a node does is called here directly: the standardization release (``scaling_sums`` plus
+OpenDP noise, pooled by ``pooled_scaling``), ``encode``, ``plan_dp`` and ``train_dp`` or
+``train_plain``; the updates are averaged as FedAvg does (weighted by training records). It is
+the same computation as a simulated run, minus the messaging, so benchmarks can repeat it many
+times and swap a piece (a training variant) to find what decides the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from federation.client.data import SiteTable, load_site_table
+from federation.client.features import encode, resolve_scaling, scaling_sums
+from federation.client.training import LocalSettings, plan_dp, train_dp, train_plain
+from federation.server.standardization import pooled_scaling
+from federation.spec import StudySpec, federated_columns
+from models.registry import build_model
+from privacy.accounting import GaussianRelease
+from privacy.planner import share_noise
+from privacy.scaling import release_scaling_sums
+
+
+@dataclass(frozen=True)
+class SiteData:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Encoded sites of one run and the releases each made before training."""
+
+    spec: StudySpec
+    sites: tuple[SiteData, ...]
+    prior: tuple[GaussianRelease, ...]  # the standardization release (under DP)
+    scaling: tuple[list[float], list[float]]
+    scaling_warnings: dict[str, str]
+
+    def test_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.concatenate([s.x_test for s in self.sites]),
+            np.concatenate([s.y_test for s in self.sites]),
+        )
+
+    def train_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.concatenate([s.x_train for s in self.sites]),
+            np.concatenate([s.y_train for s in self.sites]),
+        )
+
+
+def load_tables(spec: StudySpec, paths: dict[str, Path]) -> dict[str, SiteTable]:
+    return {name: load_site_table(path, spec) for name, path in paths.items()}
+
+
+def standardization_noise(spec: StudySpec) -> float:
+    """The node's noise multiplier of the standardization sums (a share of the budget)."""
+    privacy = spec.privacy
+    return share_noise(privacy.standardization_share, privacy.target_epsilon, privacy.delta)
+
+
+def federate(
+    spec: StudySpec, tables: dict[str, SiteTable], exact_scaling: bool = False
+) -> Federation:
+    """Pool the scaling as the run's setup does (noisy sums under DP), then encode each site.
+    ``exact_scaling`` (diagnosis only, not private): the exact pooled sums of the same columns."""
+    columns = [spec.features.numeric[i] for i in federated_columns(spec)]
+    prior: tuple[GaussianRelease, ...] = ()
+    sums, squares, counts = [], [], []
+    if columns:
+        noise = standardization_noise(spec) if spec.privacy.enabled else None
+        for table in tables.values():
+            site_sums = scaling_sums(table, spec)
+            if noise is not None and not exact_scaling:
+                site_sums = release_scaling_sums(site_sums, noise)
+            sums.append(list(site_sums[0]))
+            squares.append(list(site_sums[1]))
+            counts.append(list(site_sums[2]))
+        if noise is not None:
+            prior = (GaussianRelease(noise, 1.0, 1),)
+    center, scale, warnings = [], [], {}
+    if columns:
+        pooled = pooled_scaling(
+            spec, columns, sums, squares, counts,
+            noise_multipliers=[1e-12 if exact_scaling else noise] * len(sums) if noise else (),
+            n_train=[t.n_train for t in tables.values()],
+        )  # fmt: skip
+        center, scale, warnings = pooled.center, pooled.scale, pooled.warnings
+    sites = []
+    for name, table in tables.items():
+        c, s = resolve_scaling(table, spec, center, scale)
+        x_train, y_train = encode(table, spec, c, s, test=False)
+        x_test, y_test = encode(table, spec, c, s, test=True)
+        sites.append(SiteData(name, x_train, y_train, x_test, y_test))
+    return Federation(spec, tuple(sites), prior, (list(center), list(scale)), warnings)
+
+
+def initial_model(spec: StudySpec, n_features: int) -> nn.Module:
+    """The server's starting model: zeros for logistic regression, seeded weights for an MLP."""
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.study.seed)
+        model = build_model(spec.model.name, n_features, spec.model.hidden)
+    if spec.model.name == "logistic":
+        with torch.no_grad():
+            for param in model.parameters():
+                param.zero_()
+    return model
+
+
+Trainer = Callable[..., None]
+
+
+def node_trainer(model, x, y, settings, plan, accountant, history) -> None:
+    """The node's own training: ``train_dp`` under DP, else ``train_plain``."""
+    if plan is None:
+        train_plain(model, x, y, settings)
+    else:
+        train_dp(model, x, y, settings, plan, accountant, history)
+
+
+def fedavg(
+    federation: Federation, trainer: Trainer = node_trainer, spec: StudySpec | None = None
+) -> nn.Module:
+    """FedAvg over ``spec.training.rounds`` rounds (``spec`` defaults to the federation's)."""
+    spec = spec or federation.spec
+    training, privacy = spec.training, spec.privacy
+    settings = LocalSettings(
+        training.local_epochs, training.batch_size, training.learning_rate, privacy.max_grad_norm
+    )
+    plans = {}
+    if privacy.enabled:
+        for site in federation.sites:
+            plans[site.name] = plan_dp(
+                len(site.y_train), training.batch_size, training.local_epochs, training.rounds,
+                privacy.target_epsilon, privacy.delta, privacy.accountant, list(federation.prior),
+            )  # fmt: skip
+    n_features = federation.sites[0].x_train.shape[1]
+    model = initial_model(spec, n_features)
+    histories = {site.name: list(federation.prior) for site in federation.sites}
+    for _ in range(training.rounds):
+        states, weights = [], []
+        for site in federation.sites:
+            local = build_model(spec.model.name, n_features, spec.model.hidden)
+            local.load_state_dict(model.state_dict())
+            trainer(
+                local, site.x_train, site.y_train, settings, plans.get(site.name),
+                privacy.accountant, histories[site.name],
+            )  # fmt: skip
+            states.append(local.state_dict())
+            weights.append(len(site.y_train))
+        total = float(sum(weights))
+        model.load_state_dict(
+            {
+                key: sum(w * state[key] for w, state in zip(weights, states, strict=True)) / total
+                for key in states[0]
+            }
+        )
+    return model
+
+
+def risks(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).numpy().astype(float)
+
+
+def with_privacy(spec: StudySpec, epsilon: float | None, **training) -> StudySpec:
+    """``spec`` at ``epsilon`` (None: no DP), with training settings replaced."""
+    privacy = (
+        replace(spec.privacy, enabled=False)
+        if epsilon is None
+        else replace(spec.privacy, enabled=True, target_epsilon=float(epsilon))
+    )
+    return replace(spec, privacy=privacy, training=replace(spec.training, **training))
