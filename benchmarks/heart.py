@@ -91,6 +91,56 @@ def flamby_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
     }
 
 
+NUMERIC = ["age", "trestbps", "chol", "thalach", "oldpeak"]
+CATEGORICAL = {
+    "sex": ["0", "1"], "fbs": ["0", "1"], "exang": ["0", "1"],
+    "cp": ["1", "2", "3", "4"], "restecg": ["0", "1", "2"],
+}  # fmt: skip
+
+
+def categorical_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
+    """FLamby's rows and split with its binary and one-hot columns as the categorical columns
+    they are (allfed one-hot encodes them itself, every level): the same information as its 13
+    features, and no standardized 0/1 column whose rare level dominates a row's norm."""
+    frames = {}
+    for center, frame in flamby_frames(raw_dir).items():
+        out = frame[[*NUMERIC, "disease", "split"]].copy()
+        out["cp"] = np.select(
+            [frame.cp_2 == 1, frame.cp_3 == 1, frame.cp_4 == 1], ["2", "3", "4"], "1"
+        )
+        out["restecg"] = np.select([frame.restecg_1 == 1, frame.restecg_2 == 1], ["1", "2"], "0")
+        for column in ("sex", "fbs", "exang"):
+            out[column] = frame[column].astype(int).astype(str)
+        frames[center] = out
+    return frames
+
+
+def categorical_study_text(
+    rounds: int, epsilon: float | None, learning_rate: float, batch_size: int
+) -> str:
+    """The study of ``categorical_frames``: bounds for the five numeric columns only."""
+    privacy = f"target-epsilon = {epsilon}" if epsilon else "enabled = false"
+    bounds = ", ".join(f"{k} = [{lo}, {hi}]" for k, (lo, hi) in BOUNDS.items() if k in NUMERIC)
+    levels = ", ".join(f"{k} = {json.dumps(v)}" for k, v in CATEGORICAL.items())
+    return f"""
+[study]
+name = "fed-heart-disease"
+label = "disease"
+split = "split"
+[features]
+numeric = {json.dumps(NUMERIC)}
+categorical = {{ {levels} }}
+bounds = {{ {bounds} }}
+[training]
+rounds = {rounds}
+batch-size = {batch_size}
+learning-rate = {learning_rate}
+[privacy]
+{privacy}
+delta = 1e-5
+"""
+
+
 def study_text(
     rounds: int,
     epsilon: float | None,
@@ -237,8 +287,17 @@ def _row(result: dict) -> str:
     return f"{eps:>28}: " + ", ".join(cells) + f" over {len(result['runs'])} runs"
 
 
+def default_heart_data() -> Path:
+    """``shared/data/uci-heart-disease/raw`` in the nearest folder above this file that has it."""
+    for folder in Path(__file__).resolve().parents:
+        candidate = folder / "shared/data/uci-heart-disease/raw"
+        if candidate.is_dir():
+            return candidate
+    return Path("shared/data/uci-heart-disease/raw")
+
+
 def main() -> None:
-    default_data = Path(__file__).resolve().parents[2] / "shared/data/uci-heart-disease/raw"
+    default_data = default_heart_data()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data), help="folder of the raw UCI files")
     parser.add_argument("--json", help="write the results here")

@@ -9,6 +9,7 @@ times and swap a piece (a training variant) to find what decides the result.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,12 +20,19 @@ from torch import nn
 
 from federation.client.data import SiteTable, load_site_table
 from federation.client.features import encode, resolve_scaling, scaling_sums
-from federation.client.training import LocalSettings, plan_dp, train_dp, train_plain
+from federation.client.training import (
+    DPPlan,
+    LocalSettings,
+    dp_plan_of,
+    plan_dp,
+    train_dp,
+    train_plain,
+)
 from federation.server.standardization import pooled_scaling
 from federation.spec import StudySpec, federated_columns
 from models.registry import build_model
 from privacy.accounting import GaussianRelease
-from privacy.planner import share_noise
+from privacy.planner import default_training, plan_study, share_noise
 from privacy.scaling import release_scaling_sums
 
 
@@ -121,42 +129,92 @@ def initial_model(spec: StudySpec, n_features: int) -> nn.Module:
 Trainer = Callable[..., None]
 
 
-def node_trainer(model, x, y, settings, plan, accountant, history) -> None:
-    """The node's own training: ``train_dp`` under DP, else ``train_plain``."""
+def node_trainer(model, x, y, settings, plan, accountant, history):
+    """The node's own training: ``train_dp`` under DP (returns the accountant's history), else
+    ``train_plain``."""
     if plan is None:
         train_plain(model, x, y, settings)
-    else:
-        train_dp(model, x, y, settings, plan, accountant, history)
+        return None
+    return train_dp(model, x, y, settings, plan, accountant, history)
 
 
-def fedavg(
-    federation: Federation, trainer: Trainer = node_trainer, spec: StudySpec | None = None
-) -> nn.Module:
-    """FedAvg over ``spec.training.rounds`` rounds (``spec`` defaults to the federation's)."""
-    spec = spec or federation.spec
+@dataclass(frozen=True)
+class SiteRun:
+    settings: LocalSettings
+    plan: DPPlan | None
+
+
+def spec_runs(federation: Federation, spec: StudySpec) -> tuple[int, dict[str, SiteRun]]:
+    """Rounds and per-site settings as the node runs them today: the spec's values."""
     training, privacy = spec.training, spec.privacy
     settings = LocalSettings(
         training.local_epochs, training.batch_size, training.learning_rate, privacy.max_grad_norm
     )
-    plans = {}
-    if privacy.enabled:
-        for site in federation.sites:
-            plans[site.name] = plan_dp(
+    runs = {}
+    for site in federation.sites:
+        plan = None
+        if privacy.enabled:
+            plan = plan_dp(
                 len(site.y_train), training.batch_size, training.local_epochs, training.rounds,
                 privacy.target_epsilon, privacy.delta, privacy.accountant, list(federation.prior),
             )  # fmt: skip
+        runs[site.name] = SiteRun(settings, plan)
+    return training.rounds, runs
+
+
+def planned_runs(federation: Federation, spec: StudySpec) -> tuple[int, dict[str, SiteRun]]:
+    """Rounds and per-site settings from ``privacy.planner`` (every setting planner-chosen),
+    as the node will run them once the spec's training keys are optional."""
+    privacy = spec.privacy
+    n_train = [len(site.y_train) for site in federation.sites]
+    if privacy.enabled:
+        study = plan_study(
+            privacy.target_epsilon, privacy.delta, privacy.accountant, n_train,
+            list(federation.prior),
+        )  # fmt: skip
+        rounds, epochs, rate, clip = (
+            study.rounds, study.local_epochs, study.learning_rate, study.max_grad_norm
+        )  # fmt: skip
+        sites = {s.name: study.site(len(s.y_train)) for s in federation.sites}
+        return rounds, {
+            name: SiteRun(LocalSettings(epochs, plan.batch_size, rate, clip), dp_plan_of(plan))
+            for name, plan in sites.items()
+        }
+    chosen = default_training(n_train)
+    runs = {}
+    for site in federation.sites:
+        batch = math.ceil(len(site.y_train) / chosen["steps_per_round"])
+        settings = LocalSettings(
+            chosen["local_epochs"], batch, chosen["learning_rate"], chosen["max_grad_norm"]
+        )
+        runs[site.name] = SiteRun(settings, None)
+    return chosen["rounds"], runs
+
+
+def fedavg(
+    federation: Federation,
+    trainer: Trainer = node_trainer,
+    spec: StudySpec | None = None,
+    planned: bool = False,
+) -> nn.Module:
+    """FedAvg (weighted by training records) with the spec's settings, or the planner's."""
+    spec = spec or federation.spec
+    rounds, runs = (planned_runs if planned else spec_runs)(federation, spec)
     n_features = federation.sites[0].x_train.shape[1]
     model = initial_model(spec, n_features)
     histories = {site.name: list(federation.prior) for site in federation.sites}
-    for _ in range(training.rounds):
+    for _ in range(rounds):
         states, weights = [], []
         for site in federation.sites:
             local = build_model(spec.model.name, n_features, spec.model.hidden)
             local.load_state_dict(model.state_dict())
-            trainer(
-                local, site.x_train, site.y_train, settings, plans.get(site.name),
-                privacy.accountant, histories[site.name],
+            run = runs[site.name]
+            history = trainer(
+                local, site.x_train, site.y_train, run.settings, run.plan,
+                spec.privacy.accountant, histories[site.name],
             )  # fmt: skip
+            if history is not None:
+                histories[site.name] = history
             states.append(local.state_dict())
             weights.append(len(site.y_train))
         total = float(sum(weights))

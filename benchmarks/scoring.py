@@ -43,7 +43,10 @@ def _logistic_fit(design: np.ndarray, offset: np.ndarray, y: np.ndarray) -> np.n
         risk = expit(offset + design @ beta)
         gradient = design.T @ (y - risk)
         hessian = (design * (risk * (1 - risk))[:, None]).T @ design
-        step = np.linalg.solve(hessian, gradient)
+        try:
+            step = np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:  # risks all equal or separated: no recalibration line
+            return np.full(design.shape[1], np.nan)
         beta = beta + step
         if np.max(np.abs(step)) < 1e-10:
             break

@@ -1,6 +1,7 @@
 """DP-SGD at a site: the closed-form clipped sums are Opacus's, and so are noise and accounting."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
 from federation.client.training import (
+    BIAS_SHARE,
     DPPlan,
     LocalSettings,
     check_supported,
@@ -64,17 +66,22 @@ def flat_grad(model: nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("name", ["logistic", "mlp"])
 @pytest.mark.parametrize("n", [64, 1])
 def test_clipped_sum_is_the_records_gradients_clipped_by_their_logit_gradient(name, n):
-    """Against Opacus's per-sample gradients: record i contributes g_i min(1, C / |J_i|), where
-    g_i is the gradient of its loss and J_i that of its logit."""
+    """Against Opacus's per-sample gradients g_i of the loss and J_i of the logit: record i
+    contributes its output-bias entry times min(1, a C) and the rest of g_i times
+    min(1, sqrt(1 - a^2) C / |J_i without the output bias|), a^2 = BIAS_SHARE."""
     model = model_of(name)
     features, labels = batch(n)
     grads = per_record(model, features, labels)
-    logit_norms = per_record(model, features).norm(dim=1)
-    max_grad_norm = float(logit_norms.median()) if n > 1 else 0.5
+    logit_norms = per_record(model, features)[:, :-1].norm(dim=1)  # the output bias is last
+    rest = math.sqrt(1 - BIAS_SHARE)
+    max_grad_norm = float(logit_norms.median()) / rest if n > 1 else 0.5
     if n == 64:  # about half the records are clipped
-        assert (logit_norms > max_grad_norm).any() and (logit_norms < max_grad_norm).any()
-    factor = (max_grad_norm / (logit_norms + 1e-6)).clamp(max=1.0)
-    expected = (grads * factor.unsqueeze(1)).sum(0)
+        clipped = logit_norms > rest * max_grad_norm
+        assert clipped.any() and not clipped.all()
+    factor = (rest * max_grad_norm / (logit_norms + 1e-6)).clamp(max=1.0)
+    expected = grads * factor.unsqueeze(1)
+    expected[:, -1] = grads[:, -1] * min(1.0, math.sqrt(BIAS_SHARE) * max_grad_norm)
+    expected = expected.sum(0)
 
     clipped_gradient_sum(model, features, labels, max_grad_norm)
 

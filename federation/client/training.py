@@ -29,13 +29,11 @@ import torch
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
 
-from privacy.accounting import (
-    GaussianRelease,
-    calibrate_noise,
-    compute_epsilon,
-    make_accountant,
-    releases_of,
-)
+from privacy.accounting import GaussianRelease, make_accountant, releases_of
+from privacy.planner import SitePlan, plan_site
+
+# Share of the clip norm's square kept for the output bias, which every record then moves alike.
+BIAS_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -86,20 +84,23 @@ def plan_dp(
 
     The sampling rate is what Opacus's Poisson loader would use (one over the number of
     batches), and an epoch is that many steps, so the plan and the accountant count the same
-    steps.
+    steps (``privacy.planner.plan_site``, which the study planner uses too).
     """
-    per_epoch = batches_per_epoch(n_records, batch_size)
-    sample_rate = 1.0 / per_epoch
-    steps_per_round = epochs * int(1 / sample_rate)
-    steps = rounds * steps_per_round
-    noise = calibrate_noise(target_epsilon, delta, sample_rate, steps, accountant, prior)
-    trajectory = tuple(
-        compute_epsilon(
-            [*prior, GaussianRelease(noise, sample_rate, r * steps_per_round)], delta, accountant
-        )
-        for r in range(1, rounds + 1)
+    site = plan_site(
+        n_records, batch_size, epochs, rounds, target_epsilon, delta, accountant, prior
     )
-    return DPPlan(noise, sample_rate, steps_per_round, steps, trajectory)
+    return dp_plan_of(site)
+
+
+def dp_plan_of(site: SitePlan) -> DPPlan:
+    """The node's plan from a site's entry in the study planner's ``StudyPlan``."""
+    return DPPlan(
+        site.noise_multiplier,
+        site.sample_rate,
+        site.steps_per_round,
+        site.steps,
+        site.epsilon_by_round,
+    )
 
 
 def train_dp(
@@ -228,32 +229,44 @@ def clipped_gradient_sum(
     model: nn.Sequential, features: torch.Tensor, labels: torch.Tensor, max_grad_norm: float
 ) -> None:
     """Set each parameter's ``.grad`` to the sum over the batch of the records' logistic-loss
-    gradients, each scaled by ``min(1, max_grad_norm / (|J| + 1e-6))``, where ``J`` is the
-    gradient of the record's logit (not of its loss) with respect to the weights.
+    gradients, clipped by factors that depend on the record's features, never on its label.
 
-    A record's loss gradient is ``(p - y) J``, and ``|p - y| < 1``, so the scaled gradient has
-    norm at most ``max_grad_norm``: the sensitivity Opacus's noise is calibrated to, exactly as
-    with flat clipping. Flat clipping scales by ``max_grad_norm / |(p - y) J|`` instead, which
-    depends on the label: under class imbalance the rare class has the large residuals, its
-    gradients are the ones cut, and the model under-predicts it (at the demo's defaults: mean
-    risk 14% where 21% have the outcome). Here the factor depends on the record's features and
-    the model only, so the expected clipped gradient at the true risk is still zero, for the
-    intercept and every weight alike: the fit is a weighted maximum-likelihood fit, calibrated.
+    A record's loss gradient is ``(p - y) J``, where ``J`` is the gradient of its logit, and
+    ``|p - y| < 1``. Its output-bias entry (1 in ``J``) is scaled by ``min(1, a C)`` with
+    ``a^2 = BIAS_SHARE``, the rest of ``J`` to norm at most ``sqrt(1 - a^2) C``, so the clipped
+    gradient has norm at most ``C = max_grad_norm``: the sensitivity Opacus's noise is
+    calibrated to, as with flat clipping. Flat clipping scales by ``C / |(p - y) J|`` instead,
+    which depends on the label: under class imbalance the rare class has the large residuals,
+    its gradients are the ones cut, and the model under-predicts it (the demo at its defaults:
+    mean risk 14% where 21% have the outcome). Here the expected clipped gradient at the true
+    risk is zero for every weight (a weighted maximum-likelihood fit), and the intercept's
+    factor is the same for every record, so at convergence the training rows' mean predicted
+    risk is their observed risk.
     """
     logits, linears, inputs, outputs = _forward(model, features)
     logits = logits.squeeze(-1)
     logit_grads = torch.autograd.grad(logits.sum(), outputs)
+    output = linears[-1]
     squared_norms = sum(
         g.square().sum(1) * (a.square().sum(1) + int(layer.bias is not None))
         for layer, a, g in zip(linears, inputs, logit_grads, strict=True)
     )
-    factor = (max_grad_norm / (squared_norms.sqrt() + 1e-6)).clamp(max=1.0)
-    weight = ((torch.sigmoid(logits) - labels) * factor).detach().unsqueeze(1)
+    if output.bias is not None:
+        squared_norms = squared_norms - 1.0  # the output bias's entry of J is 1: apart
+        bias_factor = min(1.0, math.sqrt(BIAS_SHARE) * max_grad_norm)
+        rest = math.sqrt(1 - BIAS_SHARE) * max_grad_norm
+    else:
+        bias_factor, rest = 0.0, max_grad_norm
+    factor = (rest / (squared_norms.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
+    residuals = (torch.sigmoid(logits) - labels).detach()
+    weight = (residuals * factor).unsqueeze(1)
     for layer, a, g in zip(linears, inputs, logit_grads, strict=True):
         clipped = g * weight
         layer.weight.grad = clipped.T @ a
         if layer.bias is not None:
             layer.bias.grad = clipped.sum(0)
+    if output.bias is not None:
+        output.bias.grad = (residuals.sum() * bias_factor).reshape(output.bias.shape)
 
 
 def _forward(
