@@ -36,9 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from heart import categorical_frames, categorical_study_text, default_heart_data
-from inprocess import fedavg, federate, load_tables, risks, with_privacy
+from inprocess import centralized, fedavg, federate, load_tables, risks, with_privacy
 from scoring import score, summarize
-from sklearn.linear_model import LogisticRegression
 from torch import nn
 from torch.nn import functional as F
 
@@ -70,16 +69,6 @@ def heart_cohort(tmp: Path, data: Path):
         paths[center] = folder / f"{center}.csv"
         frame.to_csv(paths[center], index=False)
     return parse_spec(categorical_study_text(20, 3.0, 2.0, 32)), paths
-
-
-def centralized(spec, paths) -> dict:
-    """Non-private logistic regression on the pooled training rows (exact pooled scaling)."""
-    plain = with_privacy(spec, None)
-    federation = federate(plain, load_tables(plain, paths))
-    x, y = federation.train_rows()
-    x_test, y_test = federation.test_rows()
-    model = LogisticRegression(C=1e6, max_iter=10_000).fit(x, y)
-    return score(y_test, model.predict_proba(x_test)[:, 1])
 
 
 def allfed(spec, paths, epsilon, model, planned, repeats, trainer=None, exact_scaling=False):
