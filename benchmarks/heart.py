@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
+from inprocess import centralized, fedavg, federate, load_tables, risks
+from scoring import score
 from sklearn.model_selection import train_test_split
 
 from federation.client.data import load_site_table, read_table
@@ -92,6 +93,61 @@ def flamby_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
     }
 
 
+NUMERIC = ["age", "trestbps", "chol", "thalach", "oldpeak"]
+CATEGORICAL = {
+    "sex": ["0", "1"], "fbs": ["0", "1"], "exang": ["0", "1"],
+    "cp": ["1", "2", "3", "4"], "restecg": ["0", "1", "2"],
+}  # fmt: skip
+
+
+def categorical_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
+    """FLamby's rows and split with its binary and one-hot columns as the categorical columns
+    they are (allfed one-hot encodes them itself, every level): the same information as its 13
+    features, and no standardized 0/1 column whose rare level dominates a row's norm."""
+    frames = {}
+    for center, frame in flamby_frames(raw_dir).items():
+        out = frame[[*NUMERIC, "disease", "split"]].copy()
+        out["cp"] = np.select(
+            [frame.cp_2 == 1, frame.cp_3 == 1, frame.cp_4 == 1], ["2", "3", "4"], "1"
+        )
+        out["restecg"] = np.select([frame.restecg_1 == 1, frame.restecg_2 == 1], ["1", "2"], "0")
+        for column in ("sex", "fbs", "exang"):
+            out[column] = frame[column].astype(int).astype(str)
+        frames[center] = out
+    return frames
+
+
+def categorical_study_text(
+    rounds: int,
+    epsilon: float | None,
+    learning_rate: float,
+    batch_size: int,
+    scaling: str = "federated",
+) -> str:
+    """The study of ``categorical_frames``: bounds for the five numeric columns only."""
+    privacy = f"target-epsilon = {epsilon}" if epsilon else "enabled = false"
+    bounds = ", ".join(f"{k} = [{lo}, {hi}]" for k, (lo, hi) in BOUNDS.items() if k in NUMERIC)
+    levels = ", ".join(f"{k} = {json.dumps(v)}" for k, v in CATEGORICAL.items())
+    return f"""
+[study]
+name = "fed-heart-disease"
+label = "disease"
+split = "split"
+[features]
+numeric = {json.dumps(NUMERIC)}
+categorical = {{ {levels} }}
+bounds = {{ {bounds} }}
+scaling = "{scaling}"
+[training]
+rounds = {rounds}
+batch-size = {batch_size}
+learning-rate = {learning_rate}
+[privacy]
+{privacy}
+delta = 1e-5
+"""
+
+
 def study_text(
     rounds: int,
     epsilon: float | None,
@@ -121,29 +177,44 @@ delta = 1e-5
 
 
 def run(args: argparse.Namespace) -> dict:
-    frames = flamby_frames(Path(args.data))
+    categorical = args.form == "categorical"
+    frames = (categorical_frames if categorical else flamby_frames)(Path(args.data))
+    text_of = categorical_study_text if categorical else study_text
     results = []
     with tempfile.TemporaryDirectory(prefix="allfed-heart-") as tmp:
         sites = {}
         for center, frame in frames.items():
             sites[center] = Path(tmp) / f"{center}.csv"
             frame.to_csv(sites[center], index=False)
-        for scaling in args.scalings.split(","):
-            for epsilon in EPSILONS:
-                text = study_text(
-                    args.rounds, epsilon, args.learning_rate, args.batch_size, scaling
-                )
-                spec = parse_spec(text)
-                runs = [
-                    _one_run(spec, sites, Path(tmp) / f"run-{scaling}-{epsilon}-{k}")
-                    for k in range(args.repeats)
-                ]
-                results.append({"scaling": scaling, **_mean_of(epsilon, runs)})
-                print(_row(results[-1]), flush=True)
+        reference = centralized(parse_spec(text_of(1, None, 0.5, 32)), sites)
+        print(f"centralized logistic regression (no DP): {_scores(reference)}", flush=True)
+        for model in args.models.split(","):
+            for scaling in args.scalings.split(","):
+                for epsilon in EPSILONS:
+                    text = text_of(
+                        args.rounds, epsilon, args.learning_rate, args.batch_size, scaling
+                    )
+                    spec = parse_spec(
+                        text.replace("[training]", f'[model]\nname = "{model}"\n[training]')
+                    )
+                    if args.inprocess:
+                        runs = _in_process(spec, sites, args.repeats if epsilon else 1)
+                    else:
+                        runs = [
+                            _one_run(
+                                spec, sites, Path(tmp) / f"run-{model}-{scaling}-{epsilon}-{k}"
+                            )
+                            for k in range(args.repeats)
+                        ]
+                    results.append({"model": model, "scaling": scaling, **_mean_of(epsilon, runs)})
+                    print(_row(results[-1]), flush=True)
     return {
+        "centralized": reference,
         "results": results,
         "flamby": FLAMBY,
         "settings": {
+            "form": args.form,
+            "engine": "in process, planner-chosen settings" if args.inprocess else "simulate",
             "rounds": args.rounds,
             "local_epochs": 1,
             "batch_size": args.batch_size,
@@ -157,6 +228,35 @@ def run(args: argparse.Namespace) -> dict:
             },
             "split_sizes": {c: int((f["split"] == "train").sum()) for c, f in frames.items()},
         },
+    }
+
+
+def _in_process(spec, sites: dict[str, Path], repeats: int) -> list[dict]:
+    """The node's functions in one process with the planner's settings (``inprocess.py``):
+    what the node runs once the spec's training keys are optional."""
+    tables = load_tables(spec, sites)
+    runs = []
+    for _ in range(repeats):
+        federation = federate(spec, tables)
+        final = fedavg(federation, planned=True)
+        pooled = np.concatenate([risks(final, s.x_test) for s in federation.sites])
+        labels = np.concatenate([s.y_test for s in federation.sites])
+        client = {
+            s.name: float(np.mean((risks(final, s.x_test) >= 0.5) == (s.y_test == 1)))
+            for s in federation.sites
+        }
+        runs.append(_scored(labels, pooled, client))
+    return runs
+
+
+def _scored(labels: np.ndarray, pooled: np.ndarray, client_accuracy: dict) -> dict:
+    scores = score(labels, pooled)
+    return {
+        "pooled_test_accuracy": float(np.mean((pooled >= 0.5) == (labels == 1))),
+        "pooled_test_auroc": scores["auroc"],
+        "mean_client_accuracy": float(np.mean(list(client_accuracy.values()))),
+        "client_accuracy": client_accuracy,
+        **{k: v for k, v in scores.items() if k != "auroc"},
     }
 
 
@@ -181,10 +281,8 @@ def _one_run(spec, sites: dict[str, Path], out: Path) -> dict:
     }
     released = summary["metrics"].get("pooled") or {}
     return {
-        "pooled_test_accuracy": float(np.mean((pooled >= 0.5) == (labels == 1))),
-        "pooled_test_auroc": float(roc_auc_score(labels, pooled)),
-        "mean_client_accuracy": float(np.mean(list(client_accuracy.values()))),
-        "client_accuracy": client_accuracy,
+        **_scored(labels, pooled, client_accuracy),
+        "scaling_warnings": summary.get("scaling_warnings"),
         "released_pooled_auroc": released.get("auroc"),
         "released_pooled_accuracy": released.get("accuracy"),
         "site_epsilon": {name: site["epsilon"] for name, site in summary["sites"].items()},
@@ -214,32 +312,51 @@ def _test_scores(spec, sites: dict[str, Path], out: Path) -> dict[str, tuple]:
 
 def _mean_of(epsilon: float | None, runs: list[dict]) -> dict:
     """The contract's numbers are means over the repeats; their spread and the runs come too."""
-    keys = ("pooled_test_accuracy", "pooled_test_auroc", "mean_client_accuracy")
+    keys = ("pooled_test_accuracy", "pooled_test_auroc", "mean_client_accuracy", "citl",
+            "calibration_intercept", "calibration_slope", "mean_predicted")  # fmt: skip
     result: dict = {"epsilon": epsilon}
     for key in keys:
         values = [run[key] for run in runs]
         result[key] = float(np.mean(values))
-        result[f"{key}_sd"] = float(np.std(values))
+        result[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     result["runs"] = runs
     return result
 
 
 def _row(result: dict) -> str:
     eps = "no DP" if result["epsilon"] is None else f"eps {result['epsilon']:g}"
-    eps = f"{result['scaling']:>9} scaling, {eps}"
+    eps = f"{result['model']}, {result['scaling']} scaling, {eps}"
     cells = [
         f"{label} {result[key]:.3f} (sd {result[key + '_sd']:.3f})"
         for label, key in (
             ("pooled-test accuracy", "pooled_test_accuracy"),
             ("AUROC", "pooled_test_auroc"),
+            ("CITL", "citl"),
+            ("slope", "calibration_slope"),
             ("mean client accuracy", "mean_client_accuracy"),
         )
     ]
-    return f"{eps:>28}: " + ", ".join(cells) + f" over {len(result['runs'])} runs"
+    return f"{eps:>38}: " + ", ".join(cells) + f" over {len(result['runs'])} runs"
+
+
+def _scores(scores: dict) -> str:
+    return (
+        f"AUROC {scores['auroc']:.3f}, CITL {scores['citl']:+.3f}, intercept "
+        f"{scores['calibration_intercept']:+.3f}, slope {scores['calibration_slope']:.3f}"
+    )
+
+
+def default_heart_data() -> Path:
+    """``shared/data/uci-heart-disease/raw`` in the nearest folder above this file that has it."""
+    for folder in Path(__file__).resolve().parents:
+        candidate = folder / "shared/data/uci-heart-disease/raw"
+        if candidate.is_dir():
+            return candidate
+    return Path("shared/data/uci-heart-disease/raw")
 
 
 def main() -> None:
-    default_data = Path(__file__).resolve().parents[2] / "shared/data/uci-heart-disease/raw"
+    default_data = default_heart_data()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data), help="folder of the raw UCI files")
     parser.add_argument("--json", help="write the results here")
@@ -248,7 +365,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting (DP is random)")
     parser.add_argument(
-        "--scalings", default="federated,site", help="federated, site, or both (comma-separated)"
+        "--scalings", default="federated", help="federated, site, or both (comma-separated)"
+    )
+    parser.add_argument("--models", default="logistic,mlp", help="logistic, mlp, or both")
+    parser.add_argument(
+        "--form",
+        default="categorical",
+        choices=("categorical", "flamby"),
+        help="binary and one-hot columns as categorical columns, or FLamby's 13 numeric ones",
+    )
+    parser.add_argument(
+        "--inprocess",
+        action="store_true",
+        help="the node's functions in process with the planner's settings, not simulate",
     )
     args = parser.parse_args()
     report = run(args)

@@ -61,35 +61,58 @@ def spend(
 
 @privacy_app.command()
 def plan(
-    target_epsilon: Annotated[float, typer.Option(help="Epsilon for the whole run.")],
-    delta: Annotated[float, typer.Option(help="Target delta.")],
+    study: Annotated[
+        Path | None, typer.Option(help="A study spec: plan its training for the sites' sizes.")
+    ] = None,
+    target_epsilon: Annotated[
+        float | None, typer.Option(help="Epsilon for the whole run (default: the study's).")
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option(help="Target delta (default: the study's).")
+    ] = None,
     sample_rate: Annotated[float | None, typer.Option(help="Poisson sampling rate q.")] = None,
     steps: Annotated[int | None, typer.Option(help="Noisy steps of the whole run.")] = None,
-    records: Annotated[int | None, typer.Option(help="Training records of the site.")] = None,
+    records: Annotated[
+        list[int] | None,
+        typer.Option(help="Training records of a site (with --study: once per site)."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Expected batch size.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
-    accountant: Accountant = "prv",
+    accountant: Annotated[
+        str | None, typer.Option(help="prv (default) or rdp (default with --study: the study's).")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """The noise multiplier that makes a whole run meet TARGET_EPSILON, and what more or fewer
-    rounds would cost at that noise."""
+    rounds would cost at that noise; with --study and --records per site, the study's whole
+    plan (rounds, epochs, batch, learning rate, clip norm) as the planner chooses it."""
+    if study is not None:
+        _plan_study(study, records or [], target_epsilon, delta, accountant, as_json)
+        return
     from privacy.accounting import GaussianRelease, calibrate_noise, compute_epsilon
 
+    if target_epsilon is None or delta is None:
+        raise AllfedError("give --target-epsilon and --delta (or --study)")
+    accountant = accountant or "prv"
     _check_accountant(accountant)
     _check_delta(delta)
     if target_epsilon <= 0:
         raise AllfedError("--target-epsilon must be positive")
-    q, total, per_round = _plan_shape(sample_rate, steps, records, batch_size, epochs, rounds)
+    if records is not None and len(records) > 1:
+        raise AllfedError("--records once, or once per site with --study")
+    n = records[0] if records else None
+    q, total, per_round = _plan_shape(sample_rate, steps, n, batch_size, epochs, rounds)
+    used = _practical(accountant, total * 2)
     try:
-        noise = calibrate_noise(target_epsilon, delta, q, total, accountant)
+        noise = calibrate_noise(target_epsilon, delta, q, total, used)
     except ValueError as error:
         raise AllfedError(str(error)) from None
-    epsilon = compute_epsilon([GaussianRelease(noise, q, total)], delta, accountant)
+    epsilon = compute_epsilon([GaussianRelease(noise, q, total)], delta, used)
     planned_rounds = total // per_round
     table = []
     for r in sorted({1, max(1, planned_rounds // 2), planned_rounds, 2 * planned_rounds}):
-        spent = compute_epsilon([GaussianRelease(noise, q, r * per_round)], delta, accountant)
+        spent = compute_epsilon([GaussianRelease(noise, q, r * per_round)], delta, used)
         table.append({"rounds": r, "steps": r * per_round, "epsilon": spent})
     result = {
         "noise_multiplier": noise,
@@ -97,14 +120,15 @@ def plan(
         "steps": total,
         "epsilon": epsilon,
         "delta": delta,
-        "accountant": accountant,
+        "accountant": used,
         "epsilon_by_rounds": table,
     }
     if as_json:
         print(json.dumps(result))
         return
+    _note_accountant(accountant, used)
     _out.print(
-        f"noise multiplier {noise:.4f}: epsilon {epsilon:.4f} at delta {delta:g} ({accountant}) "
+        f"noise multiplier {noise:.4f}: epsilon {epsilon:.4f} at delta {delta:g} ({used}) "
         f"for {total} steps at sampling rate {q:.5g}"
     )
     view = Table(title="epsilon against rounds at this noise")
@@ -112,6 +136,118 @@ def plan(
         view.add_column(column, justify="right")
     for row in table:
         view.add_row(str(row["rounds"]), str(row["steps"]), f"{row['epsilon']:.4f}")
+    _out.print(view)
+
+
+# PRV's cost grows with the steps it composes (1e5 steps: seconds a call, 1e8: 80 s); past
+# this many, plans are worked out with RDP, a valid (looser) bound that costs milliseconds.
+PRV_MAX_STEPS = 100_000
+
+
+def _practical(accountant: str, steps: int) -> str:
+    return "rdp" if accountant == "prv" and steps > PRV_MAX_STEPS else accountant
+
+
+def _note_accountant(asked: str, used: str) -> None:
+    if used != asked:
+        _out.print(
+            f"[yellow]note:[/] more than {PRV_MAX_STEPS:,} steps: planned with RDP (a valid, "
+            "slightly looser bound); PRV would take minutes",
+            highlight=False,
+        )
+
+
+def _plan_study(
+    path: Path,
+    records: list[int],
+    target_epsilon: float | None,
+    delta: float | None,
+    accountant: str | None,
+    as_json: bool,
+) -> None:
+    """``plan --study``: the planner's plan for sites of ``records`` training records."""
+    import tomllib
+
+    from federation.spec import federated_columns, load_spec
+    from privacy.accounting import GaussianRelease
+    from privacy.planner import default_training, plan_study, share_noise
+
+    spec = load_spec(path)
+    if not records:
+        raise AllfedError("--study needs --records N once per site (its training records)")
+    if min(records) < 1:
+        raise AllfedError("--records must be at least 1")
+    privacy = spec.privacy
+    epsilon = target_epsilon if target_epsilon is not None else privacy.target_epsilon
+    delta = delta if delta is not None else privacy.delta
+    accountant = accountant or privacy.accountant
+    _check_accountant(accountant)
+    _check_delta(delta)
+    if epsilon <= 0:
+        raise AllfedError("--target-epsilon must be positive")
+    if not privacy.enabled:
+        raise AllfedError(f"{path}: [privacy] enabled = false: there is no DP plan to make")
+    # The spec's keys the study sets itself are kept; the planner chooses the rest.
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    given = {**raw.get("training", {}), **raw.get("privacy", {})}
+    explicit = {
+        "rounds": given.get("rounds"),
+        "local_epochs": given.get("local-epochs"),
+        "batch_size": given.get("batch-size"),
+        "learning_rate": given.get("learning-rate"),
+        "max_grad_norm": given.get("max-grad-norm"),
+    }
+    noise = None
+    if spec.features.scaling == "federated" and federated_columns(spec):
+        noise = share_noise(privacy.standardization_share, epsilon, delta)
+    prior = [GaussianRelease(noise, 1.0, 1)] if noise else []
+    chosen = default_training(records)
+    per_epoch = (
+        math.ceil(max(records) / explicit["batch_size"])
+        if explicit["batch_size"]
+        else chosen["steps_per_round"]
+    )
+    epochs = explicit["local_epochs"] or chosen["local_epochs"]
+    longest = (explicit["rounds"] or chosen["rounds"]) * epochs * per_epoch
+    used = _practical(accountant, longest)
+    try:
+        result = plan_study(
+            epsilon, delta, used, records, prior, standardization_noise=noise, **explicit
+        )
+    except ValueError as error:
+        raise AllfedError(f"cannot plan the study: {error}") from None
+    report = {
+        **result.as_dict(),
+        "chosen_by_planner": sorted(k for k, v in explicit.items() if v is None),
+    }
+    if as_json:
+        print(json.dumps(report))
+        return
+    _note_accountant(accountant, used)
+    _out.print(
+        f"{spec.study.name}: epsilon {epsilon:g} at delta {delta:g} ({used}) per site; "
+        f"{result.rounds} rounds x {result.local_epochs} local epoch(s) of "
+        f"{result.steps_per_round or 'the given batches of'} step(s), learning rate "
+        f"{result.learning_rate:g}, clip norm "
+        f"{result.max_grad_norm:g} (planner-chosen: "
+        f"{', '.join(report['chosen_by_planner']) or 'none'})",
+        highlight=False,
+    )
+    if noise:
+        _out.print(f"standardization sums first: noise multiplier {noise:.3f}", highlight=False)
+    view = Table(title="per site")
+    columns = ("records", "batch", "sample rate", "steps/round", "steps", "noise multiplier",
+               "eps round 1", "eps per round", "eps final")  # fmt: skip
+    for column in columns:
+        view.add_column(column, justify="right")
+    for site in result.sites:
+        trajectory = site.epsilon_by_round
+        per_round = (trajectory[-1] - trajectory[0]) / max(1, len(trajectory) - 1)
+        view.add_row(
+            str(site.n_train), str(site.batch_size), f"{site.sample_rate:.4g}",
+            str(site.steps_per_round), str(site.steps), f"{site.noise_multiplier:.4f}",
+            f"{trajectory[0]:.4f}", f"{per_round:.4f}", f"{trajectory[-1]:.4f}",
+        )  # fmt: skip
     _out.print(view)
 
 

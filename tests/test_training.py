@@ -1,6 +1,7 @@
 """DP-SGD at a site: the closed-form clipped sums are Opacus's, and so are noise and accounting."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
 from federation.client.training import (
+    BIAS_SHARE,
     DPPlan,
     LocalSettings,
     check_supported,
@@ -45,52 +47,97 @@ def model_of(name: str) -> nn.Sequential:
     return model
 
 
-def opacus_hooks(model: nn.Module, features, labels, max_grad_norm: float, batch_size: int):
-    """Opacus's reference: per-sample hooks, flat clipping, zero noise. Returns the clipped sums
-    and the per-record norms."""
-    module = GradSampleModule(copy.deepcopy(model), loss_reduction="mean")
-    optimizer = DPOptimizer(
-        torch.optim.SGD(module.parameters(), lr=1.0),
-        noise_multiplier=0.0,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=batch_size,
-    )
-    optimizer.zero_grad()
-    nn.BCEWithLogitsLoss()(module(features).squeeze(-1), labels).backward()
-    norms = torch.stack([g.flatten(1).norm(dim=1) for g in optimizer.grad_samples], dim=1).norm(
-        dim=1
-    )
-    optimizer.clip_and_accumulate()
-    return [p.summed_grad for p in optimizer.params], norms
+def per_record(model: nn.Module, features, labels=None):
+    """Opacus's per-sample hooks: every record's gradient (flattened) of its loss, or of its
+    logit when ``labels`` is None."""
+    module = GradSampleModule(copy.deepcopy(model), loss_reduction="sum")
+    logits = module(features).squeeze(-1)
+    if labels is None:
+        logits.sum().backward()
+    else:
+        nn.BCEWithLogitsLoss(reduction="sum")(logits, labels).backward()
+    return torch.cat([p.grad_sample.flatten(1) for p in module.parameters()], dim=1)
+
+
+def flat_grad(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 @pytest.mark.parametrize("name", ["logistic", "mlp"])
-@pytest.mark.parametrize("n", [64, 1, 0])
-def test_clipped_sum_equals_opacus_hooks(name, n):
+@pytest.mark.parametrize("n", [64, 1])
+def test_clipped_sum_is_the_records_gradients_clipped_by_their_logit_gradient(name, n):
+    """Against Opacus's per-sample gradients g_i of the loss and J_i of the logit: record i
+    contributes its output-bias entry times min(1, a C) and the rest of g_i times
+    min(1, sqrt(1 - a^2) C / |J_i without the output bias|), a^2 = BIAS_SHARE."""
     model = model_of(name)
     features, labels = batch(n)
-    _, norms = opacus_hooks(model, features, labels, 1.0, 64)
-    # Clip about half of the records: the norm lies between the smallest and largest.
-    max_grad_norm = float(norms.median()) if n > 1 else 0.5
-    if n == 64:
-        assert (norms > max_grad_norm).any() and (norms < max_grad_norm).any()
-    expected, _ = opacus_hooks(model, features, labels, max_grad_norm, 64)
+    grads = per_record(model, features, labels)
+    logit_norms = per_record(model, features)[:, :-1].norm(dim=1)  # the output bias is last
+    rest = math.sqrt(1 - BIAS_SHARE)
+    max_grad_norm = float(logit_norms.median()) / rest if n > 1 else 0.5
+    if n == 64:  # about half the records are clipped
+        clipped = logit_norms > rest * max_grad_norm
+        assert clipped.any() and not clipped.all()
+    factor = (rest * max_grad_norm / (logit_norms + 1e-6)).clamp(max=1.0)
+    expected = grads * factor.unsqueeze(1)
+    expected[:, -1] = grads[:, -1] * min(1.0, math.sqrt(BIAS_SHARE) * max_grad_norm)
+    expected = expected.sum(0)
 
     clipped_gradient_sum(model, features, labels, max_grad_norm)
 
-    for param, reference in zip(model.parameters(), expected, strict=True):
+    for param in model.parameters():
         assert param.grad.shape == param.shape
-        torch.testing.assert_close(param.grad, reference, rtol=1e-5, atol=1e-6)
-    if n == 0:
-        assert all((p.grad == 0).all() for p in model.parameters())
+    torch.testing.assert_close(flat_grad(model), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_an_empty_batch_has_a_zero_sum():
+    model = model_of("mlp")
+    clipped_gradient_sum(model, torch.zeros(0, N_FEATURES), torch.zeros(0), 1.0)
+    assert all((p.grad == 0).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["logistic", "mlp"])
+def test_one_record_moves_the_clipped_sum_by_at_most_the_clip_norm(name):
+    """The privacy claim: whatever the record (features of any scale, either label), its
+    contribution to the sum has norm at most max_grad_norm, the sensitivity the noise is for."""
+    model = model_of(name)
+    features, _ = batch(64, seed=2)
+    features[:8] *= 1e3  # far past any clip norm
+    norms = []
+    for i in range(64):
+        for label in (0.0, 1.0):
+            clipped_gradient_sum(model, features[i : i + 1], torch.tensor([label]), 0.7)
+            norms.append(flat_grad(model).norm().item())
+    assert max(norms) <= 0.7 * (1 + 1e-5)
+    assert max(norms) > 0.6  # the bound is met, not far above what records contribute
+
+
+@pytest.mark.parametrize("name", ["logistic", "mlp"])
+def test_the_clip_factor_does_not_depend_on_the_label(name):
+    """A record's clipped gradient is (p - y) times a factor of its features alone, so a rare
+    class is not clipped harder than the common one (flat clipping of the loss gradient cuts
+    the large residuals, which are the rare class's, and under-predicts it)."""
+    model = model_of(name)
+    features, _ = batch(32, seed=3)
+    with torch.no_grad():
+        risk = torch.sigmoid(model(features).squeeze(-1))
+    per_label = []
+    for label in (0.0, 1.0):
+        rows = []
+        for i in range(32):
+            clipped_gradient_sum(model, features[i : i + 1], torch.tensor([label]), 0.5)
+            rows.append(flat_grad(model) / (risk[i] - label))
+        per_label.append(torch.stack(rows))
+    torch.testing.assert_close(per_label[0], per_label[1], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["logistic", "mlp"])
 def test_a_noiseless_step_equals_opacus_hooks_step(name):
-    """The whole step: clipped sum, divided by the expected batch size, SGD update."""
+    """The whole step: the sum, divided by the expected batch size, SGD update. The clip norm is
+    above every record's gradient, so neither side clips and the sums agree."""
     model, reference = model_of(name), model_of(name)
     features, labels = batch(40, seed=1)
-    settings = LocalSettings(epochs=1, batch_size=64, learning_rate=0.5, max_grad_norm=0.3)
+    settings = LocalSettings(epochs=1, batch_size=64, learning_rate=0.5, max_grad_norm=1e4)
     plan = DPPlan(noise_multiplier=0.0, sample_rate=1 / 8, steps_per_round=8, planned_steps=8)
     optimizer = dp_optimizer(model, settings, plan, n_records=500)
     optimizer.zero_grad()
@@ -101,7 +148,7 @@ def test_a_noiseless_step_equals_opacus_hooks_step(name):
     opacus_optimizer = DPOptimizer(
         torch.optim.SGD(module.parameters(), lr=0.5),
         noise_multiplier=0.0,
-        max_grad_norm=0.3,
+        max_grad_norm=1e4,
         expected_batch_size=int(500 * plan.sample_rate),
     )
     nn.BCEWithLogitsLoss()(module(features).squeeze(-1), labels).backward()

@@ -3,11 +3,14 @@
 Numeric features are standardized with a federation-wide center and scale when the spec asks for
 ``scaling = "federated"`` (the default): scaling every site by its own statistics erases real
 differences between sites and costs far more accuracy than DP does. Under DP only bounded columns
-can be pooled (their sums have a known sensitivity); the others fall back to the site's own
-statistics, and the model card says so.
+can be pooled (their sums have a known sensitivity): bounds declared in the spec, or estimated
+privately before (``privacy.bounds``, passed here as ``bounds``); the others fall back to the
+site's own statistics, and the model card says so.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -15,44 +18,65 @@ from federation.client.data import SiteTable
 from federation.spec import StudySpec, federated_columns
 
 _MIN_SCALE = 1e-6
+Bounds = tuple[float, float]
 
 
-def clipped_numeric(table: SiteTable, spec: StudySpec) -> np.ndarray:
-    """Numeric features clipped to their declared bounds (NaN stays NaN)."""
+def clipped_numeric(
+    table: SiteTable, spec: StudySpec, bounds: Mapping[str, Bounds] | None = None
+) -> np.ndarray:
+    """Numeric features clipped to their bounds (NaN stays NaN): the declared ones, or
+    ``bounds`` (declared and privately estimated, ``privacy.bounds``) when given."""
+    bounds = spec.features.bounds if bounds is None else bounds
     values = table.numeric.copy()
     for i, column in enumerate(spec.features.numeric):
-        if column in spec.features.bounds:
-            low, high = spec.features.bounds[column]
+        if column in bounds:
+            low, high = bounds[column]
             values[:, i] = np.clip(values[:, i], low, high)
     return values
 
 
-def scaling_sums(table: SiteTable, spec: StudySpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pooled_columns(spec: StudySpec, bounds: Mapping[str, Bounds] | None = None) -> list[int]:
+    """Indices of the numeric columns whose scaling is pooled: every one without DP, under DP
+    those with bounds (declared, or estimated when ``bounds`` is given)."""
+    if bounds is None or not spec.privacy.enabled or spec.features.scaling != "federated":
+        return federated_columns(spec)
+    return [i for i, column in enumerate(spec.features.numeric) if column in bounds]
+
+
+def scaling_sums(
+    table: SiteTable, spec: StudySpec, bounds: Mapping[str, Bounds] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per pooled column, over training rows: sum of u, sum of u^2 and count of present values.
 
-    Under DP, u is the value mapped from its bounds to [0, 1], so each record moves each of the
-    three sums by at most 1 and the vector's L2 sensitivity is sqrt(3 * columns). Without DP, u
-    is the raw value and the sums are exact.
+    Under DP, u is the value clipped to its bounds and mapped to [-1/2, 1/2] (the bounds'
+    midpoint to 0, their range to 1), so a record moves a column's count by at most 1, its sum
+    by 1/2 and its sum of squares by 1/4 (``privacy.scaling.release_scaling_sums``). Centring on
+    the midpoint makes the variance ``Q/N - (S/N)^2`` the difference of two small numbers
+    rather than of two numbers near the mean's square. Without DP, u is the raw value and the
+    sums are exact.
     """
-    columns = federated_columns(spec)
-    values = clipped_numeric(table, spec)[~table.is_test][:, columns]
+    bounds = spec.features.bounds if bounds is None else bounds
+    columns = pooled_columns(spec, bounds)
+    values = clipped_numeric(table, spec, bounds)[~table.is_test][:, columns]
     if spec.privacy.enabled:
         for j, i in enumerate(columns):
-            low, high = spec.features.bounds[spec.features.numeric[i]]
-            values[:, j] = (values[:, j] - low) / (high - low)
+            values[:, j] = to_unit(values[:, j], bounds[spec.features.numeric[i]])
     present = ~np.isnan(values)
     filled = np.where(present, values, 0.0)
     return filled.sum(axis=0), (filled**2).sum(axis=0), present.sum(axis=0).astype(float)
 
 
-def scaling_sensitivity(spec: StudySpec) -> float:
-    """L2 sensitivity of the concatenated ``scaling_sums`` vector under add/remove of a record."""
-    return float(np.sqrt(3 * len(federated_columns(spec))))
+def to_unit(values: np.ndarray, bounds: Bounds) -> np.ndarray:
+    """Values (already within ``bounds``) on the centred unit scale [-1/2, 1/2]."""
+    low, high = bounds
+    return (np.asarray(values, dtype=float) - (low + high) / 2) / (high - low)
 
 
-def site_scaling(table: SiteTable, spec: StudySpec) -> tuple[np.ndarray, np.ndarray]:
+def site_scaling(
+    table: SiteTable, spec: StudySpec, bounds: Mapping[str, Bounds] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Center and scale of every numeric column from this site's training rows."""
-    train = clipped_numeric(table, spec)[~table.is_test]
+    train = clipped_numeric(table, spec, bounds)[~table.is_test]
     with np.errstate(all="ignore"):
         center = np.nanmean(train, axis=0) if train.size else np.zeros(train.shape[1])
         scale = np.nanstd(train, axis=0) if train.size else np.ones(train.shape[1])
@@ -62,11 +86,16 @@ def site_scaling(table: SiteTable, spec: StudySpec) -> tuple[np.ndarray, np.ndar
 
 
 def resolve_scaling(
-    table: SiteTable, spec: StudySpec, pooled_center: list[float], pooled_scale: list[float]
+    table: SiteTable,
+    spec: StudySpec,
+    pooled_center: list[float],
+    pooled_scale: list[float],
+    bounds: Mapping[str, Bounds] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The scaling this site uses: pooled for federated columns, its own for the rest."""
-    center, scale = site_scaling(table, spec)
-    columns = federated_columns(spec)
+    """The scaling this site uses: pooled for federated columns, its own for the rest
+    (``bounds``: the declared and estimated bounds the pooled sums were taken with)."""
+    center, scale = site_scaling(table, spec, bounds)
+    columns = pooled_columns(spec, bounds)
     if len(pooled_center) != len(columns) or len(pooled_scale) != len(columns):
         raise ValueError("the server's scaling does not match the study spec's numeric columns")
     center[columns] = pooled_center
@@ -75,12 +104,17 @@ def resolve_scaling(
 
 
 def encode(
-    table: SiteTable, spec: StudySpec, center: np.ndarray, scale: np.ndarray, test: bool
+    table: SiteTable,
+    spec: StudySpec,
+    center: np.ndarray,
+    scale: np.ndarray,
+    test: bool,
+    bounds: Mapping[str, Bounds] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs and labels of the train (or test) rows: standardized numeric columns with
     missing values imputed at the federation's mean (0), then one-hot categorical levels."""
     rows = table.is_test if test else ~table.is_test
-    numeric = (clipped_numeric(table, spec)[rows] - center) / scale
+    numeric = (clipped_numeric(table, spec, bounds)[rows] - center) / scale
     numeric = np.nan_to_num(numeric, nan=0.0)
     blocks = [numeric]
     for j, levels in enumerate(spec.features.categorical.values()):

@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from federation import protocol as p
 from federation.client.data import SiteTable
 from federation.client.evaluation import histogram_release, members_of, rank_release
-from federation.client.features import encode, resolve_scaling, scaling_sensitivity, scaling_sums
+from federation.client.features import encode, resolve_scaling, scaling_sums
 from federation.client.plan import (
     DP_SGD,
     SETUP_SUMS,
@@ -40,8 +40,8 @@ from federation.queries import AnalysisRequest, build_query, planned_release
 from federation.spec import StudySpec
 from models.registry import build_model
 from privacy.ledger import ALL, TEST, TRAIN, Ledger, PlannedRelease, RunPlan
-from privacy.noise import gaussian_release
 from privacy.refusal import Refusal
+from privacy.scaling import release_scaling_sums
 
 log = logging.getLogger("allfed.site")
 
@@ -124,10 +124,7 @@ def setup(request: Request) -> RecordDict:
     metrics = MetricRecord({p.N_TRAIN: table.n_train})
     if len(sums[0]):
         if plan.setup_noise is not None:
-            noisy = gaussian_release(
-                np.concatenate(sums), scaling_sensitivity(spec), plan.setup_noise
-            )
-            sums = tuple(np.split(noisy, len(sums)))
+            sums = release_scaling_sums(sums, plan.setup_noise)
             metrics[p.STANDARDIZATION_NOISE] = plan.setup_noise
         metrics[p.SUM], metrics[p.SUM_SQUARES], metrics[p.COUNT] = (s.tolist() for s in sums)
     ledger.store_setup_reply(run_key, dict(metrics))

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 from federation.client.training import DPPlan, plan_dp
 from federation.evaluation import evaluation_noise
 from federation.spec import StudySpec
-from privacy.accounting import GaussianRelease, calibrate_noise, compute_epsilon
+from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.ledger import ALL, TEST, TRAIN, PlannedRelease
+from privacy.planner import share_noise
 
 SETUP_SUMS = "gaussian-sums"
 DP_SGD = "dp-sgd"
@@ -94,8 +95,9 @@ def site_plan(spec: StudySpec, n_train: int, with_sums: bool) -> SitePlan:
     privacy = spec.privacy
     setup_noise = None
     if with_sums and privacy.enabled:
-        share = privacy.standardization_share * privacy.target_epsilon
-        setup_noise = calibrate_noise(share, privacy.delta, 1.0, 1, privacy.accountant)
+        setup_noise = share_noise(
+            privacy.standardization_share, privacy.target_epsilon, privacy.delta
+        )
     dp = None
     if privacy.enabled:
         prior = [GaussianRelease(setup_noise, 1.0, 1)] if setup_noise is not None else []

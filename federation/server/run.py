@@ -115,6 +115,7 @@ class StudyRun:
         self.rounds_done = 0
         self.rows: list[dict[str, Any]] = []
         self.scaling: tuple[list[float], list[float]] = ([], [])
+        self.scaling_warnings: dict[str, str] = {}  # column -> why its noisy sums were replaced
         self.run_key = str(checkpoint["run_key"]) if checkpoint else secrets.token_hex(8)
 
     def run(self) -> dict[str, Any]:
@@ -290,7 +291,7 @@ class StudyRun:
         ]
         for node in nodes:
             self.sites[node] = SiteRecord(name=f"node-{node}")
-        sums, squares, counts = [], [], []
+        sums, squares, counts, noises = [], [], [], []
         for reply in self._exchange(messages):
             site = self.sites[reply.metadata.src_node_id]
             status = reply.content.config_records.get(p.STATUS)
@@ -316,6 +317,7 @@ class StudyRun:
                     }
                 )
             if p.SUM in metrics:
+                noises.append(float(metrics.get(p.STANDARDIZATION_NOISE, 0.0)))
                 sums.append(list(metrics[p.SUM]))
                 squares.append(list(metrics[p.SUM_SQUARES]))
                 counts.append(list(metrics[p.COUNT]))
@@ -325,7 +327,19 @@ class StudyRun:
         self._require_sites("setup")
         columns = [self.spec.features.numeric[i] for i in federated_columns(self.spec)]
         if columns and self.checkpoint is None:
-            self.scaling = pooled_scaling(self.spec, columns, sums, squares, counts)
+            pooled = pooled_scaling(
+                self.spec,
+                columns,
+                sums,
+                squares,
+                counts,
+                noise_multipliers=noises if self.spec.privacy.enabled else (),
+                n_train=[s.n_train for s in self.sites.values() if s.status == p.OK],
+            )
+            self.scaling = (pooled.center, pooled.scale)
+            self.scaling_warnings = pooled.warnings
+            for column, problem in pooled.warnings.items():
+                log.warning("pooled scaling of %s: %s", column, problem)
 
     def _wait_for_nodes(self) -> list[int]:
         wanted = self.expected_sites or self.spec.training.min_sites
@@ -473,6 +487,7 @@ class StudyRun:
                     if column in spec.features.bounds
                     else None,
                     "source": "federation" if column in pooled else "each site's own training rows",
+                    "warning": self.scaling_warnings.get(column),
                 }
             )
         card = {
@@ -541,6 +556,7 @@ class StudyRun:
             "representation": self.representation,
             "evaluated_round": self.evaluated_round,
             "diagnostics": self.diagnostics,
+            "scaling_warnings": self.scaling_warnings,
             "metrics": self.metrics,
         }
 

@@ -1,0 +1,256 @@
+"""Federated training in one process, with the node's own functions and no Flower.
+
+What a node does is called here directly: the standardization release (``scaling_sums`` plus
+OpenDP noise, pooled by ``pooled_scaling``), ``encode``, ``plan_dp`` and ``train_dp`` or
+``train_plain``; the updates are averaged as FedAvg does (weighted by training records). It is
+the same computation as a simulated run, minus the messaging, so benchmarks can repeat it many
+times and swap a piece (a training variant) to find what decides the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scoring import score
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from federation.client.data import SiteTable, load_site_table
+from federation.client.features import encode, resolve_scaling, scaling_sums
+from federation.client.training import (
+    DPPlan,
+    LocalSettings,
+    dp_plan_of,
+    plan_dp,
+    train_dp,
+    train_plain,
+)
+from federation.server.standardization import pooled_scaling
+from federation.spec import StudySpec, federated_columns
+from models.registry import build_model
+from privacy.accounting import GaussianRelease
+from privacy.planner import default_training, plan_study, share_noise
+from privacy.scaling import release_scaling_sums
+
+
+@dataclass(frozen=True)
+class SiteData:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Encoded sites of one run and the releases each made before training."""
+
+    spec: StudySpec
+    sites: tuple[SiteData, ...]
+    prior: tuple[GaussianRelease, ...]  # the standardization release (under DP)
+    scaling: tuple[list[float], list[float]]
+    scaling_warnings: dict[str, str]
+
+    def test_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.concatenate([s.x_test for s in self.sites]),
+            np.concatenate([s.y_test for s in self.sites]),
+        )
+
+    def train_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.concatenate([s.x_train for s in self.sites]),
+            np.concatenate([s.y_train for s in self.sites]),
+        )
+
+
+def load_tables(spec: StudySpec, paths: dict[str, Path]) -> dict[str, SiteTable]:
+    return {name: load_site_table(path, spec) for name, path in paths.items()}
+
+
+def standardization_noise(spec: StudySpec) -> float:
+    """The node's noise multiplier of the standardization sums (a share of the budget)."""
+    privacy = spec.privacy
+    return share_noise(privacy.standardization_share, privacy.target_epsilon, privacy.delta)
+
+
+def federate(
+    spec: StudySpec, tables: dict[str, SiteTable], exact_scaling: bool = False
+) -> Federation:
+    """Pool the scaling as the run's setup does (noisy sums under DP), then encode each site.
+    ``exact_scaling`` (diagnosis only, not private): the exact pooled sums of the same columns."""
+    columns = [spec.features.numeric[i] for i in federated_columns(spec)]
+    prior: tuple[GaussianRelease, ...] = ()
+    sums, squares, counts = [], [], []
+    if columns:
+        noise = standardization_noise(spec) if spec.privacy.enabled else None
+        for table in tables.values():
+            site_sums = scaling_sums(table, spec)
+            if noise is not None and not exact_scaling:
+                site_sums = release_scaling_sums(site_sums, noise)
+            sums.append(list(site_sums[0]))
+            squares.append(list(site_sums[1]))
+            counts.append(list(site_sums[2]))
+        if noise is not None:
+            prior = (GaussianRelease(noise, 1.0, 1),)
+    center, scale, warnings = [], [], {}
+    if columns:
+        pooled = pooled_scaling(
+            spec, columns, sums, squares, counts,
+            noise_multipliers=[1e-12 if exact_scaling else noise] * len(sums) if noise else (),
+            n_train=[t.n_train for t in tables.values()],
+        )  # fmt: skip
+        center, scale, warnings = pooled.center, pooled.scale, pooled.warnings
+    sites = []
+    for name, table in tables.items():
+        c, s = resolve_scaling(table, spec, center, scale)
+        x_train, y_train = encode(table, spec, c, s, test=False)
+        x_test, y_test = encode(table, spec, c, s, test=True)
+        sites.append(SiteData(name, x_train, y_train, x_test, y_test))
+    return Federation(spec, tuple(sites), prior, (list(center), list(scale)), warnings)
+
+
+def initial_model(spec: StudySpec, n_features: int) -> nn.Module:
+    """The server's starting model: zeros for logistic regression, seeded weights for an MLP."""
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.study.seed)
+        model = build_model(spec.model.name, n_features, spec.model.hidden)
+    if spec.model.name == "logistic":
+        with torch.no_grad():
+            for param in model.parameters():
+                param.zero_()
+    return model
+
+
+Trainer = Callable[..., None]
+
+
+def node_trainer(model, x, y, settings, plan, accountant, history):
+    """The node's own training: ``train_dp`` under DP (returns the accountant's history), else
+    ``train_plain``."""
+    if plan is None:
+        train_plain(model, x, y, settings)
+        return None
+    return train_dp(model, x, y, settings, plan, accountant, history)
+
+
+@dataclass(frozen=True)
+class SiteRun:
+    settings: LocalSettings
+    plan: DPPlan | None
+
+
+def spec_runs(federation: Federation, spec: StudySpec) -> tuple[int, dict[str, SiteRun]]:
+    """Rounds and per-site settings as the node runs them today: the spec's values."""
+    training, privacy = spec.training, spec.privacy
+    settings = LocalSettings(
+        training.local_epochs, training.batch_size, training.learning_rate, privacy.max_grad_norm
+    )
+    runs = {}
+    for site in federation.sites:
+        plan = None
+        if privacy.enabled:
+            plan = plan_dp(
+                len(site.y_train), training.batch_size, training.local_epochs, training.rounds,
+                privacy.target_epsilon, privacy.delta, privacy.accountant, list(federation.prior),
+            )  # fmt: skip
+        runs[site.name] = SiteRun(settings, plan)
+    return training.rounds, runs
+
+
+def planned_runs(federation: Federation, spec: StudySpec) -> tuple[int, dict[str, SiteRun]]:
+    """Rounds and per-site settings from ``privacy.planner`` (every setting planner-chosen),
+    as the node will run them once the spec's training keys are optional."""
+    privacy = spec.privacy
+    n_train = [len(site.y_train) for site in federation.sites]
+    if privacy.enabled:
+        study = plan_study(
+            privacy.target_epsilon, privacy.delta, privacy.accountant, n_train,
+            list(federation.prior),
+        )  # fmt: skip
+        rounds, epochs, rate, clip = (
+            study.rounds, study.local_epochs, study.learning_rate, study.max_grad_norm
+        )  # fmt: skip
+        sites = {s.name: study.site(len(s.y_train)) for s in federation.sites}
+        return rounds, {
+            name: SiteRun(LocalSettings(epochs, plan.batch_size, rate, clip), dp_plan_of(plan))
+            for name, plan in sites.items()
+        }
+    chosen = default_training(n_train)
+    runs = {}
+    for site in federation.sites:
+        batch = math.ceil(len(site.y_train) / chosen["steps_per_round"])
+        settings = LocalSettings(
+            chosen["local_epochs"], batch, chosen["learning_rate"], chosen["max_grad_norm"]
+        )
+        runs[site.name] = SiteRun(settings, None)
+    return chosen["rounds"], runs
+
+
+def fedavg(
+    federation: Federation,
+    trainer: Trainer = node_trainer,
+    spec: StudySpec | None = None,
+    planned: bool = False,
+) -> nn.Module:
+    """FedAvg (weighted by training records) with the spec's settings, or the planner's."""
+    spec = spec or federation.spec
+    rounds, runs = (planned_runs if planned else spec_runs)(federation, spec)
+    n_features = federation.sites[0].x_train.shape[1]
+    model = initial_model(spec, n_features)
+    histories = {site.name: list(federation.prior) for site in federation.sites}
+    for _ in range(rounds):
+        states, weights = [], []
+        for site in federation.sites:
+            local = build_model(spec.model.name, n_features, spec.model.hidden)
+            local.load_state_dict(model.state_dict())
+            run = runs[site.name]
+            history = trainer(
+                local, site.x_train, site.y_train, run.settings, run.plan,
+                spec.privacy.accountant, histories[site.name],
+            )  # fmt: skip
+            if history is not None:
+                histories[site.name] = history
+            states.append(local.state_dict())
+            weights.append(len(site.y_train))
+        total = float(sum(weights))
+        model.load_state_dict(
+            {
+                key: sum(w * state[key] for w, state in zip(weights, states, strict=True)) / total
+                for key in states[0]
+            }
+        )
+    return model
+
+
+def centralized(spec: StudySpec, paths: dict[str, Path]) -> dict[str, float]:
+    """Non-private logistic regression on the pooled training rows, scaled by their exact
+    pooled statistics, scored on the pooled test rows: the reference a federation aims at."""
+    plain = with_privacy(spec, None)
+    federation = federate(plain, load_tables(plain, paths))
+    x, y = federation.train_rows()
+    x_test, y_test = federation.test_rows()
+    model = LogisticRegression(C=1e6, max_iter=10_000).fit(x, y)
+    return score(y_test, model.predict_proba(x_test)[:, 1])
+
+
+def risks(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).numpy().astype(float)
+
+
+def with_privacy(spec: StudySpec, epsilon: float | None, **training) -> StudySpec:
+    """``spec`` at ``epsilon`` (None: no DP), with training settings replaced."""
+    privacy = (
+        replace(spec.privacy, enabled=False)
+        if epsilon is None
+        else replace(spec.privacy, enabled=True, target_epsilon=float(epsilon))
+    )
+    return replace(spec, privacy=privacy, training=replace(spec.training, **training))
