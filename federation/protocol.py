@@ -39,7 +39,7 @@ RUN_ANALYSIS = "analysis"  # an AnalysisRequest as JSON: the run answers it inst
 NODE_DATA = "data"
 NODE_SITE = "site"
 NODE_POLICY = "policy"  # the site's privacy policy (TOML), owned by the site
-NODE_LEDGER = "ledger"  # the site's ledger (SQLite); default $FLWR_HOME/allfed/sites/NAME/
+NODE_LEDGER = "ledger"  # the site's ledger (SQLite); default: client.site.default_ledger
 
 # Server -> site config keys.
 SERVER_ROUND = "server-round"

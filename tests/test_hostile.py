@@ -60,7 +60,9 @@ def context_for(spec, data, tmp_path, mode="named", policy=None, run_id=1, site=
 
 def ledger_of(context) -> Ledger:
     node = context.node_config
-    return Ledger(node.get(p.NODE_LEDGER) or default_ledger(str(node[p.NODE_SITE])))
+    return Ledger(
+        node.get(p.NODE_LEDGER) or default_ledger(str(node[p.NODE_SITE]), node[p.NODE_DATA])
+    )
 
 
 def write_policy(tmp_path, text: str):

@@ -396,4 +396,6 @@ def test_demo_omop_trains_a_gi_bleed_model_end_to_end(tmp_path):
     sites = json.loads((tmp_path / "partial" / "summary.json").read_text())["sites"]
     assert sites["a"]["status"] == sites["b"]["status"] == "ok"
     assert sites["broken"]["status"] == "failed"
-    assert "has no table 'observation_period'" in sites["broken"]["reason"]
+    # the aggregator sees the fixed-vocabulary reason only; the table's name stays at the site
+    assert sites["broken"]["reason"].startswith("missing-table:")
+    assert "observation_period" not in sites["broken"]["reason"]

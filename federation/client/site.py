@@ -4,9 +4,12 @@ Everything here comes from the site (the node config of ``flower-supernode`` / `
 start``, or the simulation's own table of sites), never from the aggregator, except the study
 spec, which the site checks against its policy before anything else.
 
-A node that names no ledger keeps one at ``$FLWR_HOME/allfed/sites/<site>/ledger.sqlite``
-(``FLWR_HOME`` defaults to ``~/.flwr``, the SuperNode's own state folder): every node accounts
-durably, whether or not its operator thought of it.
+A node that names no ledger keeps one at ``$FLWR_HOME/allfed/sites/<site>-<data>/ledger.sqlite``
+(``FLWR_HOME`` defaults to ``~/.flwr``, the SuperNode's own state folder; ``<data>`` a short
+digest of the data file's absolute path, so two sources of one node never share a partition):
+every node accounts durably, whether or not its operator thought of it. Name the ledger in the
+node config in production: it is the site's memory of what it spent, and moving the data file
+moves the default.
 """
 
 from __future__ import annotations
@@ -59,11 +62,12 @@ class SiteSettings:
 Resolver = Callable[[Context], SiteSettings]
 
 
-def default_ledger(site: str) -> Path:
+def default_ledger(site: str, data: Path) -> Path:
     """Where a node keeps its ledger when its node config names none."""
     home = Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", site) or "site"
-    return home / "allfed" / "sites" / safe / "ledger.sqlite"
+    source = hashlib.sha256(str(Path(data).absolute()).encode("utf-8")).hexdigest()[:12]
+    return home / "allfed" / "sites" / f"{safe}-{source}" / "ledger.sqlite"
 
 
 def site_policy(path: str | Path | None) -> SitePolicy:
@@ -100,7 +104,7 @@ def settings_from_context(context: Context) -> SiteSettings:
         name=name,
         data=Path(data),
         spec=spec,
-        ledger=Path(ledger) if ledger else default_ledger(name),
+        ledger=Path(ledger) if ledger else default_ledger(name, Path(data)),
         policy=policy,
     )
 

@@ -77,7 +77,8 @@ class Process:
         return True
 
     def output(self) -> str:
-        self.handle.flush()
+        if not self.handle.closed:  # a stopped process's log is complete on disk
+            self.handle.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self, grace: float = 5.0) -> None:
