@@ -1,10 +1,36 @@
 """Shared fixtures: a private FLWR_HOME, no telemetry, a task identity for messages built in the
-test process, and small synthetic cohorts."""
+test process, small synthetic cohorts, and a local deployment for the deployment modules."""
+
+import time
 
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
+from federation.deploy.local import LocalFederation
 from federation.synth import write_cohort
+
+# The modules with end-to-end runs, longest first: the two workers (pyproject's addopts) take
+# whole modules in this order, so the short unit modules fill in at the end.
+LONGEST_FIRST = (
+    "test_deployment_recovery.py",
+    "test_deployment.py",
+    "test_faults.py",
+    "test_simulation.py",
+    "test_omop.py",
+    "test_audit.py",
+    "test_governance_e2e.py",
+    "test_analyze.py",
+    "test_console.py",
+    "test_report.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module stays
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +50,27 @@ def server_identity():
 def cohort(tmp_path_factory):
     """Three synthetic sites of about 600 records and their study spec."""
     return write_cohort(tmp_path_factory.mktemp("cohort"), n_sites=3, records_per_site=600, seed=11)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """A SuperLink with TLS and SuperNode auth, and three registered, connected SuperNodes."""
+    root = tmp_path_factory.mktemp("deployment")
+    files, study = write_cohort(root / "data", n_sites=3, records_per_site=800, seed=5)
+    # Deployment mechanics, not accounting: one round and the quicker RDP accountant.
+    text = study.read_text().replace("rounds = 10", "rounds = 1")
+    study.write_text(text.replace('accountant = "prv"', 'accountant = "rdp"'))
+    fed = LocalFederation(root / "fed")
+    try:
+        fed.start_superlink()
+        fed.join_sites(files, timeout=120)
+        yield fed, files, study
+    except BaseException:
+        print(fed.logs())
+        raise
+    finally:
+        fed.stop()
+        deadline = time.monotonic() + 10  # killed children may take a moment to be reaped
+        while any(p.group_alive() for p in fed.processes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p.name for p in fed.processes if p.group_alive()]

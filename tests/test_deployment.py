@@ -1,7 +1,9 @@
 """A real deployment on loopback: SuperLink and SuperNodes as separate processes, TLS, node auth.
 
-One federation (SuperLink + three registered SuperNodes) is shared by the module; every process
-is stopped at the end, also when a test fails (``LocalFederation.stop`` in a ``finally``).
+One federation (SuperLink + three registered SuperNodes, the ``federation`` fixture of
+``conftest.py``) is shared by the module; every process is stopped at the end, also when a test
+fails (``LocalFederation.stop`` in a ``finally``). Recovery from dead servers and sites is in
+``test_deployment_recovery.py``, with a federation of its own.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -21,36 +22,11 @@ import torch
 from cli_helpers import run_allfed
 
 from federation.deploy.certs import make_certificates, make_node_key
-from federation.deploy.local import CONNECTION, LocalFederation
+from federation.deploy.local import CONNECTION
 from federation.deploy.runs import COMPLETED, FAILED, PENDING, run_config, run_status
 from federation.errors import AllfedError
-from federation.synth import write_cohort
 
 pytestmark = pytest.mark.deployment
-
-
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    """A SuperLink with TLS and SuperNode auth, and three registered, connected SuperNodes."""
-    root = tmp_path_factory.mktemp("deployment")
-    files, study = write_cohort(root / "data", n_sites=3, records_per_site=800, seed=5)
-    # Deployment mechanics, not accounting: one round and the quicker RDP accountant.
-    text = study.read_text().replace("rounds = 10", "rounds = 1")
-    study.write_text(text.replace('accountant = "prv"', 'accountant = "rdp"'))
-    fed = LocalFederation(root / "fed")
-    try:
-        fed.start_superlink()
-        fed.join_sites(files, timeout=120)
-        yield fed, files, study
-    except BaseException:
-        print(fed.logs())
-        raise
-    finally:
-        fed.stop()
-        deadline = time.monotonic() + 10  # killed children may take a moment to be reaped
-        while any(p.group_alive() for p in fed.processes) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not [p.name for p in fed.processes if p.group_alive()]
 
 
 def test_study_completes_over_tls_with_node_auth(federation, tmp_path):
@@ -93,74 +69,6 @@ def test_allfed_analyze_asks_the_deployed_sites(federation, tmp_path):
     assert set(counts) == {"female", "male"} and all(c > 20 for c in counts.values())
     assert (out / "count.html").exists() and "each site's own ledger" in result.stdout
     assert run_status(out).code == COMPLETED
-
-
-def wait_for_rounds(out: Path, rounds: int, timeout: float) -> None:
-    """Until the run directory has recorded ``rounds`` completed rounds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        metrics = out / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= rounds:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"fewer than {rounds} rounds in {out} after {timeout:g} s")
-
-
-def test_a_stopped_server_resumes_from_its_checkpoint(federation, tmp_path):
-    """The aggregator dies after a round (``flwr stop``); a new run with ``resume`` continues
-    from the checkpoint and completes every round once."""
-    fed, files, study = federation
-    spec = tmp_path / "study.toml"  # under DP: each node's default ledger holds what it spent
-    spec.write_text(study.read_text().replace("rounds = 1", "rounds = 12"))
-    out = tmp_path / "run"
-    first = fed.launch(spec, out, expected_sites=len(files))
-    try:
-        wait_for_rounds(out, 1, timeout=120)
-        fed.stop_run(first)
-        assert fed.wait_for_run(first, timeout=60) != "finished:completed"
-        done = len((out / "metrics.jsonl").read_text().splitlines())
-        assert done < 12 and not (out / "summary.json").exists()
-        second = fed.launch(spec, out, expected_sites=len(files), resume=True)
-        assert fed.wait_for_run(second, timeout=240) == "finished:completed"
-    except BaseException:
-        print(fed.logs())
-        raise
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["rounds"] == 12
-    rounds = [
-        json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert rounds == list(range(1, 13))
-    assert all(site["status"] == "ok" for site in summary["sites"].values())
-
-
-def test_a_site_killed_mid_run_is_marked_failed_and_the_run_goes_on(federation, tmp_path):
-    """Last of the module's runs: the killed node stays registered with the SuperLink."""
-    fed, files, study = federation
-    spec = tmp_path / "study.toml"
-    text = study.read_text().replace("rounds = 1", "rounds = 4")
-    spec.write_text(text.replace("[training]", "[training]\nround-timeout = 15.0"))
-    path = next(iter(files.values()))  # a second node on a site's file, as another site
-    private, public = fed.node_key("doomed")
-    fed.register(public)
-    doomed = fed.start_node("doomed", path, private, fed.certs.ca_cert)
-    fed.wait_for_node(doomed, timeout=120)
-    out = tmp_path / "run"
-    run_id = fed.launch(spec, out, expected_sites=len(files) + 1)
-    try:
-        wait_for_rounds(out, 1, timeout=180)
-        os.killpg(doomed.popen.pid, signal.SIGKILL)  # the node dies without a word
-        assert fed.wait_for_run(run_id, timeout=240) == "finished:completed"
-    except BaseException:
-        print(fed.logs())
-        raise
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["rounds"] == 4
-    assert summary["sites"]["doomed"]["status"] == "failed"
-    assert "no reply within 15 s" in summary["sites"]["doomed"]["reason"]
-    assert all(summary["sites"][n]["status"] == "ok" for n in files)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["round"] for row in rows] == [1, 2, 3, 4]
 
 
 def test_unregistered_node_key_is_refused(federation, tmp_path):

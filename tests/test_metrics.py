@@ -236,6 +236,9 @@ def test_a_small_or_noisy_cell_is_withheld_with_its_reason():
     withheld = [entry for entry in intersection.values() if entry["metrics"] is None]
     assert withheld and all(entry["withheld_reason"] for entry in withheld)
     pooled = tables["pooled"]
+    if "withheld_reason" in pooled:  # the noise put the whole pooled cell under the floor
+        assert "or fewer records" in pooled["withheld_reason"]
+        return
     for name, reason in pooled["withheld"].items():
         assert (pooled[name] is None and "interval" in reason) or "undefined" in reason
 

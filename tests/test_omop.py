@@ -373,7 +373,7 @@ def test_the_cohort_round_trips_through_the_run_config():
 
 @pytest.mark.slow
 def test_demo_omop_trains_a_gi_bleed_model_end_to_end(tmp_path):
-    done = run_allfed("demo", "--omop", "--rounds", "4", "--out", str(tmp_path / "demo"))
+    done = run_allfed("demo", "--omop", "--rounds", "2", "--out", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "demo" / "run" / "summary.json").read_text())
     assert [s["status"] for s in summary["sites"].values()] == ["ok"] * 3
@@ -388,7 +388,7 @@ def test_demo_omop_trains_a_gi_bleed_model_end_to_end(tmp_path):
         con.execute("DROP TABLE observation_period")
     duckdb_source(data / "broken.toml", broken)
     done = run_allfed(
-        "simulate", "--study", str(data / "study.toml"), "--rounds", "2",
+        "simulate", "--study", str(data / "study.toml"), "--rounds", "1",
         "--site", f"a={data / 'site-a.toml'}", "--site", f"b={data / 'site-b.toml'}",
         "--site", f"broken={data / 'broken.toml'}", "--out", str(tmp_path / "partial"),
     )  # fmt: skip
