@@ -12,7 +12,6 @@ from federation.synth import write_cohort
 # The modules with end-to-end runs, longest first: the two workers (pyproject's addopts) take
 # whole modules in this order, so the short unit modules fill in at the end.
 LONGEST_FIRST = (
-    "test_deployment_recovery.py",
     "test_deployment.py",
     "test_faults.py",
     "test_simulation.py",
@@ -54,9 +53,9 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    """A SuperLink with TLS and SuperNode auth, and three registered, connected SuperNodes."""
+    """A SuperLink with TLS and SuperNode auth, and two registered, connected SuperNodes."""
     root = tmp_path_factory.mktemp("deployment")
-    files, study = write_cohort(root / "data", n_sites=3, records_per_site=800, seed=5)
+    files, study = write_cohort(root / "data", n_sites=2, records_per_site=800, seed=5)
     # Deployment mechanics, not accounting: one round and the quicker RDP accountant.
     text = study.read_text().replace("rounds = 10", "rounds = 1")
     study.write_text(text.replace('accountant = "prv"', 'accountant = "rdp"'))

@@ -40,9 +40,7 @@ def test_four_sites_one_broken_one_refused_complete_on_the_others(cohort, tmp_pa
     """The acceptance test of robustness: a broken file and a site whose policy cannot be met
     are named with their reasons; the DP run completes on the two others."""
     all_files, spec_path = cohort
-    spec = load_spec(spec_path).with_overrides(
-        training={"rounds": 4, "strategy": "fedprox"}, privacy={"accountant": "rdp"}
-    )
+    spec = load_spec(spec_path).with_overrides(training={"rounds": 4, "strategy": "fedprox"})
     broken = tmp_path / "broken.csv"
     pd.read_csv(next(iter(all_files.values()))).assign(outcome=7).to_csv(broken, index=False)
     *kept, strict = all_files
