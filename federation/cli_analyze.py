@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation.cli_options import LedgerDir, Policies, parse_sites
+from federation.cli_options import LedgerDir, Policies, parse_site_files, parse_sites
 from federation.errors import AllfedError
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def analyze(
         with out_console.status(f"asking {len(site)} site(s)..."):
             summary = run_analysis(
                 spec,
-                parse_sites(site),
+                parse_site_files(site),
                 request,
                 out,
                 policies=parse_sites(policy or [], "--policy"),

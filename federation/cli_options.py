@@ -29,3 +29,39 @@ def parse_sites(values: list[str], option: str = "--site") -> dict[str, Path]:
             raise AllfedError(f"{option} {name}: given twice; site names must be unique")
         sites[name.strip()] = Path(path.strip())
     return sites
+
+
+def parse_site_files(values: list[str]) -> dict[str, Path]:
+    """``--site NAME=PATH`` options. The same records given as two sites would count every
+    participant twice, for privacy and for the metrics: one file (or source) is one site."""
+    sites = parse_sites(values)
+    seen: dict[Path, str] = {}
+    for name, path in sites.items():
+        key = path.resolve()
+        if key in seen:
+            raise AllfedError(
+                f"--site {name}: {path} is also site {seen[key]}'s file; each site needs its own"
+            )
+        seen[key] = name
+    return sites
+
+
+def writable_run_directory(out: Path, force: bool, option: str = "--out") -> None:
+    """Refuse to write over an earlier run (``--force`` replaces it, ``--resume`` continues it)
+    and find an unwritable destination before any site starts, not after."""
+    from federation.server.outputs import CHECKPOINT, METRICS, SUMMARY
+
+    if not force and any((out / name).exists() for name in (SUMMARY, METRICS, CHECKPOINT)):
+        raise AllfedError(
+            f"{option} {out}: already holds a run; pass --force to replace it "
+            "(or --resume to continue it)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".allfed-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise AllfedError(
+            f"{option} {out}: cannot write the run directory ({error.strerror or error})"
+        ) from None

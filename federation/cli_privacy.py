@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation.cli_options import Sites, parse_sites
+from federation.cli_options import Sites, parse_site_files
 from federation.errors import AllfedError
 
 privacy_app = typer.Typer(
@@ -467,7 +467,9 @@ def mia(
         privacy["target_epsilon"] = epsilon
     training = {"rounds": rounds} if rounds is not None else {}
     spec = load_spec(study).with_overrides(training=training, privacy=privacy)
-    report = run_audit(spec, parse_sites(site), audit_site, out, canaries, seed, verbose=verbose)
+    report = run_audit(
+        spec, parse_site_files(site), audit_site, out, canaries, seed, verbose=verbose
+    )
     if as_json:
         print(json.dumps(report))
     else:

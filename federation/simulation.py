@@ -102,6 +102,11 @@ def simulate(
     for name, path in sites.items():
         if not Path(path).exists():
             raise AllfedError(f"site {name}: {path}: file not found")
+    if analysis is None and len(sites) < spec.training.min_sites:
+        raise AllfedError(
+            f"{len(sites)} site(s) given, fewer than [training] min-sites = "
+            f"{spec.training.min_sites}: the run cannot start"
+        )
     configure_flower_environment()
 
     from flwr.simulation import run_simulation

@@ -1,7 +1,7 @@
 """The CLI's contract for user mistakes: one line on stderr, exit code 2, no traceback."""
 
 import pytest
-from cli_helpers import invoke
+from cli_helpers import invoke, run_allfed
 from typer.testing import CliRunner
 
 from federation.cli import app
@@ -75,3 +75,88 @@ def test_synth_writes_files_and_a_spec(tmp_path):
     )
     assert result.exit_code == 0
     assert (tmp_path / "study.toml").exists() and len(list(tmp_path.glob("*.csv"))) == 2
+
+
+def test_version_is_the_installed_package():
+    from importlib.metadata import version
+
+    done = run_allfed("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"allfed {version('allfed')}"
+
+
+def test_run_status_of_a_missing_directory_exits_2(tmp_path):
+    done = run_allfed("run", "status", str(tmp_path / "nowhere"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such run directory"
+
+
+def test_the_same_file_as_two_sites_is_refused(cohort, tmp_path):
+    files, spec_path = cohort
+    path = next(iter(files.values()))
+    for command in (
+        ["simulate", "--study", str(spec_path), "--out", str(tmp_path / "run")],
+        [
+            "analyze",
+            "count",
+            "--study",
+            str(spec_path),
+            "--epsilon",
+            "1",
+            "--out",
+            str(tmp_path / "c"),
+        ],
+    ):
+        done = run_allfed(*command, "--site", f"a={path}", "--site", f"b={path}")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == (
+            f"error: --site b: {path} is also site a's file; each site needs its own"
+        )
+        assert "Traceback" not in done.stderr
+
+
+def test_a_run_directory_is_never_overwritten_without_force(cohort, tmp_path):
+    files, spec_path = cohort
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    sites = [arg for name, path in files.items() for arg in ("--site", f"{name}={path}")]
+    done = run_allfed("simulate", "--study", str(spec_path), "--out", str(out), *sites)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: --out {out}: already holds a run; pass --force to replace it "
+        "(or --resume to continue it)"
+    )
+    assert (out / "summary.json").read_text() == "{}"
+    demo = tmp_path / "demo"
+    (demo / "run").mkdir(parents=True)
+    (demo / "run" / "metrics.jsonl").write_text("")
+    done = run_allfed("demo", "--out", str(demo))
+    assert done.returncode == 2 and "already holds a run; pass --force" in done.stderr
+
+
+def test_an_unwritable_run_directory_is_refused_before_any_site_starts(cohort, tmp_path):
+    files, spec_path = cohort
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    sites = [arg for name, path in files.items() for arg in ("--site", f"{name}={path}")]
+    done = run_allfed("simulate", "--study", str(spec_path), "--out", str(blocker / "run"), *sites)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: --out {blocker / 'run'}: cannot write the run directory")
+    assert "Traceback" not in done.stderr
+
+
+def test_contradictions_and_too_few_sites_fail_at_once(cohort, tmp_path):
+    files, spec_path = cohort
+    name, path = next(iter(files.items()))
+    base = ["simulate", "--study", str(spec_path), "--out", str(tmp_path / "run")]
+    done = run_allfed(*base, "--site", f"{name}={path}", "--no-dp", "--target-epsilon", "5")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: --no-dp and --target-epsilon contradict each other; give one"
+    )
+    done = run_allfed(*base, "--site", f"{name}={path}")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: 1 site(s) given, fewer than [training] min-sites = 2: the run cannot start"
+    )
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -113,7 +113,8 @@ def run_launch(
 def run_status_command(
     run_dir: Annotated[Path, typer.Argument(help="The run directory (holds summary.json).")],
 ) -> None:
-    """Exit 0 if the run completed, 1 if it failed, 3 if it has no summary yet."""
+    """Exit 0 if the run completed, 1 if it failed, 3 if it has no summary yet, 2 if there is no
+    such run directory."""
     from federation.deploy.runs import run_status
 
     _report(run_status(run_dir))

@@ -40,6 +40,8 @@ def run_status(run_dir: Path) -> RunOutcome:
     path = run_dir / "summary.json"
     if not path.exists() and (run_dir / "analysis.json").exists():
         path = run_dir / "analysis.json"
+    if not run_dir.is_dir():
+        raise AllfedError(f"{run_dir}: no such run directory")
     if not path.exists():
         return RunOutcome(PENDING, f"{path}: no summary yet (the run is running or never began)")
     try:
@@ -141,6 +143,8 @@ def launch(
         time.sleep(poll)
     else:
         return RunOutcome(PENDING, f"run {run_id} still {status} after {timeout:g} s")
+    if not out.is_dir():  # the ServerApp died before it made its run directory
+        return RunOutcome(FAILED, f"run {run_id}: Flower reports {status} and {out} was never made")
     outcome = run_status(out)
     if status != "finished:completed" and outcome.code == COMPLETED:
         return RunOutcome(FAILED, f"run {run_id}: Flower reports {status}", outcome.summary)

@@ -41,9 +41,9 @@ class RunDirectory:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.resume = resume
-        if not resume:
-            (self.path / METRICS).unlink(missing_ok=True)
-            (self.path / CHECKPOINT).unlink(missing_ok=True)
+        if not resume:  # a new run never shows an earlier run's outputs, even if it fails
+            for name in (METRICS, CHECKPOINT, SUMMARY, MODEL, MODEL_CARD, MODEL_CARD_MD, REPORT):
+                (self.path / name).unlink(missing_ok=True)
         self._log_handler: logging.Handler | None = None
 
     def start_log(self) -> None:
