@@ -100,7 +100,7 @@ def tiny_cohort(tmp_path_factory):
     spec = load_spec(spec_path).with_overrides(
         model={"hidden": (256,), "name": "mlp"},
         training={"rounds": 5, "local_epochs": 5},
-        privacy={"target_epsilon": 0.5},
+        privacy={"target_epsilon": 0.5, "accountant": "rdp"},
     )
     return spec, files
 

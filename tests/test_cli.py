@@ -160,3 +160,25 @@ def test_contradictions_and_too_few_sites_fail_at_once(cohort, tmp_path):
         "error: 1 site(s) given, fewer than [training] min-sites = 2: the run cannot start"
     )
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_run_that_fails_exits_1_with_its_reason(cohort, tmp_path, capsys, monkeypatch):
+    """The run's own failure (fewer than min-sites left, tests/test_faults.py runs it) is exit 1
+    with the summary's reason, not a traceback."""
+    import federation.simulation
+
+    files, spec_path = cohort
+    failed = {
+        "status": "failed",
+        "study": "cardiometabolic-risk",
+        "model": "logistic",
+        "error": "round 2: only 1 site(s) left, min-sites = 2",
+        "rounds": 1,
+        "sites": {},
+        "metrics": {},
+    }
+    monkeypatch.setattr(federation.simulation, "simulate", lambda *args, **kwargs: failed)
+    sites = [arg for name, path in files.items() for arg in ("--site", f"{name}={path}")]
+    code = invoke("simulate", "--study", str(spec_path), "--out", str(tmp_path / "run"), *sites)
+    assert code == 1
+    assert "run failed: round 2: only 1 site(s) left, min-sites = 2" in capsys.readouterr().err

@@ -114,38 +114,19 @@ def test_broken_file_crash_nan_and_wrong_shape_are_survived(four_sites, tmp_path
     assert f"update of site {names[2]} rejected" in log
 
 
-@pytest.mark.parametrize(
-    ("strategy", "max_ratio", "survives"),
-    [
-        # Without validation FedAvg is taken over (tests/test_validation.py, on Flower's own
-        # aggregation); the diverged model is then a finding (tests/test_report.py).
-        ("fedavg", 10.0, True),  # validation rejects it
-        # A robust strategy bounds it without validation. FedTrimmedAvg and Krum aggregate the
-        # same attack in tests/test_validation.py (Flower's own aggregation, without a run).
-        ("fedmedian", 0.0, True),
-    ],
-)
-def test_scaled_malicious_update(four_sites, tmp_path, strategy, max_ratio, survives):
-    """One of four sites returns its update scaled by -1000 (a model-replacement attack)."""
+def test_a_scaled_malicious_update_is_rejected(four_sites, tmp_path):
+    """One of four sites returns its update scaled by -1000 (a model-replacement attack); update
+    validation rejects it every round and the model is unharmed. Without validation FedAvg is
+    taken over (tests/test_validation.py, on Flower's own aggregation, where the robust
+    strategies bound the same attack), and a diverged model is a finding (tests/test_report.py)."""
     files, spec_path = four_sites
-    spec = spec_for(
-        spec_path, dp=False, strategy=strategy, max_update_ratio=max_ratio, trim_fraction=0.25
-    )
-    out = tmp_path / "run"
-    summary = simulate(spec, files, out, client_mods=[Fault(0, "scale")])
+    spec = spec_for(spec_path, dp=False, strategy="fedavg", max_update_ratio=10.0)
+    summary = simulate(spec, files, tmp_path / "run", client_mods=[Fault(0, "scale")])
     auroc = summary["metrics"]["pooled"]["auroc"]
-    diverged = [d for d in summary["diagnostics"] if "diverged" in d]
-    print(f"x-1000 attack, {strategy}, max-update-ratio {max_ratio}: pooled AUROC {auroc}")
     assert summary["status"] == "completed"
+    assert auroc > 0.65 and not [d for d in summary["diagnostics"] if "diverged" in d]
     attacker = summary["sites"][next(iter(files))]
-    if survives:
-        assert auroc > 0.65 and not diverged
-    else:  # the attack takes the model over: a finding, never reported as discriminating
-        assert diverged
-        html = (out / "report.html").read_text(encoding="utf-8")
-        assert html.index("Findings") < html.index("Results on all sites")
-    rejected = [r["round"] for r in attacker["rejected_updates"]]
-    assert rejected == ([1, 2, 3] if max_ratio else [])
+    assert [r["round"] for r in attacker["rejected_updates"]] == [1, 2, 3]
 
 
 def test_run_below_min_sites_fails_with_reason(four_sites, tmp_path):

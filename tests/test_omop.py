@@ -12,6 +12,7 @@ import duckdb
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import wire
 from cli_helpers import invoke, run_allfed
 from omop_helpers import TABLES, duckdb_source, oracle, study_text, write
 from pgserver import load_cdm, pg_bin, postgres_server
@@ -23,7 +24,7 @@ from federation.omop.errors import SourceError
 from federation.omop.eunomia import eunomia_file, write_sites
 from federation.omop.extract import read_source
 from federation.omop.query import build
-from federation.spec import parse_spec
+from federation.spec import load_spec, parse_spec
 
 READER_PASSWORD = "reader-Secret-4711"
 OUTSIDER_PASSWORD = "outsider-Secret-0815"
@@ -387,15 +388,11 @@ def test_demo_omop_trains_a_gi_bleed_model_end_to_end(tmp_path):
     with duckdb.connect(str(broken)) as con:
         con.execute("DROP TABLE observation_period")
     duckdb_source(data / "broken.toml", broken)
-    done = run_allfed(
-        "simulate", "--study", str(data / "study.toml"), "--rounds", "1",
-        "--site", f"a={data / 'site-a.toml'}", "--site", f"b={data / 'site-b.toml'}",
-        "--site", f"broken={data / 'broken.toml'}", "--out", str(tmp_path / "partial"),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    sites = json.loads((tmp_path / "partial" / "summary.json").read_text())["sites"]
-    assert sites["a"]["status"] == sites["b"]["status"] == "ok"
-    assert sites["broken"]["status"] == "failed"
-    # the aggregator sees the fixed-vocabulary reason only; the table's name stays at the site
-    assert sites["broken"]["reason"].startswith("missing-table:")
-    assert "observation_period" not in sites["broken"]["reason"]
+    # The broken site's node, as the aggregator's setup reaches it (a failed site leaves the run
+    # going on the others: tests/test_simulation.py): the fixed-vocabulary reason only, the
+    # table's name stays at the site.
+    context = wire.node_context(data / "broken.toml", load_spec(data / "study.toml"), "broken")
+    reply = wire.setup(context)
+    assert wire.state_of(reply) == "failed"
+    assert wire.reason_of(reply).startswith("missing-table:")
+    assert "observation_period" not in wire.reason_of(reply)

@@ -262,7 +262,9 @@ def test_a_simulated_run_publishes_dp_metrics_with_intervals_and_a_report(
     from federation.simulation import simulate
 
     files, spec_path = cohort
-    spec = load_spec(spec_path).with_overrides(training={"rounds": 2})
+    spec = load_spec(spec_path).with_overrides(
+        training={"rounds": 2}, privacy={"accountant": "rdp"}
+    )
     summary = simulate(spec, files, tmp_path / "run")
     assert summary["status"] == "completed" and summary["evaluated_round"] == 2
     rows = [
