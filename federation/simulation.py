@@ -150,7 +150,7 @@ def simulate(
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {
-            "num_cpus": max(1, min(len(sites), os.cpu_count() or 1)),
+            "num_cpus": max(1, min(len(sites), _usable_cpus())),
             "include_dashboard": False,
             "logging_level": logging.INFO if verbose else logging.ERROR,
             "log_to_driver": verbose,
@@ -180,3 +180,11 @@ def analyze(
     """Answer a descriptive analysis over ``sites`` (the Python face of ``allfed analyze``);
     returns ``out/analysis.json``, whose ``result`` is the pooled table."""
     return simulate(spec, sites, out, analysis=request, policies=policies, ledger_dir=ledger_dir)
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or ``taskset``'s limit), not the
+    machine's: more Ray workers than that only fight over them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

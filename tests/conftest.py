@@ -1,6 +1,7 @@
 """Shared fixtures: a private FLWR_HOME, no telemetry, a task identity for messages built in the
 test process, small synthetic cohorts, and a local deployment for the deployment modules."""
 
+import os
 import time
 
 import pytest
@@ -22,6 +23,20 @@ LONGEST_FIRST = (
     "test_console.py",
     "test_report.py",
 )
+
+
+def pytest_configure(config):
+    """Each xdist worker on its own share of the CPUs (inherited by the Ray workers and nodes it
+    starts): two simulations at once then do not fight over the same cores."""
+    worker, count = (
+        os.environ.get("PYTEST_XDIST_WORKER"),
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT"),
+    )
+    if worker and count and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        share = cpus[int(worker.removeprefix("gw")) % int(count) :: int(count)]
+        if share:
+            os.sched_setaffinity(0, share)
 
 
 def pytest_collection_modifyitems(items):
