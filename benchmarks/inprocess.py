@@ -30,6 +30,7 @@ from federation.client.training import (
     train_dp,
     train_plain,
 )
+from federation.server.run import initial_model
 from federation.server.standardization import pooled_scaling
 from federation.spec import StudySpec, federated_columns
 from models.registry import build_model
@@ -114,18 +115,6 @@ def federate(
         x_test, y_test = encode(table, spec, c, s, test=True)
         sites.append(SiteData(name, x_train, y_train, x_test, y_test))
     return Federation(spec, tuple(sites), prior, (list(center), list(scale)), warnings)
-
-
-def initial_model(spec: StudySpec, n_features: int) -> nn.Module:
-    """The server's starting model: zeros for logistic regression, seeded weights for an MLP."""
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.study.seed)
-        model = build_model(spec.model.name, n_features, spec.model.hidden)
-    if spec.model.name == "logistic":
-        with torch.no_grad():
-            for param in model.parameters():
-                param.zero_()
-    return model
 
 
 Trainer = Callable[..., None]

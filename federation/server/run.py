@@ -153,7 +153,7 @@ class StudyRun:
         strategy = build_strategy(spec)
         if self.checkpoint is None:
             self._setup()
-            model = _initial_model(spec, len(feature_names(spec)))
+            model = initial_model(spec, len(feature_names(spec)))
             arrays = ArrayRecord(model.state_dict())
         else:
             arrays = self._restore(strategy)
@@ -561,7 +561,7 @@ class StudyRun:
         }
 
 
-def _initial_model(spec: StudySpec, n_features: int) -> torch.nn.Module:
+def initial_model(spec: StudySpec, n_features: int) -> torch.nn.Module:
     """Deterministic start: zeros for logistic regression, seeded weights for an MLP."""
     with torch.random.fork_rng():  # the seed stays here, out of the process's global RNG
         torch.manual_seed(spec.study.seed)
