@@ -243,6 +243,16 @@ def test_a_small_or_noisy_cell_is_withheld_with_its_reason():
         assert (pooled[name] is None and "interval" in reason) or "undefined" in reason
 
 
+def test_a_calibration_fit_on_too_few_bins_above_the_noise_is_withheld():
+    """Fed-Heart-Disease at epsilon 3 (benchmarks/evaluation.py): slopes fitted on the few bins
+    above the noise floor came out 1.27 too high with intervals that missed the exact value."""
+    pos, neg = np.zeros(N_BINS), np.zeros(N_BINS)
+    pos[10:16], neg[6:12] = [5, 9, 14, 20, 26, 30], [40, 38, 30, 22, 14, 9]
+    assert ev._binned_metrics(pos, neg, floor=0.0)["calibration_slope"] is not None
+    few = ev._binned_metrics(pos, neg, floor=35.0)  # two bins hold more than 35 records
+    assert few["calibration_slope"] is None and few["calibration_intercept"] is None
+
+
 def test_degenerate_scores_are_a_finding():
     pos = np.zeros(N_BINS)
     neg = np.zeros(N_BINS)

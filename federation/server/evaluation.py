@@ -72,6 +72,7 @@ MIN_PUBLISHED_COUNT = 20  # the dissemination rule, applied to published (noisy)
 # slope around its ideal 1), of the E-statistics 1.
 MAX_CI_WIDTH = 0.4
 NOISE_FLOOR = 3.0  # noise SDs of a bin's records under which calibration ignores the bin
+MIN_CALIBRATION_BINS = 5  # bins above the floor a calibration fit needs: fewer span too little
 MIN_CALIBRATION_RECORDS = 50  # (noisy) records per group of bins on the calibration plot
 DEGENERATE_SHARE = 0.9  # of the records in one bin (or the two saturated tails): a flag
 _LOGITS = bin_logits()
@@ -367,7 +368,9 @@ def _binned_metrics(pos: np.ndarray, neg: np.ndarray, floor: float) -> dict[str,
         except ZeroDivisionError:
             values[name] = None
     signal = (pos + neg) > floor
-    intercept, slope, line = m.calibration_fit(_LOGITS, pos * signal, neg * signal)
+    intercept = slope = line = None
+    if signal.sum() >= MIN_CALIBRATION_BINS:
+        intercept, slope, line = m.calibration_fit(_LOGITS, pos * signal, neg * signal)
     values.update(
         calibration_intercept=intercept, calibration_slope=slope, calibration_line_intercept=line
     )
