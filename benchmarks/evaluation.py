@@ -99,11 +99,14 @@ def released(spec, sites, budget: float, design: str) -> tuple[dict, dict]:
         requests = {
             c: r for c in cells.rank_cells() if (r := ev.rank_request(pooled[c])) is not None
         }
-        ranks = [
-            ev.read_ranks(rank_release(y, p, m, cells, requests, noise2), requests, cells, noise2)
-            for y, p, m in sites.values()
-        ]
-        pooled = ev.with_ranks(pooled, ranks, requests)
+        ranks = {
+            name: ev.read_ranks(
+                rank_release(y, p, m, cells, requests, noise2), requests, cells, noise2
+            )
+            for name, (y, p, m) in sites.items()
+        }
+        pooled = ev.with_ranks(pooled, ranks.values())
+        per_site = {name: ev.with_ranks(per_site[name], [ranks[name]]) for name in per_site}
     pooled = ev.reconcile(pooled, cells)
     return ev.cell_metrics(pooled[POOLED_CELL]), {
         name: ev.cell_metrics(cells_[POOLED_CELL]) for name, cells_ in per_site.items()

@@ -13,12 +13,15 @@ by the site's ledger before it is computed:
    same for both classes and every site), the records and the events, the sum of residuals
    ``y - p`` and the sum of squared errors ``(p - y)^2``. Every metric but the AUROC is read
    from these.
-2. **Ranks** (message ``evaluate.ranks``): per cell, the sum over the records of one class of a
-   public function the aggregator sends: the other class's pooled CDF (from release 1), centred
-   on the AUROC release 1 gives. The AUROC is the mean of that CDF over the first class's
-   records, so this release measures it from each record's exact score: its noise is that of
-   one bounded sum, where a histogram's AUROC carries the noise of every bin (measured:
-   ``benchmarks/evaluation.py``).
+2. **Ranks** (message ``evaluate.ranks``): per cell, two sums of public functions the
+   aggregator sends, the cell's pooled class CDFs ``F`` (positives) and ``G`` (negatives) from
+   release 1: over the cell's positives ``G(score) - c``, over its negatives
+   ``F(score) - (1 - c)``, with ``c`` the AUROC of those CDFs. The AUROC is then
+   ``c + rank_pos / n_pos - rank_neg / n_neg``, whose error is the product of the two CDFs'
+   errors (second order: ``-integral (G_true - G) d(F_true - F)``) where a one-sided mean of
+   ``G`` carries ``G``'s error itself; each sum is measured from every record's exact score, so
+   the noise is that of two bounded sums, where a histogram's AUROC carries the noise of every
+   bin (measured: ``benchmarks/evaluation.py``).
 
 Sensitivity (add/remove one record): in release 1, a record lies in exactly one cell of each
 table (the pooled table, each group column, each intersection); there it adds 1 to one bin of
@@ -26,7 +29,7 @@ its class's histogram, 1 to the records, 1 to the events if it is one, its resid
 and its squared error (in [0, 1]). Each table's statistics are weighted by the square root of
 their share of the release (``table_shares`` x ``STAT_SHARES``; the two histograms are disjoint
 and share one part), so the weighted vector moves by at most 1 in L2. In release 2, a record
-adds ``G(score) - center`` to one cell per table, at most ``max(center, 1 - center)`` in
+adds to one of its cell's two sums per table (its class's), at most ``max(c, 1 - c)`` in
 absolute value; dividing each cell by that bound and weighting by the table's share again gives
 L2 sensitivity 1. Each release is therefore one
 Gaussian mechanism of noise multiplier ``z`` (sample rate 1), and the two compose as Gaussians.
@@ -65,27 +68,32 @@ POOLED_TABLE: Table = (POOLED, ALL)
 POOLED_CELL: Cell = (POOLED, ALL, ALL)
 
 HIST_POS, HIST_NEG, RECORDS, EVENTS = "hist_pos", "hist_neg", "records", "events"
-RESIDUALS, SQUARED_ERRORS, RANK_SUM = "residuals", "squared_errors", "rank_sum"
+RESIDUALS, SQUARED_ERRORS = "residuals", "squared_errors"
+RANK_POS, RANK_NEG = "rank_pos", "rank_neg"  # release 2: the sums over each class
 HISTOGRAMS = (HIST_POS, HIST_NEG)
-# Within a table; a record is in one class, so the two histograms share one part.
+# Within a table; a record is in one class, so the two histograms share one part. The
+# histograms feed the rank release's CDFs (whose error enters the AUROC at second order only),
+# the calibration plot and fits; the residuals give calibration-in-the-large, so they get more.
 STAT_SHARES = {
-    HIST_POS: 0.6,
-    HIST_NEG: 0.6,
+    HIST_POS: 0.5,
+    HIST_NEG: 0.5,
     RECORDS: 0.1,
     EVENTS: 0.1,
-    RESIDUALS: 0.1,
+    RESIDUALS: 0.2,
     SQUARED_ERRORS: 0.1,
 }
 
-HISTOGRAM_SHARE = 0.5  # of an evaluation's rho: release 1; release 2 gets the rest
-# Each release's split between its tables: the pooled AUROC is the headline, so release 2 (the
-# AUROCs) ranks the pooled cell and the group levels only; intersections' AUROCs come from their
-# histograms (their cells are small, and mostly withheld anyway).
-GROUPS_SHARE = {False: 0.3, True: 0.3}  # by release: False the histograms, True the ranks
+# Of an evaluation's rho, release 1's; release 2 (the AUROCs) gets the rest. The AUROC's noise
+# is that of release 2's sums, so it gets the larger part (measured: benchmarks/evaluation.py).
+HISTOGRAM_SHARE = 0.35
+# Each release's split between its tables: the pooled AUROC is the headline, so release 2 ranks
+# the pooled cell and the group levels only; intersections' AUROCs come from their histograms
+# (their cells are small, and mostly withheld anyway).
+GROUPS_SHARE = {False: 0.3, True: 0.2}  # by release: False the histograms, True the ranks
 INTERSECTIONS_SHARE = {False: 0.1, True: 0.0}
 
 EVAL_PREFIX, RANKS_PREFIX = "eval", "ranks"
-CDF, CENTER, CLASS = "cdf", "center", "class"
+CDF_POS, CDF_NEG, CENTER = "cdf_pos", "cdf_neg", "center"
 
 
 def score_bins(p: np.ndarray) -> np.ndarray:
@@ -163,7 +171,7 @@ class Layout:
         return noise_multiplier / math.sqrt(share)
 
     def rank_sd(self, table: Table, center: float, noise_multiplier: float) -> float:
-        """Noise SD of one cell's rank sum in release 2 (natural units)."""
+        """Noise SD of each of one cell's two rank sums in release 2 (natural units)."""
         bound = max(center, 1.0 - center)
         return noise_multiplier * bound / math.sqrt(self.table_shares(ranks=True)[table])
 
@@ -212,32 +220,31 @@ def histogram_keys(cells: list[Cell]) -> dict[str, tuple[Cell, str]]:
 
 @dataclass(frozen=True)
 class RankRequest:
-    """What release 2 asks of one cell: sum, over the records of class ``rank_class``, of the
-    other class's CDF ``cdf`` (at the bin edges) minus ``center``."""
+    """What release 2 asks of one cell: over its positives the sum of ``cdf_neg(score) - center``,
+    over its negatives the sum of ``cdf_pos(score) - (1 - center)`` (CDFs at the bin edges)."""
 
-    cdf: tuple[float, ...]
+    cdf_pos: tuple[float, ...]
+    cdf_neg: tuple[float, ...]
     center: float
-    rank_class: int
 
     def check(self) -> None:
         """ValueError unless this is a request a site may answer (its sensitivity is bounded)."""
-        values = np.asarray(self.cdf, dtype=float)
-        if values.shape != (N_BINS + 1,) or not np.all(np.isfinite(values)):
-            raise ValueError(f"a rank CDF must be {N_BINS + 1} finite numbers")
-        if np.any(values < 0) or np.any(values > 1):
-            raise ValueError("a rank CDF must lie in [0, 1]")
+        for cdf in (self.cdf_pos, self.cdf_neg):
+            values = np.asarray(cdf, dtype=float)
+            if values.shape != (N_BINS + 1,) or not np.all(np.isfinite(values)):
+                raise ValueError(f"a rank CDF must be {N_BINS + 1} finite numbers")
+            if np.any(values < 0) or np.any(values > 1):
+                raise ValueError("a rank CDF must lie in [0, 1]")
         if not (math.isfinite(self.center) and 0.0 <= self.center <= 1.0):
             raise ValueError("a rank center must lie in [0, 1]")
-        if self.rank_class not in (0, 1):
-            raise ValueError("a rank class is 0 or 1")
 
 
 def rank_requests_to_config(requests: Mapping[Cell, RankRequest]) -> dict[str, object]:
     config: dict[str, object] = {}
     for cell, request in requests.items():
-        config[key(RANKS_PREFIX, cell, CDF)] = [float(v) for v in request.cdf]
+        config[key(RANKS_PREFIX, cell, CDF_POS)] = [float(v) for v in request.cdf_pos]
+        config[key(RANKS_PREFIX, cell, CDF_NEG)] = [float(v) for v in request.cdf_neg]
         config[key(RANKS_PREFIX, cell, CENTER)] = float(request.center)
-        config[key(RANKS_PREFIX, cell, CLASS)] = int(request.rank_class)
     return config
 
 
@@ -251,7 +258,7 @@ def rank_requests_from_config(
         if not name.startswith(f"{RANKS_PREFIX}."):
             continue
         cell, statistic = parse_key(name, RANKS_PREFIX)
-        if statistic not in (CDF, CENTER, CLASS):
+        if statistic not in (CDF_POS, CDF_NEG, CENTER):
             raise ValueError(f"unknown rank field {statistic!r}")
         fields.setdefault(cell, {})[statistic] = value
     known = set(allowed)
@@ -259,15 +266,15 @@ def rank_requests_from_config(
     for cell, values in fields.items():
         if cell not in known:
             raise ValueError("a rank request names a cell the study does not declare")
-        if set(values) != {CDF, CENTER, CLASS}:
-            raise ValueError("a rank request needs cdf, center and class")
-        cdf = values[CDF]
-        if not isinstance(cdf, list):
+        if set(values) != {CDF_POS, CDF_NEG, CENTER}:
+            raise ValueError("a rank request needs cdf_pos, cdf_neg and center")
+        cdfs = values[CDF_POS], values[CDF_NEG]
+        if not all(isinstance(cdf, list) for cdf in cdfs):
             raise ValueError("a rank CDF must be a list of numbers")
-        rank_class = values[CLASS]
-        if isinstance(rank_class, bool) or not isinstance(rank_class, int):
-            raise ValueError("a rank class is 0 or 1")
-        request = RankRequest(tuple(float(v) for v in cdf), float(values[CENTER]), rank_class)
+        center = values[CENTER]
+        if isinstance(center, bool) or not isinstance(center, int | float):
+            raise ValueError("a rank center must be a number")
+        request = RankRequest(*(tuple(float(v) for v in cdf) for cdf in cdfs), float(center))
         request.check()
         requests[cell] = request
     return requests

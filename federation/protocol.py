@@ -67,7 +67,7 @@ MESSAGE_CONFIG = {
     "analyze": (RUN_KEY, ANALYSIS_REQUEST),
     "train": (*_MODEL_CONFIG, PROXIMAL_MU),
     "evaluate": _MODEL_CONFIG,
-    "ranks": (*_MODEL_CONFIG, r"ranks\.[^.]+\.[^.]+\.[^.]+\.(cdf|center|class)"),
+    "ranks": (*_MODEL_CONFIG, r"ranks\.[^.]+\.[^.]+\.[^.]+\.(cdf_pos|cdf_neg|center)"),
 }
 
 # Site -> server status (a ConfigRecord under STATUS, present in every setup and analyze reply
@@ -150,7 +150,7 @@ REPLY_KEYS = {
     },
     "ranks": {
         STATUS: _STATUS_KEYS,
-        METRICS: (EPSILON, NOISE_MULTIPLIER, rf"ranks\.{_EVAL_CELL}\.rank_sum"),
+        METRICS: (EPSILON, NOISE_MULTIPLIER, rf"ranks\.{_EVAL_CELL}\.(rank_pos|rank_neg)"),
     },
     "analyze": {
         STATUS: _STATUS_KEYS,

@@ -353,15 +353,15 @@ def test_rank_requests_outside_the_declared_cells_or_bounds_are_refused(study, t
     setup(context)
     first = evaluate(context, spec)
     config = model_config(spec)
-    config[f"ranks.group.race_ethnicity.{p.encode_name('Martian')}.cdf"] = [0.0] * 23
-    config[f"ranks.group.race_ethnicity.{p.encode_name('Martian')}.center"] = 0.5
-    config[f"ranks.group.race_ethnicity.{p.encode_name('Martian')}.class"] = 1
+    martian = f"ranks.group.race_ethnicity.{p.encode_name('Martian')}"
+    config[f"{martian}.cdf_pos"] = config[f"{martian}.cdf_neg"] = [0.0] * 23
+    config[f"{martian}.center"] = 0.5
     content = RecordDict({p.ARRAYS: global_arrays(spec), p.CONFIG: config})
     assert_declined(send(context, p.EVALUATE_RANKS, content), check="bad-config-value")
     huge = model_config(spec)
-    huge["ranks.pooled.all.all.cdf"] = [1e6] * 23
+    huge["ranks.pooled.all.all.cdf_pos"] = [1e6] * 23
+    huge["ranks.pooled.all.all.cdf_neg"] = [0.5] * 23
     huge["ranks.pooled.all.all.center"] = 0.5
-    huge["ranks.pooled.all.all.class"] = 1
     content = RecordDict({p.ARRAYS: global_arrays(spec), p.CONFIG: huge})
     assert_declined(send(context, p.EVALUATE_RANKS, content), check="bad-config-value")
     # The honest release 2 still goes through, once.

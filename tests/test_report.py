@@ -75,7 +75,7 @@ def fake_run(path: Path, rounds: int = 3, scores=None) -> dict:
         ev.read_ranks(rank_release(y, p, m, cells, requests, noise2), requests, cells, noise2)
         for y, p, m in parts
     ]
-    pooled = ev.reconcile(ev.with_ranks(pooled, ranks, requests), cells)
+    pooled = ev.reconcile(ev.with_ranks(pooled, ranks), cells)
     metrics = ev.evaluation_tables(sites, pooled, cells)
     outputs = RunDirectory(path)
     for r in range(1, rounds + 1):

@@ -24,7 +24,8 @@ from federation.evaluation import (
     LEVEL_JOIN,
     N_BINS,
     POOLED_TABLE,
-    RANK_SUM,
+    RANK_NEG,
+    RANK_POS,
     RANKS_PREFIX,
     RECORDS,
     RESIDUALS,
@@ -80,8 +81,9 @@ def rank_release(
     requests: Mapping[Cell, RankRequest],
     noise_multiplier: float,
 ) -> dict[str, float | list[float]]:
-    """Release 2: per requested cell, the sum over its records of class ``rank_class`` of
-    ``cdf(score) - center``, with Gaussian noise on the unit-sensitivity weighted vector."""
+    """Release 2: per requested cell, the sums over its positives of ``cdf_neg(score) - center``
+    and over its negatives of ``cdf_pos(score) - (1 - center)``, with Gaussian noise on the
+    unit-sensitivity weighted vector."""
     return _noisy(*rank_statistics(y, p, members, layout, requests), noise_multiplier)
 
 
@@ -119,19 +121,22 @@ def rank_statistics(
     layout: Layout,
     requests: Mapping[Cell, RankRequest],
 ) -> Statistics:
-    """Release 2's exact sums, each cell weighted by its table's share over its bound: the
-    weighted vector has L2 sensitivity 1."""
+    """Release 2's exact sums, each weighted by its table's share over its bound: a record adds
+    to one of its cell's two sums per table, so the weighted vector has L2 sensitivity 1."""
     y = np.asarray(y, dtype=np.int64)
     shares = layout.table_shares(ranks=True)
     names, values, weights = [], [], []
     for cell, request in requests.items():
-        table = cell[:2]
-        rows = (members[table] == cell[2]) & (y == request.rank_class)
-        contribution = cdf_at(p[rows], np.asarray(request.cdf)) - request.center
+        in_cell = members[cell[:2]] == cell[2]
         bound = max(request.center, 1.0 - request.center)
-        names.append((key(RANKS_PREFIX, cell, RANK_SUM), 1))
-        values.append(float(contribution.sum()))
-        weights.append(np.sqrt(shares[table]) / bound)
+        for statistic, label, cdf, center in (
+            (RANK_POS, 1, request.cdf_neg, request.center),
+            (RANK_NEG, 0, request.cdf_pos, 1.0 - request.center),
+        ):
+            scores = p[in_cell & (y == label)]
+            names.append((key(RANKS_PREFIX, cell, statistic), 1))
+            values.append(float(np.sum(cdf_at(scores, np.asarray(cdf)) - center)))
+            weights.append(np.sqrt(shares[cell[:2]]) / bound)
     return names, np.array(values), np.array(weights)
 
 

@@ -12,12 +12,14 @@ privacy cost) then makes the noisy numbers consistent before anything is compute
   weighted least squares (the variances are known), so levels add up to the total.
 
 The AUROC of a cell with a rank release is read from it: the aggregator sends each site the
-other class's pooled CDF from release 1, each site sums it over its records of the rarer class,
-and the AUROC is that mean (its noise is one bounded sum's, not every bin's). Its interval adds
-the rank noise, the uncertainty of the CDF (simulated from release 1's noise) and DeLong's
-sampling variance. The other metrics' intervals come from a parametric bootstrap over the
-release's noise and Poisson sampling of the post-processed bins (seeded: the same release
-always gives the same intervals).
+cell's two pooled class CDFs from release 1, each site sums the negatives' CDF over its positives
+and the positives' CDF over its negatives, and the AUROC follows from the two means with an
+error of second order in the CDFs' (``federation.evaluation``). A site's own AUROC is read from
+its sums against the pooled CDFs, plus the second-order term estimated from its own histograms.
+The interval adds the two sums' noise, the error left in the second-order term (simulated from
+release 1's noise) and DeLong's sampling variance. The other metrics' intervals come from a
+parametric bootstrap over the release's noise and Poisson sampling of the post-processed bins
+(seeded: the same release always gives the same intervals).
 
 Rules stated in the README: a group or intersection level is published only when its noisy
 records, events and non-events each exceed the site policy's dissemination threshold (20); a
@@ -46,7 +48,8 @@ from federation.evaluation import (
     INTERSECTION,
     N_BINS,
     POOLED_CELL,
-    RANK_SUM,
+    RANK_NEG,
+    RANK_POS,
     RANKS_PREFIX,
     RECORDS,
     RESIDUALS,
@@ -78,6 +81,23 @@ DEGENERATE_SHARE = 0.9  # of the records in one bin (or the two saturated tails)
 _LOGITS = bin_logits()
 
 
+@dataclass(frozen=True)
+class RankSums:
+    """A cell's release 2, summed over sites: the two sums, the noise variance of each, and the
+    request they answer."""
+
+    pos: float
+    neg: float
+    variance: float
+    request: RankRequest
+
+    def __add__(self, other: RankSums) -> RankSums:
+        return RankSums(
+            self.pos + other.pos, self.neg + other.neg, self.variance + other.variance,
+            self.request,
+        )  # fmt: skip
+
+
 @dataclass
 class CellRelease:
     """One cell's released statistics, summed over the sites that released it, with the noise
@@ -90,9 +110,7 @@ class CellRelease:
     residuals: float
     squared_errors: float
     variance: dict[str, float]
-    rank_sum: float | None = None
-    rank_variance: float = 0.0
-    rank: RankRequest | None = None
+    ranks: RankSums | None = None
     sites: int = 1
 
     def __add__(self, other: CellRelease) -> CellRelease:
@@ -104,11 +122,7 @@ class CellRelease:
             self.residuals + other.residuals,
             self.squared_errors + other.squared_errors,
             {k: v + other.variance[k] for k, v in self.variance.items()},
-            None
-            if self.rank_sum is None or other.rank_sum is None
-            else self.rank_sum + other.rank_sum,
-            self.rank_variance + other.rank_variance,
-            self.rank,
+            None if self.ranks is None or other.ranks is None else self.ranks + other.ranks,
             self.sites + other.sites,
         )
 
@@ -153,15 +167,18 @@ def read_ranks(
     requests: Mapping[Cell, RankRequest],
     layout: Layout,
     noise_multiplier: float,
-) -> dict[Cell, tuple[float, float]]:
-    """A site's release 2: per requested cell, (rank sum, its noise variance); ValueError unless
-    it answers exactly the requests."""
-    expected = {key(RANKS_PREFIX, cell, RANK_SUM): cell for cell in requests}
+) -> dict[Cell, RankSums]:
+    """A site's release 2 per requested cell; ValueError unless it answers exactly the
+    requests, each sum a finite number."""
+    expected = {
+        key(RANKS_PREFIX, cell, statistic): cell
+        for cell in requests
+        for statistic in (RANK_POS, RANK_NEG)
+    }
     present = {k for k in record if k.startswith(f"{RANKS_PREFIX}.")}
     if present != set(expected):
         raise ValueError("the rank release does not answer exactly the requested cells")
-    ranks = {}
-    for name, cell in expected.items():
+    for name in expected:
         value = record[name]
         if (
             isinstance(value, bool)
@@ -169,8 +186,15 @@ def read_ranks(
             or not math.isfinite(value)
         ):
             raise ValueError(f"{name} must be a finite number")
-        sd = layout.rank_sd(cell[:2], requests[cell].center, noise_multiplier)
-        ranks[cell] = (float(value), sd**2)
+    ranks = {}
+    for cell, request in requests.items():
+        sd = layout.rank_sd(cell[:2], request.center, noise_multiplier)
+        ranks[cell] = RankSums(
+            float(record[key(RANKS_PREFIX, cell, RANK_POS)]),
+            float(record[key(RANKS_PREFIX, cell, RANK_NEG)]),
+            sd**2,
+            request,
+        )
     return ranks
 
 
@@ -184,13 +208,12 @@ def pool(sites: Iterable[Mapping[Cell, CellRelease]]) -> dict[Cell, CellRelease]
 
 
 def with_ranks(
-    cells: Mapping[Cell, CellRelease],
-    ranks: Iterable[Mapping[Cell, tuple[float, float]]],
-    requests: Mapping[Cell, RankRequest],
+    cells: Mapping[Cell, CellRelease], ranks: Iterable[Mapping[Cell, RankSums]]
 ) -> dict[Cell, CellRelease]:
-    """The pooled cells with every site's rank sums added (a cell keeps its rank release only
-    if every site that released its histograms answered it)."""
-    sums: dict[Cell, list[tuple[float, float]]] = {}
+    """The cells with the rank sums added: over every site, which for pooled cells must be
+    every site that released the cell's histograms (else the cell keeps its histogram AUROC);
+    for one site's cells, ``ranks`` is that site's release alone."""
+    sums: dict[Cell, list[RankSums]] = {}
     for site in ranks:
         for cell, value in site.items():
             sums.setdefault(cell, []).append(value)
@@ -199,12 +222,10 @@ def with_ranks(
         release = result.get(cell)
         if release is None or len(values) != release.sites:
             continue
-        result[cell] = replace(
-            release,
-            rank_sum=sum(v for v, _ in values),
-            rank_variance=sum(var for _, var in values),
-            rank=requests[cell],
-        )
+        total = values[0]
+        for value in values[1:]:
+            total = total + value
+        result[cell] = replace(release, ranks=total)
     return result
 
 
@@ -314,9 +335,7 @@ def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
     draws = _bootstrap(release, seed)
     out.put("prevalence", _ratio_interval(events, n, release.variance[EVENTS], release))
     out.put("auroc", _auroc_interval(release, pos, neg))
-    out.values["auroc_method"] = (
-        "rank release" if release.rank_sum is not None else "binned histograms"
-    )
+    out.values["auroc_method"] = "rank release" if release.ranks else "binned histograms"
     brier = _mean_interval(release.squared_errors, n, release.variance[SQUARED_ERRORS], 0.25)
     out.put("brier", brier)
     prevalence = events / n if n > 0 else None
@@ -420,18 +439,19 @@ def _auroc_interval(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> _
     sampling = m.delong_variance(pos, neg)
     if area is None or sampling is None:
         return _Interval(None, None)
-    if release.rank_sum is None or release.rank is None:
+    if release.ranks is None:
         noise = _histogram_auroc_noise(release, pos, neg)
         return _symmetric(area, math.sqrt(sampling + noise), 0.0, 1.0)
-    request = release.rank
-    summed = pos if request.rank_class == 1 else neg
-    count = release.events if request.rank_class == 1 else release.records - release.events
-    if count <= 0 or summed.sum() <= 0:
+    ranks = release.ranks
+    n_pos, n_neg = release.events, release.records - release.events
+    if n_pos <= 0 or n_neg <= 0:
         return _Interval(None, None)
-    mean = request.center + release.rank_sum / count
-    value = mean if request.rank_class == 1 else 1.0 - mean
-    noise = release.rank_variance / count**2
-    noise += _cdf_noise(release, request, summed)
+    request = ranks.request
+    reference = np.asarray(request.cdf_pos), np.asarray(request.cdf_neg)
+    value = request.center + ranks.pos / n_pos - ranks.neg / n_neg
+    value += _second_order(_cdf(pos), _cdf(neg), *reference)
+    noise = ranks.variance / n_pos**2 + ranks.variance / n_neg**2
+    noise += _second_order_error(release, *reference)
     return _symmetric(min(max(value, 0.0), 1.0), math.sqrt(sampling + noise), 0.0, 1.0)
 
 
@@ -447,38 +467,53 @@ def _histogram_auroc_noise(release: CellRelease, pos: np.ndarray, neg: np.ndarra
     )
 
 
-def _cdf_noise(release: CellRelease, request: RankRequest, summed: np.ndarray) -> float:
-    """Variance of the rank AUROC from the noise of the CDF it used: the other class's pooled
-    histogram redrawn with release 1's noise, its CDF rebuilt, and the change averaged over the
-    summed class's bins."""
-    if request.rank_class == 1:
-        noisy, variance = release.hist_neg, HIST_NEG
-    else:
-        noisy, variance = release.hist_pos, HIST_POS
-    used = np.asarray(request.cdf)
-    used_means = (used[:-1] + used[1:]) / 2  # the CDF's mean over each bin
+def _cdf(counts: np.ndarray) -> np.ndarray:
+    """A histogram's CDF at the bin edges."""
+    return np.concatenate([[0.0], np.cumsum(counts) / max(counts.sum(), 1e-12)])
+
+
+def _integral(u: np.ndarray, v: np.ndarray) -> float:
+    """The integral of ``u dv`` for CDFs given at the bin edges, both interpolated alike
+    within a bin (``federation.evaluation.cdf_at``): exact for that interpolation."""
+    return float(np.dot(np.diff(v), (u[:-1] + u[1:]) / 2))
+
+
+def _second_order(cdf_pos: np.ndarray, cdf_neg: np.ndarray, ref_pos, ref_neg) -> float:
+    """What a cell's AUROC adds to the rank sums' first-order estimate when the rank release
+    used other CDFs than the cell's own: ``integral (G - G_ref) d(F - F_ref)``, zero when the
+    cell is the one the CDFs came from."""
+    return _integral(cdf_neg - ref_neg, cdf_pos - ref_pos)
+
+
+def _second_order_error(release: CellRelease, ref_pos: np.ndarray, ref_neg: np.ndarray) -> float:
+    """Mean squared error of the second-order term from release 1's noise: the cell's noisy
+    histograms redrawn around the post-processed ones, the term recomputed from each draw."""
+    pos, neg = class_histograms(release)
+    exact = _second_order(_cdf(pos), _cdf(neg), ref_pos, ref_neg)
     rng = np.random.default_rng(0)
-    sd = math.sqrt(release.variance[variance])
-    changes = []
-    for _ in range(BOOTSTRAP_DRAWS):
-        redrawn = histogram(noisy + rng.normal(0, sd, N_BINS))
-        cdf = np.concatenate([[0.0], np.cumsum(redrawn) / max(redrawn.sum(), 1e-12)])
-        changes.append(np.dot(summed, (cdf[:-1] + cdf[1:]) / 2 - used_means) / summed.sum())
-    return float(np.var(changes))
+    sd_pos, sd_neg = math.sqrt(release.variance[HIST_POS]), math.sqrt(release.variance[HIST_NEG])
+    errors = [
+        _second_order(
+            _cdf(histogram(pos + rng.normal(0, sd_pos, N_BINS))),
+            _cdf(histogram(neg + rng.normal(0, sd_neg, N_BINS))),
+            ref_pos,
+            ref_neg,
+        )
+        - exact
+        for _ in range(BOOTSTRAP_DRAWS)
+    ]
+    return float(np.mean(np.square(errors)))
 
 
 def rank_request(release: CellRelease) -> RankRequest | None:
-    """What to ask of a cell in release 2: the rarer class sums the other class's CDF, centred
-    on release 1's AUROC; None when the cell has no AUROC to refine."""
+    """What to ask of a cell in release 2: its two class CDFs from release 1, centred on their
+    AUROC; None when the cell has no AUROC to refine."""
     pos, neg = class_histograms(release)
     area = m.auroc(pos, neg)
     if area is None:
         return None
-    rank_class = 1 if pos.sum() <= neg.sum() else 0
-    other = neg if rank_class == 1 else pos
-    cdf = np.concatenate([[0.0], np.cumsum(other) / other.sum()])
-    center = min(max(area if rank_class == 1 else 1.0 - area, 0.0), 1.0)
-    return RankRequest(tuple(float(v) for v in np.clip(cdf, 0, 1)), float(center), rank_class)
+    cdf_pos, cdf_neg = (tuple(float(v) for v in np.clip(_cdf(h), 0, 1)) for h in (pos, neg))
+    return RankRequest(cdf_pos, cdf_neg, min(max(area, 0.0), 1.0))
 
 
 @dataclass

@@ -78,16 +78,19 @@ class Evaluator:
         }
         rank_config = ConfigRecord(dict(config))
         rank_config.update(rank_requests_to_config(requests))
-        ranks = []
+        ranks = {}
         for node, metrics in self._send(p.EVALUATE_RANKS, arrays, rank_config, list(sites)).items():
             try:
                 _check_noise(metrics, self.rank_noise)
-                ranks.append(ev.read_ranks(metrics, requests, self.layout, self.rank_noise))
+                ranks[node] = ev.read_ranks(metrics, requests, self.layout, self.rank_noise)
                 epsilon[node] = float(metrics[p.EPSILON])
             except (KeyError, TypeError, ValueError) as error:
                 log.warning("site %s: rank release rejected: %s", names.get(node, node), error)
-        cells = ev.reconcile(ev.with_ranks(pooled, ranks, requests), self.layout)
-        by_name = {names[node]: released for node, released in sites.items()}
+        cells = ev.reconcile(ev.with_ranks(pooled, ranks.values()), self.layout)
+        by_name = {
+            names[node]: ev.with_ranks(released, [ranks[node]] if node in ranks else [])
+            for node, released in sites.items()
+        }
         return EvaluationResult(
             metrics=ev.evaluation_tables(by_name, cells, self.layout),
             representation=ev.representation(by_name, cells, self.layout),
