@@ -250,6 +250,29 @@ def test_rank_aurocs_of_the_pool_and_of_each_site_are_exact_to_second_order():
         assert abs(binned["auroc"] - exact) > 3 * abs(ranked["auroc"] - exact)
 
 
+def test_every_published_metric_has_an_interval_that_holds_it():
+    """Over noisy releases of small cohorts, where fits often fail on the noise: a metric is
+    either withheld with a reason or shown with a 95% interval around it, never bare (before
+    the rule, about one release in ten here showed a calibration fit without an interval)."""
+    for seed in range(10):
+        for epsilon in (0.7, 1.0, 1.5):
+            noise, _ = evaluation_noise(epsilon, 1e-5, "rdp", 1)
+            parts = [cohort(300, 1000 * seed + k) for k in range(3)]
+            releases = [
+                ev.read_histograms(histogram_release(y, p, mem, LAYOUT, noise), LAYOUT, noise)
+                for y, p, mem in parts
+            ]
+            metrics = ev.cell_metrics(ev.pool(releases)[POOLED_CELL])
+            for name, value in metrics.items():
+                if f"{name}_ci" not in metrics:
+                    continue
+                ci = metrics[f"{name}_ci"]
+                if value is None:
+                    assert metrics["withheld"][name], name
+                else:
+                    assert ci is not None and ci[0] <= value <= ci[1], (name, value, ci)
+
+
 def test_group_levels_add_up_to_the_pooled_total_after_reconciliation():
     parts = [cohort(800, 10 + k) for k in range(2)]
     cells = pooled_estimate(parts, 1.0)

@@ -291,16 +291,25 @@ def reconcile(cells: Mapping[Cell, CellRelease], layout: Layout) -> dict[Cell, C
 
 @dataclass
 class _Interval:
+    """A metric's estimate and 95% interval before publication. ``bounds`` is the metric's own
+    range: the width rule reads the interval before it is cut to the range, and the published
+    estimate and interval are then cut to it."""
+
     value: float | None
     ci: list[float] | None
     width_limit: float = MAX_CI_WIDTH
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
     def published(self) -> tuple[float | None, list[float] | None, str | None]:
         if self.value is None:
             return None, None, "undefined (a class is absent, or the fit does not converge)"
-        if self.ci is not None and self.ci[1] - self.ci[0] > self.width_limit:
-            return None, self.ci, "95% interval too wide (DP noise and sampling)"
-        return self.value, self.ci, None
+        if self.ci is None:
+            return None, None, "no 95% interval (the fit fails on most redraws of the noise)"
+        low, high = self.bounds
+        ci = [max(low, self.ci[0]), min(high, self.ci[1])]
+        if self.ci[1] - self.ci[0] > self.width_limit:
+            return None, ci, "95% interval too wide (DP noise and sampling)"
+        return min(max(self.value, low), high), ci, None
 
 
 @dataclass
@@ -336,15 +345,18 @@ def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
     out.put("prevalence", _ratio_interval(events, n, release.variance[EVENTS], release))
     out.put("auroc", _auroc_interval(release, pos, neg))
     out.values["auroc_method"] = "rank release" if release.ranks else "binned histograms"
-    brier = _mean_interval(release.squared_errors, n, release.variance[SQUARED_ERRORS], 0.25)
+    n_variance = release.variance[RECORDS]
+    brier = _mean_interval(
+        release.squared_errors, n, release.variance[SQUARED_ERRORS], n_variance, 0.25
+    )
     out.put("brier", brier)
     prevalence = events / n if n > 0 else None
     out.values["brier_scaled"] = (
         None
-        if brier.published()[0] is None or not prevalence or prevalence >= 1
-        else 1.0 - brier.value / (prevalence * (1.0 - prevalence))
+        if (published_brier := brier.published()[0]) is None or not prevalence or prevalence >= 1
+        else 1.0 - published_brier / (prevalence * (1.0 - prevalence))
     )
-    citl = _mean_interval(release.residuals, n, release.variance[RESIDUALS], 0.25)
+    citl = _mean_interval(release.residuals, n, release.variance[RESIDUALS], n_variance, 0.25)
     out.put("calibration_in_the_large_observed_minus_predicted", citl)
     out.values["mean_predicted"] = (events - release.residuals) / n if n > 0 else None
     out.values["calibration_observed_expected_ratio"] = (
@@ -355,7 +367,7 @@ def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
     replicates = [_binned_metrics(p, q, floor) for p, q in zip(draws.pos, draws.neg, strict=True)]
     for name, value in point.items():
         limit = 2 * MAX_CI_WIDTH if name in _WIDE_SCALE else MAX_CI_WIDTH
-        out.put(name, _percentile_interval(value, [r[name] for r in replicates], limit))
+        out.put(name, _bootstrap_interval(value, [r[name] for r in replicates], limit))
     out.values["roc_curve"] = _roc_curve(pos, neg, draws)
     out.values["calibration"] = _calibration_bins(pos, neg, draws)
     out.values["diagnostics"] = score_diagnostics(pos, neg)
@@ -397,16 +409,21 @@ def _binned_metrics(pos: np.ndarray, neg: np.ndarray, floor: float) -> dict[str,
     return values
 
 
-def _percentile_interval(
+def _bootstrap_interval(
     value: float | None, replicates: list[float | None], limit: float
 ) -> _Interval:
+    """The union of the percentile and the basic (reflected) bootstrap intervals. Post-processing
+    shrinks noisy histograms (the isotonic fit pools bins), so replicates drawn around the
+    shrunk estimate scatter around a biased point; the basic interval reflects that bias and the
+    union covers both readings. No interval when most redraws give no value."""
     if value is None:
         return _Interval(None, None, limit)
     usable = [r for r in replicates if r is not None]
     if len(usable) < len(replicates) // 2:
         return _Interval(value, None, limit)
     low, high = np.quantile(usable, [(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2])
-    return _Interval(value, [float(low), float(high)], limit)
+    interval = [float(min(low, 2 * value - high)), float(max(high, 2 * value - low))]
+    return _Interval(value, interval, limit)
 
 
 def _ratio_interval(
@@ -421,17 +438,21 @@ def _ratio_interval(
     return _symmetric(share, math.sqrt(spread), 0.0, 1.0)
 
 
-def _mean_interval(total: float, n: float, variance: float, spread_bound: float) -> _Interval:
-    """A mean of bounded per-record values: its noise over n^2 plus a sampling variance at most
-    ``spread_bound`` per record."""
-    if n <= 0:
+def _mean_interval(
+    total: float, n: float, variance: float, n_variance: float, spread_bound: float
+) -> _Interval:
+    """A mean of per-record values in [-1, 1] over a noisy count: the sum's noise, the count's
+    (by the delta method) and a sampling variance at most ``spread_bound`` per record. Undefined
+    when the count's own 95% interval reaches a quarter of it: the ratio is then unstable."""
+    if n <= 0 or _Z * math.sqrt(n_variance) > n / 4:
         return _Interval(None, None)
     value = total / n
-    return _symmetric(value, math.sqrt(variance / n**2 + spread_bound / n), -1.0, 1.0)
+    se = math.sqrt((variance + value**2 * n_variance) / n**2 + spread_bound / n)
+    return _symmetric(value, se, -1.0, 1.0)
 
 
 def _symmetric(value: float, se: float, low: float, high: float) -> _Interval:
-    return _Interval(value, [max(low, value - _Z * se), min(high, value + _Z * se)])
+    return _Interval(value, [value - _Z * se, value + _Z * se], bounds=(low, high))
 
 
 def _auroc_interval(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> _Interval:
@@ -452,7 +473,7 @@ def _auroc_interval(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> _
     value += _second_order(_cdf(pos), _cdf(neg), *reference)
     noise = ranks.variance / n_pos**2 + ranks.variance / n_neg**2
     noise += _second_order_error(release, *reference)
-    return _symmetric(min(max(value, 0.0), 1.0), math.sqrt(sampling + noise), 0.0, 1.0)
+    return _symmetric(value, math.sqrt(sampling + noise), 0.0, 1.0)
 
 
 def _histogram_auroc_noise(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> float:
