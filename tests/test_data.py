@@ -87,7 +87,11 @@ def test_valid_file_loads_and_the_sites_secret_fixes_its_partition(tmp_path):
 
 
 def test_csv_and_parquet_give_the_same_table(tmp_path):
+    """Typed Parquet columns with missing values (float NaN, None in text) read as the CSV."""
     df = frame()
+    df["bmi"] = df["bmi"].astype(float)
+    df.loc[[1, 2, 3], "bmi"] = np.nan
+    df.loc[[4, 5], "smoking"] = None
     csv, parquet = (
         load_site_table(write(df, tmp_path), SPEC),
         load_site_table(write(df, tmp_path, "site.parquet"), SPEC),
@@ -95,6 +99,16 @@ def test_csv_and_parquet_give_the_same_table(tmp_path):
     assert np.allclose(csv.numeric, parquet.numeric, equal_nan=True)
     assert np.array_equal(csv.categorical, parquet.categorical)
     assert np.array_equal(csv.is_test, parquet.is_test)
+
+
+def test_labels_stored_as_booleans_or_yes_no_read_as_the_consent_column_does(tmp_path):
+    df = frame()
+    numeric = load_site_table(write(df, tmp_path), SPEC).label
+    words = df.assign(y=df["y"].map({1: "Yes", 0: "no"}))
+    assert np.array_equal(load_site_table(write(words, tmp_path), SPEC).label, numeric)
+    booleans = df.assign(y=df["y"].astype(bool))
+    parquet = write(booleans, tmp_path, "site.parquet")
+    assert np.array_equal(load_site_table(parquet, SPEC).label, numeric)
 
 
 def test_only_consented_rows_are_used(tmp_path):
@@ -141,7 +155,10 @@ def test_split_column_is_respected(tmp_path):
             lambda d: d.assign(age=d["age"].astype(float).where(d.index > 2, np.nan)),
             r"column 'age' has 3 missing values \(rows 2, 3, 4\) and the spec has no rule",
         ),
-        (lambda d: d.assign(y=d["y"].where(d.index != 5, 2)), r"label column 'y' must be 0 or 1"),
+        (
+            lambda d: d.assign(y=d["y"].where(d.index != 5, 2)),
+            r"label column 'y' must be 0/1, true/false or yes/no",
+        ),
         (
             lambda d: d.assign(sex=d["sex"].where(d.index != 10, "unknown")),
             r"column 'sex' has 1 values that are not among its declared levels \(row 12\)",
@@ -358,10 +375,10 @@ CORPUS = {
         _csv(lambda d: d.assign(age=d["age"].where(d.index > 1, None))),
         r"'age' has 2 missing values \(rows 2, 3\) and the spec has no rule",
     ),
-    "label-not-binary": (_csv(_plant("y")), "label column 'y' must be 0 or 1"),
+    "label-not-binary": (_csv(_plant("y")), "label column 'y' must be 0/1, true/false or yes/no"),
     "label-two": (
         _csv(lambda d: d.assign(y=d["y"].where(d.index != 0, 2))),
-        r"must be 0 or 1; 1 rows are not \(row 2\)",
+        r"must be 0/1, true/false or yes/no; 1 rows are not \(row 2\)",
     ),
     "label-missing": (
         _csv(lambda d: d.assign(y=d["y"].where(d.index != 4, None))),

@@ -26,8 +26,8 @@ from privacy.statistics import MISSING
 MIN_TRAIN_RECORDS = 30
 PERSON_COLUMN = "__allfed_person__"  # an OMOP row's person, kept beside its cells for the partition
 _PARQUET = (".parquet", ".pq")
-_TRUE_CONSENT = {"1", "1.0", "true", "yes", "y", "t"}
-_FALSE_CONSENT = {"0", "0.0", "false", "no", "n", "f"}
+_TRUE_VALUES = {"1", "1.0", "true", "yes", "y", "t"}
+_FALSE_VALUES = {"0", "0.0", "false", "no", "n", "f"}
 _IDENTIFIER = re.compile(
     r"^(first_?name|last_?name|full_?name|name|patient_?name|surname|address|street|"
     r"street_?address|ssn|social_?security(_?number)?|mrn|medical_?record(_?number)?|"
@@ -107,8 +107,8 @@ def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
     try:
         if suffix in _PARQUET:
             frame = pd.read_parquet(path)
-            frame = frame.astype(object).where(frame.notna(), np.nan)
-            frame = frame.map(lambda v: v if v is np.nan else str(v))
+            missing = frame.isna()
+            frame = frame.astype(object).map(str).where(~missing, np.nan)
             frame = frame.replace(list(na_values), np.nan) if na_values else frame
         else:
             frame = pd.read_csv(
@@ -301,7 +301,7 @@ def _reject_identifiers(frame: pd.DataFrame, source: str) -> None:
 
 def _keep_consented(frame, rows, column, source):
     text = frame[column].fillna("").astype(str).str.strip().str.lower()
-    unknown = ~(text.isin(_TRUE_CONSENT) | text.isin(_FALSE_CONSENT) | (text == ""))
+    unknown = ~(text.isin(_TRUE_VALUES) | text.isin(_FALSE_VALUES) | (text == ""))
     if unknown.any():
         raise DataError(
             f"{source}: consent column {column!r} has {int(unknown.sum())} values that are not "
@@ -309,7 +309,7 @@ def _keep_consented(frame, rows, column, source):
             "bad-consent",
             column,
         )
-    consented = text.isin(_TRUE_CONSENT).to_numpy()
+    consented = text.isin(_TRUE_VALUES).to_numpy()
     if not consented.any():
         raise DataError(
             f"{source}: no record has consent in column {column!r}", "no-consent", column
@@ -352,12 +352,13 @@ def _to_label(values: pd.Series, rows: pd.Series, column: str, source: str) -> n
             "bad-label",
             column,
         )
-    parsed = pd.to_numeric(values.astype(str).str.strip(), errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isin(parsed, (0.0, 1.0))
+    text = values.astype(str).str.strip().str.lower()
+    parsed = np.where(text.isin(_TRUE_VALUES), 1.0, np.where(text.isin(_FALSE_VALUES), 0.0, np.nan))
+    bad = np.isnan(parsed)
     if bad.any():
         raise DataError(
-            f"{source}: label column {column!r} must be 0 or 1; {int(bad.sum())} rows are not "
-            f"({first_rows(rows, bad)})",
+            f"{source}: label column {column!r} must be 0/1, true/false or yes/no; "
+            f"{int(bad.sum())} rows are not ({first_rows(rows, bad)})",
             "bad-label",
             column,
         )
