@@ -1,5 +1,5 @@
-"""The ``allfed`` command line: demo, synth, simulate, report, site check (and the privacy,
-analyze, node and run command groups).
+"""The ``allfed`` command line: demo, synth, simulate, report, site check, predict (and the
+privacy, analyze, node and run command groups).
 
 A user mistake (bad spec, bad file, bad option) prints one line on stderr and exits 2, never a
 traceback; a run that cannot finish (too few sites left) exits 1 with its reason; success is 0.
@@ -27,6 +27,7 @@ from federation.cli_options import (
     parse_sites,
     writable_run_directory,
 )
+from federation.cli_predict import predict
 from federation.cli_privacy import privacy_app
 from federation.console.command import console
 from federation.deploy import cli as deploy_cli
@@ -46,6 +47,7 @@ app.add_typer(deploy_cli.node_app, name="node")
 app.add_typer(deploy_cli.run_app, name="run")
 app.command("certs")(deploy_cli.certs)
 app.command("console")(console)
+app.command("predict")(predict)
 
 out_console = Console()
 err_console = Console(stderr=True)

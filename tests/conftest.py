@@ -22,6 +22,7 @@ LONGEST_FIRST = (
     "test_analyze.py",
     "test_console.py",
     "test_report.py",
+    "test_predict.py",
 )
 
 

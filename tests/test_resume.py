@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
-from wire import global_arrays, model_config, reason_of, send, state_of
+from wire import LocalGrid, global_arrays, model_config, reason_of, send, state_of
 
 from federation import protocol as p
 from federation.client.app import make_client_app
@@ -34,33 +34,6 @@ def small(tmp_path_factory):
         training={"rounds": 4, "local_epochs": 1}, privacy={"accountant": "rdp"}
     )
     return files, spec
-
-
-class LocalGrid:
-    """The sites as in-process ClientApps, each with its own ``context.state``: a new grid is
-    a restarted federation (no Ray start-up, so the test stays fast). Same handlers as a node."""
-
-    def __init__(self, sites: list[SiteSettings], run_id: int) -> None:
-        self.nodes = {
-            i: (
-                make_client_app(lambda _c, s=site: s),
-                Context(
-                    run_id=run_id, node_id=i, node_config={}, state=RecordDict(), run_config={}
-                ),
-            )
-            for i, site in enumerate(sites, start=1)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for number, message in enumerate(messages):
-            message.metadata.__dict__["_message_id"] = f"m{number}"
-            app, context = self.nodes[message.metadata.dst_node_id]
-            replies.append(app(message, context))
-        return replies
 
 
 def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp_path):

@@ -229,30 +229,71 @@ def check_table(
     trainable: bool = True,
 ) -> SiteTable:
     """Check a frame of text cells against the spec and build a ``SiteTable``."""
-    _reject_identifiers(frame, source)
-    study, features = spec.study, spec.features
-    required = [study.label, *features.columns, *study.groups]
-    required += [c for c in (study.consent,) if c]
-    missing_columns = [c for c in dict.fromkeys(required) if c not in frame.columns]
-    if missing_columns:
-        raise DataError(
-            f"{source}: missing column {missing_columns[0]!r} required by the study spec",
-            "missing-column",
-            missing_columns[0],
-        )
+    reject_identifiers(frame, source)
+    study = spec.study
+    required = [study.label, *spec.features.columns, *study.groups]
+    require_columns(frame, required + [c for c in (study.consent,) if c], source)
 
     rows = pd.Series(np.arange(len(frame)) + 2, index=frame.index)  # spreadsheet row numbers
     if study.consent:
         frame, rows = _keep_consented(frame, rows, study.consent, source)
-
-    numeric = {c: _to_numeric(frame[c], rows, c, source) for c in features.numeric}
     label = _to_label(frame[study.label], rows, study.label, source)
+    values = check_features(frame, spec, source, rows)
+    keep = values.keep
+
+    is_test = partition.test_rows(frame, rows, source)
+    categorical = dict(zip(spec.features.categorical, values.categorical.T, strict=True))
+    groups = {g: _group_levels(frame, categorical, spec, g) for g in study.groups}
+    table = SiteTable(
+        numeric=values.numeric[keep],
+        categorical=values.categorical[keep],
+        label=label[keep],
+        is_test=is_test[keep],
+        groups={g: v[keep] for g, v in groups.items()},
+    )
+    if trainable:
+        _check_trainable(table, source)
+    return table
+
+
+@dataclass(frozen=True)
+class FeatureValues:
+    """A frame's feature columns as checked numbers, one row per frame row: raw numeric values
+    (NaN where missing), categorical level indices (-1 where missing), and per row the first
+    column whose "drop" rule removes it ("" for a row that is kept)."""
+
+    numeric: np.ndarray
+    categorical: np.ndarray
+    dropped_by: np.ndarray
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self.dropped_by == ""
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    """Refuse a frame without one of ``columns``, naming the first missing one."""
+    missing = [c for c in dict.fromkeys(columns) if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{source}: missing column {missing[0]!r} required by the study spec",
+            "missing-column",
+            missing[0],
+        )
+
+
+def check_features(
+    frame: pd.DataFrame, spec: StudySpec, source: str, rows: pd.Series
+) -> FeatureValues:
+    """The feature columns' types, declared levels and missing-value rules, checked as the node
+    checks them (``rows``: the spreadsheet row number of each row, for the errors)."""
+    features = spec.features
+    numeric = {c: _to_numeric(frame[c], rows, c, source) for c in features.numeric}
     categorical = {
         c: _to_levels(frame[c], rows, c, features.categorical[c], source)
         for c in features.categorical
     }
-
-    keep = np.ones(len(frame), dtype=bool)
+    dropped_by = np.full(len(frame), "", dtype=object)
     for column in features.columns:
         values = numeric[column] if column in numeric else categorical[column]
         absent = np.isnan(values) if column in numeric else values < 0
@@ -268,27 +309,20 @@ def check_table(
                 column,
             )
         if rule == "drop":
-            keep &= ~absent
-
-    is_test = partition.test_rows(frame, rows, source)
-    groups = {g: _group_levels(frame, categorical, spec, g) for g in study.groups}
-    table = SiteTable(
-        numeric=np.column_stack([numeric[c] for c in features.numeric]).astype(float)[keep]
+            dropped_by[absent & (dropped_by == "")] = column
+    return FeatureValues(
+        numeric=np.column_stack([numeric[c] for c in features.numeric]).astype(float)
         if features.numeric
-        else np.zeros((int(keep.sum()), 0)),
-        categorical=np.column_stack([categorical[c] for c in features.categorical])[keep]
+        else np.zeros((len(frame), 0)),
+        categorical=np.column_stack([categorical[c] for c in features.categorical])
         if features.categorical
-        else np.zeros((int(keep.sum()), 0), dtype=int),
-        label=label[keep],
-        is_test=is_test[keep],
-        groups={g: v[keep] for g, v in groups.items()},
+        else np.zeros((len(frame), 0), dtype=int),
+        dropped_by=dropped_by,
     )
-    if trainable:
-        _check_trainable(table, source)
-    return table
 
 
-def _reject_identifiers(frame: pd.DataFrame, source: str) -> None:
+def reject_identifiers(frame: pd.DataFrame, source: str) -> None:
+    """Refuse columns that look like direct identifiers: an analysis file holds none."""
     for column in frame.columns:
         key = re.sub(r"[\s\-]+", "_", str(column).strip().lower())
         if _IDENTIFIER.match(key):

@@ -24,10 +24,17 @@ Bounds = tuple[float, float]
 def clipped_numeric(
     table: SiteTable, spec: StudySpec, bounds: Mapping[str, Bounds] | None = None
 ) -> np.ndarray:
+    """A table's numeric features clipped to their bounds (``clip_to_bounds``)."""
+    return clip_to_bounds(table.numeric, spec, bounds)
+
+
+def clip_to_bounds(
+    numeric: np.ndarray, spec: StudySpec, bounds: Mapping[str, Bounds] | None = None
+) -> np.ndarray:
     """Numeric features clipped to their bounds (NaN stays NaN): the declared ones, or
     ``bounds`` (declared and privately estimated, ``privacy.bounds``) when given."""
     bounds = spec.features.bounds if bounds is None else bounds
-    values = table.numeric.copy()
+    values = np.array(numeric, dtype=float)
     for i, column in enumerate(spec.features.numeric):
         if column in bounds:
             low, high = bounds[column]
@@ -111,16 +118,29 @@ def encode(
     test: bool,
     bounds: Mapping[str, Bounds] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs and labels of the train (or test) rows: standardized numeric columns with
-    missing values imputed at the federation's mean (0), then one-hot categorical levels."""
+    """Model inputs and labels of the train (or test) rows (``encode_features``)."""
     rows = table.is_test if test else ~table.is_test
-    numeric = (clipped_numeric(table, spec, bounds)[rows] - center) / scale
-    numeric = np.nan_to_num(numeric, nan=0.0)
-    blocks = [numeric]
+    x = encode_features(table.numeric[rows], table.categorical[rows], spec, center, scale, bounds)
+    return x, table.label[rows]
+
+
+def encode_features(
+    numeric: np.ndarray,
+    categorical: np.ndarray,
+    spec: StudySpec,
+    center: np.ndarray,
+    scale: np.ndarray,
+    bounds: Mapping[str, Bounds] | None = None,
+) -> np.ndarray:
+    """Model inputs of checked rows (raw numeric values, categorical level indices): numeric
+    columns clipped to their bounds and standardized, missing values imputed at the
+    federation's mean (0), then one-hot categorical levels (all zero where missing)."""
+    scaled = (clip_to_bounds(numeric, spec, bounds) - center) / scale
+    blocks = [np.nan_to_num(scaled, nan=0.0)]
     for j, levels in enumerate(spec.features.categorical.values()):
-        codes = table.categorical[rows, j]
+        codes = categorical[:, j]
         one_hot = np.zeros((len(codes), len(levels)))
         present = codes >= 0
         one_hot[np.flatnonzero(present), codes[present]] = 1.0
         blocks.append(one_hot)
-    return np.hstack(blocks).astype(np.float32), table.label[rows]
+    return np.hstack(blocks).astype(np.float32)

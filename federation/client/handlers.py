@@ -32,6 +32,7 @@ from federation.client.plan import (
     site_plan,
 )
 from federation.client.queries import answer
+from federation.client.scoring import risks
 from federation.client.site import SiteSettings, site_partition, site_table
 from federation.client.training import LocalSettings, train_dp, train_plain
 from federation.errors import AllfedError, SpecError
@@ -304,7 +305,7 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     )
     if refusal:
         raise Refused(refusal)
-    scores = _scores(model, x)
+    scores = risks(model, x)
     members = members_of(run.table, spec)
     noise = planned.release.noise_multiplier
     if ranks:
@@ -318,16 +319,6 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     )
     metrics[p.NOISE_MULTIPLIER] = noise
     return RecordDict({p.METRICS: metrics})
-
-
-def _scores(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """Risks in [0, 1] for any weights the message carried (non-finite logits become 0.5 or
-    the nearer end, never an error that would depend on the data)."""
-    model.eval()
-    with torch.no_grad():
-        logits = model(torch.from_numpy(x)).squeeze(-1).double()
-    logits = torch.nan_to_num(logits, nan=0.0)
-    return torch.sigmoid(logits).numpy().astype(float)
 
 
 def _inputs(request: Request, table: SiteTable, test: bool):

@@ -1,7 +1,8 @@
 """The run directory: what a central team keeps from a run.
 
 ``summary.json`` (the contract in DESIGN.md), ``metrics.jsonl`` (one line per round),
-``model.pt`` (the final weights) with ``model_card.json`` and ``model_card.md``, ``report.html``
+``model.pt`` (the final weights, also as ``model.onnx``) with ``model_card.json`` and
+``model_card.md`` (``federation.server.model_card``), ``report.html``
 (built from the summary and the rounds alone, so ``allfed report`` can rebuild it), ``run.log``
 and ``checkpoint.pt`` (the state after the last completed round, which ``--resume`` continues).
 Files are written to a temporary name and renamed, so a reader never sees half a file.
@@ -20,12 +21,16 @@ from typing import Any
 import torch
 
 from federation.errors import AllfedError
+from federation.server.model_card import ONNX_FILE, render_model_card
+from models.export import onnx_bytes
+from models.registry import build_model
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 MODEL = "model.pt"
 MODEL_CARD = "model_card.json"
 MODEL_CARD_MD = "model_card.md"
+MODEL_ONNX = ONNX_FILE
 LOG = "run.log"
 REPORT = "report.html"
 CHECKPOINT = "checkpoint.pt"
@@ -42,7 +47,8 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         self.resume = resume
         if not resume:  # a new run never shows an earlier run's outputs, even if it fails
-            for name in (METRICS, CHECKPOINT, SUMMARY, MODEL, MODEL_CARD, MODEL_CARD_MD, REPORT):
+            outputs = (METRICS, CHECKPOINT, SUMMARY, MODEL, MODEL_ONNX, MODEL_CARD, MODEL_CARD_MD)
+            for name in (*outputs, REPORT):
                 (self.path / name).unlink(missing_ok=True)
         self._log_handler: logging.Handler | None = None
 
@@ -103,9 +109,15 @@ class RunDirectory:
         write_report(self.path, summary)
 
     def write_model(self, state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> None:
+        """``model.pt``, the same model as ONNX (``card['inputs']``), and the card."""
         tmp = self.path / (MODEL + ".tmp")
         torch.save(state_dict, tmp)
         tmp.replace(self.path / MODEL)
+        model = build_model(card["model"]["name"], len(card["features"]), card["model"]["hidden"])
+        model.load_state_dict(state_dict)
+        tmp = self.path / (MODEL_ONNX + ".tmp")
+        tmp.write_bytes(onnx_bytes(model, len(card["features"])))
+        tmp.replace(self.path / MODEL_ONNX)
         self._write_text(MODEL_CARD, json.dumps(clean_json(card), indent=2) + "\n")
         self._write_text(MODEL_CARD_MD, render_model_card(card))
 
@@ -210,49 +222,3 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def render_model_card(card: dict[str, Any]) -> str:
-    """A short human-readable card: what the model is, what it expects, how private it is."""
-    lines = [
-        f"# Model card: {card['study']}",
-        "",
-        f"- Model: {card['model']['name']} ({card['model']['parameters']} parameters)",
-        f"- Task: {card['task']}, label `{card['label']}`, trained in {card['rounds']} rounds "
-        f"with {card['strategy']} across {len(card['sites'])} sites",
-        f"- Inputs ({len(card['features'])}): " + ", ".join(f"`{f}`" for f in card["features"]),
-        "- Numeric scaling: (value clipped to its bounds - center) / scale; a missing value "
-        "becomes 0 (the federation's mean); categorical levels are one-hot",
-        "",
-        "| feature | center | scale | bounds | scaled by |",
-        "|---|---|---|---|---|",
-    ]
-    for row in card["scaling"]:
-        bounds = row["bounds"] or "none"
-        center, scale = (
-            ("each site's", "each site's")
-            if row["center"] is None
-            else (f"{row['center']:.4g}", f"{row['scale']:.4g}")
-        )
-        lines.append(f"| {row['feature']} | {center} | {scale} | {bounds} | {row['source']} |")
-    privacy = card["privacy"]
-    lines += ["", "## Privacy", ""]
-    if not privacy["enabled"]:
-        lines.append("Trained without differential privacy.")
-    else:
-        lines.append(
-            f"Record-level DP-SGD at every site (Opacus, {privacy['accountant']} accountant), "
-            f"target epsilon {privacy['target_epsilon']} at delta {privacy['delta']} per site "
-            "for the whole run."
-        )
-        lines += [
-            "",
-            "| site | epsilon | noise multiplier | sample rate | steps |",
-            "|---|---|---|---|---|",
-        ]
-        for name, site in card["sites"].items():
-            eps = site.get("epsilon")
-            accounting = [site.get(k) for k in ("noise_multiplier", "sample_rate", "steps")]
-            cells = [name, eps if eps is None else round(eps, 4), *accounting]
-            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 
 from federation import protocol as p
 from federation.server.evaluator import Evaluator
+from federation.server.model_card import build_model_card, scaling_rows
 from federation.server.outputs import CHECKPOINT_FORMAT, REPORT, RunDirectory, checkpoint_state
 from federation.server.standardization import pooled_scaling
 from federation.server.strategy import aggregate, build_strategy
@@ -464,49 +465,20 @@ class StudyRun:
     # -- outputs ---------------------------------------------------------------------------
 
     def _finish(self, arrays: ArrayRecord) -> None:
+        """The final model and its card, with the evaluation the sites released of it."""
         spec = self.spec
         state_dict = arrays.to_torch_state_dict()
-        names = feature_names(spec)
-        center, scale = self.scaling
-        pooled = dict(
-            zip(
-                [spec.features.numeric[i] for i in federated_columns(spec)],
-                zip(center, scale, strict=True),
-                strict=True,
-            )
+        card = build_model_card(
+            spec,
+            state_dict,
+            rounds=self.rounds_done,
+            scaling=scaling_rows(spec, *self.scaling, self.scaling_warnings),
+            privacy=self._privacy_header(),
+            sites={s.name: self._site_summary(s) for s in self.sites.values()},
+            metrics=self.metrics,
+            evaluated_round=self.evaluated_round,
+            diagnostics=self.diagnostics,
         )
-        scaling_rows = []
-        for column in spec.features.numeric:
-            c, s = pooled.get(column, (None, None))
-            scaling_rows.append(
-                {
-                    "feature": column,
-                    "center": c,
-                    "scale": s,
-                    "bounds": list(spec.features.bounds[column])
-                    if column in spec.features.bounds
-                    else None,
-                    "source": "federation" if column in pooled else "each site's own training rows",
-                    "warning": self.scaling_warnings.get(column),
-                }
-            )
-        card = {
-            "study": spec.study.name,
-            "task": spec.study.task,
-            "label": spec.study.label,
-            "rounds": self.rounds_done,
-            "strategy": spec.training.strategy,
-            "model": {
-                "name": spec.model.name,
-                "hidden": list(spec.model.hidden) if spec.model.name == "mlp" else [],
-                "parameters": int(sum(t.numel() for t in state_dict.values())),
-            },
-            "features": names,
-            "scaling": scaling_rows,
-            "privacy": self._privacy_header(),
-            "sites": {s.name: self._site_summary(s) for s in self.sites.values()},
-            "spec": spec.to_toml(),
-        }
         self.outputs.write_model(state_dict, card)
 
     def _privacy_header(self) -> dict[str, Any]:
