@@ -255,8 +255,8 @@ def site_check(
             f"{path}: delta {spec.privacy.delta:g} is too weak for {table.n_train} training "
             "records (the node refuses the run): lower [privacy] delta below 1/records"
         )
-    for warning in table_warnings(table, str(path)):
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    for warning in table_warnings(table, spec, str(path)):
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     out_console.print(
         f"{path}: ok, {table.n_train} training and {table.n_test} test records in {where} "
         f"fixed partition ({len(spec.features.columns)} features, label {spec.study.label!r})",

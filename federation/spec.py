@@ -49,11 +49,24 @@ class FeatureSection:
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     scaling: str = "federated"
     na_values: tuple[str, ...] = ()
+    # Values outside a column's plausible range are errors (a unit or entry mistake, not a
+    # patient); between it and the bounds they are clipped with a warning.
+    plausible: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Every feature column, numeric first, in the spec's order."""
         return self.numeric + tuple(self.categorical)
+
+    def plausible_range(self, column: str) -> tuple[float, float] | None:
+        """The declared plausible range, else the bounds widened by their width on each side
+        (``None`` for a column with neither: only non-finite values are refused)."""
+        if column in self.plausible:
+            return self.plausible[column]
+        if column in self.bounds:
+            low, high = self.bounds[column]
+            return low - (high - low), high + (high - low)
+        return None
 
 
 @dataclass(frozen=True)
@@ -301,7 +314,9 @@ def _read_study(r: _Reader) -> StudySection:
 
 
 def _read_features(r: _Reader) -> FeatureSection:
-    r.check_known(("numeric", "categorical", "missing", "bounds", "scaling", "na-values"))
+    r.check_known(
+        ("numeric", "categorical", "missing", "bounds", "scaling", "na-values", "plausible")
+    )
     numeric = r.string_list("numeric")
     categorical = _levels_table(r, "categorical")
     missing: dict[str, str] = {}
@@ -309,21 +324,27 @@ def _read_features(r: _Reader) -> FeatureSection:
         if rule not in MISSING_RULES:
             raise r.fail(f"missing.{column}", f'expected "impute" or "drop", got {rule!r}')
         missing[column] = rule
-    bounds: dict[str, tuple[float, float]] = {}
-    for column, pair in r.get("bounds", dict, {}).items():
-        ok = isinstance(pair, list) and len(pair) == 2
-        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
-        if not ok or not all(math.isfinite(v) for v in pair) or pair[0] >= pair[1]:
-            raise r.fail(f"bounds.{column}", "expected [LOW, HIGH] with LOW < HIGH")
-        bounds[column] = (float(pair[0]), float(pair[1]))
     return FeatureSection(
         numeric=numeric,
         categorical=categorical,
         missing=missing,
-        bounds=bounds,
+        bounds=_ranges(r, "bounds"),
         scaling=r.get("scaling", str, "federated", choices=SCALINGS),
         na_values=r.string_list("na-values"),
+        plausible=_ranges(r, "plausible"),
     )
+
+
+def _ranges(r: _Reader, key: str) -> dict[str, tuple[float, float]]:
+    """A table of column -> [LOW, HIGH], finite with LOW < HIGH."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for column, pair in r.get(key, dict, {}).items():
+        ok = isinstance(pair, list) and len(pair) == 2
+        ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+        if not ok or not all(math.isfinite(v) for v in pair) or pair[0] >= pair[1]:
+            raise r.fail(f"{key}.{column}", "expected [LOW, HIGH] with LOW < HIGH")
+        ranges[column] = (float(pair[0]), float(pair[1]))
+    return ranges
 
 
 def _levels_table(r: _Reader, key: str) -> dict[str, tuple[str, ...]]:
@@ -450,15 +471,29 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
     for role, column in roles.items():
         if column and column in features.columns:
             raise SpecError(f"{source}: the {role} column {column!r} cannot also be a feature")
-    for table, columns in (("missing", features.missing), ("bounds", features.bounds)):
+    tables = (
+        ("missing", features.missing),
+        ("bounds", features.bounds),
+        ("plausible", features.plausible),
+    )
+    for table, columns in tables:
         for column in columns:
             if column not in features.columns:
                 raise SpecError(f"{source}: [features] {table}.{column}: not a declared feature")
-    for column in features.bounds:
-        if column not in features.numeric:
-            raise SpecError(
-                f"{source}: [features] bounds.{column}: bounds apply to numeric features"
-            )
+    for table, ranges in (("bounds", features.bounds), ("plausible", features.plausible)):
+        for column in ranges:
+            if column not in features.numeric:
+                raise SpecError(
+                    f"{source}: [features] {table}.{column}: {table} apply to numeric features"
+                )
+    for column, (low, high) in features.plausible.items():
+        if column in features.bounds:
+            bound_low, bound_high = features.bounds[column]
+            if low > bound_low or high < bound_high:
+                raise SpecError(
+                    f"{source}: [features] plausible.{column}: must contain its bounds "
+                    f"[{bound_low:g}, {bound_high:g}]"
+                )
     for column in spec.study.groups:
         if column in (label, spec.study.consent, spec.study.split):
             raise SpecError(f"{source}: [study] groups: {column!r} cannot be a group column")

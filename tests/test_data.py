@@ -13,7 +13,7 @@ from federation.client import data as site_data
 from federation.client.data import read_table, table_warnings
 from federation.client.features import encode, scaling_sums, site_scaling
 from federation.client.partition import Partition, requested_definition
-from federation.errors import DataError
+from federation.errors import DataError, SpecError
 from federation.spec import feature_names, parse_spec
 from privacy.policy import SitePolicy
 
@@ -111,6 +111,25 @@ def test_labels_stored_as_booleans_or_yes_no_read_as_the_consent_column_does(tmp
     assert np.array_equal(load_site_table(parquet, SPEC).label, numeric)
 
 
+def test_values_outside_the_bounds_are_a_warning_and_a_declared_plausible_range_decides(
+    tmp_path,
+):
+    df = frame().astype({"age": float})
+    df.loc[[0, 1], "age"] = [-5.0, 150.0]  # plausible by default: bounds [18, 90] +- 72
+    path = write(df, tmp_path)
+    table = load_site_table(path, SPEC)
+    assert table_warnings(table, SPEC, str(path)) == [
+        f"{path}: column 'age' has 2 values outside its bounds [18, 90]; they are clipped to "
+        "the bounds"
+    ]
+    strict = SPEC.with_overrides(features={"plausible": {"age": (0.0, 120.0)}})
+    with pytest.raises(DataError, match=r"'age' has 2 values outside its plausible range "):
+        load_site_table(path, strict)
+    narrow = SPEC.to_toml().replace("plausible = {}", "plausible = { age = [20, 80] }")
+    with pytest.raises(SpecError, match=r"plausible.age: must contain its bounds \[18, 90\]"):
+        parse_spec(narrow, source="spec")
+
+
 def test_only_consented_rows_are_used(tmp_path):
     df = frame()
     df.loc[:39, "consent"] = 0
@@ -150,6 +169,11 @@ def test_split_column_is_respected(tmp_path):
         (
             lambda d: d.assign(age=d["age"].astype(float).where(d.index != 0, np.inf)),
             r"column 'age' has 1 infinite values \(row 2\)",
+        ),
+        (
+            lambda d: d.assign(age=d["age"].astype(float).where(d.index != 0, 1e300)),
+            r"column 'age' has 1 values outside its plausible range \[-54, 162\] \(row 2\); "
+            r"correct them, or declare the range in \[features\] plausible.age",
         ),
         (
             lambda d: d.assign(age=d["age"].astype(float).where(d.index > 2, np.nan)),
@@ -241,8 +265,8 @@ def test_declared_missing_markers_become_missing_values(tmp_path):
 def test_a_single_class_site_is_allowed_with_a_warning(tmp_path):
     path = write(frame().assign(y=1), tmp_path)
     table = load_site_table(path, SPEC)
-    assert table_warnings(table, str(path)) == [f"{path}: every training record has label 1"]
-    assert table_warnings(load_site_table(write(frame(), tmp_path), SPEC), "x") == []
+    assert table_warnings(table, SPEC, str(path)) == [f"{path}: every training record has label 1"]
+    assert table_warnings(load_site_table(write(frame(), tmp_path), SPEC), SPEC, "x") == []
 
 
 # -- the malformed-file corpus, through the real CLI --------------------------------------------

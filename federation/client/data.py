@@ -289,6 +289,8 @@ def check_features(
     checks them (``rows``: the spreadsheet row number of each row, for the errors)."""
     features = spec.features
     numeric = {c: _to_numeric(frame[c], rows, c, source) for c in features.numeric}
+    for column, values in numeric.items():
+        _check_plausible(values, rows, column, features.plausible_range(column), source)
     categorical = {
         c: _to_levels(frame[c], rows, c, features.categorical[c], source)
         for c in features.categorical
@@ -331,6 +333,30 @@ def reject_identifiers(frame: pd.DataFrame, source: str) -> None:
                 "remove it from the analysis file",
                 "identifier-column",
             )
+
+
+def _check_plausible(
+    values: np.ndarray,
+    rows: pd.Series,
+    column: str,
+    plausible: tuple[float, float] | None,
+    source: str,
+) -> None:
+    """Refuse values outside the column's plausible range: a unit or entry mistake, which
+    clipping to the bounds would silently turn into a patient at the bound."""
+    if plausible is None:
+        return
+    low, high = plausible
+    with np.errstate(invalid="ignore"):
+        outside = (values < low) | (values > high)
+    if outside.any():
+        raise DataError(
+            f"{source}: column {column!r} has {int(outside.sum())} values outside its plausible "
+            f"range [{low:g}, {high:g}] ({first_rows(rows, outside)}); correct them, or declare "
+            f"the range in [features] plausible.{column}",
+            "implausible-value",
+            column,
+        )
 
 
 def _keep_consented(frame, rows, column, source):
@@ -453,16 +479,30 @@ def _check_trainable(table: SiteTable, source: str) -> None:
         )
 
 
-def table_warnings(table: SiteTable, source: str) -> list[str]:
-    """What is allowed but worth an operator's attention (the node logs it too).
+def table_warnings(table: SiteTable, spec: StudySpec, source: str) -> list[str]:
+    """What is allowed but worth an operator's attention.
 
     A site whose training rows all share one label still helps a federated model (it moves the
     intercept), as Switzerland does in Fed-Heart-Disease, so it is a warning, not an error.
+    Plausible values outside a column's bounds are clipped to them, which is what bounds are
+    for, but many of them mean the bounds do not fit the site's population.
     """
+    warnings = []
     train_labels = table.label[~table.is_test]
     if train_labels.min() == train_labels.max():
-        return [f"{source}: every training record has label {int(train_labels[0])}"]
-    return []
+        warnings.append(f"{source}: every training record has label {int(train_labels[0])}")
+    for i, column in enumerate(spec.features.numeric):
+        if column not in spec.features.bounds:
+            continue
+        low, high = spec.features.bounds[column]
+        with np.errstate(invalid="ignore"):
+            outside = int(((table.numeric[:, i] < low) | (table.numeric[:, i] > high)).sum())
+        if outside:
+            warnings.append(
+                f"{source}: column {column!r} has {outside} values outside its bounds "
+                f"[{low:g}, {high:g}]; they are clipped to the bounds"
+            )
+    return warnings
 
 
 def first_rows(rows: pd.Series, mask: np.ndarray, limit: int = 5) -> str:
