@@ -340,7 +340,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             str(site["n_train"]),
             "n/a" if site.get("n_test") is None else str(site["n_test"]),
             _with_ci(metrics.get("auroc"), metrics.get("auroc_ci")),
-            " / ".join(_fmt(e) for e in epsilons) if epsilons[0] is not None else "no DP",
+            " / ".join(_fmt(e) for e in epsilons) if summary["privacy"]["enabled"] else "no DP",
         )
     table.add_section()
     table.add_row(

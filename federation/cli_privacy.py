@@ -40,15 +40,22 @@ def spend(
 ) -> None:
     """Epsilon of STEPS subsampled Gaussian steps (what a site spends on such a plan)."""
     from privacy.accounting import GaussianRelease, compute_epsilon
+    from privacy.limits import EPSILON_RANGE
 
     _check_accountant(accountant)
     _check_delta(delta)
     release = _release(GaussianRelease, noise_multiplier, sample_rate, steps)
-    epsilon = compute_epsilon([release], delta, accountant)
+    # RDP first (milliseconds): past the meaningful range its bound is the answer, where PRV's
+    # domain would take minutes and gigabytes to say the same.
+    epsilon, used = compute_epsilon([release], delta, "rdp"), "rdp"
+    if accountant == "prv" and epsilon <= EPSILON_RANGE[1]:
+        epsilon, used = compute_epsilon([release], delta, "prv"), "prv"
+    meaningless = epsilon > EPSILON_RANGE[1]
     result = {
         "epsilon": epsilon,
         "delta": delta,
-        "accountant": accountant,
+        "accountant": used,
+        "meaningful": not meaningless,
         "noise_multiplier": noise_multiplier,
         "sample_rate": sample_rate,
         "steps": steps,
@@ -56,7 +63,13 @@ def spend(
     if as_json:
         print(json.dumps(result))
     else:
-        _out.print(f"epsilon {epsilon:.4f} at delta {delta:g} ({accountant})")
+        _out.print(f"epsilon {epsilon:.4f} at delta {delta:g} ({used})", highlight=False)
+    if meaningless and not as_json:
+        _out.print(
+            f"[yellow]note:[/] above {EPSILON_RANGE[1]:g}: no meaningful guarantee"
+            + (" (RDP's bound; PRV is not computed this far)" if accountant == "prv" else ""),
+            highlight=False,
+        )
 
 
 @privacy_app.command()
@@ -97,8 +110,7 @@ def plan(
     accountant = accountant or "prv"
     _check_accountant(accountant)
     _check_delta(delta)
-    if target_epsilon <= 0:
-        raise AllfedError("--target-epsilon must be positive")
+    _check_epsilon(target_epsilon)
     if records is not None and len(records) > 1:
         raise AllfedError("--records once, or once per site with --study")
     n = records[0] if records else None
@@ -144,6 +156,15 @@ def plan(
 PRV_MAX_STEPS = 100_000
 
 
+def _check_epsilon(epsilon: float) -> None:
+    from privacy.limits import epsilon_range_error
+
+    if epsilon <= 0:
+        raise AllfedError("--target-epsilon must be positive")
+    if (why := epsilon_range_error(epsilon)) is not None:
+        raise AllfedError(f"--target-epsilon {why}")
+
+
 def _practical(accountant: str, steps: int) -> str:
     return "rdp" if accountant == "prv" and steps > PRV_MAX_STEPS else accountant
 
@@ -183,8 +204,7 @@ def _plan_study(
     accountant = accountant or privacy.accountant
     _check_accountant(accountant)
     _check_delta(delta)
-    if epsilon <= 0:
-        raise AllfedError("--target-epsilon must be positive")
+    _check_epsilon(epsilon)
     if not privacy.enabled:
         raise AllfedError(f"{path}: [privacy] enabled = false: there is no DP plan to make")
     # The spec's keys the study sets itself are kept; the planner chooses the rest.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from federation.errors import SpecError
 from federation.protocol import RUN_STUDY, RUN_STUDY_FILE
 from models import MODEL_NAMES
+from privacy.limits import epsilon_range_error
 
 if TYPE_CHECKING:
     from federation.omop.cohort import Cohort
@@ -526,6 +527,13 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
         )
     if not spec.privacy.target_epsilon > 0:
         raise SpecError(f"{source}: [privacy] target-epsilon must be positive")
+    budgets = (
+        ("target-epsilon", spec.privacy.target_epsilon),
+        ("evaluation-epsilon", spec.privacy.evaluation_epsilon),
+    )
+    for key, epsilon in budgets:
+        if spec.privacy.enabled and epsilon is not None and (why := epsilon_range_error(epsilon)):
+            raise SpecError(f"{source}: [privacy] {key}: {why}")
     if not 0 < spec.privacy.delta < 1:
         raise SpecError(f"{source}: [privacy] delta must be between 0 and 1")
 

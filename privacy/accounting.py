@@ -92,10 +92,12 @@ def _epsilon(releases: tuple[GaussianRelease, ...], delta: float, accountant: st
     a simulation's worker processes share plans (a sampling rate is one over a whole number of
     batches). Only public quantities go in; the value is the accountant's, bit for bit."""
     # PRV of an unsampled release takes log(1 - 1); PRV sizes its domain with an RDP bound that
-    # warns when its best order is the largest one. Neither affects the (upper-bound) epsilon.
-    with np.errstate(divide="ignore"), warnings.catch_warnings():
+    # warns when its best order is the largest one; at tiny noise its exponentials overflow.
+    # None of it affects a finite (upper-bound) epsilon, and a NaN one is no guarantee at all.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return float(make_accountant(accountant, releases).get_epsilon(delta=delta))
+        epsilon = float(make_accountant(accountant, releases).get_epsilon(delta=delta))
+    return math.inf if math.isnan(epsilon) else epsilon
 
 
 def calibrate_noise(

@@ -50,6 +50,7 @@ CHECKS = {
     "identifier-column": "the site's file has a column that looks like a direct identifier",
     "too-few-records": "the site has too few records for the study",
     "delta-too-weak": "the run's delta is too weak for the site's size",
+    "plan-infeasible": "the study's privacy budget cannot be met by its plan at the site",
     "analysis-invalid": "the analysis request is invalid",
     # an OMOP CDM site (federation.omop.errors)
     "source-config": "the site's OMOP source description is invalid",

@@ -159,6 +159,17 @@ def test_contradictions_and_too_few_sites_fail_at_once(cohort, tmp_path):
     assert done.stderr.strip() == (
         "error: 1 site(s) given, fewer than [training] min-sites = 2: the run cannot start"
     )
+    sites = [arg for site, file in files.items() for arg in ("--site", f"{site}={file}")]
+    for epsilon, why in (
+        ("1e9", "1e+09 is above 100, where a DP guarantee means nothing; to train without DP, "
+         "say so (enabled = false, --no-dp)"),
+        ("0.001", "0.001 is below 0.01, which no noise level reaches in a useful plan"),
+    ):  # fmt: skip
+        done = run_allfed(*base, *sites, "--target-epsilon", epsilon)
+        assert done.returncode == 2
+        assert done.stderr.strip() == (
+            f"error: command-line overrides: [privacy] target-epsilon: {why}"
+        )
     assert not (tmp_path / "run" / "summary.json").exists()
 
 

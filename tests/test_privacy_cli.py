@@ -73,39 +73,52 @@ def test_plan_from_records_gives_a_table_of_rounds():
     assert epsilons == sorted(epsilons) and epsilons[2] == pytest.approx(planned["epsilon"])
 
 
+SPEND = ["spend", "--sample-rate", "0.1", "--steps", "5", "--delta", "1e-5"]
+
+
 @pytest.mark.parametrize(
-    "args",
+    ("args", "line"),
     [
-        ["plan", "--target-epsilon", "3", "--delta", "1e-5", "--records", "700"],
-        ["plan", "--target-epsilon", "3", "--delta", "1e-5"],
-        [
-            "spend",
-            "--noise-multiplier",
-            "-1",
-            "--sample-rate",
-            "0.1",
-            "--steps",
-            "5",
-            "--delta",
-            "1e-5",
-        ],
-        [
-            "spend",
-            "--noise-multiplier",
-            "1",
-            "--sample-rate",
-            "0.1",
-            "--steps",
-            "5",
-            "--delta",
-            "1e-5",
-            "--accountant",
-            "gdp",
-        ],
-        ["ledger", "--ledger", "/nonexistent/site.sqlite"],
+        (
+            ["plan", "--target-epsilon", "3", "--delta", "1e-5", "--records", "700"],
+            "--records, --batch-size, --epochs and --rounds go together",
+        ),
+        (
+            ["plan", "--target-epsilon", "3", "--delta", "1e-5"],
+            "give either --sample-rate and --steps, or --records, --batch-size, --epochs and "
+            "--rounds",
+        ),
+        (
+            ["plan", "--target-epsilon", "1e9", "--delta", "1e-5", "--sample-rate", "0.1",
+             "--steps", "5"],
+            "--target-epsilon 1e+09 is above 100, where a DP guarantee means nothing; to train "
+            "without DP, say so (enabled = false, --no-dp)",
+        ),
+        (
+            ["plan", "--target-epsilon", "1", "--delta", "2", "--sample-rate", "0.1", "--steps",
+             "5"],
+            "--delta must be in (0, 1), not 2",
+        ),
+        (
+            ["plan", "--target-epsilon", "1", "--delta", "1e-5", "--sample-rate", "1.5",
+             "--steps", "5"],
+            "--sample-rate must be in (0, 1] and --steps at least 1",
+        ),
+        (
+            [*SPEND, "--noise-multiplier", "-1"],
+            "noise multiplier must be positive, got -1.0",
+        ),
+        (
+            [*SPEND, "--noise-multiplier", "1", "--accountant", "gdp"],
+            "--accountant must be one of prv, rdp, not 'gdp'",
+        ),
+        (
+            ["ledger", "--ledger", "/nonexistent/site.sqlite"],
+            "/nonexistent/site.sqlite: ledger not found",
+        ),
     ],
-)
-def test_mistakes_are_one_line_and_exit_2(args, capsys):
+)  # fmt: skip
+def test_mistakes_are_one_line_and_exit_2(args, line, capsys):
     from federation.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
@@ -114,8 +127,25 @@ def test_mistakes_are_one_line_and_exit_2(args, capsys):
         sys.argv = ["allfed", "privacy", *args]
         main()
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert capsys.readouterr().err.strip() == f"error: {line}"
+
+
+def test_spend_past_any_meaningful_epsilon_answers_at_once_with_rdp_and_says_so():
+    """Noise 0.01 without sampling: PRV's domain would take minutes and gigabytes; RDP's bound
+    is the answer, marked as no guarantee."""
+    result = CliRunner().invoke(
+        app, ["privacy", *SPEND[:1], "--noise-multiplier", "0.01", "--sample-rate", "1",
+              "--steps", "10", "--delta", "1e-5"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    words = " ".join(result.output.split())
+    assert float(words.split()[1]) == pytest.approx(oracle(0.01, 1.0, 10, "rdp"), rel=0.02)
+    assert words.endswith(
+        "at delta 1e-05 (rdp) note: above 100: no meaningful guarantee (RDP's bound; PRV is not "
+        "computed this far)"
+    )
+    assert run(*SPEND[:1], "--noise-multiplier", "0.01", "--sample-rate", "1", "--steps", "10",
+               "--delta", "1e-5")["meaningful"] is False  # fmt: skip
 
 
 def test_ledger_and_audit_read_the_site_file(tmp_path):

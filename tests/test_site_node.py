@@ -142,6 +142,19 @@ def test_a_delta_too_weak_for_the_site_is_refused_without_its_size(honest, tmp_p
     assert reason_of(reply).startswith("delta-too-weak") and not re.search(r"\d", reason_of(reply))
 
 
+def test_a_budget_no_noise_meets_is_refused_with_a_fixed_reason(honest, tmp_path):
+    """RDP's orders cannot reach epsilon 0.01: the site says its plan is infeasible, and its
+    own log keeps the detail."""
+    spec, data, _, _ = honest
+    tiny = spec.with_overrides(privacy={"target_epsilon": 0.01, "accountant": "rdp"})
+    reply = setup(node_context(data, tiny, ledger=tmp_path / "l.sqlite"))
+    assert state_of(reply) == p.REFUSED
+    assert reason_of(reply) == (
+        "plan-infeasible: the study's privacy budget cannot be met by its plan at the site "
+        "(target-epsilon)"
+    )
+
+
 def test_released_values_carry_no_participant_value(honest, tmp_path):
     """A planted BMI never appears in anything the node sends."""
     spec, data, _, _ = honest

@@ -105,7 +105,7 @@ def setup(request: Request) -> RecordDict:
             )
         )
     sums = scaling_sums(table, spec)
-    plan = site_plan(spec, table.n_train, with_sums=bool(len(sums[0])))
+    plan = _site_plan(spec, table.n_train, with_sums=bool(len(sums[0])))
     run_key = run_key or f"{request.context.run_id}-{secrets.token_hex(4)}"
     refusal = ledger.admit(
         RunPlan(
@@ -166,12 +166,23 @@ def _checked_plan(request: Request, table: SiteTable, run: dict) -> SitePlan:
     if state is not None and state.get("run-key") == run["run_id"] and "plan" in state:
         return SitePlan.from_json(str(state["plan"]))
     with_sums = any(item[0] == SETUP_SUMS for item in run["planned"])
-    plan = site_plan(request.spec, table.n_train, with_sums)
+    plan = _site_plan(request.spec, table.n_train, with_sums)
     if [r.as_list() for r in plan.releases()] != run["planned"]:
         raise Refused(
             Refusal("spec-changed", None, "the site's data changed since the run was admitted")
         )
     return plan
+
+
+def _site_plan(spec: StudySpec, n_train: int, with_sums: bool) -> SitePlan:
+    """The site's plan, or a refusal when no noise meets the budget (the detail, with the
+    site's size, stays at the site)."""
+    try:
+        return site_plan(spec, n_train, with_sums)
+    except ValueError as error:
+        raise Refused(
+            Refusal("plan-infeasible", "target-epsilon", f"{error} ({n_train} training records)")
+        ) from None
 
 
 def _bind(context: Context, run_key: str, plan: SitePlan) -> None:
