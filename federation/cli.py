@@ -25,6 +25,7 @@ from federation.cli_options import (
     Sites,
     parse_site_files,
     parse_sites,
+    writable_directory,
     writable_run_directory,
 )
 from federation.cli_predict import predict
@@ -134,6 +135,7 @@ def synth(
 
     if file_format.lower() not in ("csv", "parquet"):
         raise AllfedError(f"--format must be csv or parquet, not {file_format!r}")
+    writable_directory(out, what="the site files")
     files, spec_path = write_cohort(out, sites, records, seed=seed, fmt=file_format.lower())
     for name, path in files.items():
         out_console.print(f"{name}: {path}")

@@ -14,7 +14,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation.cli_options import LedgerDir, Policies, parse_site_files, parse_sites
+from federation.cli_options import (
+    LedgerDir,
+    Policies,
+    parse_site_files,
+    parse_sites,
+    writable_directory,
+)
 from federation.errors import AllfedError
 
 if TYPE_CHECKING:
@@ -83,6 +89,7 @@ def analyze(
         bins=_edges(bins) if bins is not None else (),
     )
     build_query(request, spec)  # a request the spec cannot answer fails here, not at the sites
+    writable_directory(out, what="the analysis")
     _warn_about_left_out_columns(spec, kind)
     if superlink is not None:
         if site or policy or ledger_dir:

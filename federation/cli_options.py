@@ -56,12 +56,17 @@ def writable_run_directory(out: Path, force: bool, option: str = "--out") -> Non
             f"{option} {out}: already holds a run; pass --force to replace it "
             "(or --resume to continue it)"
         )
+    writable_directory(out, option, "the run directory")
+
+
+def writable_directory(out: Path, option: str = "--out", what: str = "there") -> None:
+    """Make ``out`` and check that files can be written in it, before any work: an unwritable
+    destination is one line naming it, never a traceback after the work is done."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".allfed-write-check"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise AllfedError(
-            f"{option} {out}: cannot write the run directory ({error.strerror or error})"
-        ) from None
+        reason = error.strerror or error
+        raise AllfedError(f"{option} {out}: cannot write {what} ({reason})") from None

@@ -33,7 +33,7 @@ class AnalysisRequest:
     epsilon: float
     delta: float
     accountant: str = "prv"
-    columns: tuple[str, ...] = ()  # mean: numeric columns; histogram: one; crosstab: one or two
+    columns: tuple[str, ...] = ()  # mean: numeric columns; histogram: one; crosstab: two
     by: str | None = None  # stratify by this group or categorical column
     bins: tuple[float, ...] = ()  # histogram edges
 
@@ -71,8 +71,11 @@ def build_query(request: AnalysisRequest, spec: StudySpec) -> Query:
 def _variables(request: AnalysisRequest, spec: StudySpec) -> tuple[Variable, ...]:
     """The variables counted in every stratum, by the request's kind."""
     if request.kind == "crosstab":
-        if not 1 <= len(request.columns) <= 2:
-            raise SpecError("crosstab takes one or two columns")
+        if len(request.columns) + (request.by is not None) != 2:
+            raise SpecError(
+                "crosstab needs two columns: ROW COLUMN (or ROW with --by COLUMN); one "
+                "column's levels alone are in table1"
+            )
         return (_levels_variable(spec, request.columns[0]),)
     if request.kind == "count":
         return ()

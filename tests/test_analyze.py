@@ -135,7 +135,15 @@ def test_requests_the_spec_cannot_answer_are_named(cohort):
     for request, message in [
         (AnalysisRequest("mean", 1.0, 1e-6, columns=("sex",)), "not a numeric feature"),
         (AnalysisRequest("histogram", 1.0, 1e-6, columns=("age",), bins=(50, 40)), "edges"),
-        (AnalysisRequest("crosstab", 1.0, 1e-6, columns=("nope",)), "'nope' is not the label"),
+        (
+            AnalysisRequest("crosstab", 1.0, 1e-6, columns=("nope", "sex")),
+            "'nope' is not the label",
+        ),
+        (
+            AnalysisRequest("crosstab", 1.0, 1e-6, columns=("smoking",)),
+            r"^crosstab needs two columns: ROW COLUMN \(or ROW with --by COLUMN\); one column's "
+            "levels alone are in table1$",
+        ),
         (AnalysisRequest("count", -1.0, 1e-6), "--epsilon"),
         (AnalysisRequest("count", 1.0, 1e-6, by="outcome"), "not by the label"),
         (AnalysisRequest("mean", 1.0, 1e-6, columns=("age", "age")), "named twice"),

@@ -193,3 +193,20 @@ def test_a_run_that_fails_exits_1_with_its_reason(cohort, tmp_path, capsys, monk
     code = invoke("simulate", "--study", str(spec_path), "--out", str(tmp_path / "run"), *sites)
     assert code == 1
     assert "run failed: round 2: only 1 site(s) left, min-sites = 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        (["synth"], "the site files"),
+        (["certs", "--host", "127.0.0.1"], "the certificates"),
+        (["node", "keygen"], "the key"),
+    ],
+)
+def test_an_unwritable_destination_is_one_line_before_any_work(command, what, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert invoke(*command, "--out", str(blocker / "out")) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {blocker / 'out'}: cannot write {what} (Not a directory)"
+    )

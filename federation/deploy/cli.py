@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from federation.cli_options import writable_directory
+
 node_app = typer.Typer(help="A site's node: its key and the SuperNode.", no_args_is_help=True)
 run_app = typer.Typer(help="Runs on a SuperLink: launch and status.", no_args_is_help=True)
 
@@ -32,6 +34,7 @@ def certs(
     """Make a private CA and the SuperLink's TLS certificate and key."""
     from federation.deploy.certs import make_certificates
 
+    writable_directory(out, what="the certificates")
     files = make_certificates(out, host, days=days, force=force)
     out_console.print(
         f"CA certificate (give to every site): {files.ca_cert}\n"
@@ -50,6 +53,7 @@ def node_keygen(
     """Make the EC key pair (P-384, OpenSSH format) this site's SuperNode authenticates with."""
     from federation.deploy.certs import make_node_key
 
+    writable_directory(out, what="the key")
     private, public = make_node_key(out, force=force)
     out_console.print(
         f"private key (stays at the site, mode 600): {private}\n"
