@@ -7,6 +7,7 @@ traceback; a run that cannot finish (too few sites left) exits 1 with its reason
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from federation.cli_analyze import analyze
 from federation.cli_options import (
+    AsJson,
     LedgerDir,
     Policies,
     Sites,
@@ -168,8 +170,10 @@ def simulate(
         typer.Option(help="Continue the run in this run directory from its last round."),
     ] = None,
     force: Force = False,
+    as_json: AsJson = False,
 ) -> None:
-    """Run a study on local site files, every site a simulated node."""
+    """Run a study on local site files, every site a simulated node (--json: the progress on
+    stderr, the run's summary.json on stdout)."""
     from federation.spec import STRATEGIES, load_spec
 
     spec = load_spec(study)
@@ -203,7 +207,7 @@ def simulate(
         writable_run_directory(out, force)
     governance = {"policies": parse_sites(policy or [], "--policy"), "ledger_dir": ledger_dir}
     run_dir = resume if resume is not None else out
-    _run_and_report(spec, sites, run_dir, verbose=verbose, resume=resume is not None, **governance)
+    _run_and_report(spec, sites, run_dir, verbose, as_json, resume=resume is not None, **governance)
 
 
 @app.command()
@@ -229,6 +233,7 @@ def site_check(
         Path | None,
         typer.Option(help="The node's ledger: check with the partition the node has fixed."),
     ] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Check a site file exactly as the node will; exit 0 if it can join the study."""
     from federation.client.data import identity_columns, load_site_table, table_warnings
@@ -257,7 +262,14 @@ def site_check(
             f"{path}: delta {spec.privacy.delta:g} is too weak for {table.n_train} training "
             "records (the node refuses the run): lower [privacy] delta below 1/records"
         )
-    for warning in table_warnings(table, spec, str(path)):
+    warnings = table_warnings(table, spec, str(path))
+    if as_json:
+        check = {"file": str(path), "ok": True, "n_train": table.n_train, "n_test": table.n_test}
+        check["partition"] = "pinned" if pinned else "preview"
+        check["features"] = len(spec.features.columns)
+        print(json.dumps({**check, "label": spec.study.label, "warnings": warnings}))
+        return
+    for warning in warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     out_console.print(
         f"{path}: ok, {table.n_train} training and {table.n_test} test records in {where} "
@@ -267,7 +279,12 @@ def site_check(
 
 
 def _run_and_report(
-    spec, sites: dict[str, Path], out: Path, verbose: bool = False, **governance: Any
+    spec,
+    sites: dict[str, Path],
+    out: Path,
+    verbose: bool = False,
+    as_json: bool = False,
+    **governance: Any,
 ) -> None:
     from federation.simulation import simulate as run_simulation
 
@@ -282,7 +299,7 @@ def _run_and_report(
         BarColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
-        console=out_console,
+        console=err_console if as_json else out_console,
         transient=False,
     ) as progress:
         task = progress.add_task("rounds", total=rounds, status="starting the sites...")
@@ -302,7 +319,12 @@ def _run_and_report(
             progress.update(task, completed=server_round, status=", ".join(parts))
 
         summary = run_simulation(spec, sites, out, on_round=on_round, verbose=verbose, **governance)
-    _print_summary(summary, out)
+    if as_json:
+        from federation.server.outputs import clean_json
+
+        print(json.dumps(clean_json(summary)))
+    else:
+        _print_summary(summary, out)
     if summary["status"] != "completed":
         err_console.print(f"[red]run failed:[/] {summary['error']}")
         raise typer.Exit(1)

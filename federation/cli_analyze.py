@@ -7,6 +7,7 @@ checked by its policy) and writes ``OUT/analysis.json`` (sites, privacy, pooled 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from federation.cli_options import (
+    AsJson,
     LedgerDir,
     Policies,
     parse_site_files,
@@ -66,6 +68,7 @@ def analyze(
     expected_sites: Annotated[
         int, typer.Option(min=0, help="Deployment: sites to wait for (0: the study's min-sites).")
     ] = 0,
+    as_json: AsJson = False,
 ) -> None:
     """Differentially private cohort statistics across the sites: each site answers once with
     OpenDP noise, checked by its policy and recorded in its ledger; small counts are withheld.
@@ -104,7 +107,7 @@ def analyze(
             raise AllfedError("name the sites: --site NAME=PATH (or --superlink for deployment)")
         # every release is recorded: in the sites' own ledgers, else beside the output
         ledger_dir = ledger_dir or out / "ledgers"
-        with out_console.status(f"asking {len(site)} site(s)..."):
+        with (err_console if as_json else out_console).status(f"asking {len(site)} site(s)..."):
             summary = run_analysis(
                 spec,
                 parse_site_files(site),
@@ -114,7 +117,14 @@ def analyze(
                 ledger_dir=ledger_dir,
             )
         recorded = f"{ledger_dir}/NAME.sqlite"
-    _print(summary, out, kind, recorded)
+    for name, answer in summary["sites"].items():
+        if answer["status"] != "ok":
+            line = f"site {name} {answer['status']}: {answer['reason']}"
+            err_console.print(line, highlight=False)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        _print(summary, out, kind, recorded)
     if summary["status"] != "completed":
         err_console.print(f"[red]analysis failed:[/] {summary['error']}")
         raise typer.Exit(1)
@@ -154,9 +164,6 @@ def _edges(text: str) -> tuple[float, ...]:
 
 
 def _print(summary: dict[str, Any], out: Path, kind: str, recorded: str) -> None:
-    for name, site in summary["sites"].items():
-        if site["status"] != "ok":
-            err_console.print(f"site {name} {site['status']}: {site['reason']}", highlight=False)
     result = summary["result"]
     table = Table(title=f"{summary['study']}: {kind} (N = {result['total']}, noisy)")
     means = any("mean" in row for row in result["rows"])

@@ -10,6 +10,7 @@ import typer
 from federation.errors import AllfedError
 
 Sites = Annotated[list[str], typer.Option(help="NAME=PATH of a site's data file; repeat.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 Policies = Annotated[
     list[str] | None, typer.Option(help="NAME=PATH of a site's privacy policy; repeat.")
 ]

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation.cli_options import Sites, parse_site_files
+from federation.cli_options import AsJson, Sites, parse_site_files
 from federation.errors import AllfedError
 
 privacy_app = typer.Typer(
@@ -25,7 +25,6 @@ privacy_app = typer.Typer(
 _out = Console()
 
 Accountant = Annotated[str, typer.Option(help="prv (default) or rdp.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 LedgerPath = Annotated[Path, typer.Option("--ledger", help="The site's ledger (SQLite).")]
 
 

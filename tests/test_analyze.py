@@ -270,9 +270,11 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
         f"--out={tmp_path / 'out'}",
         f"--ledger-dir={tmp_path / 'ledgers'}",
         f"--policy={next(iter(files))}={strict}",
+        "--json",
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert json.loads(result.stdout) == summary  # --json: the analysis on stdout, nothing else
     table = json.loads((tmp_path / "out" / "table1.json").read_text())
     refused = next(iter(files))
     assert summary["sites"][refused]["status"] == "refused"

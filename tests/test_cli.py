@@ -1,5 +1,8 @@
 """The CLI's contract for user mistakes: one line on stderr, exit code 2, no traceback."""
 
+import json
+
+import pandas as pd
 import pytest
 from cli_helpers import invoke, run_allfed
 from typer.testing import CliRunner
@@ -11,8 +14,16 @@ runner = CliRunner()
 
 def test_site_check_accepts_a_good_file(cohort, capsys):
     files, spec_path = cohort
-    assert invoke("site", "check", "--study", str(spec_path), str(next(iter(files.values())))) == 0
-    assert "ok" in capsys.readouterr().out
+    path = next(iter(files.values()))
+    assert invoke("site", "check", "--study", str(spec_path), str(path)) == 0
+    words = " ".join(capsys.readouterr().out.split())
+    assert words.startswith(f"{path}: ok, ") and "test records in a preview of the fixed" in words
+    assert invoke("site", "check", "--study", str(spec_path), str(path), "--json") == 0
+    check = json.loads(capsys.readouterr().out)
+    assert check["file"] == str(path) and check["ok"] is True and check["partition"] == "preview"
+    consented = pd.read_csv(path)["consent"].astype(str).str.lower().isin(["1", "true", "yes"])
+    assert check["n_train"] + check["n_test"] == consented.sum()  # every rule here imputes
+    assert check["features"] == 9 and check["label"] == "outcome" and check["warnings"] == []
 
 
 @pytest.mark.parametrize(
