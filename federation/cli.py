@@ -149,8 +149,8 @@ def simulate(
     study: Annotated[Path, typer.Option(help="The study spec (TOML).")],
     site: Sites,
     out: Annotated[
-        Path | None, typer.Option(help="Run directory to write (not with --resume).")
-    ] = None,
+        Path, typer.Option(help="The run directory to write (with --resume: to continue).")
+    ],
     rounds: Annotated[int | None, typer.Option(min=1, help="Override [training] rounds.")] = None,
     target_epsilon: Annotated[
         float | None, typer.Option(help="Override [privacy] target-epsilon.")
@@ -166,9 +166,8 @@ def simulate(
     policy: Policies = None,
     ledger_dir: LedgerDir = None,
     resume: Annotated[
-        Path | None,
-        typer.Option(help="Continue the run in this run directory from its last round."),
-    ] = None,
+        bool, typer.Option("--resume", help="Continue the run in --out after its last round.")
+    ] = False,
     force: Force = False,
     as_json: AsJson = False,
 ) -> None:
@@ -198,16 +197,13 @@ def simulate(
             raise AllfedError("--no-dp and --target-epsilon contradict each other; give one")
         privacy["enabled"] = False
     spec = spec.with_overrides(training=training, privacy=privacy)
-    if resume is not None and out is not None and Path(out).resolve() != resume.resolve():
-        raise AllfedError("--resume continues in its own run directory; leave out --out")
-    if resume is None and out is None:
-        raise AllfedError("--out is required (the run directory to write)")
+    if resume and force:
+        raise AllfedError("--resume continues the run in --out and --force replaces it; give one")
     sites = parse_site_files(site)
-    if resume is None:
+    if not resume:
         writable_run_directory(out, force)
     governance = {"policies": parse_sites(policy or [], "--policy"), "ledger_dir": ledger_dir}
-    run_dir = resume if resume is not None else out
-    _run_and_report(spec, sites, run_dir, verbose, as_json, resume=resume is not None, **governance)
+    _run_and_report(spec, sites, out, verbose, as_json, resume=resume, **governance)
 
 
 @app.command()

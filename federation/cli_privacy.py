@@ -89,7 +89,8 @@ def plan(
         typer.Option(help="Training records of a site (with --study: once per site)."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Expected batch size.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
+    epochs: Annotated[int | None, typer.Option(hidden=True)] = None,  # the old --local-epochs
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
     accountant: Annotated[
         str | None, typer.Option(help="prv (default) or rdp (default with --study: the study's).")
@@ -113,6 +114,7 @@ def plan(
     if records is not None and len(records) > 1:
         raise AllfedError("--records once, or once per site with --study")
     n = records[0] if records else None
+    epochs = local_epochs if local_epochs is not None else epochs
     q, total, per_round = _plan_shape(sample_rate, steps, n, batch_size, epochs, rounds)
     used = _practical(accountant, total * 2)
     try:
@@ -417,7 +419,7 @@ def _plan_shape(
     by_records = any(v is not None for v in (records, batch_size, epochs, rounds))
     if by_rate == by_records:
         raise AllfedError(
-            "give either --sample-rate and --steps, or --records, --batch-size, --epochs "
+            "give either --sample-rate and --steps, or --records, --batch-size, --local-epochs "
             "and --rounds"
         )
     if by_rate:
@@ -427,9 +429,9 @@ def _plan_shape(
             raise AllfedError("--sample-rate must be in (0, 1] and --steps at least 1")
         return sample_rate, steps, steps
     if None in (records, batch_size, epochs, rounds):
-        raise AllfedError("--records, --batch-size, --epochs and --rounds go together")
+        raise AllfedError("--records, --batch-size, --local-epochs and --rounds go together")
     if min(records, batch_size, epochs, rounds) < 1:  # type: ignore[type-var]
-        raise AllfedError("--records, --batch-size, --epochs and --rounds must be at least 1")
+        raise AllfedError("--records, --batch-size, --local-epochs and --rounds must be at least 1")
     # The node's own rule (federation.client.training.plan_dp): q = 1 / batches per epoch.
     batches = math.ceil(records / batch_size)  # type: ignore[operator]
     per_round = epochs * batches  # type: ignore[operator]

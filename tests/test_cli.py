@@ -171,6 +171,16 @@ def test_contradictions_and_too_few_sites_fail_at_once(cohort, tmp_path):
         "error: 1 site(s) given, fewer than [training] min-sites = 2: the run cannot start"
     )
     sites = [arg for site, file in files.items() for arg in ("--site", f"{site}={file}")]
+    done = run_allfed(*base, *sites, "--resume", "--force")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: --resume continues the run in --out and --force replaces it; give one"
+    )
+    done = run_allfed(*base, *sites, "--resume")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: cannot resume {tmp_path / 'run'}: no checkpoint.pt there (no round completed)"
+    )
     for epsilon, why in (
         ("1e9", "1e+09 is above 100, where a DP guarantee means nothing; to train without DP, "
          "say so (enabled = false, --no-dp)"),

@@ -64,7 +64,7 @@ def test_plan_from_records_gives_a_table_of_rounds():
     planned = run(
         "plan",
         *("--target-epsilon", 3, "--delta", DELTA, "--records", 700, "--batch-size", 64),
-        *("--epochs", 1, "--rounds", 10),
+        *("--local-epochs", 1, "--rounds", 10),
     )
     assert planned["sample_rate"] == pytest.approx(1 / 11) and planned["steps"] == 110
     table = planned["epsilon_by_rounds"]
@@ -81,11 +81,11 @@ SPEND = ["spend", "--sample-rate", "0.1", "--steps", "5", "--delta", "1e-5"]
     [
         (
             ["plan", "--target-epsilon", "3", "--delta", "1e-5", "--records", "700"],
-            "--records, --batch-size, --epochs and --rounds go together",
+            "--records, --batch-size, --local-epochs and --rounds go together",
         ),
         (
             ["plan", "--target-epsilon", "3", "--delta", "1e-5"],
-            "give either --sample-rate and --steps, or --records, --batch-size, --epochs and "
+            "give either --sample-rate and --steps, or --records, --batch-size, --local-epochs and "
             "--rounds",
         ),
         (
