@@ -50,7 +50,7 @@ def fake_run(path: Path, rounds: int = 3, scores=None) -> dict:
     noise1, noise2 = evaluation_noise(3.0, 1e-5, "rdp", 1)
     parts = []
     for i in range(len(SITES)):
-        n = 900 + 300 * i
+        n = 1800 + 600 * i
         x = rng.normal(size=n)
         y = (rng.random(n) < expit(-1.0 + 1.6 * x)).astype(int)
         p = expit(-1.3 + 1.2 * x) if scores is None else scores(x)
@@ -103,7 +103,7 @@ def fake_run(path: Path, rounds: int = 3, scores=None) -> dict:
                 "reason": None,
                 "epsilon": 3.0,
                 "evaluation_epsilon": 2.99,
-                "n_train": 2 * (900 + 300 * i),
+                "n_train": 2 * (1800 + 600 * i),
                 "n_test": ev.published_count(sites[name][("pooled", "all", "all")].records),
             }
             for i, name in enumerate(SITES)
