@@ -12,7 +12,7 @@ from federation import protocol as p
 from federation.deploy.runs import run_config
 from federation.spec import parse_spec, spec_from_run_config
 
-AWKWARD = "patient's \"age\" ''' \"\"\" \\ \t é 😀"
+AWKWARD = 'patient\'s "age" \'\'\' """ \\ \t é 😀'
 SPEC = f"""
 [study]
 name = {json.dumps(AWKWARD, ensure_ascii=False)}
