@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import tomli_w
+
 from federation.errors import SpecError
 from federation.protocol import RUN_STUDY, RUN_STUDY_FILE
 from models import MODEL_NAMES
@@ -567,5 +569,6 @@ def _toml_value(value: Any) -> str:
 
 
 def _toml_string(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    """A TOML basic string as tomli_w writes one: quotes, backslashes and every control character
+    but tab escaped (a hand-made escape missed ``\\r``, ``\\x00``, ``\\x1b``, ...)."""
+    return tomli_w.dumps({"s": text}).removeprefix("s = ").removesuffix("\n")

@@ -1,9 +1,11 @@
 """Site data checks and encoding: what the node accepts, refuses, and how it encodes."""
 
 import gzip
+import os
 import re
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ from federation.client import data as site_data
 from federation.client.data import read_table, table_warnings
 from federation.client.features import encode, scaling_sums, site_scaling
 from federation.client.partition import Partition, requested_definition
+from federation.client.site import SiteSettings, site_table
 from federation.errors import DataError, SpecError
 from federation.spec import feature_names, parse_spec
 from privacy.policy import SitePolicy
@@ -502,3 +505,29 @@ def test_console_script_exits_2_without_traceback(kind, corpus_study):
     assert result.returncode == 2, output
     assert len(output.strip().splitlines()) <= 3 and "Traceback" not in output
     assert PLANTED not in output
+
+
+def test_the_site_table_cache_reads_a_changed_file_again(tmp_path):
+    """A node reads its table once per file version: a new extract under the same name is read
+    again, even one of the same size whose old modification time was restored (``cp -p``,
+    ``rsync -t``, an archive's extract)."""
+    df = frame(100)
+    path = write(df, tmp_path)
+    columns = list(read_table(path, SPEC.features.na_values).columns)
+    partition = Partition(requested_definition(SitePolicy(), SPEC, columns), SECRET)
+    site = SiteSettings("urban", path, SPEC, tmp_path / "ledger.sqlite")
+    first = site_table(site, partition)
+    assert site_table(site, partition) is first  # read once
+
+    time.sleep(0.05)  # file times are coarse (a clock tick); a new extract comes later than that
+    flipped = df.assign(y=1 - df["y"])  # the same text length: only the labels differ
+    flipped.to_csv(path, index=False)
+    second = site_table(site, partition)
+    assert np.array_equal(second.label, 1 - first.label)
+
+    time.sleep(0.05)
+    before = path.stat()
+    df.to_csv(path, index=False)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert np.array_equal(site_table(site, partition).label, first.label)

@@ -1,5 +1,6 @@
 """Evaluation under DP: the release's sensitivity, the binned metrics against scikit-learn and
-statsmodels, and the pooled estimates against the exact values of the same records."""
+statsmodels, DeLong's variance against the structural components of the raw scores and a
+bootstrap, and the pooled estimates against the exact values of the same records."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import sklearn
 from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -153,6 +155,87 @@ def test_lowess_matches_statsmodels():
     ours = m.lowess(x, np.ones_like(x), events, x)
     theirs = statsmodels_lowess(events, x, frac=2 / 3, it=0, delta=0.0, return_sorted=False)
     assert np.allclose(ours, theirs, atol=1e-8)
+
+
+def test_the_e_statistics_of_the_bins_are_statsmodels_lowess_over_the_records():
+    """The binned, weighted lowess behind E-avg/E50/E90/Emax is statsmodels' lowess on the
+    records themselves (each at its bin's risk, many tied), summarised over the records."""
+    y, p, _ = cohort(3000, 7)  # 2/3 of 3000 records is whole: both take 2000 neighbours
+    bins = score_bins(p)
+    pos = np.bincount(bins[y == 1], minlength=N_BINS).astype(float)
+    neg = np.bincount(bins[y == 0], minlength=N_BINS).astype(float)
+    ours = m.calibration_errors(bin_logits(), pos, neg)
+    risk = expit(bin_logits()[bins])
+    smoothed = statsmodels_lowess(y.astype(float), risk, frac=2 / 3, it=0, delta=0.0)
+    error = np.abs(smoothed[:, 1] - smoothed[:, 0])
+    theirs = {
+        "calibration_e_avg": error.mean(),
+        "calibration_e50": np.median(error),
+        "calibration_e90": np.quantile(error, 0.9),
+        "calibration_e_max": error.max(),
+    }
+    assert ours == pytest.approx(theirs, rel=1e-9)
+    assert ours["calibration_e_avg"] > 0.01  # the cohort's scores are miscalibrated
+
+
+# Hanley & McNeil (1982), Radiology 143:29, table 1: CT ratings (1 to 5) of 58 normal and 51
+# abnormal cases; they publish the area as 0.893.
+HANLEY_MCNEIL_NORMAL = np.repeat(np.arange(5), [33, 6, 6, 11, 2])
+HANLEY_MCNEIL_ABNORMAL = np.repeat(np.arange(5), [3, 2, 2, 11, 33])
+
+
+def structural_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """(AUROC, variance) from raw scores as DeLong, DeLong & Clarke-Pearson (1988) define them:
+    psi(X, Y) = 1, 1/2, 0 as X >, =, < Y; V10(X_i) and V01(Y_j) its means over the other class;
+    var = S10 / m + S01 / n with S the sample variances of the components."""
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    return psi.mean(), v10.var(ddof=1) / len(pos) + v01.var(ddof=1) / len(neg)
+
+
+@pytest.mark.parametrize("data", ["hanley-mcneil", "cohort"])
+def test_delong_variance_of_the_bins_is_the_structural_components_of_the_records(data):
+    if data == "hanley-mcneil":
+        pos_scores, neg_scores = HANLEY_MCNEIL_ABNORMAL, HANLEY_MCNEIL_NORMAL
+    else:
+        y, p, _ = cohort(3000, 8)
+        bins = score_bins(p)
+        pos_scores, neg_scores = bins[y == 1], bins[y == 0]
+    length = max(pos_scores.max(), neg_scores.max()) + 1
+    pos = np.bincount(pos_scores, minlength=length).astype(float)
+    neg = np.bincount(neg_scores, minlength=length).astype(float)
+    area, variance = structural_components(pos_scores, neg_scores)
+    assert m.auroc(pos, neg) == pytest.approx(area, rel=1e-12)
+    assert m.delong_variance(pos, neg) == pytest.approx(variance, rel=1e-9)
+    if data == "hanley-mcneil":
+        assert round(area, 3) == 0.893  # the published area
+
+
+def test_delong_variance_agrees_with_a_bootstrap_of_sklearn():
+    """A stratified bootstrap (class sizes fixed, as DeLong's variance assumes) of scikit-learn's
+    AUROC on the Hanley & McNeil ratings; tolerance four of the bootstrap variance's own SEs."""
+    pos = np.bincount(HANLEY_MCNEIL_ABNORMAL, minlength=5).astype(float)
+    neg = np.bincount(HANLEY_MCNEIL_NORMAL, minlength=5).astype(float)
+    labels = np.r_[np.ones(len(HANLEY_MCNEIL_ABNORMAL)), np.zeros(len(HANLEY_MCNEIL_NORMAL))]
+    rng = np.random.default_rng(12)
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        areas = np.array(
+            [
+                roc_auc_score(
+                    labels,
+                    np.r_[
+                        rng.choice(HANLEY_MCNEIL_ABNORMAL, len(HANLEY_MCNEIL_ABNORMAL)),
+                        rng.choice(HANLEY_MCNEIL_NORMAL, len(HANLEY_MCNEIL_NORMAL)),
+                    ],
+                )
+                for _ in range(300)
+            ]
+        )
+    bootstrap = areas.var(ddof=1)
+    deviations = (areas - areas.mean()) ** 2
+    standard_error = deviations.std(ddof=1) / math.sqrt(len(areas))
+    assert abs(m.delong_variance(pos, neg) - bootstrap) < 4 * standard_error
+    assert standard_error < 0.15 * bootstrap  # the bootstrap is long enough to tell
 
 
 def test_the_cdf_is_interpolated_within_bins_and_ends_at_0_and_1():

@@ -1,14 +1,16 @@
 """Checkpoint and resume: a stopped run continues where it was, and privacy stays exact."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
+from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import write_checkpoint
 from flwr.app import ConfigRecord, Context, RecordDict
 from wire import LocalGrid, global_arrays, model_config, reason_of, send, state_of
 
@@ -17,7 +19,7 @@ from federation.client.app import make_client_app
 from federation.client.site import SiteSettings
 from federation.client.training import plan_dp
 from federation.errors import AllfedError
-from federation.server.outputs import CHECKPOINT, CHECKPOINT_FORMAT, RunDirectory, load_checkpoint
+from federation.server.outputs import load_checkpoint
 from federation.server.run import StudyRun
 from federation.simulation import simulate
 from federation.spec import load_spec
@@ -149,36 +151,27 @@ def test_a_round_recorded_but_never_received_is_sent_again_not_trained_again(sma
     assert rounds == [1, 2, 3]
 
 
-def write_checkpoint(out, spec, round_, size=4):
-    directory = RunDirectory(out, resume=True)  # keeps an existing checkpoint
-    directory.write_checkpoint(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "spec": spec.to_toml(),
-            "run_key": "k",
-            "round": round_,
-            "arrays": {"w": torch.zeros(size)},
-            "strategy": {},
-            "state": json.dumps({"scaling": [[], []], "sites": [], "metrics": {}, "rows": []}),
-        }
-    )
-    return directory
-
-
 WRITER = """
 import sys
 from pathlib import Path
+from checkpoints import write_checkpoint
 from federation.spec import load_spec
-from test_resume import write_checkpoint
 
 spec = load_spec(sys.argv[1])
-directory = write_checkpoint(Path(sys.argv[2]), spec, 0, size=2_000_000)
-print("ready", flush=True)
-round_ = 1
+round_ = 0
 while True:
     write_checkpoint(Path(sys.argv[2]), spec, round_, size=2_000_000)
+    print(f"wrote {round_}", flush=True)
     round_ += 1
 """
+
+
+def whole(checkpoint: dict) -> int:
+    """The round of a checkpoint that is one write's, not parts of two; fails otherwise."""
+    round_ = checkpoint["round"]
+    weights = checkpoint["arrays"]["w"]
+    assert weights.numel() == 2_000_000 and bool((weights == round_).all()), round_
+    return round_
 
 
 def test_the_checkpoint_is_written_atomically(small, tmp_path, monkeypatch):
@@ -198,22 +191,25 @@ def test_the_checkpoint_is_written_atomically(small, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(out, spec.to_toml())["round"] == 1
 
-    # A writer killed at a random moment while it rewrites the checkpoint in a loop.
+    # A writer rewriting the checkpoint in a loop, read while it writes, then killed mid-write.
     script = tmp_path / "writer.py"
     script.write_text(textwrap.dedent(WRITER))
-    tests_dir = str(__import__("pathlib").Path(__file__).parent)
-    env = {**__import__("os").environ, "PYTHONPATH": tests_dir}
-    for delay in (0.2,):
-        writer = subprocess.Popen(
-            [sys.executable, str(script), str(spec_file), str(out)],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert writer.stdout.readline().strip() == "ready"
-        time.sleep(delay)
+    paths = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    writer = subprocess.Popen(
+        [sys.executable, str(script), str(spec_file), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "wrote 0"
+        seen = [whole(load_checkpoint(out, spec.to_toml())) for _ in range(5)]
+        assert seen == sorted(seen)  # each read is one whole checkpoint, none older than the last
+    finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-        assert (out / CHECKPOINT).is_file()
-        checkpoint = load_checkpoint(out, spec.to_toml())  # whole: a torn file fails to load
-        assert checkpoint["arrays"]["w"].numel() == 2_000_000
+    written = [int(line.split()[1]) for line in ["wrote 0", *writer.stdout.read().splitlines()]]
+    assert written == list(range(len(written)))
+    # The last write that returned, or the one it was in when killed (after its rename).
+    assert whole(load_checkpoint(out, spec.to_toml())) in (written[-1], written[-1] + 1)

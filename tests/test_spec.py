@@ -1,9 +1,24 @@
 """Study spec parsing: defaults, round trip, and one clear error per mistake."""
 
+import random
+
 import pytest
 
 from federation.errors import SpecError
-from federation.spec import feature_names, federated_columns, parse_spec
+from federation.spec import (
+    ACCOUNTANTS,
+    SCALINGS,
+    STRATEGIES,
+    FeatureSection,
+    ModelSection,
+    PrivacySection,
+    StudySection,
+    StudySpec,
+    TrainingSection,
+    feature_names,
+    federated_columns,
+    parse_spec,
+)
 from federation.synth import study_toml
 
 MINIMAL = """
@@ -28,6 +43,84 @@ def test_synthetic_study_round_trips_through_toml():
     assert parse_spec(spec.to_toml()) == spec
     assert feature_names(spec)[: len(spec.features.numeric)] == list(spec.features.numeric)
     assert "sex=female" in feature_names(spec)
+
+
+# What a name or level may hold that TOML must escape or carry as is: quotes, backslashes, the
+# control characters (tab is the one a TOML string may hold unescaped), TOML's own syntax, and
+# unicode beyond the BMP. (A lone surrogate cannot be written as UTF-8 at all.)
+AWKWARD = ["'", '"', "\\", "\t", "\r", "\n", "\x00", "\x1b", "\x7f", "\u2028", "é", "中", "😀"]
+AWKWARD += [" ", ".", "=", "#", "[", "]", "{", ",", "'''", '"""', "a", "b", "1"]
+
+
+def awkward_text(rng: random.Random, taken: set[str]) -> str:
+    """A new non-empty string of awkward characters, unlike any in ``taken``."""
+    while True:
+        text = "".join(rng.choice(AWKWARD) for _ in range(rng.randint(1, 6)))
+        if text not in taken:
+            taken.add(text)
+            return text
+
+
+def random_spec(rng: random.Random) -> StudySpec:
+    """A valid spec whose every name, level and label is awkward text."""
+    taken: set[str] = set()
+    names = [awkward_text(rng, taken) for _ in range(rng.randint(1, 4))]
+    numeric = tuple(names[: rng.randint(0, len(names))]) or (awkward_text(rng, taken),)
+    categorical = {
+        name: tuple(dict.fromkeys(awkward_text(rng, set()) for _ in range(rng.randint(1, 3))))
+        for name in names
+        if name not in numeric
+    }
+    bounds = {c: (-rng.uniform(0, 1e3), rng.uniform(0, 1e3)) for c in numeric if rng.random() < 0.5}
+    plausible = {c: (low - 1.5, high * 2.0 + 0.1) for c, (low, high) in bounds.items()}
+    extra_groups = [awkward_text(rng, taken) for _ in range(rng.randint(0, 2))]
+    groups = tuple(rng.sample(list(categorical), rng.randint(0, len(categorical))) + extra_groups)
+    study = StudySection(
+        name=awkward_text(rng, set()),
+        label=awkward_text(rng, taken),
+        groups=groups,
+        group_levels={g: ("x", awkward_text(rng, {"x"})) for g in extra_groups},
+        consent=awkward_text(rng, taken) if rng.random() < 0.5 else None,
+        split=awkward_text(rng, taken) if rng.random() < 0.5 else None,
+        test_fraction=rng.uniform(0.05, 0.95),
+        seed=rng.randint(-(2**40), 2**40),
+    )
+    features = FeatureSection(
+        numeric=numeric,
+        categorical=categorical,
+        missing={c: rng.choice(("impute", "drop")) for c in names if rng.random() < 0.5},
+        bounds=bounds,
+        scaling=rng.choice(SCALINGS),
+        na_values=tuple(dict.fromkeys(awkward_text(rng, set()) for _ in range(rng.randint(0, 3)))),
+        plausible=plausible,
+    )
+    training = TrainingSection(
+        rounds=rng.randint(1, 50),
+        learning_rate=rng.uniform(1e-4, 2.0),
+        strategy=rng.choice(STRATEGIES),
+        proximal_mu=rng.choice((0.0, rng.uniform(0, 1))),
+        trim_fraction=rng.uniform(0, 0.49),
+        max_update_ratio=rng.choice((0.0, 10.0, rng.uniform(1, 100))),
+    )
+    privacy = PrivacySection(
+        enabled=rng.random() < 0.8,
+        target_epsilon=rng.uniform(0.01, 100),
+        delta=rng.choice((1e-5, rng.uniform(1e-12, 0.5))),
+        accountant=rng.choice(ACCOUNTANTS),
+        evaluation_epsilon=rng.choice((None, rng.uniform(0.01, 100))),
+    )
+    model = ModelSection(name=rng.choice(("logistic", "mlp")), hidden=(rng.randint(1, 64),))
+    return StudySpec(study, features, model, training, privacy)
+
+
+def test_random_specs_with_awkward_names_round_trip_through_toml():
+    """``parse_spec(spec.to_toml()) == spec`` for any valid spec: the sites check the very spec
+    the server used, and a resume compares the two."""
+    rng = random.Random(20240611)
+    for _ in range(300):
+        spec = random_spec(rng)
+        text = spec.to_toml()
+        assert parse_spec(text) == spec, text
 
 
 def test_overrides_are_validated():

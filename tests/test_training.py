@@ -6,11 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from flwr.serverapp.strategy import FedProx
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
+from federation import protocol as p
 from federation.client.training import (
     BIAS_SHARE,
     DPPlan,
@@ -23,6 +25,8 @@ from federation.client.training import (
     train_dp,
     train_plain,
 )
+from federation.server.strategy import build_strategy
+from federation.spec import parse_spec
 from models.registry import build_model
 from privacy.accounting import GaussianRelease, compute_epsilon
 
@@ -261,3 +265,57 @@ def test_plain_training_is_seeded_and_learns():
     with torch.no_grad():
         accuracy = ((first(torch.from_numpy(x)).squeeze(-1) > 0).float() == torch.tensor(y)).float()
     assert accuracy.mean() > 0.8
+
+
+def far_start() -> nn.Module:
+    """A logistic model whose round-start ("global") weights are far from zero and from the
+    data's optimum: a pull towards zero would move it away from its start, not back."""
+    model = build_model("logistic", N_FEATURES)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(3.0)
+    return model
+
+
+def distance_moved(model: nn.Module, start: nn.Module) -> float:
+    return math.sqrt(
+        sum(
+            float(((a - b) ** 2).sum())
+            for a, b in zip(model.parameters(), start.parameters(), strict=True)
+        )
+    )
+
+
+@pytest.mark.parametrize("private", [False, True])
+def test_fedprox_pulls_the_local_weights_towards_the_global_model(private, monkeypatch):
+    """Same data, batches and noise; only mu differs: mu > 0 ends nearer the round's start, and
+    the larger mu the nearer."""
+    x, y = site_data(600)
+    plan = DPPlan(noise_multiplier=0.5, sample_rate=1 / 10, steps_per_round=30, planned_steps=30)
+    # One seed for every run's batches and noise (the node's own generator is unseedable).
+    monkeypatch.setattr(
+        "federation.client.training.noise_generator", lambda: torch.Generator().manual_seed(7)
+    )
+    moved = {}
+    for mu in (0.0, 0.1, 1.0):
+        model = far_start()
+        settings = LocalSettings(
+            epochs=3, batch_size=64, learning_rate=0.5, max_grad_norm=1.0, proximal_mu=mu
+        )
+        if private:
+            train_dp(model, x, y, settings, plan)
+        else:
+            train_plain(model, x, y, settings)
+        moved[mu] = distance_moved(model, far_start())
+    assert moved[0.0] > 1.0  # training does move the weights
+    assert moved[1.0] < moved[0.1] < 0.95 * moved[0.0]
+
+
+def test_fedprox_sends_its_mu_under_the_key_the_site_reads():
+    spec = parse_spec(
+        '[study]\nlabel = "y"\n[features]\nnumeric = ["x"]\n'
+        '[training]\nstrategy = "fedprox"\nproximal-mu = 0.3\n'
+    )
+    strategy = build_strategy(spec)
+    assert isinstance(strategy, FedProx) and strategy.proximal_mu == 0.3
+    assert p.PROXIMAL_MU == "proximal-mu"  # flwr's FedProx.configure_train writes this key

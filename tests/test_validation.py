@@ -147,14 +147,26 @@ def test_robust_strategies_are_flowers_own_and_bound_a_scaled_update(
 
 def test_robust_strategy_settings_are_read_and_checked():
     spec = parse_spec(MINIMAL + "[training]\nstrategy = 'krum'\nkrum-malicious = 1\n")
-    assert build_strategy(spec).num_malicious_nodes == 1
+    assert (spec.training.strategy, spec.training.krum_malicious) == ("krum", 1)
+    krum = build_strategy(spec)
+    assert isinstance(krum, Krum) and krum.num_malicious_nodes == 1
     trimmed = parse_spec(MINIMAL + "[training]\nstrategy = 'fedtrimmedavg'\ntrim-fraction = 0.3")
-    assert build_strategy(trimmed).beta == 0.3
-    assert parse_spec(MINIMAL).training.max_update_ratio == 10.0
+    assert (trimmed.training.strategy, trimmed.training.trim_fraction) == ("fedtrimmedavg", 0.3)
+    trimmed_avg = build_strategy(trimmed)
+    assert isinstance(trimmed_avg, FedTrimmedAvg) and trimmed_avg.beta == 0.3
+    default = parse_spec(MINIMAL).training
+    assert (default.max_update_ratio, default.trim_fraction, default.krum_malicious) == (
+        10.0,
+        0.2,
+        0,
+    )
+    assert type(build_strategy(parse_spec(MINIMAL))) is FedAvg
     with pytest.raises(SpecError, match=r"\[training\] trim-fraction: must be below 0.5"):
         parse_spec(MINIMAL + "[training]\ntrim-fraction = 0.5\n")
     with pytest.raises(SpecError, match=r"strategy: 'bulyan' is not one of .*'krum'"):
         parse_spec(MINIMAL + "[training]\nstrategy = 'bulyan'\n")
     with pytest.raises(SpecError, match="max-update-ratio: must be at least 0"):
         parse_spec(MINIMAL + "[training]\nmax-update-ratio = -1\n")
-    assert parse_spec(parse_spec(MINIMAL + "[training]\nmax-update-ratio = 0\n").to_toml())
+    unchecked = parse_spec(MINIMAL + "[training]\nmax-update-ratio = 0\n")  # 0: no check
+    assert unchecked.training.max_update_ratio == 0.0
+    assert parse_spec(unchecked.to_toml()) == unchecked

@@ -129,7 +129,7 @@ def site_partition(site: SiteSettings, ledger: Ledger) -> Partition:
     return Partition(definition, ledger.partition_secret())
 
 
-# path -> (file version, spec, partition and trainable check, table)
+# path -> ((file identity and times, spec, partition, trainable check), table)
 _TABLES: dict[str, tuple[tuple, SiteTable]] = {}
 
 
@@ -140,9 +140,11 @@ def site_table(site: SiteSettings, partition: Partition, trainable: bool = True)
     key = (site.spec.to_toml(), repr(sorted(partition.definition.items())), digest, trainable)
     try:
         stat = site.data.stat()
-        version = (stat.st_mtime_ns, stat.st_size, *key)
+        # ctime too: a copy that restores the old mtime (cp -p, rsync -t) cannot restore it.
+        file = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     except OSError:
-        version = (None, None, *key)
+        file = None
+    version = (file, *key)
     path = str(site.data)
     if path not in _TABLES or _TABLES[path][0] != version:
         _TABLES[path] = (version, load_site_table(site.data, site.spec, partition, trainable))
