@@ -231,3 +231,18 @@ def test_an_unwritable_destination_is_one_line_before_any_work(command, what, tm
     assert capsys.readouterr().err.strip() == (
         f"error: --out {blocker / 'out'}: cannot write {what} (Not a directory)"
     )
+
+
+def test_run_launch_refuses_an_earlier_run_before_submitting(cohort, tmp_path, capsys):
+    _, spec_path = cohort
+    (tmp_path / "summary.json").write_text("{}")
+    assert invoke("run", "launch", "--study", str(spec_path), "--out", str(tmp_path)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {tmp_path}: already holds a run; pass --force to replace it "
+        "(or --resume to continue it)"
+    )
+    args = ("run", "launch", "--study", str(spec_path), "--out", str(tmp_path))
+    assert invoke(*args, "--resume", "--force") == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --resume continues the run in --out and --force replaces it; give one"
+    )

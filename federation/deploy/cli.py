@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from federation.cli_options import writable_directory
+from federation.cli_options import writable_directory, writable_run_directory
+from federation.errors import AllfedError
 
 node_app = typer.Typer(help="A site's node: its key and the SuperNode.", no_args_is_help=True)
 run_app = typer.Typer(help="Runs on a SuperLink: launch and status.", no_args_is_help=True)
@@ -96,9 +97,15 @@ def run_launch(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out after its last completed round.")
     ] = False,
+    force: Annotated[bool, typer.Option(help="Replace an earlier run in --out.")] = False,
 ) -> None:
     """Submit a study with flwr run, wait for it, and exit 0 only if it completed."""
     from federation.deploy.runs import launch
+
+    if resume and force:
+        raise AllfedError("--resume continues the run in --out and --force replaces it; give one")
+    if not resume:
+        writable_run_directory(out, force)
 
     outcome = launch(
         study.resolve(),
