@@ -1,6 +1,8 @@
 """Site data checks and encoding: what the node accepts, refuses, and how it encodes."""
 
 import gzip
+import hashlib
+import hmac
 import os
 import re
 import shutil
@@ -87,6 +89,25 @@ def test_valid_file_loads_and_the_sites_secret_fixes_its_partition(tmp_path):
     # Another site (another secret) splits differently.
     other = load_site_table(path, SPEC, secret=bytes(32))
     assert not np.array_equal(other.is_test, first.is_test)
+
+
+def test_a_records_test_membership_is_the_hmac_of_its_cells_as_pinned(tmp_path):
+    """The key a pinned partition hashes: the record's cells as text, in column-name order,
+    joined by the unit separator (empty for a missing one). Changing how it is built would
+    move records between train and test at every site that pinned its partition."""
+    df = frame(200)
+    df.loc[[3, 4], "bmi"] = np.nan
+    path = write(df, tmp_path)
+    text = read_table(path)
+    keys = [
+        "\x1f".join("" if pd.isna(v) else str(v) for v in row)
+        for row in text[sorted(text.columns)].itertuples(index=False)
+    ]
+    units = [
+        int.from_bytes(hmac.new(SECRET, k.encode(), hashlib.sha256).digest()[:8], "big") / 2**64
+        for k in keys
+    ]
+    assert np.array_equal(load_site_table(path, SPEC).is_test, np.array(units) < 0.3)
 
 
 def test_csv_and_parquet_give_the_same_table(tmp_path):

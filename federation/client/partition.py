@@ -57,7 +57,10 @@ class Partition:
         if len(identity) == 1 and identity[0] in frame.columns:
             keys = frame[identity[0]]
         elif sorted(frame.columns) == identity:
-            keys = frame[identity].fillna("").astype(str).agg(_UNIT_SEPARATOR.join, axis=1)
+            # Column-wise, not row by row (a row-wise join took 72 s for 230,000 rows); the same
+            # text, so partitions pinned before keep their records.
+            texts = [frame[column].fillna("").astype(str) for column in identity]
+            keys = texts[0].str.cat(texts[1:], sep=_UNIT_SEPARATOR)
         else:
             raise DataError(
                 f"{source}: the file's columns no longer identify records as when the site "
