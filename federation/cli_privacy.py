@@ -114,6 +114,8 @@ def plan(
     if records is not None and len(records) > 1:
         raise AllfedError("--records once, or once per site with --study")
     n = records[0] if records else None
+    if n is not None:
+        _check_records([n], delta)
     epochs = local_epochs if local_epochs is not None else epochs
     q, total, per_round = _plan_shape(sample_rate, steps, n, batch_size, epochs, rounds)
     used = _practical(accountant, total * 2)
@@ -157,6 +159,23 @@ def plan(
 PRV_MAX_STEPS = 100_000
 
 
+def _check_records(records: list[int], delta: float) -> None:
+    """A plan for a site its node would refuse is no plan: the node's two size rules."""
+    from federation.client.data import MIN_TRAIN_RECORDS
+
+    for n in records:
+        if n < MIN_TRAIN_RECORDS:
+            raise AllfedError(
+                f"--records {n}: a site's node refuses fewer than {MIN_TRAIN_RECORDS} training "
+                "records (the noise would swamp what it contributes)"
+            )
+        if delta * n >= 1:
+            raise AllfedError(
+                f"--records {n}: delta {delta:g} is too weak for that many records (the node "
+                "refuses the run): lower delta below 1/records"
+            )
+
+
 def _check_epsilon(epsilon: float) -> None:
     from privacy.limits import epsilon_range_error
 
@@ -197,14 +216,13 @@ def _plan_study(
     spec = load_spec(path)
     if not records:
         raise AllfedError("--study needs --records N once per site (its training records)")
-    if min(records) < 1:
-        raise AllfedError("--records must be at least 1")
     privacy = spec.privacy
     epsilon = target_epsilon if target_epsilon is not None else privacy.target_epsilon
     delta = delta if delta is not None else privacy.delta
     accountant = accountant or privacy.accountant
     _check_accountant(accountant)
     _check_delta(delta)
+    _check_records(records, delta)
     _check_epsilon(epsilon)
     if not privacy.enabled:
         raise AllfedError(f"{path}: [privacy] enabled = false: there is no DP plan to make")

@@ -105,6 +105,18 @@ SPEND = ["spend", "--sample-rate", "0.1", "--steps", "5", "--delta", "1e-5"]
             "--sample-rate must be in (0, 1] and --steps at least 1",
         ),
         (
+            ["plan", "--target-epsilon", "3", "--delta", "1e-5", "--records", "20",
+             "--batch-size", "8", "--local-epochs", "1", "--rounds", "5"],
+            "--records 20: a site's node refuses fewer than 30 training records (the noise "
+            "would swamp what it contributes)",
+        ),
+        (
+            ["plan", "--target-epsilon", "3", "--delta", "1e-5", "--records", "200000",
+             "--batch-size", "64", "--local-epochs", "1", "--rounds", "5"],
+            "--records 200000: delta 1e-05 is too weak for that many records (the node refuses "
+            "the run): lower delta below 1/records",
+        ),
+        (
             [*SPEND, "--noise-multiplier", "-1"],
             "noise multiplier must be positive, got -1.0",
         ),
