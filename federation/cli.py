@@ -238,6 +238,7 @@ def site_check(
     from federation.omop import is_source
     from federation.spec import load_spec
     from privacy.ledger import Ledger
+    from privacy.limits import delta_too_weak
 
     spec = load_spec(study)
     rules = site_policy(policy)
@@ -253,7 +254,7 @@ def site_check(
         table = check_source(path, spec, out_console, partition)
     else:
         table = load_site_table(path, spec, partition)
-    if spec.privacy.enabled and spec.privacy.delta * table.n_train >= 1:
+    if spec.privacy.enabled and delta_too_weak(spec.privacy.delta, table.n_train):
         raise AllfedError(
             f"{path}: delta {spec.privacy.delta:g} is too weak for {table.n_train} training "
             "records (the node refuses the run): lower [privacy] delta below 1/records"

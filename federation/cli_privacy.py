@@ -162,6 +162,7 @@ PRV_MAX_STEPS = 100_000
 def _check_records(records: list[int], delta: float) -> None:
     """A plan for a site its node would refuse is no plan: the node's two size rules."""
     from federation.client.data import MIN_TRAIN_RECORDS
+    from privacy.limits import delta_too_weak
 
     for n in records:
         if n < MIN_TRAIN_RECORDS:
@@ -169,7 +170,7 @@ def _check_records(records: list[int], delta: float) -> None:
                 f"--records {n}: a site's node refuses fewer than {MIN_TRAIN_RECORDS} training "
                 "records (the noise would swamp what it contributes)"
             )
-        if delta * n >= 1:
+        if delta_too_weak(delta, n):
             raise AllfedError(
                 f"--records {n}: delta {delta:g} is too weak for that many records (the node "
                 "refuses the run): lower delta below 1/records"

@@ -1,5 +1,5 @@
-"""The epsilons a plan may target, checked where a spec or a command names one (light: no
-accountant is imported to check a number)."""
+"""The epsilons a plan may target and the deltas a site's size allows, checked where a spec, a
+command or a node meets them (light: no accountant is imported to check a number)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,9 @@ def epsilon_range_error(epsilon: float) -> str | None:
     if epsilon < low:
         return f"{epsilon:g} is below {low:g}, which no noise level reaches in a useful plan"
     return None
+
+
+def delta_too_weak(delta: float, records: int) -> bool:
+    """Whether ``delta`` is no guarantee for ``records`` records: at delta >= 1/records a
+    mechanism may release a record outright with that probability and still meet it."""
+    return delta * records >= 1

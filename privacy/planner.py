@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from privacy.accounting import GaussianRelease, calibrate_noise, compute_epsilon
+from privacy.limits import delta_too_weak
 
 MAX_STEPS_PER_ROUND = 10
 RECORDS_PER_STEP = 64  # the smallest site's records per step before a second step is planned
@@ -172,7 +173,7 @@ def plan_study(
         raise ValueError("every site needs at least one training record")
     if not (target_epsilon > 0 and 0 < delta < 1):
         raise ValueError("target epsilon must be positive and delta in (0, 1)")
-    if delta * max(n_train) >= 1:
+    if delta_too_weak(delta, max(n_train)):
         raise ValueError(
             f"delta {delta:g} is too weak for a site of {max(n_train)} records: keep it well "
             "below 1/records"

@@ -41,6 +41,7 @@ from federation.queries import AnalysisRequest, build_query, planned_release
 from federation.spec import StudySpec
 from models.registry import build_model
 from privacy.ledger import ALL, TEST, TRAIN, Ledger, PlannedRelease, RunPlan
+from privacy.limits import delta_too_weak
 from privacy.refusal import Refusal
 from privacy.scaling import release_scaling_sums
 
@@ -96,7 +97,7 @@ def setup(request: Request) -> RecordDict:
     if resume_after > 0:
         raise Refused(Refusal("resume-refused", None, f"run {run_key!r} is not in the ledger"))
     table = site_table(site, site_partition(site, ledger))
-    if spec.privacy.enabled and spec.privacy.delta * table.n_train >= 1:
+    if spec.privacy.enabled and delta_too_weak(spec.privacy.delta, table.n_train):
         raise Refused(
             Refusal(
                 "delta-too-weak",
@@ -387,7 +388,7 @@ def analyze(request: Request) -> RecordDict:
     except ValueError as error:  # an epsilon no noise can reach
         raise Refused(Refusal("analysis-invalid", "epsilon", str(error)), p.FAILED) from None
     table = site_table(site, site_partition(site, ledger), trainable=False)
-    if analysis.delta * len(table.label) >= 1:
+    if delta_too_weak(analysis.delta, len(table.label)):
         raise Refused(Refusal("delta-too-weak", "delta", "delta too weak for the site's records"))
     run_key = str(request.config.get(p.RUN_KEY, "") or "") or (
         f"{request.context.run_id}-{secrets.token_hex(4)}"

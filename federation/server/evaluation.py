@@ -472,7 +472,7 @@ def _auroc_interval(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> _
     value = request.center + ranks.pos / n_pos - ranks.neg / n_neg
     value += _second_order(_cdf(pos), _cdf(neg), *reference)
     noise = ranks.variance / n_pos**2 + ranks.variance / n_neg**2
-    noise += _second_order_error(release, *reference)
+    noise += _second_order_error(release, pos, neg, *reference)
     return _symmetric(value, math.sqrt(sampling + noise), 0.0, 1.0)
 
 
@@ -506,10 +506,16 @@ def _second_order(cdf_pos: np.ndarray, cdf_neg: np.ndarray, ref_pos, ref_neg) ->
     return _integral(cdf_neg - ref_neg, cdf_pos - ref_pos)
 
 
-def _second_order_error(release: CellRelease, ref_pos: np.ndarray, ref_neg: np.ndarray) -> float:
+def _second_order_error(
+    release: CellRelease,
+    pos: np.ndarray,
+    neg: np.ndarray,
+    ref_pos: np.ndarray,
+    ref_neg: np.ndarray,
+) -> float:
     """Mean squared error of the second-order term from release 1's noise: the cell's noisy
-    histograms redrawn around the post-processed ones, the term recomputed from each draw."""
-    pos, neg = class_histograms(release)
+    histograms redrawn around the post-processed ones (``pos``, ``neg``), the term recomputed
+    from each draw."""
     exact = _second_order(_cdf(pos), _cdf(neg), ref_pos, ref_neg)
     rng = np.random.default_rng(0)
     sd_pos, sd_neg = math.sqrt(release.variance[HIST_POS]), math.sqrt(release.variance[HIST_NEG])
