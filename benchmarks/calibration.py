@@ -68,7 +68,8 @@ def heart_cohort(tmp: Path, data: Path):
     for center, frame in categorical_frames(data).items():
         paths[center] = folder / f"{center}.csv"
         frame.to_csv(paths[center], index=False)
-    return parse_spec(categorical_study_text(20, 3.0, 2.0, 32)), paths
+    training = {"rounds": 20, "batch-size": 32, "learning-rate": 2.0}
+    return parse_spec(categorical_study_text(3.0, training)), paths
 
 
 def allfed(spec, paths, epsilon, model, planned, repeats, trainer=None, exact_scaling=False):

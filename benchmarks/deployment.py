@@ -30,7 +30,7 @@ def measure(
     sites: int, records: int, rounds: int, fast: bool, root: Path, accountant: str = "prv"
 ) -> dict:
     files, study = write_cohort(root / "data", n_sites=sites, records_per_site=records, seed=7)
-    text = study.read_text().replace("rounds = 10", f"rounds = {rounds}")
+    text = study.read_text().replace("[training]\n", f"[training]\nrounds = {rounds}\n")
     study.write_text(text.replace('accountant = "prv"', f'accountant = "{accountant}"'))
     out = root / "run"
     started = time.perf_counter()

@@ -202,7 +202,8 @@ def main() -> None:
             for center, frame in flamby_frames(args.heart).items():
                 files[center] = heart / f"{center}.csv"
                 frame.to_csv(files[center], index=False)
-            (heart / "heart.toml").write_text(study_text(20, None, 0.5, 32))
+            training = {"rounds": 20, "batch-size": 32, "learning-rate": 0.5}
+            (heart / "heart.toml").write_text(study_text(None, training))
             print("== Fed-Heart-Disease (FLamby's split)", flush=True)
             report["fed-heart-disease"] = benchmark(
                 load_spec(heart / "heart.toml"), files, budgets, args.repeats

@@ -11,8 +11,9 @@ pooled metrics are recorded beside. ``--scalings federated,site`` runs every set
 scaling, to show what the federated standardization (its noisy sums are part of each site's
 epsilon) gives over every center scaling by its own statistics.
 
-    python benchmarks/heart.py --json heart.json [--data DIR] [--rounds R] [--repeats K]
-        [--scalings federated,site]
+    python benchmarks/heart.py --json heart.json [--data DIR] [--repeats K] [--models logistic]
+        [--scalings federated,site] [--bounds declared,estimated] [--rounds R --batch-size B
+        --learning-rate L: default the planner's settings, as allfed's]
 """
 
 from __future__ import annotations
@@ -118,59 +119,50 @@ def categorical_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def categorical_study_text(
-    rounds: int,
     epsilon: float | None,
-    learning_rate: float,
-    batch_size: int,
+    training: dict[str, float | int | None],
     scaling: str = "federated",
+    bounds: str = "declared",
 ) -> str:
-    """The study of ``categorical_frames``: bounds for the five numeric columns only."""
-    privacy = f"target-epsilon = {epsilon}" if epsilon else "enabled = false"
-    bounds = ", ".join(f"{k} = [{lo}, {hi}]" for k, (lo, hi) in BOUNDS.items() if k in NUMERIC)
+    """The study of ``categorical_frames`` (declared bounds for the five numeric columns only,
+    or none: the sites estimate them privately)."""
     levels = ", ".join(f"{k} = {json.dumps(v)}" for k, v in CATEGORICAL.items())
-    return f"""
-[study]
-name = "fed-heart-disease"
-label = "disease"
-split = "split"
-[features]
-numeric = {json.dumps(NUMERIC)}
-categorical = {{ {levels} }}
-bounds = {{ {bounds} }}
-scaling = "{scaling}"
-[training]
-rounds = {rounds}
-batch-size = {batch_size}
-learning-rate = {learning_rate}
-[privacy]
-{privacy}
-delta = 1e-5
-"""
+    return _study(NUMERIC, f"categorical = {{ {levels} }}\n", epsilon, training, scaling, bounds)
 
 
 def study_text(
-    rounds: int,
     epsilon: float | None,
-    learning_rate: float,
-    batch_size: int,
+    training: dict[str, float | int | None],
     scaling: str = "federated",
+    bounds: str = "declared",
 ) -> str:
+    """The study of FLamby's 13 numeric features."""
+    return _study(FEATURES, "", epsilon, training, scaling, bounds)
+
+
+def _study(
+    numeric: list[str],
+    categorical: str,
+    epsilon: float | None,
+    training: dict[str, float | int | None],
+    scaling: str,
+    bounds: str,
+) -> str:
+    """A study text; the training settings left as None are the planner's (allfed's default)."""
     privacy = f"target-epsilon = {epsilon}" if epsilon else "enabled = false"
-    bounds = ", ".join(f"{k} = [{lo}, {hi}]" for k, (lo, hi) in BOUNDS.items())
+    declared = ", ".join(f"{k} = [{lo}, {hi}]" for k, (lo, hi) in BOUNDS.items() if k in numeric)
+    settings = "".join(f"{key} = {value}\n" for key, value in training.items() if value is not None)
     return f"""
 [study]
 name = "fed-heart-disease"
 label = "disease"
 split = "split"
 [features]
-numeric = {json.dumps(FEATURES)}
-bounds = {{ {bounds} }}
+numeric = {json.dumps(numeric)}
+{categorical}{f"bounds = {{ {declared} }}" if bounds == "declared" else ""}
 scaling = "{scaling}"
 [training]
-rounds = {rounds}
-batch-size = {batch_size}
-learning-rate = {learning_rate}
-[privacy]
+{settings}[privacy]
 {privacy}
 delta = 1e-5
 """
@@ -186,28 +178,33 @@ def run(args: argparse.Namespace) -> dict:
         for center, frame in frames.items():
             sites[center] = Path(tmp) / f"{center}.csv"
             frame.to_csv(sites[center], index=False)
-        reference = centralized(parse_spec(text_of(1, None, 0.5, 32)), sites)
+        training = {
+            "rounds": args.rounds,
+            "batch-size": args.batch_size,
+            "learning-rate": args.learning_rate,
+        }
+        reference = centralized(parse_spec(text_of(None, training)), sites)
         print(f"centralized logistic regression (no DP): {_scores(reference)}", flush=True)
-        for model in args.models.split(","):
-            for scaling in args.scalings.split(","):
-                for epsilon in EPSILONS:
-                    text = text_of(
-                        args.rounds, epsilon, args.learning_rate, args.batch_size, scaling
-                    )
-                    spec = parse_spec(
-                        text.replace("[training]", f'[model]\nname = "{model}"\n[training]')
-                    )
-                    if args.inprocess:
-                        runs = _in_process(spec, sites, args.repeats if epsilon else 1)
-                    else:
-                        runs = [
-                            _one_run(
-                                spec, sites, Path(tmp) / f"run-{model}-{scaling}-{epsilon}-{k}"
-                            )
-                            for k in range(args.repeats)
-                        ]
-                    results.append({"model": model, "scaling": scaling, **_mean_of(epsilon, runs)})
-                    print(_row(results[-1]), flush=True)
+        settings = [
+            (model, scaling, bounds, epsilon)
+            for model in args.models.split(",")
+            for scaling in args.scalings.split(",")
+            for bounds in args.bounds.split(",")
+            for epsilon in EPSILONS
+        ]
+        for model, scaling, bounds, epsilon in settings:
+            if bounds == "estimated" and (scaling != "federated" or epsilon is None):
+                continue  # only DP with federated scaling estimates bounds
+            text = text_of(epsilon, training, scaling, bounds)
+            spec = parse_spec(text.replace("[training]", f'[model]\nname = "{model}"\n[training]'))
+            if args.inprocess:
+                runs = _in_process(spec, sites, args.repeats if epsilon else 1)
+            else:
+                folder = Path(tmp) / f"run-{model}-{scaling}-{bounds}-{epsilon}"
+                runs = [_one_run(spec, sites, folder / str(i)) for i in range(args.repeats)]
+            result = {"model": model, "scaling": scaling, "bounds": bounds}
+            results.append({**result, **_mean_of(epsilon, runs)})
+            print(_row(results[-1]), flush=True)
     return {
         "centralized": reference,
         "results": results,
@@ -215,10 +212,7 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {
             "form": args.form,
             "engine": "in process, planner-chosen settings" if args.inprocess else "simulate",
-            "rounds": args.rounds,
-            "local_epochs": 1,
-            "batch_size": args.batch_size,
-            "learning_rate": args.learning_rate,
+            "training": training,  # None: chosen by the planner (allfed's default)
             "strategy": "fedavg",
             "repeats": args.repeats,
             "delta": 1e-5,
@@ -296,14 +290,15 @@ def _test_scores(spec, sites: dict[str, Path], out: Path) -> dict[str, tuple]:
     pooled = [row for row in card["scaling"] if row["source"] == "federation"]
     pooled_center = [row["center"] for row in pooled]
     pooled_scale = [row["scale"] for row in pooled]
+    bounds = {row["feature"]: tuple(row["bounds"]) for row in card["scaling"] if row["bounds"]}
     model = build_model(card["model"]["name"], len(card["features"]), card["model"]["hidden"])
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     model.eval()
     scores = {}
     for name, path in sites.items():
         table = load_site_table(path, spec, fresh_partition(spec, _columns(path)))
-        center, scale = resolve_scaling(table, spec, pooled_center, pooled_scale)
-        x, y = encode(table, spec, center, scale, test=True)
+        center, scale = resolve_scaling(table, spec, pooled_center, pooled_scale, bounds)
+        x, y = encode(table, spec, center, scale, test=True, bounds=bounds)
         with torch.no_grad():
             risk = torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).numpy()
         scores[name] = (y, risk)
@@ -325,7 +320,7 @@ def _mean_of(epsilon: float | None, runs: list[dict]) -> dict:
 
 def _row(result: dict) -> str:
     eps = "no DP" if result["epsilon"] is None else f"eps {result['epsilon']:g}"
-    eps = f"{result['model']}, {result['scaling']} scaling, {eps}"
+    eps = f"{result['model']}, {result['scaling']} scaling, {result['bounds']} bounds, {eps}"
     cells = [
         f"{label} {result[key]:.3f} (sd {result[key + '_sd']:.3f})"
         for label, key in (
@@ -360,9 +355,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data), help="folder of the raw UCI files")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--learning-rate", type=float, default=0.5)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, help="default: the planner's (allfed's default)")
+    parser.add_argument("--learning-rate", type=float, help="default: the planner's")
+    parser.add_argument("--batch-size", type=int, help="default: the planner's")
+    parser.add_argument(
+        "--bounds",
+        default="declared,estimated",
+        help="declared (clinical ranges in the spec), estimated (none declared: the sites "
+        "estimate them privately), or both",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting (DP is random)")
     parser.add_argument(
         "--scalings", default="federated", help="federated, site, or both (comma-separated)"

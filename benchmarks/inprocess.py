@@ -9,7 +9,6 @@ times and swap a piece (a training variant) to find what decides the result.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,6 @@ from federation.client.features import encode, resolve_scaling, scaling_sums
 from federation.client.training import (
     DPPlan,
     LocalSettings,
-    dp_plan_of,
     plan_dp,
     train_dp,
     train_plain,
@@ -35,7 +33,7 @@ from federation.server.standardization import pooled_scaling
 from federation.spec import StudySpec, federated_columns
 from models.registry import build_model
 from privacy.accounting import GaussianRelease
-from privacy.planner import default_training, plan_study, share_noise
+from privacy.planner import share_noise
 from privacy.scaling import release_scaling_sums
 
 
@@ -136,17 +134,20 @@ class SiteRun:
 
 
 def spec_runs(federation: Federation, spec: StudySpec) -> tuple[int, dict[str, SiteRun]]:
-    """Rounds and per-site settings as the node runs them today: the spec's values."""
-    training, privacy = spec.training, spec.privacy
-    settings = LocalSettings(
-        training.local_epochs, training.batch_size, training.learning_rate, privacy.max_grad_norm
-    )
+    """Rounds and per-site settings as the node runs them: the spec's, and the planner's where
+    it leaves them out (``TrainingSection.planned`` for the smallest site)."""
+    training = spec.training.planned(min(len(site.y_train) for site in federation.sites))
+    privacy = spec.privacy
     runs = {}
     for site in federation.sites:
+        batch = training.batch_size_for(len(site.y_train))
+        settings = LocalSettings(
+            training.local_epochs, batch, training.learning_rate, privacy.max_grad_norm
+        )
         plan = None
         if privacy.enabled:
             plan = plan_dp(
-                len(site.y_train), training.batch_size, training.local_epochs, training.rounds,
+                len(site.y_train), batch, training.local_epochs, training.rounds,
                 privacy.target_epsilon, privacy.delta, privacy.accountant, list(federation.prior),
             )  # fmt: skip
         runs[site.name] = SiteRun(settings, plan)
@@ -154,32 +155,9 @@ def spec_runs(federation: Federation, spec: StudySpec) -> tuple[int, dict[str, S
 
 
 def planned_runs(federation: Federation, spec: StudySpec) -> tuple[int, dict[str, SiteRun]]:
-    """Rounds and per-site settings from ``privacy.planner`` (every setting planner-chosen),
-    as the node will run them once the spec's training keys are optional."""
-    privacy = spec.privacy
-    n_train = [len(site.y_train) for site in federation.sites]
-    if privacy.enabled:
-        study = plan_study(
-            privacy.target_epsilon, privacy.delta, privacy.accountant, n_train,
-            list(federation.prior),
-        )  # fmt: skip
-        rounds, epochs, rate, clip = (
-            study.rounds, study.local_epochs, study.learning_rate, study.max_grad_norm
-        )  # fmt: skip
-        sites = {s.name: study.site(len(s.y_train)) for s in federation.sites}
-        return rounds, {
-            name: SiteRun(LocalSettings(epochs, plan.batch_size, rate, clip), dp_plan_of(plan))
-            for name, plan in sites.items()
-        }
-    chosen = default_training(n_train)
-    runs = {}
-    for site in federation.sites:
-        batch = math.ceil(len(site.y_train) / chosen["steps_per_round"])
-        settings = LocalSettings(
-            chosen["local_epochs"], batch, chosen["learning_rate"], chosen["max_grad_norm"]
-        )
-        runs[site.name] = SiteRun(settings, None)
-    return chosen["rounds"], runs
+    """Rounds and per-site settings all chosen by the planner: the spec's own dropped."""
+    chosen = ("rounds", "local_epochs", "batch_size", "steps_per_round", "learning_rate")
+    return spec_runs(federation, spec.with_overrides(training=dict.fromkeys(chosen)))
 
 
 def fedavg(

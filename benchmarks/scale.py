@@ -101,7 +101,10 @@ def run_scale(sites: int, rounds: int, records: int, work: Path) -> dict:
     with PeakMemory() as memory:
         started = time.perf_counter()
         summary = simulate(
-            spec, files, work / "run", on_round=lambda _r, row: round_seconds.append(row["seconds"])
+            spec,
+            files,
+            work / "run",
+            on_round=lambda _r, _n, row: round_seconds.append(row["seconds"]),
         )
         seconds = time.perf_counter() - started
     failed = {

@@ -16,7 +16,7 @@ import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from federation.cli_analyze import analyze
@@ -84,7 +84,9 @@ def demo(
     ),
     sites: Annotated[int, typer.Option(min=2, max=50, help="Number of synthetic sites.")] = 3,
     records: Annotated[int, typer.Option(min=100, help="Records per site (about).")] = 1000,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Federated rounds (default: planned for the sites).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort.")] = 0,
     omop: Annotated[
         bool,
@@ -105,18 +107,18 @@ def demo(
         from federation.omop.eunomia import write_sites
 
         site_files, spec_path = write_sites(out / "data", sites, seed=seed)
-        spec = load_spec(spec_path).with_overrides(training={"rounds": rounds})
+        spec = _with_rounds(load_spec(spec_path), rounds)
         out_console.print(
             f"[bold]allfed demo --omop[/]: Eunomia GiBleed split into {sites} OMOP sites "
-            f"(DuckDB), GI bleed within a year of a first NSAID, {rounds} rounds, DP-SGD at "
+            f"(DuckDB), GI bleed within a year of a first NSAID, {_rounds_text(spec)}, DP-SGD at "
             f"epsilon {spec.privacy.target_epsilon} per site; sources in {out / 'data'}"
         )
         _run_and_report(spec, site_files, out / "run")
         return
     site_files, spec_path = write_cohort(out / "data", sites, records, seed=seed)
-    spec = load_spec(spec_path).with_overrides(training={"rounds": rounds})
+    spec = _with_rounds(load_spec(spec_path), rounds)
     out_console.print(
-        f"[bold]allfed demo[/]: {sites} synthetic sites, {rounds} rounds, DP-SGD at "
+        f"[bold]allfed demo[/]: {sites} synthetic sites, {_rounds_text(spec)}, DP-SGD at "
         f"epsilon {spec.privacy.target_epsilon} per site; data in {out / 'data'}"
     )
     _run_and_report(spec, site_files, out / "run")
@@ -142,6 +144,15 @@ def synth(
     for name, path in files.items():
         out_console.print(f"{name}: {path}")
     out_console.print(f"study spec: {spec_path}")
+
+
+def _with_rounds(spec, rounds: int | None):
+    return spec if rounds is None else spec.with_overrides(training={"rounds": rounds})
+
+
+def _rounds_text(spec) -> str:
+    rounds = spec.training.rounds
+    return f"{rounds} rounds" if rounds else "training settings planned for the sites' sizes"
 
 
 @app.command()
@@ -285,14 +296,15 @@ def _run_and_report(
 ) -> None:
     from federation.simulation import simulate as run_simulation
 
-    _warn_about_site_scaling(spec)
+    _note_estimated_bounds(spec)
     rounds, done = spec.training.rounds, 0
     if governance.get("resume"):
         from federation.server.outputs import load_checkpoint
 
         done = int(load_checkpoint(out, spec.to_toml())["round"])  # refusals before the bar
     with Progress(
-        TextColumn("[bold]round {task.completed}/{task.total}"),
+        TextColumn("[bold]round"),
+        MofNCompleteColumn(),  # "?" for the total until the census has planned the rounds
         BarColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
@@ -303,7 +315,7 @@ def _run_and_report(
         if done:
             progress.update(task, completed=done, status=f"resuming after round {done}...")
 
-        def on_round(server_round: int, row: dict[str, Any]) -> None:
+        def on_round(server_round: int, planned: int, row: dict[str, Any]) -> None:
             parts = []
             if row["metrics"] is not None:
                 pooled = row["metrics"].get("pooled") or {}
@@ -313,7 +325,7 @@ def _run_and_report(
             spent = [e for e in row["epsilon"].values() if e is not None]
             if spent:
                 parts.append(f"max site epsilon {max(spent):.3f}")
-            progress.update(task, completed=server_round, status=", ".join(parts))
+            progress.update(task, completed=server_round, total=planned, status=", ".join(parts))
 
         summary = run_simulation(spec, sites, out, on_round=on_round, verbose=verbose, **governance)
     if as_json:
@@ -327,17 +339,17 @@ def _run_and_report(
         raise typer.Exit(1)
 
 
-def _warn_about_site_scaling(spec) -> None:
-    """Pooled scaling under DP needs declared bounds; say which columns go without it."""
-    from federation.spec import federated_columns
+def _note_estimated_bounds(spec) -> None:
+    """Columns without declared bounds get private bounds from the sites (``privacy.bounds``):
+    say so, and what declaring them saves."""
+    from federation.spec import estimated_columns
 
-    pooled = set(federated_columns(spec))
-    local = [c for i, c in enumerate(spec.features.numeric) if i not in pooled]
-    if spec.features.scaling == "federated" and local:
+    estimated = estimated_columns(spec)
+    if estimated:
         err_console.print(
-            f"[yellow]warning:[/] {', '.join(local)} have no \\[features] bounds, so each site "
-            "scales them by its own statistics, which can cost accuracy; declare bounds to "
-            "pool their scaling privately",
+            f"note: {', '.join(estimated)} {'has' if len(estimated) == 1 else 'have'} no "
+            "\\[features] bounds: the sites estimate them privately before pooling the scaling "
+            "(a small share of each site's budget); declared bounds would save it",
             highlight=False,
         )
 

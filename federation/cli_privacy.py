@@ -208,11 +208,9 @@ def _plan_study(
     as_json: bool,
 ) -> None:
     """``plan --study``: the planner's plan for sites of ``records`` training records."""
-    import tomllib
-
     from federation.spec import federated_columns, load_spec
     from privacy.accounting import GaussianRelease
-    from privacy.planner import default_training, plan_study, share_noise
+    from privacy.planner import plan_study, share_noise
 
     spec = load_spec(path)
     if not records:
@@ -227,39 +225,40 @@ def _plan_study(
     _check_epsilon(epsilon)
     if not privacy.enabled:
         raise AllfedError(f"{path}: [privacy] enabled = false: there is no DP plan to make")
-    # The spec's keys the study sets itself are kept; the planner chooses the rest.
-    raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    given = {**raw.get("training", {}), **raw.get("privacy", {})}
+    # The spec's settings are kept; the planner chooses the rest, as every node will.
+    training = spec.training.planned(min(records))
     explicit = {
-        "rounds": given.get("rounds"),
-        "local_epochs": given.get("local-epochs"),
-        "batch_size": given.get("batch-size"),
-        "learning_rate": given.get("learning-rate"),
-        "max_grad_norm": given.get("max-grad-norm"),
+        name: getattr(training, name)
+        for name in ("rounds", "local_epochs", "batch_size", "steps_per_round", "learning_rate")
     }
     noise = None
     if spec.features.scaling == "federated" and federated_columns(spec):
         noise = share_noise(privacy.standardization_share, epsilon, delta)
     prior = [GaussianRelease(noise, 1.0, 1)] if noise else []
-    chosen = default_training(records)
-    per_epoch = (
-        math.ceil(max(records) / explicit["batch_size"])
-        if explicit["batch_size"]
-        else chosen["steps_per_round"]
+    longest = (
+        training.rounds
+        * training.local_epochs
+        * max(math.ceil(n / training.batch_size_for(n)) for n in records)
     )
-    epochs = explicit["local_epochs"] or chosen["local_epochs"]
-    longest = (explicit["rounds"] or chosen["rounds"]) * epochs * per_epoch
     used = _practical(accountant, longest)
     try:
         result = plan_study(
-            epsilon, delta, used, records, prior, standardization_noise=noise, **explicit
+            epsilon,
+            delta,
+            used,
+            records,
+            prior,
+            max_grad_norm=privacy.max_grad_norm,
+            standardization_noise=noise,
+            **explicit,
         )
     except ValueError as error:
         raise AllfedError(f"cannot plan the study: {error}") from None
-    report = {
-        **result.as_dict(),
-        "chosen_by_planner": sorted(k for k, v in explicit.items() if v is None),
-    }
+    # The batches are one choice: each site's batch size, from the planner's steps per round.
+    chosen = [k for k in explicit if k != "steps_per_round" and getattr(spec.training, k) is None]
+    if spec.training.steps_per_round is not None:
+        chosen.remove("batch_size")
+    report = {**result.as_dict(), "chosen_by_planner": sorted(chosen)}
     if as_json:
         print(json.dumps(report))
         return

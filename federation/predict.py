@@ -68,6 +68,15 @@ class RunModel:
         """The numeric features each site scaled by its own training rows."""
         return [row["feature"] for row in self.card["scaling"] if row["center"] is None]
 
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """The bounds each numeric feature was clipped to in the run: declared, or estimated
+        privately for it (the card says which)."""
+        return {
+            row["feature"]: (float(row["bounds"][0]), float(row["bounds"][1]))
+            for row in self.card["scaling"]
+            if row.get("bounds") is not None
+        }
+
 
 @dataclass(frozen=True)
 class TrainingSite:
@@ -114,7 +123,7 @@ def run_scaling(run: RunModel, site: TrainingSite | None) -> tuple[np.ndarray, n
     spec, local = run.spec, run.site_scaled()
     pooled = [row for row in run.card["scaling"] if row["center"] is not None]
     if [row["feature"] for row in pooled] != [
-        spec.features.numeric[i] for i in federated_columns(spec)
+        spec.features.numeric[i] for i in federated_columns(spec, run.bounds())
     ]:
         raise AllfedError(f"{run.path / MODEL_CARD}: its scaling differs from its study spec")
     center = [float(row["center"]) for row in pooled]
@@ -132,7 +141,7 @@ def run_scaling(run: RunModel, site: TrainingSite | None) -> tuple[np.ndarray, n
             f"{SITE_OPTIONS} are not needed: the run scaled every numeric feature with the "
             "federation's center and scale (leave them out)"
         )
-    return resolve_scaling(training_table(run, site), spec, center, scale)
+    return resolve_scaling(training_table(run, site), spec, center, scale, run.bounds())
 
 
 def training_table(run: RunModel, site: TrainingSite) -> SiteTable:
@@ -191,7 +200,9 @@ def score_file(
     rows = pd.Series(np.arange(len(frame)) + 2, index=frame.index)  # spreadsheet row numbers
     values = check_features(frame, spec, source, rows)
     keep = values.keep
-    x = encode_features(values.numeric[keep], values.categorical[keep], spec, center, scale)
+    x = encode_features(
+        values.numeric[keep], values.categorical[keep], spec, center, scale, run.bounds()
+    )
     risk = np.full(len(frame), np.nan)
     risk[keep] = risks(run.model, x)
     scores = pd.DataFrame({ROW: rows.to_numpy()})

@@ -9,13 +9,17 @@ and keys each reply may carry (the site's disclosure guard checks every reply ag
 from urllib.parse import quote, unquote
 
 # Message types (Flower "<category>.<action>") and the kind a site node knows each as.
+CENSUS = "query.census"  # before setup: each site's public training-record count, nothing else
 SETUP = "query.setup"
+SCALING = "query.scaling"  # after setup: the sums of the columns whose bounds were estimated
 ANALYZE = "query.analyze"  # a descriptive analysis (federation.queries), answered under DP
 TRAIN = "train"
 EVALUATE = "evaluate"  # release 1 of an evaluation: histograms (federation.evaluation)
 EVALUATE_RANKS = "evaluate.ranks"  # release 2: rank sums against the aggregator's CDFs
 KINDS = {
+    CENSUS: "census",
     SETUP: "setup",
+    SCALING: "scaling",
     ANALYZE: "analyze",
     TRAIN: "train",
     EVALUATE: "evaluate",
@@ -50,20 +54,29 @@ PROXIMAL_MU = "proximal-mu"
 # it); on a resume the rounds the server completed.
 RUN_KEY = "run-key"
 RESUME_AFTER = "resume-after"
+# Setup: the smallest site's training-record count from the census, which the planner sizes the
+# training settings the spec leaves out for (``federation.spec.TrainingSection.planned``).
+SMALLEST_N_TRAIN = "smallest-n-train"
+# Scaling: the bounds estimated from the sites' bounds histograms, "bounds.<column>" = [low, high].
+BOUNDS = "bounds"
 ANALYSIS_REQUEST = "analysis-request"  # analyze config: the AnalysisRequest as JSON
 
 # What each kind of incoming message may carry: record -> kind, and its config keys (regular
 # expressions matched in full). Anything else is refused before any handler runs.
 _MODEL_CONFIG = (SERVER_ROUND, RUN_KEY, SCALING_CENTER, SCALING_SCALE)
 MESSAGE_RECORDS = {
+    "census": {CONFIG: "config"},
     "setup": {CONFIG: "config"},
+    "scaling": {CONFIG: "config"},
     "analyze": {CONFIG: "config"},
     "train": {ARRAYS: "arrays", CONFIG: "config"},
     "evaluate": {ARRAYS: "arrays", CONFIG: "config"},
     "ranks": {ARRAYS: "arrays", CONFIG: "config"},
 }
 MESSAGE_CONFIG = {
-    "setup": (RUN_KEY, RESUME_AFTER),
+    "census": (RUN_KEY,),
+    "setup": (RUN_KEY, RESUME_AFTER, SMALLEST_N_TRAIN),
+    "scaling": (RUN_KEY, rf"{BOUNDS}\.[^.]+"),
     "analyze": (RUN_KEY, ANALYSIS_REQUEST),
     "train": (*_MODEL_CONFIG, PROXIMAL_MU),
     "evaluate": _MODEL_CONFIG,
@@ -78,13 +91,19 @@ STATUS_STATE = "state"
 STATUS_REASON = "reason"
 OK, REFUSED, FAILED = "ok", "refused", "failed"
 
-# Setup reply metrics. The training-record count is public (FedAvg weights and sampling rates
-# need it); the standardization sums are one DP release on the training partition.
+# Census and setup reply metrics. The training-record count is public (FedAvg weights, the
+# planner's settings and the sampling rates need it); the standardization sums are one DP
+# release on the training partition.
 N_TRAIN = "n-train"
 SUM = "scaling-sum"
 SUM_SQUARES = "scaling-sum-squares"
 COUNT = "scaling-count"
 STANDARDIZATION_NOISE = "standardization-noise"
+# Setup, where the study leaves bounds to estimate: instead of the sums, one DP release of the
+# training values' counts on a fixed grid per such column (``privacy.bounds``), and its noise.
+BOUNDS_HISTOGRAMS = "bounds-histograms"
+BOUNDS_NOISE = "bounds-noise"
+SCALING_METRICS = (SUM, SUM_SQUARES, COUNT, STANDARDIZATION_NOISE)
 
 # Train reply metrics: the whole whitelist.
 NUM_EXAMPLES = "num-examples"
@@ -127,7 +146,9 @@ _NAME = r"[^.]+"  # one percent-encoded name
 _STATUS_KEYS = (STATUS_SITE, STATUS_STATE, STATUS_REASON)
 _EVAL_CELL = rf"(pooled|group|intersection)\.{_NAME}\.{_NAME}"
 REPLY_RECORDS = {
+    "census": {STATUS: "config", METRICS: "metrics"},
     "setup": {STATUS: "config", METRICS: "metrics"},
+    "scaling": {STATUS: "config", METRICS: "metrics"},
     "train": {STATUS: "config", ARRAYS: "arrays", METRICS: "metrics"},
     "evaluate": {STATUS: "config", METRICS: "metrics"},
     "ranks": {STATUS: "config", METRICS: "metrics"},
@@ -135,10 +156,12 @@ REPLY_RECORDS = {
     "refusal": {STATUS: "config"},
 }
 REPLY_KEYS = {
+    "census": {STATUS: _STATUS_KEYS, METRICS: (N_TRAIN,)},
     "setup": {
         STATUS: _STATUS_KEYS,
-        METRICS: (N_TRAIN, SUM, SUM_SQUARES, COUNT, STANDARDIZATION_NOISE),
+        METRICS: (N_TRAIN, *SCALING_METRICS, BOUNDS_HISTOGRAMS, BOUNDS_NOISE),
     },
+    "scaling": {STATUS: _STATUS_KEYS, METRICS: SCALING_METRICS},
     "train": {STATUS: _STATUS_KEYS, METRICS: TRAIN_METRICS},
     "evaluate": {
         STATUS: _STATUS_KEYS,

@@ -80,10 +80,16 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class TrainingSection:
-    rounds: int = 10
-    local_epochs: int = 1
-    batch_size: int = 64
-    learning_rate: float = 0.5
+    """How the sites train. ``rounds``, ``local_epochs``, ``learning_rate`` and the batches
+    (``batch_size``, one size at every site, or ``steps_per_round``, the same number of local
+    steps per epoch at every site) left out are chosen by ``privacy.planner`` from the smallest
+    site's training-record count, once the sites have told it (``planned``)."""
+
+    rounds: int | None = None
+    local_epochs: int | None = None
+    batch_size: int | None = None
+    steps_per_round: int | None = None
+    learning_rate: float | None = None
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     trim_fraction: float = 0.2
@@ -95,8 +101,43 @@ class TrainingSection:
     # evaluation spends part of the evaluation budget (measured: benchmarks/evaluation.py).
     evaluate_every: int = 0
 
+    @property
+    def is_planned(self) -> bool:
+        """Every setting the planner can choose is set (``planned`` has run, or the spec gave
+        them all)."""
+        return None not in (self.rounds, self.local_epochs, self.learning_rate) and (
+            self.batch_size is not None or self.steps_per_round is not None
+        )
+
+    def planned(self, smallest_n_train: int) -> TrainingSection:
+        """The settings the spec leaves out, chosen for a federation whose smallest site has
+        ``smallest_n_train`` training records (public); those it gives are kept."""
+        from privacy.planner import default_training  # the accountant's imports are heavy
+
+        chosen = default_training([smallest_n_train])
+        batches = {}
+        if self.batch_size is None and self.steps_per_round is None:
+            batches["steps_per_round"] = chosen["steps_per_round"]
+        return replace(
+            self,
+            rounds=self.rounds or chosen["rounds"],
+            local_epochs=self.local_epochs or chosen["local_epochs"],
+            learning_rate=self.learning_rate or chosen["learning_rate"],
+            **batches,
+        )
+
+    def batch_size_for(self, n_train: int) -> int:
+        """A site's expected batch size: the spec's, or its records over the steps per epoch."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.steps_per_round is None:
+            raise ValueError("the training settings are not planned yet")
+        return math.ceil(n_train / self.steps_per_round)
+
     def evaluation_rounds(self) -> tuple[int, ...]:
         """The rounds after which the sites evaluate the global model (the last one always)."""
+        if self.rounds is None:
+            raise ValueError("the number of rounds is not planned yet")
         every = self.evaluate_every
         rounds = set(range(every, self.rounds + 1, every)) if every else set()
         return tuple(sorted(rounds | {self.rounds}))
@@ -148,6 +189,10 @@ class StudySpec:
         if self.cohort is not None:
             lines.append(self.cohort.to_toml())
         return "\n".join(lines)
+
+    def planned(self, smallest_n_train: int) -> StudySpec:
+        """This spec with its training settings planned (``TrainingSection.planned``)."""
+        return replace(self, training=self.training.planned(smallest_n_train))
 
     def with_overrides(self, **changes: dict[str, Any]) -> StudySpec:
         """Return a copy with section fields replaced, e.g. ``training={"rounds": 5}``."""
@@ -384,6 +429,7 @@ def _read_training(r: _Reader) -> TrainingSection:
         "rounds",
         "local-epochs",
         "batch-size",
+        "steps-per-round",
         "learning-rate",
         "strategy",
         "proximal-mu",
@@ -398,11 +444,14 @@ def _read_training(r: _Reader) -> TrainingSection:
     trim_fraction = r.positive("trim-fraction", float, 0.2, allow_zero=True)
     if trim_fraction >= 0.5:
         raise r.fail("trim-fraction", "must be below 0.5 (the share cut from each end)")
+    if "batch-size" in r.raw and "steps-per-round" in r.raw:
+        raise r.fail("steps-per-round", "give batch-size or steps-per-round, not both")
     return TrainingSection(
-        rounds=r.positive("rounds", int, 10),
-        local_epochs=r.positive("local-epochs", int, 1),
-        batch_size=r.positive("batch-size", int, 64),
-        learning_rate=r.positive("learning-rate", float, 0.5),
+        rounds=r.positive("rounds", int, None),
+        local_epochs=r.positive("local-epochs", int, None),
+        batch_size=r.positive("batch-size", int, None),
+        steps_per_round=r.positive("steps-per-round", int, None),
+        learning_rate=r.positive("learning-rate", float, None),
         strategy=r.get("strategy", str, "fedavg", choices=STRATEGIES),
         proximal_mu=r.positive("proximal-mu", float, 0.01, allow_zero=True),
         trim_fraction=trim_fraction,
@@ -443,14 +492,28 @@ def _read_privacy(r: _Reader) -> PrivacySection:
     )
 
 
-def federated_columns(spec: StudySpec) -> list[int]:
-    """Indices of the numeric columns whose scaling is pooled across sites."""
+def federated_columns(
+    spec: StudySpec, bounds: Mapping[str, tuple[float, float]] | None = None
+) -> list[int]:
+    """Indices of the numeric columns whose scaling is pooled across sites: every one without
+    DP; under DP those with bounds (``bounds``: the declared and the privately estimated ones,
+    default the declared ones)."""
     if spec.features.scaling != "federated":
         return []
     numeric = spec.features.numeric
     if not spec.privacy.enabled:
         return list(range(len(numeric)))
-    return [i for i, column in enumerate(numeric) if column in spec.features.bounds]
+    bounds = spec.features.bounds if bounds is None else bounds
+    return [i for i, column in enumerate(numeric) if column in bounds]
+
+
+def estimated_columns(spec: StudySpec) -> list[str]:
+    """The numeric columns whose bounds the sites estimate privately before pooling their
+    scaling (``privacy.bounds``): under DP with federated scaling, those the spec declares no
+    bounds for."""
+    if not spec.privacy.enabled or spec.features.scaling != "federated":
+        return []
+    return [c for c in spec.features.numeric if c not in spec.features.bounds]
 
 
 def feature_names(spec: StudySpec) -> list[str]:
@@ -517,9 +580,12 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
             )
     if not 0 < spec.study.test_fraction < 1:
         raise SpecError(f"{source}: [study] test-fraction must be between 0 and 1")
-    for name in ("rounds", "local_epochs", "batch_size", "min_sites"):
-        if getattr(spec.training, name) < 1:
+    for name in ("rounds", "local_epochs", "batch_size", "steps_per_round", "min_sites"):
+        value = getattr(spec.training, name)
+        if value is not None and value < 1:
             raise SpecError(f"{source}: [training] {name.replace('_', '-')} must be at least 1")
+    if spec.training.batch_size is not None and spec.training.steps_per_round is not None:
+        raise SpecError(f"{source}: [training] give batch-size or steps-per-round, not both")
     if not 0 <= spec.training.trim_fraction < 0.5:
         raise SpecError(f"{source}: [training] trim-fraction must be at least 0 and below 0.5")
     if spec.training.strategy not in STRATEGIES:

@@ -203,9 +203,10 @@ def synthesize_cohort(
 
 
 def study_toml(
-    name: str = "cardiometabolic-risk", rounds: int = 10, target_epsilon: float = 3.0
+    name: str = "cardiometabolic-risk", rounds: int | None = None, target_epsilon: float = 3.0
 ) -> str:
-    """TOML text of a study spec for the synthetic columns, checked with ``parse_spec``.
+    """TOML text of a study spec for the synthetic columns, checked with ``parse_spec``. The
+    training settings are left to the planner (``privacy.planner``), ``rounds`` too unless given.
 
     ``race_ethnicity`` is a group column (fairness is reported per group) but not a feature:
     race is a social category, not a biological risk factor, and the generating model ignores it.
@@ -236,10 +237,7 @@ bounds = {table({k: list(v) for k, v in BOUNDS.items()})}
 name = "logistic"
 
 [training]
-rounds = {int(rounds)}
-local-epochs = 1
-batch-size = 64
-learning-rate = 0.5
+{"" if rounds is None else f"rounds = {int(rounds)}"}
 
 [privacy]
 enabled = true

@@ -34,6 +34,7 @@ LOW_QUANTILE, HIGH_QUANTILE = 0.01, 0.99
 MIN_KEPT = 0.8  # of the records, in bins above the noise, for a column to get bounds
 _Z = 3.5  # pooled counts below this many noise SDs are taken as empty (180 bins: noise alone
 # passes 3.5 SDs in one of them in 4% of columns, and then one bin past the data at most)
+_CLEAR = 6.0  # a bin this many noise SDs up is data wherever it lies (noise alone: 1 in 10^9)
 
 
 def bin_counts(values: np.ndarray) -> np.ndarray:
@@ -84,6 +85,8 @@ def estimate_bounds(
     bounds: list[tuple[float, float] | None] = []
     for row in np.asarray(pooled, dtype=float):
         kept = _around_the_mode(np.where(row > _Z * noise_sd, row, 0.0))
+        clear = row > _CLEAR * noise_sd  # e.g. an indicator's 0 and 1, a decade apart here
+        kept[clear] = row[clear]
         total = kept.sum()
         plausible = MIN_KEPT * n_records <= total <= n_records + _Z * noise_sd
         if not plausible or total <= 0:  # too little above the noise, or noise taken as data

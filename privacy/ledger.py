@@ -43,7 +43,7 @@ from typing import Any
 from privacy.accounting import GaussianRelease, compute_epsilon, merged
 from privacy.refusal import Refusal
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TRAIN, TEST, ALL = "train", "test", "all"
 PARTITIONS = (TRAIN, TEST)
 _SCHEMA = """
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, study TEXT NOT NULL, recorded_at REAL NOT NULL,
     accountant TEXT NOT NULL, delta REAL NOT NULL, target_epsilon REAL NOT NULL,
     planned TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
-    spec_digest TEXT, kind TEXT NOT NULL DEFAULT 'training', setup_reply TEXT);
+    spec_digest TEXT, kind TEXT NOT NULL DEFAULT 'training', setup_reply TEXT,
+    settings TEXT);
 CREATE TABLE IF NOT EXISTS releases (
     id INTEGER PRIMARY KEY AUTOINCREMENT, recorded_at REAL NOT NULL, run_id TEXT NOT NULL,
     study TEXT NOT NULL, round INTEGER NOT NULL, mechanism TEXT NOT NULL,
@@ -68,10 +69,15 @@ CREATE TABLE IF NOT EXISTS partition (key TEXT PRIMARY KEY, value TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS last_reply (
     run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, kind TEXT NOT NULL, content BLOB NOT NULL);
 """
-# Columns a version-1 ledger lacks: its releases did not say their partition, so they count
-# against both (conservative).
+# Columns an earlier ledger lacks: a version-1 ledger's releases did not say their partition,
+# so they count against both (conservative); a version-2 ledger's runs kept no settings.
 _MIGRATIONS = {
-    "runs": ("spec_digest TEXT", "kind TEXT NOT NULL DEFAULT 'training'", "setup_reply TEXT"),
+    "runs": (
+        "spec_digest TEXT",
+        "kind TEXT NOT NULL DEFAULT 'training'",
+        "setup_reply TEXT",
+        "settings TEXT",
+    ),
     "releases": ("partition TEXT NOT NULL DEFAULT 'all'",),
     "messages": ("detail TEXT",),
 }
@@ -124,7 +130,8 @@ class PlannedRelease:
 @dataclass(frozen=True)
 class RunPlan:
     """A run as the site admits it: every release it will make, at the run's delta, bound to
-    one study spec (its digest)."""
+    one study spec (its digest) and the settings the site planned it with (``settings``: what
+    the spec left to the planner, which later messages of the run train with)."""
 
     run_id: str
     study: str
@@ -134,6 +141,7 @@ class RunPlan:
     releases: tuple[PlannedRelease, ...]
     spec_digest: str = ""
     kind: str = "training"
+    settings: dict[str, Any] | None = None
 
 
 class Ledger:
@@ -238,8 +246,8 @@ class Ledger:
             reason = self._over_budget(db, plan.run_id, plan, list(plan.releases), budget)
             db.execute(
                 "INSERT INTO runs (run_id, study, recorded_at, accountant, delta, target_epsilon,"
-                " planned, status, reason, spec_digest, kind, setup_reply)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " planned, status, reason, spec_digest, kind, setup_reply, settings)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     plan.run_id,
                     plan.study,
@@ -253,6 +261,7 @@ class Ledger:
                     plan.spec_digest,
                     plan.kind,
                     json.dumps(setup_reply) if setup_reply is not None else None,
+                    json.dumps(plan.settings) if plan.settings is not None else None,
                 ),
             )
             for key, value in (
@@ -265,6 +274,13 @@ class Ledger:
                 for planned in first:
                     self._insert_release(db, plan.run_id, 0, planned, budget)
             return reason
+
+    def update_settings(self, run_id: str, settings: dict[str, Any]) -> None:
+        """Replace a run's settings (the bounds it pooled its scaling with join them)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET settings = ? WHERE run_id = ?", (json.dumps(settings), run_id)
+            )
 
     def store_setup_reply(self, run_id: str, reply: dict[str, Any]) -> None:
         with self._transaction() as db:
@@ -511,6 +527,7 @@ def _decoded(row: sqlite3.Row) -> dict[str, Any]:
         PlannedRelease.from_list(item).as_list() for item in json.loads(run["planned"])
     ]
     run["setup_reply"] = json.loads(run["setup_reply"]) if run.get("setup_reply") else None
+    run["settings"] = json.loads(run["settings"]) if run.get("settings") else None
     return run
 
 

@@ -158,6 +158,7 @@ def plan_study(
     rounds: int | None = None,
     local_epochs: int | None = None,
     batch_size: int | None = None,
+    steps_per_round: int | None = None,
     learning_rate: float | None = None,
     max_grad_norm: float | None = None,
     standardization_noise: float | None = None,
@@ -167,7 +168,7 @@ def plan_study(
 
     A setting given explicitly (the spec's) is kept; the others are chosen by the rules in the
     module docstring. A given ``batch_size`` applies to every site; otherwise each site's is its
-    records over the common number of steps per round.
+    records over the common number of steps per round (``steps_per_round``, or the planner's).
     """
     if not n_train or min(n_train) < 1:
         raise ValueError("every site needs at least one training record")
@@ -179,7 +180,7 @@ def plan_study(
             "below 1/records"
         )
     chosen = default_training(n_train)
-    steps = chosen["steps_per_round"]
+    steps = steps_per_round or chosen["steps_per_round"]
     rounds = rounds or chosen["rounds"]
     local_epochs = local_epochs or chosen["local_epochs"]
     learning_rate = learning_rate or chosen["learning_rate"]

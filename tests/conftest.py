@@ -73,7 +73,7 @@ def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("deployment")
     files, study = write_cohort(root / "data", n_sites=2, records_per_site=800, seed=5)
     # Deployment mechanics, not accounting: one round and the quicker RDP accountant.
-    text = study.read_text().replace("rounds = 10", "rounds = 1")
+    text = study.read_text().replace("[training]\n", "[training]\nrounds = 1\n")
     study.write_text(text.replace('accountant = "prv"', 'accountant = "rdp"'))
     fed = LocalFederation(root / "fed")
     try:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from wire import (
+    census,
     evaluate,
     evaluate_ranks,
     global_arrays,
@@ -20,6 +21,7 @@ from wire import (
     node_context,
     numbers,
     reason_of,
+    scaling,
     send,
     setup,
     state_of,
@@ -27,6 +29,7 @@ from wire import (
 )
 
 from federation import protocol as p
+from federation.client.handlers import planned_settings
 from federation.client.site import default_ledger, settings_from_context, site_partition, site_table
 from federation.evaluation import (
     EVAL_PREFIX,
@@ -137,6 +140,129 @@ def test_setup_again_resets_nothing_and_the_admitted_plan_holds(study, tmp_path,
     book = ledger_of(context)
     assert book.lifetime_epsilons(1e-5, "rdp")["train"] == pytest.approx(epsilons[-1], rel=1e-6)
     assert sum(1 for r in book.releases() if r["mechanism"] == "dp-sgd") == 3
+
+
+def test_the_census_says_only_the_public_count_and_admits_and_spends_nothing(study, tmp_path):
+    spec, data = study
+    context = context_for(spec, data, tmp_path)
+    reply = census(context)
+    assert {name: set(record) for name, record in reply.items()} == {
+        p.STATUS: {p.STATUS_SITE, p.STATUS_STATE, p.STATUS_REASON},
+        p.METRICS: {p.N_TRAIN},
+    }
+    site = settings_from_context(context)
+    table = site_table(site, site_partition(site, ledger_of(context)))
+    assert reply[p.METRICS][p.N_TRAIN] == table.n_train
+    book = ledger_of(context)
+    assert book.runs() == [] and book.releases() == []
+    assert_declined(train(context, spec), check="no-admitted-run")  # a census admits no run
+
+
+def test_the_aggregators_smallest_count_resizes_the_plan_never_the_budget(study, tmp_path):
+    """The census count the aggregator reports back only sizes the settings the spec leaves to
+    the planner: a lie moves the batches, rounds and learning rate, and the site's noise still
+    meets its budget; a count above the site's own is capped by it; a malformed one refused."""
+    spec, data = study
+    spec = spec.with_overrides(training={"rounds": None})  # rounds planned too
+    n_train = None
+    plans = {}
+    for lie in (1, 10**9, None):
+        context = context_for(spec, data, tmp_path / str(lie))
+        config = {} if lie is None else {p.SMALLEST_N_TRAIN: lie}
+        reply = setup(context, **config)
+        assert state_of(reply) == p.OK
+        n_train = reply[p.METRICS][p.N_TRAIN]
+        run = ledger_of(context).run("run-1")
+        plans[lie] = run["settings"], run["planned"]
+        trained = train(context, spec)
+        assert trained[p.METRICS][p.EPSILON] <= spec.privacy.target_epsilon
+        book = ledger_of(context)
+        assert book.lifetime_epsilons(1e-5, "rdp")["train"] <= spec.privacy.target_epsilon
+    settings = {lie: plan[0] for lie, plan in plans.items()}
+    assert (
+        settings[1]["training"]["steps_per_round"] == 1 and settings[1]["training"]["rounds"] == 20
+    )
+    assert settings[None]["training"] == planned_settings(spec.planned(n_train))  # the site alone
+    assert plans[10**9] == plans[None]  # capped at the site's own count
+    for bad in (0, -3, "700", True, 2.5):
+        context = context_for(spec, data, tmp_path / f"bad-{bad!r}")
+        reply = setup(context, **{p.SMALLEST_N_TRAIN: bad})
+        assert_declined(reply, check="bad-config-value")
+        assert ledger_of(context).releases() == []
+
+
+def test_a_run_trains_with_the_settings_it_was_admitted_with(study, tmp_path):
+    """A fresh node state (another Flower run, a restarted node) reads the settings from the
+    ledger: a later setup's other count changes nothing."""
+    spec, data = study
+    context = context_for(spec, data, tmp_path)
+    assert state_of(setup(context, **{p.SMALLEST_N_TRAIN: 64})) == p.OK
+    admitted = ledger_of(context).run("run-1")
+    assert admitted["settings"]["training"]["steps_per_round"] == 1
+    again = context_for(spec, data, tmp_path, run_id=2)
+    assert state_of(setup(again, **{p.SMALLEST_N_TRAIN: 10**6})) == p.OK
+    restarted = context_for(spec, data, tmp_path, run_id=3)
+    metrics = train(restarted, spec, **{p.RUN_KEY: "run-1"})[p.METRICS]
+    dp_sgd = next(r for r in admitted["planned"] if r[0] == "dp-sgd")
+    assert metrics[p.SAMPLE_RATE] == dp_sgd[3] == 1.0 and metrics[p.STEPS] == 1
+    assert ledger_of(context).run("run-1")["settings"] == admitted["settings"]
+
+
+@pytest.fixture()
+def unbounded(study):
+    """The study with no declared bounds for sbp: the sites estimate them privately."""
+    spec, data = study
+    bounds = {c: b for c, b in spec.features.bounds.items() if c != "sbp"}
+    return spec.with_overrides(features={"bounds": bounds}), data
+
+
+def test_bounds_are_estimated_from_a_release_and_the_sums_follow_once(unbounded, tmp_path):
+    """Setup releases the noisy bounds histograms (admitted and recorded first), not the sums;
+    the scaling message releases the sums once, clipped to whatever bounds the aggregator
+    sends (their sensitivity does not depend on them), and the same reply comes back if it is
+    asked again, with other bounds or not; every release is within the budget."""
+    spec, data = unbounded
+    context = context_for(spec, data, tmp_path)
+    assert_declined(scaling(context, sbp=[100.0, 140.0]), check="no-admitted-run")
+    first = setup(context)
+    assert state_of(first) == p.OK
+    released = set(first[p.METRICS])
+    assert p.BOUNDS_HISTOGRAMS in released and p.SUM not in released
+    book = ledger_of(context)
+    assert [r["mechanism"] for r in book.releases()] == ["bounds-histograms"]
+    crafted = scaling(context, sbp=[119.0, 121.0])  # a narrow pair around one value
+    assert state_of(crafted) == p.OK
+    assert set(crafted[p.METRICS]) == set(p.SCALING_METRICS)
+    again = scaling(context, sbp=[0.0, 1000.0])
+    assert dict(again[p.METRICS]) == dict(crafted[p.METRICS])  # the same release, not a new one
+    assert [r["mechanism"] for r in book.releases()] == ["bounds-histograms", "gaussian-sums"]
+    assert book.run("run-1")["settings"]["bounds"] == {"sbp": [119.0, 121.0]}
+    trained = train(context, spec, **{p.RUN_KEY: "run-1"}, **_scaling_of(spec, {"sbp"}))
+    assert trained[p.METRICS][p.EPSILON] <= spec.privacy.target_epsilon
+
+
+def _scaling_of(spec, estimated: set[str]) -> dict:
+    """A scaling config for the declared and the estimated columns (unit center and scale)."""
+    n = sum(1 for c in spec.features.numeric if c in spec.features.bounds or c in estimated)
+    return {p.SCALING_CENTER: [0.0] * n, p.SCALING_SCALE: [1.0] * n}
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {"age": [0.0, 120.0]},  # declared already: not the aggregator's to move
+        {"nonexistent": [0.0, 1.0]},
+        {"sbp": [140.0, 100.0]},
+        {"sbp": [100.0, float("inf")]},
+        {"sbp": [100.0]},
+    ],
+)
+def test_bounds_that_are_not_the_studys_to_estimate_are_refused(unbounded, tmp_path, bounds):
+    spec, data = unbounded
+    context = context_for(spec, data, tmp_path)
+    setup(context)
+    assert_declined(scaling(context, **bounds), check="bad-config-value")
+    assert [r["mechanism"] for r in ledger_of(context).releases()] == ["bounds-histograms"]
 
 
 def test_a_run_key_cannot_be_reused_for_another_spec(study, tmp_path):

@@ -2,8 +2,9 @@
 coefficients and model.onnx.
 
 Two finished runs, each trained by the real site nodes (in-process ClientApps, no Ray): a DP
-logistic model with every numeric feature scaled by the federation and a "drop" rule, and an MLP
-without DP whose features every site scaled by its own training rows.
+logistic model with every numeric feature scaled by the federation (sbp and cholesterol with
+bounds the sites estimated privately, the others declared) and a "drop" rule, and an MLP without
+DP whose features every site scaled by its own training rows.
 """
 
 import json
@@ -29,6 +30,8 @@ from models.registry import build_model
 from privacy.ledger import Ledger
 from privacy.policy import simulation_policy
 
+ESTIMATED = ("sbp", "cholesterol")
+
 
 def finished_run(root, files, spec):
     """A run of ``spec`` on ``files`` by the sites' own nodes, and the sites' settings."""
@@ -51,10 +54,11 @@ def finished_run(root, files, spec):
 def dp_run(cohort, tmp_path_factory):
     files, spec_path = cohort
     spec = load_spec(spec_path)
+    declared = {c: b for c, b in spec.features.bounds.items() if c not in ESTIMATED}
     spec = spec.with_overrides(
         training={"rounds": 2},
         privacy={"accountant": "rdp"},
-        features={"missing": {**spec.features.missing, "smoking": "drop"}},
+        features={"missing": {**spec.features.missing, "smoking": "drop"}, "bounds": declared},
     )
     two = dict(list(files.items())[:2])
     return finished_run(tmp_path_factory.mktemp("dp-run"), two, spec)
@@ -75,15 +79,18 @@ def site_scaled_run(cohort, tmp_path_factory):
 
 def node_view(run, site):
     """What the site's node scores in evaluate: its table, and the final model (from the
-    checkpoint, as the aggregator sent it) with the aggregator's scaling, encoded by the
-    node's own functions."""
+    checkpoint, as the aggregator sent it) with the aggregator's scaling and the bounds the
+    site's ledger kept for the run, encoded by the node's own functions."""
     spec = run["spec"]
     checkpoint = load_checkpoint(run["out"], spec.to_toml())
     model = build_model(spec.model.name, len(feature_names(spec)), spec.model.hidden)
     model.load_state_dict(checkpoint["arrays"])
-    table = site_table(site, site_partition(site, Ledger(site.ledger)))
-    center, scale = resolve_scaling(table, spec, *checkpoint["state"]["scaling"])
-    return table, model, center, scale
+    ledger = Ledger(site.ledger)
+    estimated = (ledger.runs()[-1]["settings"] or {}).get("bounds", {})
+    bounds = {**spec.features.bounds, **{c: tuple(b) for c, b in estimated.items()}}
+    table = site_table(site, site_partition(site, ledger))
+    center, scale = resolve_scaling(table, spec, *checkpoint["state"]["scaling"], bounds)
+    return table, model, center, scale, bounds
 
 
 def predicted(out):
@@ -101,11 +108,11 @@ def node_rows(path, spec):
 
 
 def assert_scores_match_the_node(run, site, scores):
-    table, model, center, scale = node_view(run, site)
+    table, model, center, scale, bounds = node_view(run, site)
     kept = node_rows(site.data, run["spec"])
     mine = scores["risk"].to_numpy()[kept]  # the node's rows, in the node's order
     for test in (True, False):
-        x, _ = encode(table, run["spec"], center, scale, test=test)
+        x, _ = encode(table, run["spec"], center, scale, test=test, bounds=bounds)
         rows = table.is_test if test else ~table.is_test
         np.testing.assert_allclose(mine[rows], risks(model, x), rtol=0, atol=1e-6)
 
@@ -180,8 +187,8 @@ def test_site_scaled_features_are_scaled_by_that_sites_training_rows(
 def test_model_onnx_gives_the_same_scores_as_torch(which, request):
     run = request.getfixturevalue(which)
     site = run["sites"][0]
-    table, model, center, scale = node_view(run, site)
-    x, _ = encode(table, run["spec"], center, scale, test=True)
+    table, model, center, scale, bounds = node_view(run, site)
+    x, _ = encode(table, run["spec"], center, scale, test=True, bounds=bounds)
     card = json.loads((run["out"] / "model_card.json").read_text())
     graph = onnx.load(run["out"] / card["inputs"]["onnx"]["file"])
     onnx.checker.check_model(graph)
@@ -240,6 +247,10 @@ def test_the_card_holds_the_released_performance_data_and_privacy(dp_run, site_s
         assert card["sites"][name]["participant_epsilon"] == site["participant_epsilon"]
     assert card["data"]["n_train"] == sum(s["n_train"] for s in summary["sites"].values())
     assert card["data"]["missing"]["smoking"] == "records missing it are excluded"
+    for row in card["scaling"]:  # pooled everywhere, the estimated bounds said so
+        assert row["source"] == "federation" and row["bounds_estimated"] == (
+            row["feature"] in ESTIMATED
+        )
     text = (out / "model_card.md").read_text()
     for section in (
         "## Intended use",

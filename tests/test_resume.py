@@ -67,10 +67,12 @@ def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp
             for r in releases
             if r["mechanism"] == "gaussian-sums"
         ]
+        smallest = min(s["n_train"] for s in summary["sites"].values())
+        training = spec.training.planned(smallest)  # the settings the census planned
         plan = plan_dp(
             site["n_train"],
-            spec.training.batch_size,
-            spec.training.local_epochs,
+            training.batch_size_for(site["n_train"]),
+            training.local_epochs,
             4,
             privacy.target_epsilon,
             privacy.delta,

@@ -55,7 +55,7 @@ def test_four_sites_one_broken_one_refused_complete_on_the_others(cohort, tmp_pa
         spec,
         sites,
         out,
-        on_round=lambda r, row: rounds_seen.append(r),
+        on_round=lambda r, _planned, row: rounds_seen.append(r),
         policies={strict: policy},
     )
 

@@ -33,7 +33,10 @@ def test_minimal_spec_gets_sensible_defaults():
     spec = parse_spec(MINIMAL)
     assert spec.study.task == "binary" and spec.study.test_fraction == 0.3
     assert spec.model.name == "logistic"
-    assert spec.training.strategy == "fedavg" and spec.training.rounds >= 1
+    assert spec.training.strategy == "fedavg" and spec.training.rounds is None  # planned
+    planned = spec.training.planned(700)
+    assert planned.is_planned and not spec.training.is_planned
+    assert (planned.rounds, planned.steps_per_round, planned.batch_size_for(700)) == (10, 10, 70)
     assert spec.privacy.enabled and spec.privacy.accountant == "prv"
     assert spec.privacy.target_epsilon == 3.0 and spec.privacy.delta == 1e-5
 

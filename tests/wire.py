@@ -56,9 +56,21 @@ def send(context: Context, message_type: str, content: RecordDict, app=site_node
     return app(message, context).content
 
 
+def census(context: Context, run_key: str = "run-1") -> RecordDict:
+    return send(context, p.CENSUS, RecordDict({p.CONFIG: ConfigRecord({p.RUN_KEY: run_key})}))
+
+
 def setup(context: Context, run_key: str = "run-1", **config) -> RecordDict:
     return send(
         context, p.SETUP, RecordDict({p.CONFIG: ConfigRecord({p.RUN_KEY: run_key, **config})})
+    )
+
+
+def scaling(context: Context, run_key: str = "run-1", **bounds) -> RecordDict:
+    """The scaling message with ``bounds`` (column -> [low, high]) as the aggregator sends them."""
+    config = {f"{p.BOUNDS}.{p.encode_name(c)}": list(b) for c, b in bounds.items()}
+    return send(
+        context, p.SCALING, RecordDict({p.CONFIG: ConfigRecord({p.RUN_KEY: run_key, **config})})
     )
 
 

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from federation.client.data import SiteTable
-from federation.spec import StudySpec, federated_columns
+from federation.spec import StudySpec, estimated_columns, federated_columns
+from privacy.bounds import bin_counts
 
 _MIN_SCALE = 1e-6
 Bounds = tuple[float, float]
@@ -42,14 +43,6 @@ def clip_to_bounds(
     return values
 
 
-def pooled_columns(spec: StudySpec, bounds: Mapping[str, Bounds] | None = None) -> list[int]:
-    """Indices of the numeric columns whose scaling is pooled: every one without DP, under DP
-    those with bounds (declared, or estimated when ``bounds`` is given)."""
-    if bounds is None or not spec.privacy.enabled or spec.features.scaling != "federated":
-        return federated_columns(spec)
-    return [i for i, column in enumerate(spec.features.numeric) if column in bounds]
-
-
 def scaling_sums(
     table: SiteTable, spec: StudySpec, bounds: Mapping[str, Bounds] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,7 +56,7 @@ def scaling_sums(
     sums are exact.
     """
     bounds = spec.features.bounds if bounds is None else bounds
-    columns = pooled_columns(spec, bounds)
+    columns = federated_columns(spec, bounds)
     values = clipped_numeric(table, spec, bounds)[~table.is_test][:, columns]
     if spec.privacy.enabled:
         for j, i in enumerate(columns):
@@ -71,6 +64,13 @@ def scaling_sums(
     present = ~np.isnan(values)
     filled = np.where(present, values, 0.0)
     return filled.sum(axis=0), (filled**2).sum(axis=0), present.sum(axis=0).astype(float)
+
+
+def bounds_counts(table: SiteTable, spec: StudySpec) -> np.ndarray:
+    """Counts of the training values of each column whose bounds are estimated, per bin of the
+    fixed grid (``privacy.bounds.bin_counts``; columns in ``estimated_columns`` order)."""
+    index = [spec.features.numeric.index(c) for c in estimated_columns(spec)]
+    return bin_counts(table.numeric[~table.is_test][:, index])
 
 
 def to_unit(values: np.ndarray, bounds: Bounds) -> np.ndarray:
@@ -102,7 +102,7 @@ def resolve_scaling(
     """The scaling this site uses: pooled for federated columns, its own for the rest
     (``bounds``: the declared and estimated bounds the pooled sums were taken with)."""
     center, scale = site_scaling(table, spec, bounds)
-    columns = pooled_columns(spec, bounds)
+    columns = federated_columns(spec, bounds)
     if len(pooled_center) != len(columns) or len(pooled_scale) != len(columns):
         raise ValueError("the server's scaling does not match the study spec's numeric columns")
     center[columns] = pooled_center

@@ -1,5 +1,5 @@
-"""What a site node does for each message the monitor lets through: setup, train, evaluate (two
-releases) and analyze. Every handler returns the reply's content or raises ``Refused``; the
+"""What a site node does for each message the monitor lets through: census, setup, train, evaluate
+(two releases) and analyze. Every handler returns the reply's content or raises ``Refused``; the
 monitor (``client.monitor``) has already checked the message's shape and the site's policy.
 
 Training and evaluation happen only inside a run the site's ledger admitted, for the same study
@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,7 +24,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from federation import protocol as p
 from federation.client.data import SiteTable
 from federation.client.evaluation import histogram_release, members_of, rank_release
-from federation.client.features import encode, resolve_scaling, scaling_sums
+from federation.client.features import (
+    Bounds,
+    bounds_counts,
+    encode,
+    resolve_scaling,
+    scaling_sums,
+)
 from federation.client.plan import (
     DP_SGD,
     SETUP_SUMS,
@@ -38,8 +46,9 @@ from federation.client.training import LocalSettings, train_dp, train_plain
 from federation.errors import AllfedError, SpecError
 from federation.evaluation import layout, rank_requests_from_config
 from federation.queries import AnalysisRequest, build_query, planned_release
-from federation.spec import StudySpec
+from federation.spec import StudySpec, estimated_columns, federated_columns
 from models.registry import build_model
+from privacy.bounds import release_histograms
 from privacy.ledger import ALL, TEST, TRAIN, Ledger, PlannedRelease, RunPlan
 from privacy.limits import delta_too_weak
 from privacy.refusal import Refusal
@@ -48,6 +57,9 @@ from privacy.scaling import release_scaling_sums
 log = logging.getLogger("allfed.site")
 
 _STATE = "allfed"  # this node's ConfigRecord in context.state: the run it serves, a plan cache
+# A run's settings in the ledger: the training settings it was planned with, the bounds it
+# pooled its scaling with and the scaling reply (sent again if asked again).
+TRAINING, BOUNDS, SCALING_REPLY = "training", "bounds", "scaling-reply"
 
 
 class Refused(Exception):
@@ -82,21 +94,20 @@ def spec_digest(spec: StudySpec) -> str:
     return hashlib.sha256(spec.to_toml().encode("utf-8")).hexdigest()
 
 
-# -- setup ---------------------------------------------------------------------------------------
+# -- census and setup ----------------------------------------------------------------------------
 
 
-def setup(request: Request) -> RecordDict:
-    """Admit the run: check the data, fix the plan, let the ledger admit it (and record the
-    standardization release first), then release this site's noisy sums. A repeated setup of an
-    admitted run answers what the first one released and plans, resets and releases nothing."""
-    spec, site, ledger = request.spec, request.site, request.ledger
-    run_key = str(request.config.get(p.RUN_KEY, "") or "")
-    resume_after = int(request.config.get(p.RESUME_AFTER, 0) or 0)
-    if run_key and (known := ledger.run(run_key)) is not None:
-        return _repeated_setup(request, run_key, known, resume_after)
-    if resume_after > 0:
-        raise Refused(Refusal("resume-refused", None, f"run {run_key!r} is not in the ledger"))
-    table = site_table(site, site_partition(site, ledger))
+def census(request: Request) -> RecordDict:
+    """The site's public training-record count, which the aggregator's planner needs from every
+    site before setup; the same data checks as setup, and no release."""
+    table = _checked_table(request)
+    return _ok(request.site.name, MetricRecord({p.N_TRAIN: table.n_train}))
+
+
+def _checked_table(request: Request) -> SiteTable:
+    """The site's checked table, refused when the study's delta is too weak for its size."""
+    spec, site = request.spec, request.site
+    table = site_table(site, site_partition(site, request.ledger))
     if spec.privacy.enabled and delta_too_weak(spec.privacy.delta, table.n_train):
         raise Refused(
             Refusal(
@@ -105,8 +116,26 @@ def setup(request: Request) -> RecordDict:
                 f"delta {spec.privacy.delta:g} is too weak for {table.n_train} records",
             )
         )
-    sums = scaling_sums(table, spec)
-    plan = _site_plan(spec, table.n_train, with_sums=bool(len(sums[0])))
+    return table
+
+
+def setup(request: Request) -> RecordDict:
+    """Admit the run: check the data, plan the training settings the spec leaves out and the
+    releases, let the ledger admit them (and record setup's release first), then release this
+    site's noisy sums, or, where the study leaves bounds to estimate, its noisy bounds
+    histograms (the sums follow in the scaling message). A repeated setup of an admitted run
+    answers what the first one released and plans, resets and releases nothing."""
+    site, ledger = request.site, request.ledger
+    run_key = str(request.config.get(p.RUN_KEY, "") or "")
+    resume_after = int(request.config.get(p.RESUME_AFTER, 0) or 0)
+    if run_key and (known := ledger.run(run_key)) is not None:
+        return _repeated_setup(request, run_key, known, resume_after)
+    if resume_after > 0:
+        raise Refused(Refusal("resume-refused", None, f"run {run_key!r} is not in the ledger"))
+    table = _checked_table(request)
+    spec = request.spec.planned(_smallest_n_train(request, table.n_train))
+    with_sums = bool(federated_columns(spec) or estimated_columns(spec))
+    plan = _site_plan(spec, table.n_train, with_sums)
     run_key = run_key or f"{request.context.run_id}-{secrets.token_hex(4)}"
     refusal = ledger.admit(
         RunPlan(
@@ -116,22 +145,125 @@ def setup(request: Request) -> RecordDict:
             spec.privacy.delta,
             spec.privacy.target_epsilon,
             plan.releases(),
-            spec_digest(spec),
+            spec_digest(request.spec),
+            settings={TRAINING: planned_settings(spec)},
         ),
         site.budget(),
-        first=plan.setup_releases(),  # recorded before the sums are computed
+        first=plan.setup_releases(),  # recorded before it is computed
     )
     if refusal:
         raise Refused(refusal)
     metrics = MetricRecord({p.N_TRAIN: table.n_train})
-    if len(sums[0]):
-        if plan.setup_noise is not None:
-            sums = release_scaling_sums(sums, plan.setup_noise)
-            metrics[p.STANDARDIZATION_NOISE] = plan.setup_noise
-        metrics[p.SUM], metrics[p.SUM_SQUARES], metrics[p.COUNT] = (s.tolist() for s in sums)
+    if plan.bounds_noise is not None:
+        counts = release_histograms(bounds_counts(table, spec), plan.bounds_noise)
+        metrics[p.BOUNDS_HISTOGRAMS] = counts.ravel().tolist()
+        metrics[p.BOUNDS_NOISE] = plan.bounds_noise
+    elif with_sums:
+        metrics.update(_released_sums(table, spec, plan.setup_noise, spec.features.bounds))
     ledger.store_setup_reply(run_key, dict(metrics))
     _bind(request.context, run_key, plan)
     return _ok(site.name, metrics)
+
+
+def _released_sums(
+    table: SiteTable, spec: StudySpec, noise: float | None, bounds: Mapping[str, Bounds]
+) -> dict[str, list[float] | float]:
+    """The standardization sums of the pooled columns, noisy under DP (``noise``)."""
+    sums = scaling_sums(table, spec, bounds)
+    released: dict[str, list[float] | float] = {}
+    if noise is not None:
+        sums = release_scaling_sums(sums, noise)
+        released[p.STANDARDIZATION_NOISE] = noise
+    released[p.SUM], released[p.SUM_SQUARES], released[p.COUNT] = (s.tolist() for s in sums)
+    return released
+
+
+def scaling(request: Request) -> RecordDict:
+    """The sums, after the aggregator pooled the bounds histograms: clipped to the bounds it
+    sends for the estimated columns (any bounds keep the sums' sensitivity, so a crafted pair
+    costs only utility), recorded by the ledger first, and kept with the bounds, which every
+    later message of the run then encodes with. Asked again, the site answers the same."""
+    run = bound_run(request)
+    planned = run.plan.scaling_release()
+    if planned is None:
+        raise Refused(Refusal("plan-exhausted", None, "the run plans no scaling release"))
+    settings = request.ledger.run(run.key)["settings"] or {}
+    if SCALING_REPLY in settings:
+        return _ok(request.site.name, MetricRecord(settings[SCALING_REPLY]))
+    estimated = _estimated_bounds(request.config, run.spec)
+    refusal = request.ledger.record_release(run.key, 0, planned, request.site.budget())
+    if refusal:
+        raise Refused(refusal)
+    bounds = {**run.spec.features.bounds, **estimated}
+    released = _released_sums(run.table, run.spec, planned.release.noise_multiplier, bounds)
+    request.ledger.update_settings(
+        run.key, {**settings, BOUNDS: estimated, SCALING_REPLY: released}
+    )
+    return _ok(request.site.name, MetricRecord(released))
+
+
+def _estimated_bounds(config: ConfigRecord, spec: StudySpec) -> dict[str, Bounds]:
+    """The aggregator's bounds for columns whose bounds the study estimates: finite, low below
+    high; a column it sends none for stays scaled by each site."""
+    estimated = set(estimated_columns(spec))
+    bounds = {}
+    for key, value in config.items():
+        if key == p.RUN_KEY:
+            continue
+        try:
+            column = p.decode_name(key.removeprefix(f"{p.BOUNDS}."))
+        except ValueError:
+            raise Refused(Refusal("bad-config-value", None, f"key {key!r}")) from None
+        if column not in estimated:
+            raise Refused(Refusal("bad-config-value", None, f"no bounds to estimate: {key!r}"))
+        pair = list(value) if isinstance(value, list) else []
+        if (
+            len(pair) != 2
+            or not all(isinstance(v, float | int) and not isinstance(v, bool) for v in pair)
+            or not all(math.isfinite(v) for v in pair)
+            or not pair[0] < pair[1]
+        ):
+            raise Refused(Refusal("bad-config-value", None, f"bounds of {key!r}"))
+        bounds[column] = (float(pair[0]), float(pair[1]))
+    return bounds
+
+
+def _smallest_n_train(request: Request, n_train: int) -> int:
+    """The smallest site's training-record count the aggregator says its census found. It only
+    sizes the settings the spec leaves out, and the site's noise meets its budget whatever they
+    are; a count above the site's own cannot be the smallest, so the site's own caps it."""
+    value = request.config.get(p.SMALLEST_N_TRAIN, n_train)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Refused(Refusal("bad-config-value", p.SMALLEST_N_TRAIN, f"value {value!r}"))
+    return min(value, n_train)
+
+
+def planned_settings(spec: StudySpec) -> dict[str, int | float | None]:
+    """The training settings a run was planned with, as the ledger keeps them."""
+    training = spec.training
+    return {
+        "rounds": training.rounds,
+        "local_epochs": training.local_epochs,
+        "batch_size": training.batch_size,
+        "steps_per_round": training.steps_per_round,
+        "learning_rate": training.learning_rate,
+    }
+
+
+def _planned_spec(spec: StudySpec, run: dict, n_train: int) -> StudySpec:
+    """The run's spec with the training settings the ledger admitted it with (a run admitted
+    before the ledger kept them is planned as if its site were the smallest: the plan check
+    then refuses it if that is not what was admitted)."""
+    settings = run.get("settings")
+    if settings is None:
+        return spec.planned(n_train)
+    return replace(spec, training=replace(spec.training, **settings[TRAINING]))
+
+
+def _run_bounds(spec: StudySpec, run: dict) -> dict[str, Bounds]:
+    """The bounds the run's scaling was pooled with: declared, and estimated once sent."""
+    estimated = (run.get("settings") or {}).get(BOUNDS, {})
+    return {**spec.features.bounds, **{c: tuple(b) for c, b in estimated.items()}}
 
 
 def _repeated_setup(request: Request, run_key: str, known: dict, resume_after: int) -> RecordDict:
@@ -155,19 +287,19 @@ def _repeated_setup(request: Request, run_key: str, known: dict, resume_after: i
     _bind(request.context, run_key, plan)
     metrics = MetricRecord(dict(known["setup_reply"]))
     if resume_after:
-        for name in (p.SUM, p.SUM_SQUARES, p.COUNT, p.STANDARDIZATION_NOISE):
+        for name in (*p.SCALING_METRICS, p.BOUNDS_HISTOGRAMS, p.BOUNDS_NOISE):
             metrics.pop(name, None)
     return _ok(site.name, metrics)
 
 
 def _checked_plan(request: Request, table: SiteTable, run: dict) -> SitePlan:
-    """The run's plan worked out again; it must be the plan the ledger admitted (the same spec
-    and the same training-record count)."""
+    """The run's plan worked out again; it must be the plan the ledger admitted (the same spec,
+    settings and training-record count)."""
     state = request.context.state.get(_STATE)
     if state is not None and state.get("run-key") == run["run_id"] and "plan" in state:
         return SitePlan.from_json(str(state["plan"]))
     with_sums = any(item[0] == SETUP_SUMS for item in run["planned"])
-    plan = _site_plan(request.spec, table.n_train, with_sums)
+    plan = _site_plan(_planned_spec(request.spec, run, table.n_train), table.n_train, with_sums)
     if [r.as_list() for r in plan.releases()] != run["planned"]:
         raise Refused(
             Refusal("spec-changed", None, "the site's data changed since the run was admitted")
@@ -199,6 +331,8 @@ class BoundRun:
     key: str
     plan: SitePlan
     table: SiteTable
+    spec: StudySpec  # the message's spec with the training settings the run was planned with
+    bounds: dict[str, Bounds]  # declared and estimated: what the run clips and pools with
 
 
 def bound_run(request: Request) -> BoundRun:
@@ -218,7 +352,8 @@ def bound_run(request: Request) -> BoundRun:
     table = site_table(request.site, site_partition(request.site, request.ledger))
     plan = _checked_plan(request, table, run)
     _bind(request.context, key, plan)
-    return BoundRun(key, plan, table)
+    spec = _planned_spec(request.spec, run, table.n_train)
+    return BoundRun(key, plan, table, spec, _run_bounds(spec, run))
 
 
 # -- train ---------------------------------------------------------------------------------------
@@ -227,12 +362,13 @@ def bound_run(request: Request) -> BoundRun:
 def train(request: Request) -> RecordDict:
     """One round of local training: the ledger records the round's release first (refusing one
     the plan or the budgets no longer hold), then DP-SGD from the message's weights."""
-    spec, config = request.spec, request.config
+    config = request.config
     run = bound_run(request)
-    x, y, model = _inputs(request, run.table, test=False)
+    spec = run.spec
+    x, y, model = _inputs(request, run, test=False)
     settings = LocalSettings(
         epochs=spec.training.local_epochs,
-        batch_size=spec.training.batch_size,
+        batch_size=spec.training.batch_size_for(run.table.n_train),
         learning_rate=spec.training.learning_rate,
         max_grad_norm=spec.privacy.max_grad_norm,
         proximal_mu=float(config.get(p.PROXIMAL_MU, 0.0)),
@@ -310,7 +446,7 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
             requests = rank_requests_from_config(request.config, cells.rank_cells())
         except ValueError as error:
             raise Refused(Refusal("bad-config-value", "ranks", str(error))) from None
-    x, y, model = _inputs(request, run.table, test=True)
+    x, y, model = _inputs(request, run, test=True)
     planned = run.plan.evaluation_release(ranks)
     refusal = request.ledger.record_release(
         run.key, int(request.config.get(p.SERVER_ROUND, 0)), planned, request.site.budget()
@@ -333,10 +469,11 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     return RecordDict({p.METRICS: metrics})
 
 
-def _inputs(request: Request, table: SiteTable, test: bool):
-    """The train (or test) rows encoded with the aggregator's scaling, and the model the message
-    carries, checked against the study's model (names, shapes, finite values)."""
-    spec, config = request.spec, request.config
+def _inputs(request: Request, run: BoundRun, test: bool):
+    """The train (or test) rows encoded with the aggregator's scaling and the run's bounds, and
+    the model the message carries, checked against the study's model (names, shapes, finite
+    values)."""
+    spec, config, table = request.spec, request.config, run.table
     try:
         center = [float(v) for v in config[p.SCALING_CENTER]]
         scale = [float(v) for v in config[p.SCALING_SCALE]]
@@ -345,10 +482,10 @@ def _inputs(request: Request, table: SiteTable, test: bool):
     if not all(np.isfinite(center)) or not all(np.isfinite(scale)) or min(scale, default=1) <= 0:
         raise Refused(Refusal("bad-config-value", p.SCALING_SCALE, "a non-finite scaling"))
     try:
-        center_all, scale_all = resolve_scaling(table, spec, center, scale)
+        center_all, scale_all = resolve_scaling(table, spec, center, scale, run.bounds)
     except ValueError:
         raise Refused(Refusal("bad-config-value", p.SCALING_CENTER, "scaling length")) from None
-    x, y = encode(table, spec, center_all, scale_all, test=test)
+    x, y = encode(table, spec, center_all, scale_all, test=test, bounds=run.bounds)
     model = build_model(spec.model.name, x.shape[1], spec.model.hidden)
     expected = model.state_dict()
     try:

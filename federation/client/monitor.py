@@ -3,8 +3,8 @@
 Every message the node receives passes here, whatever its type, before any handler can see it
 (``client.app`` routes Flower's calls to ``Monitor`` alone; there is no other entry):
 
-1. its kind is one the site answers (setup, train, evaluate, evaluate.ranks, analyze); any
-   other is refused;
+1. its kind is one the site answers (census, setup, scaling, train, evaluate, evaluate.ranks,
+   analyze); any other is refused;
 2. it carries only the records and settings its kind may carry (``protocol.MESSAGE_RECORDS``,
    ``MESSAGE_CONFIG``); anything else is refused (default deny);
 3. the site's own settings resolve (data, policy, ledger; the ledger exists for every node);
@@ -43,7 +43,9 @@ log = logging.getLogger("allfed.site")
 
 Handler = Callable[[Request], RecordDict]
 HANDLERS: Mapping[str, Handler] = {
+    "census": handlers.census,
     "setup": handlers.setup,
+    "scaling": handlers.scaling,
     "train": handlers.train,
     "evaluate": handlers.evaluate,
     "ranks": handlers.evaluate_ranks,

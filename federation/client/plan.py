@@ -1,11 +1,11 @@
 """A site's privacy plan of one training run: every release it will make, fixed at setup.
 
-The plan is a function of the study spec and the site's public training-record count alone, so
-the site can work it out again at any later message and check it against the plan its ledger
-admitted: the standardization sums (training partition), the DP-SGD steps of every round
-(training partition, calibrated after the sums so that the partition lands at the target), and
-two evaluation releases per planned evaluation (test partition, calibrated to the study's
-evaluation budget).
+The plan is a function of the study spec, the training settings the site planned it with (kept
+in the ledger) and the site's public training-record count alone, so the site can work it out
+again at any later message and check it against the plan its ledger admitted: the
+standardization sums (training partition), the DP-SGD steps of every round (training partition,
+calibrated after the sums so that the partition lands at the target), and two evaluation
+releases per planned evaluation (test partition, calibrated to the study's evaluation budget).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from dataclasses import asdict, dataclass
 
 from federation.client.training import DPPlan, plan_dp
 from federation.evaluation import evaluation_noise
-from federation.spec import StudySpec
+from federation.spec import StudySpec, estimated_columns
 from privacy.accounting import GaussianRelease, compute_epsilon
+from privacy.bounds import BOUNDS_SHARE
 from privacy.ledger import ALL, TEST, TRAIN, PlannedRelease
 from privacy.planner import share_noise
 
 SETUP_SUMS = "gaussian-sums"
+BOUNDS_HISTOGRAMS = "bounds-histograms"
 DP_SGD = "dp-sgd"
 EVALUATION_HISTOGRAMS = "evaluation-histograms"
 EVALUATION_RANKS = "evaluation-ranks"
@@ -29,16 +31,23 @@ EVALUATION_RANKS = "evaluation-ranks"
 @dataclass(frozen=True)
 class SitePlan:
     """Everything a site releases in a run (``setup_noise`` None: no standardization release;
-    ``dp`` None: training without DP), with the evaluation's noise and count."""
+    ``bounds_noise`` None: no bounds to estimate; ``dp`` None: training without DP), with the
+    evaluation's noise and count. Where bounds are estimated, setup releases their histograms
+    and the scaling message the sums; otherwise setup releases the sums."""
 
     setup_noise: float | None
     dp: DPPlan | None
     evaluations: int
     histogram_noise: float
     rank_noise: float
+    bounds_noise: float | None = None
 
     def releases(self) -> tuple[PlannedRelease, ...]:
         planned = []
+        if self.bounds_noise is not None:
+            planned.append(
+                PlannedRelease(BOUNDS_HISTOGRAMS, TRAIN, GaussianRelease(self.bounds_noise, 1.0, 1))
+            )
         if self.setup_noise is not None:
             planned.append(
                 PlannedRelease(SETUP_SUMS, TRAIN, GaussianRelease(self.setup_noise, 1.0, 1))
@@ -62,8 +71,16 @@ class SitePlan:
         return tuple(planned)
 
     def setup_releases(self) -> list[PlannedRelease]:
-        """What the setup reply releases (the standardization sums), if anything."""
-        return [r for r in self.releases() if r.mechanism == SETUP_SUMS]
+        """What the setup reply releases: the bounds histograms, else the standardization
+        sums, if anything."""
+        first = BOUNDS_HISTOGRAMS if self.bounds_noise is not None else SETUP_SUMS
+        return [r for r in self.releases() if r.mechanism == first]
+
+    def scaling_release(self) -> PlannedRelease | None:
+        """What the scaling message releases (the sums, after the bounds), if it is planned."""
+        if self.bounds_noise is None or self.setup_noise is None:
+            return None
+        return PlannedRelease(SETUP_SUMS, TRAIN, GaussianRelease(self.setup_noise, 1.0, 1))
 
     def round_release(self) -> PlannedRelease:
         dp = self.dp
@@ -90,21 +107,24 @@ class SitePlan:
 
 
 def site_plan(spec: StudySpec, n_train: int, with_sums: bool) -> SitePlan:
-    """The plan of ``spec`` at a site with ``n_train`` training records (``with_sums``: it
-    releases standardization sums)."""
+    """The plan of ``spec`` (its training settings planned: ``StudySpec.planned``) at a site
+    with ``n_train`` training records (``with_sums``: it releases standardization sums, after
+    the bounds histograms of the columns the spec declares no bounds for)."""
     privacy = spec.privacy
-    setup_noise = None
+    setup_noise = bounds_noise = None
     if with_sums and privacy.enabled:
         setup_noise = share_noise(
             privacy.standardization_share, privacy.target_epsilon, privacy.delta
         )
+        if estimated_columns(spec):
+            bounds_noise = share_noise(BOUNDS_SHARE, privacy.target_epsilon, privacy.delta)
     dp = None
     if privacy.enabled:
-        prior = [GaussianRelease(setup_noise, 1.0, 1)] if setup_noise is not None else []
+        prior = [GaussianRelease(z, 1.0, 1) for z in (bounds_noise, setup_noise) if z]
         training = spec.training
         dp = plan_dp(
             n_train,
-            training.batch_size,
+            training.batch_size_for(n_train),
             training.local_epochs,
             training.rounds,
             privacy.target_epsilon,
@@ -116,7 +136,7 @@ def site_plan(spec: StudySpec, n_train: int, with_sums: bool) -> SitePlan:
     histogram_noise, rank_noise = evaluation_noise(
         privacy.evaluation_budget, privacy.delta, privacy.accountant, evaluations
     )
-    return SitePlan(setup_noise, dp, evaluations, histogram_noise, rank_noise)
+    return SitePlan(setup_noise, dp, evaluations, histogram_noise, rank_noise, bounds_noise)
 
 
 def partition_epsilon(

@@ -96,6 +96,7 @@ def training_section(spec: StudySpec) -> dict[str, Any]:
         ),
         "local_epochs": training.local_epochs,
         "batch_size": training.batch_size,
+        "steps_per_round": training.steps_per_round,
         "learning_rate": training.learning_rate,
         "max_grad_norm": privacy.max_grad_norm if privacy.enabled else None,
         "loss": "binary cross-entropy",
@@ -108,21 +109,25 @@ def scaling_rows(
     center: list[float],
     scale: list[float],
     warnings: Mapping[str, str],
+    estimated_bounds: Mapping[str, tuple[float, float]],
 ) -> list[dict[str, Any]]:
     """Per numeric feature, the center and scale the sites used: the federation's (pooled) or,
-    where the spec or DP left a column unpooled, each site's own (center and scale ``None``)."""
-    names = [spec.features.numeric[i] for i in federated_columns(spec)]
+    where the spec or DP left a column unpooled, each site's own (center and scale ``None``),
+    and the bounds its values were clipped to: declared, or estimated privately for the run."""
+    all_bounds = {**spec.features.bounds, **estimated_bounds}
+    names = [spec.features.numeric[i] for i in federated_columns(spec, all_bounds)]
     pooled = dict(zip(names, zip(center, scale, strict=True), strict=True))
     rows = []
     for column in spec.features.numeric:
         c, s = pooled.get(column, (None, None))
-        bounds = spec.features.bounds.get(column)
+        bounds = all_bounds.get(column)
         rows.append(
             {
                 "feature": column,
                 "center": c,
                 "scale": s,
                 "bounds": list(bounds) if bounds is not None else None,
+                "bounds_estimated": column in estimated_bounds,
                 "source": "federation" if column in pooled else SITE_SCALED,
                 "warning": warnings.get(column),
             }

@@ -35,12 +35,13 @@ from federation.server.outputs import CHECKPOINT_FORMAT, REPORT, RunDirectory, c
 from federation.server.standardization import pooled_scaling
 from federation.server.strategy import aggregate, build_strategy
 from federation.server.validation import validate_updates
-from federation.spec import StudySpec, feature_names, federated_columns
+from federation.spec import StudySpec, estimated_columns, feature_names, federated_columns
 from models.registry import build_model
+from privacy.bounds import N_BINS, estimate_bounds, histogram_sensitivity
 
 log = logging.getLogger("allfed.server")
 
-RoundCallback = Callable[[int, dict[str, Any]], None]
+RoundCallback = Callable[[int, int, dict[str, Any]], None]  # round, planned rounds, its row
 DIVERGED_WEIGHT = 100.0  # on standardized inputs, a weight this large saturates every score
 _STRATEGY_STATE = ("m_t", "v_t")  # what Flower's FedOpt strategies (FedAdam) carry across rounds
 
@@ -117,7 +118,10 @@ class StudyRun:
         self.rows: list[dict[str, Any]] = []
         self.scaling: tuple[list[float], list[float]] = ([], [])
         self.scaling_warnings: dict[str, str] = {}  # column -> why its noisy sums were replaced
+        self.estimated_bounds: dict[str, tuple[float, float]] = {}  # privately, for the run
         self.run_key = str(checkpoint["run_key"]) if checkpoint else secrets.token_hex(8)
+        self.study_text = spec.to_toml()  # the spec as given; ``_census`` plans its training
+        self.smallest_n_train = 0
 
     def run(self) -> dict[str, Any]:
         self.outputs.start_log()
@@ -150,15 +154,16 @@ class StudyRun:
         return summary
 
     def _run_rounds(self) -> ArrayRecord:
-        spec = self.spec
+        nodes = self._census()
+        spec = self.spec  # planned now: every training setting is set
         strategy = build_strategy(spec)
         if self.checkpoint is None:
-            self._setup()
+            self._setup(nodes)
             model = initial_model(spec, len(feature_names(spec)))
             arrays = ArrayRecord(model.state_dict())
         else:
             arrays = self._restore(strategy)
-            self._setup()
+            self._setup(nodes)
         evaluator = Evaluator(spec, self._exchange, self._reject)
         evaluation_rounds = set(spec.training.evaluation_rounds())
         for server_round in range(self.rounds_done + 1, spec.training.rounds + 1):
@@ -193,7 +198,7 @@ class StudyRun:
                 f": pooled AUROC {self.metrics['pooled'].get('auroc')}" if evaluated else "",
             )
             if self.on_round:
-                self.on_round(server_round, row)
+                self.on_round(server_round, spec.training.rounds, row)
             if server_round == self.stop_after:
                 raise RunStopped(f"stopped after round {server_round} (stop_after)")
         return arrays
@@ -210,7 +215,7 @@ class StudyRun:
         self.outputs.write_checkpoint(
             {
                 "format": CHECKPOINT_FORMAT,
-                "spec": self.spec.to_toml(),
+                "spec": self.study_text,
                 "run_key": self.run_key,
                 "round": self.rounds_done,
                 "arrays": arrays.to_torch_state_dict(),
@@ -223,6 +228,8 @@ class StudyRun:
                     diagnostics=self.diagnostics,
                     evaluated_round=self.evaluated_round,
                     rows=self.rows,
+                    smallest_n_train=self.smallest_n_train,
+                    estimated_bounds=self.estimated_bounds,
                 ),
             }
         )
@@ -234,6 +241,9 @@ class StudyRun:
         self.rounds_done = int(checkpoint["round"])
         center, scale = state["scaling"]
         self.scaling = (list(center), list(scale))
+        self.estimated_bounds = {
+            c: (float(low), float(high)) for c, (low, high) in state["estimated_bounds"].items()
+        }
         self.metrics, self.rows = state["metrics"], list(state["rows"])
         self.representation = state["representation"]
         self.diagnostics = list(state["diagnostics"])
@@ -272,27 +282,52 @@ class StudyRun:
                 site.epsilon_by_round.append({"round": server_round, "epsilon": site.epsilon})
         return epsilons
 
-    # -- setup -----------------------------------------------------------------------------
+    # -- census and setup --------------------------------------------------------------------
 
-    def _setup(self) -> None:
+    def _census(self) -> list[int]:
+        """Ask every node for its public training-record count and plan the training settings
+        the spec leaves out for the smallest site (a resume keeps the run's first plan). The
+        nodes that answered go on to setup."""
         nodes = self._wait_for_nodes()
+        for node in nodes:
+            self.sites[node] = SiteRecord(name=f"node-{node}")
+        config = ConfigRecord({p.RUN_KEY: self.run_key})
+        messages = [
+            Message(RecordDict({p.CONFIG: config}), message_type=p.CENSUS, dst_node_id=n)
+            for n in nodes
+        ]
+        counted = {}
+        for reply in self._exchange(messages):
+            site = self.sites[reply.metadata.src_node_id]
+            status = reply.content.config_records.get(p.STATUS)
+            metrics = reply.content.metric_records.get(p.METRICS)
+            count = metrics.get(p.N_TRAIN) if status is not None and metrics is not None else None
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                site.fail(p.FAILED, "census reply rejected: n-train must be a positive count")
+                continue
+            site.name = str(status[p.STATUS_SITE])
+            counted[reply.metadata.src_node_id] = site.n_train = count
+        self._require_sites("census")
+        saved = self.checkpoint["state"].get("smallest_n_train") if self.checkpoint else None
+        self.smallest_n_train = int(saved) if saved else min(counted.values())
+        self.spec = self.spec.planned(self.smallest_n_train)
+        return sorted(counted)
+
+    def _setup(self, nodes: list[int]) -> None:
+        config = {
+            p.RUN_KEY: self.run_key,
+            p.RESUME_AFTER: self.rounds_done,
+            p.SMALLEST_N_TRAIN: self.smallest_n_train,
+        }
         messages = [
             Message(
-                content=RecordDict(
-                    {
-                        p.CONFIG: ConfigRecord(
-                            {p.RUN_KEY: self.run_key, p.RESUME_AFTER: self.rounds_done}
-                        )
-                    }
-                ),
+                content=RecordDict({p.CONFIG: ConfigRecord(config)}),
                 message_type=p.SETUP,
                 dst_node_id=n,
             )
             for n in nodes
         ]
-        for node in nodes:
-            self.sites[node] = SiteRecord(name=f"node-{node}")
-        sums, squares, counts, noises = [], [], [], []
+        released: dict[int, Any] = {}  # node -> its setup release
         for reply in self._exchange(messages):
             site = self.sites[reply.metadata.src_node_id]
             status = reply.content.config_records.get(p.STATUS)
@@ -304,43 +339,107 @@ class StudyRun:
                 site.fail(str(status[p.STATUS_STATE]), str(status[p.STATUS_REASON]))
                 continue
             metrics = reply.content[p.METRICS]
-            problem = _setup_problem(metrics, len(federated_columns(self.spec)))
+            problem = _setup_problem(
+                metrics, len(federated_columns(self.spec)), len(estimated_columns(self.spec))
+            )
             if problem:
                 site.fail(p.FAILED, f"setup reply rejected: {problem}")
                 continue
             site.n_train = int(metrics[p.N_TRAIN])
-            if p.STANDARDIZATION_NOISE in metrics:
-                site.other_releases.append(
-                    {
-                        "noise_multiplier": float(metrics[p.STANDARDIZATION_NOISE]),
-                        "sample_rate": 1.0,
-                        "steps": 1,
-                    }
-                )
-            if p.SUM in metrics:
-                noises.append(float(metrics.get(p.STANDARDIZATION_NOISE, 0.0)))
-                sums.append(list(metrics[p.SUM]))
-                squares.append(list(metrics[p.SUM_SQUARES]))
-                counts.append(list(metrics[p.COUNT]))
+            _note_release(site, metrics, p.BOUNDS_NOISE)
+            _note_release(site, metrics, p.STANDARDIZATION_NOISE)
+            released[reply.metadata.src_node_id] = metrics
         _reject_duplicate_names(self.sites.values())
         if self.checkpoint is not None:
             self._rejoin()
         self._require_sites("setup")
-        columns = [self.spec.features.numeric[i] for i in federated_columns(self.spec)]
-        if columns and self.checkpoint is None:
-            pooled = pooled_scaling(
-                self.spec,
-                columns,
-                sums,
-                squares,
-                counts,
-                noise_multipliers=noises if self.spec.privacy.enabled else (),
-                n_train=[s.n_train for s in self.sites.values() if s.status == p.OK],
+        if self.checkpoint is not None:  # the checkpoint holds the run's scaling and bounds
+            return
+        if estimated_columns(self.spec):
+            released = self._estimate_bounds(released)
+        self._pool_scaling(released)
+
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """The bounds the run clips and pools with: declared, and privately estimated."""
+        return {**self.spec.features.bounds, **self.estimated_bounds}
+
+    def _estimate_bounds(self, released: dict[int, Any]) -> dict[int, Any]:
+        """Bounds for the columns the spec declares none for, from the sites' pooled noisy
+        histograms (``privacy.bounds``, post-processing), then the scaling message: every
+        site's sums clipped to them. Returns the sums by node."""
+        names = estimated_columns(self.spec)
+        counts = {
+            node: m
+            for node, m in released.items()
+            if node in self._active() and p.BOUNDS_HISTOGRAMS in m
+        }
+        if not counts:
+            return {}
+        pooled = sum(np.reshape(m[p.BOUNDS_HISTOGRAMS], (len(names), -1)) for m in counts.values())
+        noise_sd = math.sqrt(
+            sum(
+                (m[p.BOUNDS_NOISE] * histogram_sensitivity(len(names))) ** 2
+                for m in counts.values()
             )
-            self.scaling = (pooled.center, pooled.scale)
-            self.scaling_warnings = pooled.warnings
-            for column, problem in pooled.warnings.items():
-                log.warning("pooled scaling of %s: %s", column, problem)
+        )
+        n_records = sum(self.sites[node].n_train for node in counts)
+        for column, found in zip(names, estimate_bounds(pooled, noise_sd, n_records), strict=True):
+            if found is None:
+                self.scaling_warnings[column] = (
+                    "no private bounds: too few of its values stand out of the histograms' "
+                    "noise; scaled by each site's own statistics"
+                )
+                log.warning("pooled scaling of %s: %s", column, self.scaling_warnings[column])
+            else:
+                self.estimated_bounds[column] = found
+        if not federated_columns(self.spec, self.bounds):
+            return {}
+        config = {p.RUN_KEY: self.run_key}
+        for column, (low, high) in self.estimated_bounds.items():
+            config[f"{p.BOUNDS}.{p.encode_name(column)}"] = [low, high]
+        messages = [
+            Message(RecordDict({p.CONFIG: ConfigRecord(config)}), node, p.SCALING)
+            for node in sorted(self._active())
+        ]
+        sums = {}
+        columns = len(federated_columns(self.spec, self.bounds))
+        for reply in self._exchange(messages):
+            site = self.sites[reply.metadata.src_node_id]
+            metrics = reply.content.metric_records.get(p.METRICS)
+            problem = "no sums" if metrics is None else _sums_problem(metrics, columns)
+            if problem:
+                site.fail(p.FAILED, f"scaling reply rejected: {problem}")
+                continue
+            _note_release(site, metrics, p.STANDARDIZATION_NOISE)
+            sums[reply.metadata.src_node_id] = metrics
+        self._require_sites("scaling")
+        return sums
+
+    def _pool_scaling(self, released: dict[int, Any]) -> None:
+        """The federation's center and scale of every pooled column from the sites' sums."""
+        columns = [self.spec.features.numeric[i] for i in federated_columns(self.spec, self.bounds)]
+        sites = [m for node, m in released.items() if node in self._active() and p.SUM in m]
+        if not columns or not sites:
+            return
+        pooled = pooled_scaling(
+            self.spec,
+            columns,
+            [list(m[p.SUM]) for m in sites],
+            [list(m[p.SUM_SQUARES]) for m in sites],
+            [list(m[p.COUNT]) for m in sites],
+            noise_multipliers=(
+                [float(m.get(p.STANDARDIZATION_NOISE, 0.0)) for m in sites]
+                if self.spec.privacy.enabled
+                else ()
+            ),
+            n_train=[s.n_train for s in self.sites.values() if s.status == p.OK],
+            bounds=self.bounds,
+        )
+        self.scaling = (pooled.center, pooled.scale)
+        self.scaling_warnings.update(pooled.warnings)
+        for column, problem in pooled.warnings.items():
+            log.warning("pooled scaling of %s: %s", column, problem)
 
     def _wait_for_nodes(self) -> list[int]:
         wanted = self.expected_sites or self.spec.training.min_sites
@@ -472,7 +571,7 @@ class StudyRun:
             spec,
             state_dict,
             rounds=self.rounds_done,
-            scaling=scaling_rows(spec, *self.scaling, self.scaling_warnings),
+            scaling=scaling_rows(spec, *self.scaling, self.scaling_warnings, self.estimated_bounds),
             privacy=self._privacy_header(),
             sites={s.name: self._site_summary(s) for s in self.sites.values()},
             metrics=self.metrics,
@@ -561,17 +660,52 @@ def _update_problem(content: RecordDict, global_arrays: ArrayRecord, dp: bool) -
     return None
 
 
-def _setup_problem(metrics: Any, columns: int) -> str | None:
-    """Why a setup reply breaks the wire contract, or None."""
+def _setup_problem(metrics: Any, columns: int, estimated: int) -> str | None:
+    """Why a setup reply breaks the wire contract, or None (``columns``: the pooled columns
+    with declared bounds, ``estimated``: those whose bounds are estimated)."""
     count = metrics.get(p.N_TRAIN)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         return "n-train must be a positive whole number"
-    sums = [metrics.get(k) for k in (p.SUM, p.SUM_SQUARES, p.COUNT)]
-    if any(s is not None for s in sums) and not all(
-        isinstance(s, list) and len(s) == columns and all(math.isfinite(v) for v in s) for s in sums
-    ):
-        return f"the standardization sums must be {columns} finite numbers each"
+    histograms = metrics.get(p.BOUNDS_HISTOGRAMS)
+    if histograms is not None:
+        if not _finite_list(histograms, estimated * N_BINS):
+            return f"the bounds histograms must be {estimated * N_BINS} finite numbers"
+        if not _positive(metrics.get(p.BOUNDS_NOISE)):
+            return "the bounds histograms need their positive noise multiplier"
+    if any(k in metrics for k in (p.SUM, p.SUM_SQUARES, p.COUNT)):
+        return _sums_problem(metrics, columns)
     return None
+
+
+def _sums_problem(metrics: Any, columns: int) -> str | None:
+    """Why a reply's standardization sums break the wire contract, or None."""
+    sums = [metrics.get(k) for k in (p.SUM, p.SUM_SQUARES, p.COUNT)]
+    if not all(_finite_list(s, columns) for s in sums):
+        return f"the standardization sums must be {columns} finite numbers each"
+    noise = metrics.get(p.STANDARDIZATION_NOISE)
+    if noise is not None and not _positive(noise):
+        return "the standardization noise multiplier must be positive"
+    return None
+
+
+def _finite_list(value: Any, length: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == length
+        and all(isinstance(v, float | int) and math.isfinite(v) for v in value)
+    )
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, float | int) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _note_release(site: SiteRecord, metrics: Any, noise_key: str) -> None:
+    """A one-shot release a reply says it made (its noise multiplier), for the summary."""
+    if noise_key in metrics:
+        site.other_releases.append(
+            {"noise_multiplier": float(metrics[noise_key]), "sample_rate": 1.0, "steps": 1}
+        )
 
 
 def _participant_epsilon(site: SiteRecord) -> float | None:
