@@ -35,10 +35,10 @@ from federation.client.data import load_site_table, read_table
 from federation.client.evaluation import histogram_release, members_of, rank_release
 from federation.client.features import encode
 from federation.client.partition import fresh_partition
-from federation.evaluation import POOLED_CELL, evaluation_noise, layout
 from federation.server import evaluation as ev
-from federation.spec import load_spec
 from federation.synth import write_cohort
+from federation.wire.evaluation import POOLED_CELL, evaluation_noise, layout
+from federation.wire.spec import load_spec
 from privacy.accounting import calibrate_noise
 
 CITL = "calibration_in_the_large_observed_minus_predicted"

@@ -95,8 +95,8 @@ def demo(
     force: Force = False,
 ) -> None:
     """Synthesize a multi-site cohort and train a risk model on it at epsilon 3."""
-    from federation.spec import load_spec
     from federation.synth import write_cohort
+    from federation.wire.spec import load_spec
 
     out = out.absolute()  # said in full: the default is a folder of the current directory
     writable_run_directory(out / "run", force)
@@ -173,7 +173,7 @@ def simulate(
 ) -> None:
     """Run a study on local site files, every site a simulated node (--json: the progress on
     stderr, the run's summary.json on stdout)."""
-    from federation.spec import STRATEGIES, load_spec
+    from federation.wire.spec import STRATEGIES, load_spec
 
     spec = load_spec(study)
     training = {
@@ -236,7 +236,7 @@ def site_check(
     from federation.client.partition import Partition, fresh_partition
     from federation.client.site import site_policy
     from federation.omop import is_source
-    from federation.spec import load_spec
+    from federation.wire.spec import load_spec
     from privacy.ledger import Ledger
     from privacy.limits import delta_too_weak
 
@@ -329,7 +329,7 @@ def _run_and_report(
 
 def _warn_about_site_scaling(spec) -> None:
     """Pooled scaling under DP needs declared bounds; say which columns go without it."""
-    from federation.spec import federated_columns
+    from federation.wire.spec import federated_columns
 
     pooled = set(federated_columns(spec))
     local = [c for i, c in enumerate(spec.features.numeric) if i not in pooled]

@@ -26,7 +26,7 @@ from federation.cli_options import (
 from federation.errors import AllfedError
 
 if TYPE_CHECKING:
-    from federation.queries import AnalysisRequest
+    from federation.wire.queries import AnalysisRequest
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -75,9 +75,9 @@ def analyze(
 
     KIND is table1 (every level's count and every bounded numeric column's mean and SD), count,
     mean COLUMN..., histogram COLUMN --bins EDGES, or crosstab ROW COLUMN."""
-    from federation.queries import KINDS, AnalysisRequest, build_query
     from federation.simulation import analyze as run_analysis
-    from federation.spec import load_spec
+    from federation.wire.queries import KINDS, AnalysisRequest, build_query
+    from federation.wire.spec import load_spec
 
     if kind not in KINDS:
         raise AllfedError(f"unknown analysis {kind!r}; expected one of {', '.join(KINDS)}")

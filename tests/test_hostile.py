@@ -26,9 +26,9 @@ from wire import (
     train,
 )
 
-from federation import protocol as p
 from federation.client.site import default_ledger, settings_from_context, site_partition, site_table
-from federation.evaluation import (
+from federation.wire import protocol as p
+from federation.wire.evaluation import (
     EVAL_PREFIX,
     HIST_POS,
     POOLED_CELL,
@@ -37,7 +37,7 @@ from federation.evaluation import (
     layout,
     score_bins,
 )
-from federation.spec import feature_names, load_spec, parse_spec
+from federation.wire.spec import feature_names, load_spec, parse_spec
 from privacy.ledger import Ledger
 from privacy.refusal import is_public_reason
 
@@ -388,7 +388,7 @@ def test_whatever_an_honest_run_sends_holds_no_exact_count_but_the_public_ones(s
 
 
 def test_an_analysis_is_admitted_once_and_within_the_policy(study, tmp_path):
-    from federation.queries import AnalysisRequest
+    from federation.wire.queries import AnalysisRequest
 
     spec, data = study
     policy = write_policy(tmp_path, "max-epsilon-per-run = 1.0\n")

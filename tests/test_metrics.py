@@ -20,7 +20,9 @@ from federation.client.evaluation import (
     rank_release,
     rank_statistics,
 )
-from federation.evaluation import (
+from federation.server import evaluation as ev
+from federation.server import metrics as m
+from federation.wire.evaluation import (
     GROUP,
     N_BINS,
     POOLED_CELL,
@@ -32,9 +34,7 @@ from federation.evaluation import (
     layout,
     score_bins,
 )
-from federation.server import evaluation as ev
-from federation.server import metrics as m
-from federation.spec import parse_spec
+from federation.wire.spec import parse_spec
 
 SPEC = parse_spec(
     """

@@ -24,7 +24,7 @@ from federation.client.scoring import risks
 from federation.client.site import SiteSettings, site_partition, site_table
 from federation.server.outputs import load_checkpoint
 from federation.server.run import StudyRun
-from federation.spec import feature_names, load_spec
+from federation.wire.spec import feature_names, load_spec
 from models.registry import build_model
 from privacy.ledger import Ledger
 from privacy.policy import simulation_policy

@@ -17,12 +17,12 @@ from cli_helpers import invoke
 from scipy.special import expit
 
 from federation.client.evaluation import histogram_release, rank_release
-from federation.evaluation import GROUP, INTERSECTION, POOLED_TABLE, evaluation_noise, layout
 from federation.server import evaluation as ev
 from federation.server import report, report_figures
 from federation.server.outputs import REPORT, SUMMARY, RunDirectory, rebuild_report
 from federation.server.run import StudyRun
-from federation.spec import load_spec, parse_spec
+from federation.wire.evaluation import GROUP, INTERSECTION, POOLED_TABLE, evaluation_noise, layout
+from federation.wire.spec import load_spec, parse_spec
 
 SITES = ("north", "south & <east>", "west")
 SPEC = parse_spec(

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from federation.client.data import SiteTable
-from federation.spec import StudySpec, federated_columns
+from federation.wire.spec import StudySpec, federated_columns
 
 _MIN_SCALE = 1e-6
 Bounds = tuple[float, float]

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from federation import protocol as p
 from federation.client.data import SiteTable
 from federation.client.evaluation import histogram_release, members_of, rank_release
 from federation.client.features import encode, resolve_scaling, scaling_sums
@@ -36,9 +35,10 @@ from federation.client.scoring import risks
 from federation.client.site import SiteSettings, site_partition, site_table
 from federation.client.training import LocalSettings, train_dp, train_plain
 from federation.errors import AllfedError, SpecError
-from federation.evaluation import layout, rank_requests_from_config
-from federation.queries import AnalysisRequest, build_query, planned_release
-from federation.spec import StudySpec
+from federation.wire import protocol as p
+from federation.wire.evaluation import layout, rank_requests_from_config
+from federation.wire.queries import AnalysisRequest, build_query, planned_release
+from federation.wire.spec import StudySpec
 from models.registry import build_model
 from privacy.ledger import ALL, TEST, TRAIN, Ledger, PlannedRelease, RunPlan
 from privacy.limits import delta_too_weak

@@ -14,8 +14,8 @@ import json
 from dataclasses import asdict, dataclass
 
 from federation.client.training import DPPlan, plan_dp
-from federation.evaluation import evaluation_noise
-from federation.spec import StudySpec
+from federation.wire.evaluation import evaluation_noise
+from federation.wire.spec import StudySpec
 from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.ledger import ALL, TEST, TRAIN, PlannedRelease
 from privacy.planner import share_noise

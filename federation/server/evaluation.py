@@ -1,7 +1,7 @@
 """Metrics from the sites' DP evaluation releases, each with a 95% interval that covers the DP
 noise as well as sampling, and withheld where that interval is too wide to mean anything.
 
-The sites' releases (``federation.evaluation``) are pooled by summing; every statistic's noise
+The sites' releases (``federation.wire.evaluation``) are pooled by summing; every statistic's noise
 variance is known from the release's layout and noise multiplier. Post-processing (free of
 privacy cost) then makes the noisy numbers consistent before anything is computed from them:
 
@@ -14,7 +14,7 @@ privacy cost) then makes the noisy numbers consistent before anything is compute
 The AUROC of a cell with a rank release is read from it: the aggregator sends each site the
 cell's two pooled class CDFs from release 1, each site sums the negatives' CDF over its positives
 and the positives' CDF over its negatives, and the AUROC follows from the two means with an
-error of second order in the CDFs' (``federation.evaluation``). A site's own AUROC is read from
+error of second order in the CDFs' (``federation.wire.evaluation``). A site's own AUROC is read from
 its sums against the pooled CDFs, plus the second-order term estimated from its own histograms.
 The interval adds the two sums' noise, the error left in the second-order term (simulated from
 release 1's noise) and DeLong's sampling variance. The other metrics' intervals come from a
@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from federation.evaluation import (
+from federation.server import metrics as m
+from federation.wire.evaluation import (
     EVAL_PREFIX,
     EVENTS,
     HIST_NEG,
@@ -64,7 +65,6 @@ from federation.evaluation import (
     histogram_keys,
     key,
 )
-from federation.server import metrics as m
 
 CI_LEVEL = 0.95
 _Z = NormalDist().inv_cdf(0.5 + CI_LEVEL / 2)
@@ -495,7 +495,7 @@ def _cdf(counts: np.ndarray) -> np.ndarray:
 
 def _integral(u: np.ndarray, v: np.ndarray) -> float:
     """The integral of ``u dv`` for CDFs given at the bin edges, both interpolated alike
-    within a bin (``federation.evaluation.cdf_at``): exact for that interpolation."""
+    within a bin (``federation.wire.evaluation.cdf_at``): exact for that interpolation."""
     return float(np.dot(np.diff(v), (u[:-1] + u[1:]) / 2))
 
 

@@ -18,11 +18,9 @@ from typing import Any
 import torch
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from federation.spec import StudySpec, feature_names, federated_columns
+from federation.wire.model_files import MODEL_ONNX, SITE_SCALED
+from federation.wire.spec import StudySpec, feature_names, federated_columns
 from models.export import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUTS
-
-SITE_SCALED = "each site's own training rows"
-ONNX_FILE = "model.onnx"
 
 # The released metrics a card shows: (key in summary.json's metrics, what it is).
 CARD_METRICS = (
@@ -273,7 +271,7 @@ def inputs_section(names: list[str]) -> dict[str, Any]:
             "missing; float32"
         ),
         "onnx": {
-            "file": ONNX_FILE,
+            "file": MODEL_ONNX,
             "opset": ONNX_OPSET,
             "input": ONNX_INPUT,
             "input_shape": ["rows", len(names)],
