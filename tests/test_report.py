@@ -146,7 +146,7 @@ def test_report_is_self_contained_readable_and_has_the_plots(run_dir: Path) -> N
     assert "What differential privacy does to these numbers" in html
     # Every published metric is shown with its interval, or as n/a with its reason.
     pooled = json.loads((run_dir / SUMMARY).read_text())["metrics"]["pooled"]
-    for name, reason in pooled["withheld"].items():
+    for name, reason in pooled["na_reason"].items():
         assert pooled[name] is None and reason
     assert html.count(" to ") >= 10 and "Findings" not in html
 

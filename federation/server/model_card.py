@@ -187,7 +187,7 @@ def coefficients(
 
 def performance(metrics: Mapping[str, Any], evaluated_round: int | None) -> dict[str, Any]:
     """The released evaluation of the final model, pooled and per site, each figure with its
-    95% interval (DP noise and sampling) or the reason it is withheld."""
+    95% interval (DP noise and sampling) or the reason it is n/a."""
     pooled = metrics.get("pooled") or {}
     result: dict[str, Any] = {
         "evaluated_round": evaluated_round,
@@ -217,11 +217,11 @@ def performance(metrics: Mapping[str, Any], evaluated_round: int | None) -> dict
 
 
 def _figure(metrics: Mapping[str, Any], key: str) -> dict[str, Any]:
-    withheld = (metrics.get("withheld") or {}).get(key)
+    reason = (metrics.get("na_reason") or {}).get(key)
     value = metrics.get(key)
-    if value is None and withheld is None:
-        withheld = "not released"
-    return {"value": value, "ci": metrics.get(f"{key}_ci"), "withheld": withheld}
+    if value is None and reason is None:
+        reason = "not released"
+    return {"value": value, "ci": metrics.get(f"{key}_ci"), "na_reason": reason}
 
 
 def data_section(spec: StudySpec, sites: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -348,7 +348,7 @@ def _interval(ci: list[float] | None, digits: int = 3) -> str:
 def _figure_text(figure: Mapping[str, Any]) -> str:
     """A released figure with its interval, or n/a with the reason."""
     if figure["value"] is None:
-        return f"n/a ({figure['withheld']})"
+        return f"n/a ({figure['na_reason']})"
     return _fmt(figure["value"]) + _interval(figure["ci"])
 
 
