@@ -29,10 +29,10 @@ from heart import BOUNDS, FEATURES, flamby_frames  # this folder's heart.py: the
 from federation.client.data import load_site_table, read_table
 from federation.client.partition import fresh_partition
 from federation.client.queries import exact_answer
-from federation.queries import AnalysisRequest, build_query
 from federation.simulation import analyze
-from federation.spec import load_spec, parse_spec
 from federation.synth import write_cohort
+from federation.wire.queries import AnalysisRequest, build_query
+from federation.wire.spec import load_spec, parse_spec
 from privacy.statistics import COUNT, PRESENT, SMALL_COUNT, TOTAL
 
 EPSILONS = (0.5, 1.0, 3.0, 8.0)

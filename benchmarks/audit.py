@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from federation.audit import run_audit
-from federation.spec import load_spec
 from federation.synth import write_cohort
+from federation.wire.spec import load_spec
 
 EPSILONS = (None, 1.0, 3.0, 8.0)
 

@@ -49,8 +49,8 @@ from federation.client.training import (
     poisson_batches,
     train_plain,
 )
-from federation.spec import load_spec, parse_spec
 from federation.synth import write_cohort
+from federation.wire.spec import load_spec, parse_spec
 
 EPSILONS = (None, 8.0, 3.0, 1.0)
 MODELS = ("logistic", "mlp")

@@ -35,10 +35,10 @@ from federation.client.data import load_site_table, read_table
 from federation.client.evaluation import histogram_release, members_of, rank_release
 from federation.client.features import encode
 from federation.client.partition import fresh_partition
-from federation.evaluation import POOLED_CELL, evaluation_noise, layout
 from federation.server import evaluation as ev
-from federation.spec import load_spec
 from federation.synth import write_cohort
+from federation.wire.evaluation import POOLED_CELL, evaluation_noise, layout
+from federation.wire.spec import load_spec
 from privacy.accounting import calibrate_noise
 
 CITL = "calibration_in_the_large_observed_minus_predicted"
@@ -114,18 +114,18 @@ def released(spec, sites, budget: float, design: str) -> tuple[dict, dict]:
 
 
 def summarize(pairs: list[tuple[float | None, list[float] | None, float]]) -> dict:
-    """Mean error, RMSE and coverage of (released, interval, exact) triples; withheld ones are
+    """Mean error, RMSE and coverage of (released, interval, exact) triples; n/a ones (``None``) are
     counted apart."""
     shown = [(r, ci, e) for r, ci, e in pairs if r is not None]
     if not shown:
-        return {"withheld": len(pairs)}
+        return {"na": len(pairs)}
     errors = np.array([r - e for r, _, e in shown])
     covered = [ci is not None and ci[0] <= e <= ci[1] for _, ci, e in shown]
     return {
         "mean_error": round(float(errors.mean()), 4),
         "rmse": round(float(np.sqrt((errors**2).mean())), 4),
         "coverage": round(float(np.mean(covered)), 3),
-        "withheld": len(pairs) - len(shown),
+        "na": len(pairs) - len(shown),
     }
 
 
@@ -171,10 +171,10 @@ def _line(entry: dict) -> str:
         if "rmse" in stats:
             parts.append(
                 f"{label} err {stats['mean_error']:+.4f} rmse {stats['rmse']:.4f} "
-                f"cover {stats['coverage']:.2f} withheld {stats['withheld']}"
+                f"cover {stats['coverage']:.2f} n/a {stats['na']}"
             )
         else:
-            parts.append(f"{label} withheld {stats['withheld']}")
+            parts.append(f"{label} n/a {stats['na']}")
     return " | ".join(parts)
 
 

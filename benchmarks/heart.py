@@ -35,7 +35,7 @@ from federation.client.data import load_site_table, read_table
 from federation.client.features import encode, resolve_scaling
 from federation.client.partition import fresh_partition
 from federation.simulation import simulate
-from federation.spec import parse_spec
+from federation.wire.spec import parse_spec
 from models.registry import build_model
 
 CENTERS = {

@@ -30,7 +30,7 @@ from federation.client.training import (
 )
 from federation.server.run import initial_model
 from federation.server.standardization import pooled_scaling
-from federation.spec import StudySpec, federated_columns
+from federation.wire.spec import StudySpec, federated_columns
 from models.registry import build_model
 from privacy.accounting import GaussianRelease
 from privacy.planner import share_noise
@@ -167,7 +167,7 @@ def fedavg(
     planned: bool = False,
 ) -> nn.Module:
     """FedAvg (weighted by training records) with the spec's settings, or the planner's."""
-    spec = spec or federation.spec
+    spec = spec or federation.wire.spec
     rounds, runs = (planned_runs if planned else spec_runs)(federation, spec)
     n_features = federation.sites[0].x_train.shape[1]
     model = initial_model(spec, n_features)

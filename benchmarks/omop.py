@@ -40,7 +40,7 @@ from federation.client.data import check_table, read_table
 from federation.client.partition import fresh_partition
 from federation.omop.eunomia import CLINICAL, SHARED, STUDY, write_sites
 from federation.omop.extract import read_source
-from federation.spec import parse_spec
+from federation.wire.spec import parse_spec
 
 EUNOMIA_PERSONS = 2694
 OFFSET = 10_000  # Eunomia's person ids are below it: replica k's ids are k * OFFSET + id

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from federation.simulation import simulate
-from federation.spec import load_spec
 from federation.synth import write_cohort
+from federation.wire.spec import load_spec
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

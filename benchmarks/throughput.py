@@ -44,8 +44,8 @@ from federation.client.training import (
     train_dp,
     train_plain,
 )
-from federation.spec import federated_columns, load_spec
 from federation.synth import write_cohort
+from federation.wire.spec import federated_columns, load_spec
 from models.registry import build_model
 from privacy import accounting
 from privacy.accounting import GaussianRelease, calibrate_noise

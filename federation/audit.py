@@ -36,14 +36,14 @@ from flwr.app import Context, Message
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from federation import protocol as p
 from federation.client.data import load_site_table, read_table
 from federation.client.features import encode, resolve_scaling
 from federation.client.partition import Partition
 from federation.errors import AllfedError
 from federation.server.outputs import clean_json
 from federation.simulation import simulate
-from federation.spec import StudySpec
+from federation.wire import protocol as p
+from federation.wire.spec import StudySpec
 from models.registry import build_model
 from privacy.audit import CONFIDENCE, attack_roc, one_run_bound, verdict
 

@@ -97,8 +97,8 @@ def demo(
     force: Force = False,
 ) -> None:
     """Synthesize a multi-site cohort and train a risk model on it at epsilon 3."""
-    from federation.spec import load_spec
     from federation.synth import write_cohort
+    from federation.wire.spec import load_spec
 
     out = out.absolute()  # said in full: the default is a folder of the current directory
     writable_run_directory(out / "run", force)
@@ -184,7 +184,7 @@ def simulate(
 ) -> None:
     """Run a study on local site files, every site a simulated node (--json: the progress on
     stderr, the run's summary.json on stdout)."""
-    from federation.spec import STRATEGIES, load_spec
+    from federation.wire.spec import STRATEGIES, load_spec
 
     spec = load_spec(study)
     training = {
@@ -247,7 +247,7 @@ def site_check(
     from federation.client.partition import Partition, fresh_partition
     from federation.client.site import site_policy
     from federation.omop import is_source
-    from federation.spec import load_spec
+    from federation.wire.spec import load_spec
     from privacy.ledger import Ledger
     from privacy.limits import delta_too_weak
 
@@ -342,7 +342,7 @@ def _run_and_report(
 def _note_estimated_bounds(spec) -> None:
     """Columns without declared bounds get private bounds from the sites (``privacy.bounds``):
     say so, and what declaring them saves."""
-    from federation.spec import estimated_columns
+    from federation.wire.spec import estimated_columns
 
     estimated = estimated_columns(spec)
     if estimated:

@@ -26,7 +26,7 @@ from federation.cli_options import (
 from federation.errors import AllfedError
 
 if TYPE_CHECKING:
-    from federation.queries import AnalysisRequest
+    from federation.wire.queries import AnalysisRequest
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -75,9 +75,9 @@ def analyze(
 
     KIND is table1 (every level's count and every bounded numeric column's mean and SD), count,
     mean COLUMN..., histogram COLUMN --bins EDGES, or crosstab ROW COLUMN."""
-    from federation.queries import KINDS, AnalysisRequest, build_query
     from federation.simulation import analyze as run_analysis
-    from federation.spec import load_spec
+    from federation.wire.queries import KINDS, AnalysisRequest, build_query
+    from federation.wire.spec import load_spec
 
     if kind not in KINDS:
         raise AllfedError(f"unknown analysis {kind!r}; expected one of {', '.join(KINDS)}")
@@ -214,19 +214,20 @@ def _warn_about_left_out_columns(spec, kind: str) -> None:
 def _value(entry: dict[str, Any]) -> str:
     """``count (percent%)`` or ``mean (SD)``; withheld (a small count) or n/a (too uncertain,
     the reason in the JSON) where the table holds the number back."""
+    from federation.server.style import NA, WITHHELD
     from privacy.statistics import SMALL_COUNT
 
     reasons = entry.get("withheld_reason", {})
 
     def held(field: str) -> str:
-        return "n/a" if reasons.get(field, SMALL_COUNT) != SMALL_COUNT else "withheld"
+        return NA if reasons.get(field, SMALL_COUNT) != SMALL_COUNT else WITHHELD
 
     if "mean" in entry:
         if entry["mean"] is None:
             return held("mean")
-        sd = "n/a" if entry["sd"] is None else f"{entry['sd']:.2f}"
+        sd = NA if entry["sd"] is None else f"{entry['sd']:.2f}"
         return f"{entry['mean']:.2f} ({sd})"
     if entry.get("count") is None:
         return held("count")
-    percent = "n/a" if entry.get("percent") is None else f"{entry['percent']:.1f}%"
+    percent = NA if entry.get("percent") is None else f"{entry['percent']:.1f}%"
     return f"{entry['count']} ({percent})"

@@ -11,7 +11,7 @@ from rich.table import Table
 from federation.client.data import PERSON_COLUMN, SiteTable, check_table
 from federation.client.partition import Partition
 from federation.omop.report import STEP_NAMES, SiteReport, raise_for_unknown, site_report
-from federation.spec import StudySpec
+from federation.wire.spec import StudySpec
 
 
 def check_source(path: Path, spec: StudySpec, console: Console, partition: Partition) -> SiteTable:

@@ -43,8 +43,8 @@ def predict(
     label are not read); a row a "drop" rule removes gets no risk and a reason. Features the
     run scaled by each site's own training rows need --site, --training-data and --ledger.
     """
-    from federation.predict import SITE_OPTIONS, TrainingSite
-    from federation.predict import predict as score
+    from federation.client.predict import SITE_OPTIONS, TrainingSite
+    from federation.client.predict import predict as score
 
     given = [site is not None, training_data is not None, ledger is not None]
     if any(given) and not all(given):

@@ -208,7 +208,7 @@ def _plan_study(
     as_json: bool,
 ) -> None:
     """``plan --study``: the planner's plan for sites of ``records`` training records."""
-    from federation.spec import federated_columns, load_spec
+    from federation.wire.spec import federated_columns, load_spec
     from privacy.accounting import GaussianRelease
     from privacy.planner import plan_study, share_noise
 
@@ -497,7 +497,7 @@ def mia(
     study run as users run it, attacks on what the server saw, and the epsilon they prove
     beside the epsilon the site's accountant claims. Exit 1 when the proof exceeds the claim."""
     from federation.audit import run_audit
-    from federation.spec import load_spec
+    from federation.wire.spec import load_spec
 
     if epsilon is not None and no_dp:
         raise AllfedError("--epsilon and --no-dp exclude each other")

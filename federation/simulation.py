@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from federation.errors import AllfedError
-from federation.spec import StudySpec, parse_spec
+from federation.wire.spec import StudySpec, parse_spec
 
 if TYPE_CHECKING:
-    from federation.queries import AnalysisRequest
+    from federation.wire.queries import AnalysisRequest
 
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from federation.spec import parse_spec
+from federation.wire.spec import parse_spec
 
 SEXES = ("female", "male")
 RACES = ("Black", "White", "Hispanic", "Asian", "AIAN", "Other")

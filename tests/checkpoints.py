@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from federation.server.outputs import CHECKPOINT_FORMAT, RunDirectory
-from federation.spec import StudySpec
+from federation.wire.spec import StudySpec
 
 
 def write_checkpoint(out: Path, spec: StudySpec, round_: int, size: int = 4) -> RunDirectory:

@@ -13,13 +13,13 @@ from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from federation import protocol as p
 from federation.client.app import make_client_app
 from federation.client.site import SiteSettings
-from federation.protocol import encode_name
-from federation.queries import AnalysisRequest, build_query, planned_release
 from federation.server.analysis import SiteAnswer, read_answer
-from federation.spec import load_spec
+from federation.wire import protocol as p
+from federation.wire.protocol import encode_name
+from federation.wire.queries import AnalysisRequest, build_query, planned_release
+from federation.wire.spec import load_spec
 from privacy.accounting import compute_epsilon
 from privacy.ledger import Ledger
 from privacy.noise import gaussian_release

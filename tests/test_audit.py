@@ -17,8 +17,8 @@ from flwr.app import Context, Message
 from scipy import stats
 
 from federation.audit import run_audit
-from federation.spec import load_spec
 from federation.synth import write_cohort
+from federation.wire.spec import load_spec
 from privacy.audit import (
     attack_roc,
     epsilon_lower_bound,

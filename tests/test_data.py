@@ -19,7 +19,7 @@ from federation.client.features import encode, scaling_sums, site_scaling
 from federation.client.partition import Partition, requested_definition
 from federation.client.site import SiteSettings, site_table
 from federation.errors import DataError, SpecError
-from federation.spec import feature_names, parse_spec
+from federation.wire.spec import feature_names, parse_spec
 from privacy.policy import SitePolicy
 
 SECRET = bytes(range(32))  # a fixed site secret: the same partition in every test

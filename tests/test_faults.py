@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message
 
-from federation import protocol as p
 from federation.simulation import simulate
-from federation.spec import load_spec
 from federation.synth import write_cohort
+from federation.wire import protocol as p
+from federation.wire.spec import load_spec
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from wire import node_context, reason_of, setup, state_of, train
 
-from federation import protocol as p
-from federation.spec import load_spec
+from federation.wire import protocol as p
+from federation.wire.spec import load_spec
 from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.guard import DisclosureError, Whitelist, check_message
 from privacy.ledger import ALL, TEST, TRAIN, Budget, Ledger, LedgerError, PlannedRelease, RunPlan
@@ -199,7 +199,7 @@ import os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 import federation.client.handlers as handlers
-from federation.spec import load_spec
+from federation.wire.spec import load_spec
 from wire import node_context, setup, train
 
 spec = load_spec(sys.argv[1]).with_overrides(training={"rounds": 3})

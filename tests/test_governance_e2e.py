@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 
-from federation import protocol as p
 from federation.simulation import simulate
-from federation.spec import load_spec
+from federation.wire import protocol as p
+from federation.wire.spec import load_spec
 from privacy.ledger import Ledger
 
 SENTINEL = 47.654321  # planted as one participant's BMI

@@ -28,10 +28,10 @@ from wire import (
     train,
 )
 
-from federation import protocol as p
 from federation.client.handlers import planned_settings
 from federation.client.site import default_ledger, settings_from_context, site_partition, site_table
-from federation.evaluation import (
+from federation.wire import protocol as p
+from federation.wire.evaluation import (
     EVAL_PREFIX,
     HIST_POS,
     POOLED_CELL,
@@ -40,7 +40,7 @@ from federation.evaluation import (
     layout,
     score_bins,
 )
-from federation.spec import feature_names, load_spec, parse_spec
+from federation.wire.spec import feature_names, load_spec, parse_spec
 from privacy.ledger import Ledger
 from privacy.refusal import is_public_reason
 
@@ -514,7 +514,7 @@ def test_whatever_an_honest_run_sends_holds_no_exact_count_but_the_public_ones(s
 
 
 def test_an_analysis_is_admitted_once_and_within_the_policy(study, tmp_path):
-    from federation.queries import AnalysisRequest
+    from federation.wire.queries import AnalysisRequest
 
     spec, data = study
     policy = write_policy(tmp_path, "max-epsilon-per-run = 1.0\n")

@@ -20,7 +20,9 @@ from federation.client.evaluation import (
     rank_release,
     rank_statistics,
 )
-from federation.evaluation import (
+from federation.server import evaluation as ev
+from federation.server import metrics as m
+from federation.wire.evaluation import (
     GROUP,
     N_BINS,
     POOLED_CELL,
@@ -32,9 +34,7 @@ from federation.evaluation import (
     layout,
     score_bins,
 )
-from federation.server import evaluation as ev
-from federation.server import metrics as m
-from federation.spec import parse_spec
+from federation.wire.spec import parse_spec
 
 SPEC = parse_spec(
     """
@@ -351,7 +351,7 @@ def test_every_published_metric_has_an_interval_that_holds_it():
                     continue
                 ci = metrics[f"{name}_ci"]
                 if value is None:
-                    assert metrics["withheld"][name], name
+                    assert metrics["na_reason"][name], name
                 else:
                     assert ci is not None and ci[0] <= value <= ci[1], (name, value, ci)
 
@@ -377,7 +377,7 @@ def test_a_small_or_noisy_cell_is_withheld_with_its_reason():
     if "withheld_reason" in pooled:  # the noise put the whole pooled cell under the floor
         assert "or fewer records" in pooled["withheld_reason"]
         return
-    for name, reason in pooled["withheld"].items():
+    for name, reason in pooled["na_reason"].items():
         assert (pooled[name] is None and "interval" in reason) or "undefined" in reason
 
 

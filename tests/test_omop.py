@@ -24,7 +24,7 @@ from federation.omop.errors import SourceError
 from federation.omop.eunomia import eunomia_file, write_sites
 from federation.omop.extract import read_source
 from federation.omop.query import build
-from federation.spec import load_spec, parse_spec
+from federation.wire.spec import load_spec, parse_spec
 
 READER_PASSWORD = "reader-Secret-4711"
 OUTSIDER_PASSWORD = "outsider-Secret-0815"

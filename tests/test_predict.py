@@ -25,7 +25,7 @@ from federation.client.scoring import risks
 from federation.client.site import SiteSettings, site_partition, site_table
 from federation.server.outputs import load_checkpoint
 from federation.server.run import StudyRun
-from federation.spec import feature_names, load_spec
+from federation.wire.spec import feature_names, load_spec
 from models.registry import build_model
 from privacy.ledger import Ledger
 from privacy.policy import simulation_policy
@@ -240,8 +240,8 @@ def test_the_card_holds_the_released_performance_data_and_privacy(dp_run, site_s
     assert performance["n_test"] == pooled["n"]
     for key, figure in performance["pooled"].items():
         assert figure["value"] == pooled[key] and figure["ci"] == pooled[f"{key}_ci"]
-        reason = pooled["withheld"].get(key, "not released" if pooled[key] is None else None)
-        assert figure["withheld"] == reason
+        reason = pooled["na_reason"].get(key, "not released" if pooled[key] is None else None)
+        assert figure["na_reason"] == reason
     for name, site in summary["sites"].items():
         assert card["sites"][name]["n_train"] == site["n_train"]
         assert card["sites"][name]["participant_epsilon"] == site["participant_epsilon"]

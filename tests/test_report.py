@@ -17,12 +17,12 @@ from cli_helpers import invoke
 from scipy.special import expit
 
 from federation.client.evaluation import histogram_release, rank_release
-from federation.evaluation import GROUP, INTERSECTION, POOLED_TABLE, evaluation_noise, layout
 from federation.server import evaluation as ev
 from federation.server import report, report_figures
 from federation.server.outputs import REPORT, SUMMARY, RunDirectory, rebuild_report
 from federation.server.run import StudyRun
-from federation.spec import load_spec, parse_spec
+from federation.wire.evaluation import GROUP, INTERSECTION, POOLED_TABLE, evaluation_noise, layout
+from federation.wire.spec import load_spec, parse_spec
 
 SITES = ("north", "south & <east>", "west")
 SPEC = parse_spec(
@@ -146,7 +146,7 @@ def test_report_is_self_contained_readable_and_has_the_plots(run_dir: Path) -> N
     assert "What differential privacy does to these numbers" in html
     # Every published metric is shown with its interval, or as n/a with its reason.
     pooled = json.loads((run_dir / SUMMARY).read_text())["metrics"]["pooled"]
-    for name, reason in pooled["withheld"].items():
+    for name, reason in pooled["na_reason"].items():
         assert pooled[name] is None and reason
     assert html.count(" to ") >= 10 and "Findings" not in html
 

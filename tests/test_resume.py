@@ -14,7 +14,6 @@ from checkpoints import write_checkpoint
 from flwr.app import ConfigRecord, Context, RecordDict
 from wire import LocalGrid, global_arrays, model_config, reason_of, send, state_of
 
-from federation import protocol as p
 from federation.client.app import make_client_app
 from federation.client.site import SiteSettings
 from federation.client.training import plan_dp
@@ -22,8 +21,9 @@ from federation.errors import AllfedError
 from federation.server.outputs import load_checkpoint
 from federation.server.run import StudyRun
 from federation.simulation import simulate
-from federation.spec import load_spec
 from federation.synth import write_cohort
+from federation.wire import protocol as p
+from federation.wire.spec import load_spec
 from privacy.accounting import GaussianRelease
 from privacy.ledger import Ledger
 
@@ -157,7 +157,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from checkpoints import write_checkpoint
-from federation.spec import load_spec
+from federation.wire.spec import load_spec
 
 spec = load_spec(sys.argv[1])
 round_ = 0

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from flwr.common.config import fuse_dicts, parse_config_args
 
-from federation import protocol as p
 from federation.deploy.runs import run_config
-from federation.spec import parse_spec, spec_from_run_config
+from federation.wire import protocol as p
+from federation.wire.spec import parse_spec, spec_from_run_config
 
 AWKWARD = 'patient\'s "age" \'\'\' """ \\ \t é 😀'
 SPEC = f"""

@@ -9,7 +9,7 @@ import pytest
 from federation.client.data import SiteTable
 from federation.client.features import scaling_sums
 from federation.server.standardization import pooled_scaling
-from federation.spec import parse_spec
+from federation.wire.spec import parse_spec
 from privacy.scaling import release_scaling_sums, scaling_noise_sd, scaling_weights
 
 SPEC = parse_spec(

@@ -10,7 +10,7 @@ from cli_helpers import run_allfed
 from dp_accounting import pld
 
 from federation.simulation import simulate
-from federation.spec import feature_names, load_spec
+from federation.wire.spec import feature_names, load_spec
 from models.registry import build_model
 
 pytestmark = pytest.mark.slow

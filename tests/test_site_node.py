@@ -17,9 +17,9 @@ from wire import (
     train,
 )
 
-from federation import protocol as p
-from federation.evaluation import N_BINS, histogram_keys, layout
-from federation.spec import federated_columns, load_spec
+from federation.wire import protocol as p
+from federation.wire.evaluation import N_BINS, histogram_keys, layout
+from federation.wire.spec import federated_columns, load_spec
 from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.ledger import Ledger
 from privacy.refusal import is_public_reason

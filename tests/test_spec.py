@@ -5,7 +5,8 @@ import random
 import pytest
 
 from federation.errors import SpecError
-from federation.spec import (
+from federation.synth import study_toml
+from federation.wire.spec import (
     ACCOUNTANTS,
     SCALINGS,
     STRATEGIES,
@@ -19,7 +20,6 @@ from federation.spec import (
     federated_columns,
     parse_spec,
 )
-from federation.synth import study_toml
 
 MINIMAL = """
 [study]

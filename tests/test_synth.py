@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from federation.spec import load_spec, parse_spec
 from federation.synth import (
     BOUNDS,
     COLUMNS,
@@ -19,6 +18,7 @@ from federation.synth import (
     true_risk,
     write_cohort,
 )
+from federation.wire.spec import load_spec, parse_spec
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from federation.queries import AnalysisRequest, build_query, planned_release
 from federation.server.pooling import LEFT_OUT, pooled_tables
 from federation.server.tables import render_table
-from federation.spec import parse_spec
+from federation.wire.queries import AnalysisRequest, build_query, planned_release
+from federation.wire.spec import parse_spec
 from privacy.consistency import consistent_counts, constraints
 from privacy.statistics import (
     COUNT,

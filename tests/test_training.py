@@ -12,7 +12,6 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from federation import protocol as p
 from federation.client.training import (
     BIAS_SHARE,
     DPPlan,
@@ -26,7 +25,8 @@ from federation.client.training import (
     train_plain,
 )
 from federation.server.strategy import build_strategy
-from federation.spec import parse_spec
+from federation.wire import protocol as p
+from federation.wire.spec import parse_spec
 from models.registry import build_model
 from privacy.accounting import GaussianRelease, compute_epsilon
 

@@ -10,7 +10,6 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum
 from flwr.supercore.task_identity import TaskIdentity
 
-from federation import protocol as p
 from federation.errors import SpecError
 from federation.server.strategy import build_strategy
 from federation.server.validation import (
@@ -19,7 +18,8 @@ from federation.server.validation import (
     update_norm,
     validate_updates,
 )
-from federation.spec import parse_spec
+from federation.wire import protocol as p
+from federation.wire.spec import parse_spec
 
 MINIMAL = """
 [study]

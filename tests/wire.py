@@ -11,13 +11,13 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from federation import protocol as p
 from federation.client.app import app as site_node
 from federation.client.app import make_client_app
 from federation.client.site import SiteSettings
-from federation.evaluation import layout, rank_requests_to_config
 from federation.server import evaluation as ev
-from federation.spec import StudySpec, feature_names, federated_columns
+from federation.wire import protocol as p
+from federation.wire.evaluation import layout, rank_requests_to_config
+from federation.wire.spec import StudySpec, feature_names, federated_columns
 from models.registry import build_model
 
 _IDS = itertools.count()

@@ -19,8 +19,8 @@ import pandas as pd
 from federation.client.partition import Partition
 from federation.errors import DataError
 from federation.omop import is_source
-from federation.queries import OTHER
-from federation.spec import StudySpec
+from federation.wire.queries import OTHER
+from federation.wire.spec import StudySpec
 from privacy.statistics import MISSING
 
 MIN_TRAIN_RECORDS = 30

@@ -1,5 +1,5 @@
 """A site's two evaluation releases of a model's scores on its test partition (layout and
-sensitivity: ``federation.evaluation``).
+sensitivity: ``federation.wire.evaluation``).
 
 The exact statistics are computed here and leave only through one OpenDP Gaussian release per
 message, after the ledger has admitted it. Scores come from whatever model the message carries:
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from federation.client.data import SiteTable
-from federation.evaluation import (
+from federation.wire.evaluation import (
     EVAL_PREFIX,
     EVENTS,
     GROUP,
@@ -39,7 +39,7 @@ from federation.evaluation import (
     key,
     score_bins,
 )
-from federation.spec import StudySpec
+from federation.wire.spec import StudySpec
 from privacy.noise import gaussian_release
 
 Members = Mapping[Table, np.ndarray]  # per table, each test record's level
@@ -91,7 +91,7 @@ def histogram_statistics(
     y: np.ndarray, p: np.ndarray, members: Members, layout: Layout
 ) -> Statistics:
     """Release 1's exact statistics, and each entry's weight (the square root of its share):
-    the weighted vector has L2 sensitivity 1 (``federation.evaluation``)."""
+    the weighted vector has L2 sensitivity 1 (``federation.wire.evaluation``)."""
     y = np.asarray(y, dtype=np.int64)
     bins = score_bins(p)
     shares = layout.table_shares()

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from federation.client.data import SiteTable
-from federation.spec import StudySpec, estimated_columns, federated_columns
+from federation.wire.spec import StudySpec, estimated_columns, federated_columns
 from privacy.bounds import bin_counts
 
 _MIN_SCALE = 1e-6

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from federation import protocol as p
 from federation.client.data import SiteTable
 from federation.client.evaluation import histogram_release, members_of, rank_release
 from federation.client.features import (
@@ -44,9 +43,10 @@ from federation.client.scoring import risks
 from federation.client.site import SiteSettings, site_partition, site_table
 from federation.client.training import LocalSettings, train_dp, train_plain
 from federation.errors import AllfedError, SpecError
-from federation.evaluation import layout, rank_requests_from_config
-from federation.queries import AnalysisRequest, build_query, planned_release
-from federation.spec import StudySpec, estimated_columns, federated_columns
+from federation.wire import protocol as p
+from federation.wire.evaluation import layout, rank_requests_from_config
+from federation.wire.queries import AnalysisRequest, build_query, planned_release
+from federation.wire.spec import StudySpec, estimated_columns, federated_columns
 from models.registry import build_model
 from privacy.bounds import release_histograms
 from privacy.ledger import ALL, TEST, TRAIN, Ledger, PlannedRelease, RunPlan
@@ -426,7 +426,7 @@ def _unpacked(content: bytes) -> RecordDict:
 
 
 def evaluate(request: Request) -> RecordDict:
-    """Release 1 of an evaluation (``federation.evaluation``): the test partition's noisy
+    """Release 1 of an evaluation (``federation.wire.evaluation``): the test partition's noisy
     histograms and sums of the message's model, admitted by the ledger first."""
     return _evaluation(request, ranks=False)
 

@@ -29,11 +29,11 @@ from collections.abc import Callable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from federation import protocol as p
 from federation.client import handlers
 from federation.client.handlers import Refused, Request, status
 from federation.client.site import Resolver, SiteSettings
 from federation.errors import AllfedError
+from federation.wire import protocol as p
 from privacy.disclosure import DEFAULT_MIN_CELL_COUNT
 from privacy.guard import DisclosureError, Whitelist, check_message
 from privacy.ledger import Ledger

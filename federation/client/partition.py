@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from federation.errors import DataError
-from federation.spec import StudySpec
+from federation.wire.spec import StudySpec
 from privacy.policy import DEFAULT_TEST_FRACTION, SitePolicy
 
 _UNIT_SEPARATOR = "\x1f"

@@ -14,8 +14,8 @@ import json
 from dataclasses import asdict, dataclass
 
 from federation.client.training import DPPlan, plan_dp
-from federation.evaluation import evaluation_noise
-from federation.spec import StudySpec, estimated_columns
+from federation.wire.evaluation import evaluation_noise
+from federation.wire.spec import StudySpec, estimated_columns
 from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.bounds import BOUNDS_SHARE
 from privacy.ledger import ALL, TEST, TRAIN, PlannedRelease

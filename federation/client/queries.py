@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from federation.client.data import SiteTable
-from federation.queries import ALL, AnalysisRequest, bin_of, level_names
-from federation.spec import StudySpec
+from federation.wire.queries import ALL, AnalysisRequest, bin_of, level_names
+from federation.wire.spec import StudySpec
 from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.statistics import Cell, Query, exact_cells, release
 

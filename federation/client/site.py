@@ -23,11 +23,11 @@ from pathlib import Path
 
 from flwr.app import Context
 
-from federation import protocol as p
 from federation.client.data import SiteTable, identity_columns, load_site_table
 from federation.client.partition import Partition, requested_definition
 from federation.errors import AllfedError
-from federation.spec import StudySpec, spec_from_run_config
+from federation.wire import protocol as p
+from federation.wire.spec import StudySpec, spec_from_run_config
 from privacy.ledger import Budget, Ledger, LedgerError
 from privacy.policy import PolicyError, SitePolicy, load_policy
 

@@ -35,7 +35,8 @@ from starlette.templating import Jinja2Templates
 
 from federation.console import plots, views
 from federation.errors import AllfedError
-from federation.server.outputs import MODEL_CARD_MD, REPORT
+from federation.server.outputs import REPORT
+from federation.wire.model_files import MODEL_CARD_MD
 
 READ_ONLY = ("GET", "HEAD")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")

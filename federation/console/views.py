@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import AllfedError
-from federation.server.outputs import LOG, METRICS, MODEL_CARD_MD, REPORT, SUMMARY
+from federation.server.outputs import LOG, METRICS, REPORT, SUMMARY
+from federation.wire.model_files import MODEL_CARD_MD
 
 ANALYSIS = "analysis.json"  # what an `allfed analyze` run directory holds instead of a summary
 LEDGER_TABLES = {"meta", "runs", "releases", "messages"}

@@ -22,7 +22,7 @@ from typing import Any
 
 from flwr.app import Message, RecordDict
 
-from federation import protocol as p
+from federation.wire import protocol as p
 from privacy.refusal import Refusal
 
 SITE_NODE = "federation.client.app:app"  # the only ClientApp a site runs

@@ -17,18 +17,18 @@ import pandas as pd
 import sqlalchemy as sa
 
 from federation.omop.cdm import Cdm, bind
-from federation.omop.cohort import (
+from federation.omop.errors import SourceError
+from federation.omop.failures import translate
+from federation.omop.query import LABEL, CohortQuery, build, needed_columns
+from federation.omop.source import Source, connect, load_source
+from federation.wire.cohort import (
     OTHER,
     AgeCovariate,
     Cohort,
     DemographicCovariate,
     MeasurementCovariate,
 )
-from federation.omop.errors import SourceError
-from federation.omop.failures import translate
-from federation.omop.query import LABEL, CohortQuery, build, needed_columns
-from federation.omop.source import Source, connect, load_source
-from federation.spec import StudySpec
+from federation.wire.spec import StudySpec
 
 
 @dataclass(frozen=True)

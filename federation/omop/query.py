@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from federation.omop.cdm import COLUMNS, DOMAINS, Cdm
-from federation.omop.cohort import (
+from federation.wire.cohort import (
     AgeCovariate,
     Cohort,
     ConceptSet,

@@ -13,12 +13,6 @@ import pandas as pd
 import sqlalchemy as sa
 
 from federation.omop.cdm import DOMAINS, bind
-from federation.omop.cohort import (
-    AgeCovariate,
-    ConceptSet,
-    DemographicCovariate,
-    MeasurementCovariate,
-)
 from federation.omop.errors import SourceError
 from federation.omop.extract import (
     check_version,
@@ -31,7 +25,13 @@ from federation.omop.extract import (
 from federation.omop.failures import translate
 from federation.omop.query import build, codeset, needed_columns
 from federation.omop.source import connect, load_source
-from federation.spec import StudySpec
+from federation.wire.cohort import (
+    AgeCovariate,
+    ConceptSet,
+    DemographicCovariate,
+    MeasurementCovariate,
+)
+from federation.wire.spec import StudySpec
 
 STEP_NAMES = {
     "events": "index events",

@@ -1,8 +1,8 @@
 """A descriptive analysis, driven from the aggregator: ask every site once, pool what they release.
 
-Every site answers the same query (``federation.queries``) with one noisy release; the aggregator
-checks each answer against the query (only its cells, whole non-negative counts, the planned
-noise), pools the released cells overall, per site and per stratum (``pooling``: consistent
+Every site answers the same query (``federation.wire.queries``) with one noisy release; the
+aggregator checks each answer against the query (only its cells, whole non-negative counts, the
+planned noise), pools the released cells overall, per site and per stratum (``pooling``: consistent
 counts, uncertainties, what is n/a and why), and writes ``analysis.json`` (sites, privacy,
 pooled results), ``<kind>.json`` and ``<kind>.html`` (the table) and ``run.log``. A site
 that refuses or fails is named with its reason; the analysis completes on the others.
@@ -20,14 +20,14 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federation import protocol as p
-from federation.protocol import decode_name
-from federation.queries import AnalysisRequest, build_query, planned_release
+from federation.server.grid import wait_for_nodes
 from federation.server.outputs import RunDirectory
 from federation.server.pooling import pooled_tables
-from federation.server.run import wait_for_nodes
 from federation.server.tables import write_tables
-from federation.spec import StudySpec
+from federation.wire import protocol as p
+from federation.wire.protocol import decode_name
+from federation.wire.queries import AnalysisRequest, build_query, planned_release
+from federation.wire.spec import StudySpec
 from privacy.statistics import COUNT, Cell, Query
 
 log = logging.getLogger("allfed.server")

@@ -11,14 +11,14 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from federation import protocol as p
-from federation.deploy.grid import PollingGrid
-from federation.protocol import site_entries
-from federation.queries import AnalysisRequest
 from federation.server.analysis import AnalysisRun
+from federation.server.grid import PollingGrid
 from federation.server.outputs import load_checkpoint
 from federation.server.run import RoundCallback, StudyRun
-from federation.spec import StudySpec, spec_from_run_config
+from federation.wire import protocol as p
+from federation.wire.protocol import site_entries
+from federation.wire.queries import AnalysisRequest
+from federation.wire.spec import StudySpec, spec_from_run_config
 
 
 @dataclass(frozen=True)

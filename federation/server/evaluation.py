@@ -1,7 +1,7 @@
 """Metrics from the sites' DP evaluation releases, each with a 95% interval that covers the DP
-noise as well as sampling, and withheld where that interval is too wide to mean anything.
+noise as well as sampling, and n/a where that interval is too wide to mean anything.
 
-The sites' releases (``federation.evaluation``) are pooled by summing; every statistic's noise
+The sites' releases (``federation.wire.evaluation``) are pooled by summing; every statistic's noise
 variance is known from the release's layout and noise multiplier. Post-processing (free of
 privacy cost) then makes the noisy numbers consistent before anything is computed from them:
 
@@ -14,7 +14,7 @@ privacy cost) then makes the noisy numbers consistent before anything is compute
 The AUROC of a cell with a rank release is read from it: the aggregator sends each site the
 cell's two pooled class CDFs from release 1, each site sums the negatives' CDF over its positives
 and the positives' CDF over its negatives, and the AUROC follows from the two means with an
-error of second order in the CDFs' (``federation.evaluation``). A site's own AUROC is read from
+error of second order in the CDFs' (``federation.wire.evaluation``). A site's own AUROC is read from
 its sums against the pooled CDFs, plus the second-order term estimated from its own histograms.
 The interval adds the two sums' noise, the error left in the second-order term (simulated from
 release 1's noise) and DeLong's sampling variance. The other metrics' intervals come from a
@@ -23,8 +23,9 @@ parametric bootstrap over the release's noise and Poisson sampling of the post-p
 
 Rules stated in the README: a group or intersection level is published only when its noisy
 records, events and non-events each exceed the site policy's dissemination threshold (20); a
-metric whose 95% interval is wider than ``MAX_CI_WIDTH`` of its scale is withheld (``None``,
-with the reason in ``withheld``).
+metric whose 95% interval is wider than ``MAX_CI_WIDTH`` of its scale is n/a (``None``, with
+the reason in ``na_reason``). "Withheld" is kept for what the dissemination rule holds back (a
+level's ``withheld_reason``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from federation.evaluation import (
+from federation.server import metrics as m
+from federation.wire.evaluation import (
     EVAL_PREFIX,
     EVENTS,
     HIST_NEG,
@@ -64,13 +66,12 @@ from federation.evaluation import (
     histogram_keys,
     key,
 )
-from federation.server import metrics as m
 
 CI_LEVEL = 0.95
 _Z = NormalDist().inv_cdf(0.5 + CI_LEVEL / 2)
 BOOTSTRAP_DRAWS = 200
 MIN_PUBLISHED_COUNT = 20  # the dissemination rule, applied to published (noisy) counts
-# A metric is withheld when its 95% interval is wider than this share of its scale: on [0, 1]
+# A metric is n/a when its 95% interval is wider than this share of its scale: on [0, 1]
 # for rates, AUROC and AUPRC; the scale of a calibration slope or intercept is 2 (0 to 2 for a
 # slope around its ideal 1), of the E-statistics 1.
 MAX_CI_WIDTH = 0.4
@@ -314,25 +315,25 @@ class _Interval:
 
 @dataclass
 class Metrics:
-    """JSON-ready metrics of one cell, with intervals and the reasons for what is withheld."""
+    """JSON-ready metrics of one cell, with intervals and the reasons for what is n/a."""
 
     values: dict[str, Any] = field(default_factory=dict)
-    withheld: dict[str, str] = field(default_factory=dict)
+    na_reason: dict[str, str] = field(default_factory=dict)
 
     def put(self, name: str, interval: _Interval) -> None:
         value, ci, reason = interval.published()
         self.values[name] = value
         self.values[f"{name}_ci"] = ci
         if reason:
-            self.withheld[name] = reason
+            self.na_reason[name] = reason
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.values, "withheld": dict(self.withheld)}
+        return {**self.values, "na_reason": dict(self.na_reason)}
 
 
 def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
     """Every metric of one cell (pooled, a site, a group level), intervals covering noise and
-    sampling; ``None`` for what is undefined or too uncertain, the reason in ``withheld``."""
+    sampling; ``None`` for what is undefined or too uncertain, the reason in ``na_reason``."""
     pos, neg = class_histograms(release)
     n, events = max(release.records, 0.0), float(pos.sum())
     out = Metrics()
@@ -495,7 +496,7 @@ def _cdf(counts: np.ndarray) -> np.ndarray:
 
 def _integral(u: np.ndarray, v: np.ndarray) -> float:
     """The integral of ``u dv`` for CDFs given at the bin edges, both interpolated alike
-    within a bin (``federation.evaluation.cdf_at``): exact for that interpolation."""
+    within a bin (``federation.wire.evaluation.cdf_at``): exact for that interpolation."""
     return float(np.dot(np.diff(v), (u[:-1] + u[1:]) / 2))
 
 
@@ -580,7 +581,7 @@ def _roc_curve(pos: np.ndarray, neg: np.ndarray, draws: _Draws) -> list[dict[str
 def _calibration_bins(pos: np.ndarray, neg: np.ndarray, draws: _Draws) -> list[dict[str, Any]]:
     """Observed vs predicted risk in groups of adjacent score bins, merged until each holds more
     than ``MIN_CALIBRATION_RECORDS`` (noisy) records, with a 95% interval of the observed risk;
-    a group's observed risk is withheld when that interval is wider than ``MAX_CI_WIDTH``."""
+    a group's observed risk is n/a when that interval is wider than ``MAX_CI_WIDTH``."""
     records = pos + neg
     groups, start = [], 0
     for end in range(1, N_BINS + 1):

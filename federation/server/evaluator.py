@@ -17,10 +17,10 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from federation import protocol as p
-from federation.evaluation import evaluation_noise, layout, rank_requests_to_config
 from federation.server import evaluation as ev
-from federation.spec import StudySpec
+from federation.wire import protocol as p
+from federation.wire.evaluation import evaluation_noise, layout, rank_requests_to_config
+from federation.wire.spec import StudySpec
 
 log = logging.getLogger("allfed.server")
 

@@ -18,11 +18,9 @@ from typing import Any
 import torch
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from federation.spec import StudySpec, feature_names, federated_columns
+from federation.wire.model_files import MODEL_ONNX, SITE_SCALED
+from federation.wire.spec import StudySpec, feature_names, federated_columns
 from models.export import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUTS
-
-SITE_SCALED = "each site's own training rows"
-ONNX_FILE = "model.onnx"
 
 # The released metrics a card shows: (key in summary.json's metrics, what it is).
 CARD_METRICS = (
@@ -194,7 +192,7 @@ def coefficients(
 
 def performance(metrics: Mapping[str, Any], evaluated_round: int | None) -> dict[str, Any]:
     """The released evaluation of the final model, pooled and per site, each figure with its
-    95% interval (DP noise and sampling) or the reason it is withheld."""
+    95% interval (DP noise and sampling) or the reason it is n/a."""
     pooled = metrics.get("pooled") or {}
     result: dict[str, Any] = {
         "evaluated_round": evaluated_round,
@@ -224,11 +222,11 @@ def performance(metrics: Mapping[str, Any], evaluated_round: int | None) -> dict
 
 
 def _figure(metrics: Mapping[str, Any], key: str) -> dict[str, Any]:
-    withheld = (metrics.get("withheld") or {}).get(key)
+    reason = (metrics.get("na_reason") or {}).get(key)
     value = metrics.get(key)
-    if value is None and withheld is None:
-        withheld = "not released"
-    return {"value": value, "ci": metrics.get(f"{key}_ci"), "withheld": withheld}
+    if value is None and reason is None:
+        reason = "not released"
+    return {"value": value, "ci": metrics.get(f"{key}_ci"), "na_reason": reason}
 
 
 def data_section(spec: StudySpec, sites: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -278,7 +276,7 @@ def inputs_section(names: list[str]) -> dict[str, Any]:
             "missing; float32"
         ),
         "onnx": {
-            "file": ONNX_FILE,
+            "file": MODEL_ONNX,
             "opset": ONNX_OPSET,
             "input": ONNX_INPUT,
             "input_shape": ["rows", len(names)],
@@ -355,7 +353,7 @@ def _interval(ci: list[float] | None, digits: int = 3) -> str:
 def _figure_text(figure: Mapping[str, Any]) -> str:
     """A released figure with its interval, or n/a with the reason."""
     if figure["value"] is None:
-        return f"n/a ({figure['withheld']})"
+        return f"n/a ({figure['na_reason']})"
     return _fmt(figure["value"]) + _interval(figure["ci"])
 
 

@@ -21,16 +21,13 @@ from typing import Any
 import torch
 
 from federation.errors import AllfedError
-from federation.server.model_card import ONNX_FILE, render_model_card
+from federation.server.model_card import render_model_card
+from federation.wire.model_files import MODEL, MODEL_CARD, MODEL_CARD_MD, MODEL_ONNX
 from models.export import onnx_bytes
 from models.registry import build_model
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
-MODEL = "model.pt"
-MODEL_CARD = "model_card.json"
-MODEL_CARD_MD = "model_card.md"
-MODEL_ONNX = ONNX_FILE
 LOG = "run.log"
 REPORT = "report.html"
 CHECKPOINT = "checkpoint.pt"

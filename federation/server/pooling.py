@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from federation.queries import ALL, AnalysisRequest
-from federation.spec import StudySpec
+from federation.wire.queries import ALL, AnalysisRequest
+from federation.wire.spec import StudySpec
 from privacy.consistency import SiteCounts, consistent_counts
 from privacy.disclosure import DEFAULT_MIN_CELL_COUNT
 from privacy.statistics import (

@@ -23,7 +23,7 @@ from jinja2 import Environment
 from matplotlib.figure import Figure
 
 from federation.server import report_figures as plots
-from federation.server.style import PAGE_CSS
+from federation.server.style import NA, PAGE_CSS
 
 log = logging.getLogger("allfed.server")
 
@@ -101,9 +101,9 @@ intervals; more test records, or a larger evaluation budget, narrow them.</p>
 </div><div class="label">{{ card.label }}</div></div>{% endfor %}</div>
 <table><thead><tr><th>Metric</th><th>Value</th><th>95% interval</th><th>What it means</th></tr>
 </thead><tbody>{% for row in metric_rows %}<tr><td>{{ row.label }}</td>
-<td class="num{{ ' withheld' if row.withheld }}">{{ row.value }}</td>
-<td class="num">{{ row.ci }}</td><td>{{ row.text }}{% if row.withheld %} <i>n/a: {{
-row.withheld }}.</i>{% endif %}</td></tr>{% endfor %}</tbody></table>{% endif %}
+<td class="num{{ ' na' if row.na_reason }}">{{ row.value }}</td>
+<td class="num">{{ row.ci }}</td><td>{{ row.text }}{% if row.na_reason %} <i>n/a: {{
+row.na_reason }}.</i>{% endif %}</td></tr>{% endfor %}</tbody></table>{% endif %}
 <h2>Plots</h2>
 {% for figure in figures %}<figure><h3>{{ figure.title }}</h3>{% if figure.data %}
 <img alt="{{ figure.title }}" src="data:image/svg+xml;base64,{{ figure.data }}">
@@ -147,7 +147,6 @@ gaps to a lowess-smoothed observed risk (span 2/3), as in OHDSI's PatientLevelPr
 """
 
 _PAGE = Environment(autoescape=True).from_string(_TEMPLATE)
-NA = "n/a"
 
 
 def render_report(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
@@ -251,14 +250,14 @@ def _cards(pooled: dict[str, Any]) -> list[dict[str, str]]:
 def _metric_row(
     pooled: dict[str, Any], key: str, label: str, percent: bool, text: str
 ) -> dict[str, Any]:
-    withheld = (pooled.get("withheld") or {}).get(key)
+    reason = (pooled.get("na_reason") or {}).get(key)
     ci = pooled.get(f"{key}_ci")
     return {
         "label": label,
         "value": NA if pooled.get(key) is None else _num(pooled[key], percent=percent),
         "ci": _interval(ci, percent=percent) if ci else "–",
         "text": text,
-        "withheld": withheld,
+        "na_reason": reason,
     }
 
 
@@ -328,7 +327,7 @@ def _group_tables(metrics: dict[str, Any], groups: list[str]) -> list[dict[str, 
                     ]
                     note = "; ".join(
                         f"{name.replace('_', ' ')}: n/a"
-                        for name in (m.get("withheld") or {})
+                        for name in (m.get("na_reason") or {})
                         if name in dict(_GROUP_METRICS)
                     )
                 rows.append({"column": column, "level": level, "cells": cells, "note": note})

@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy.special import expit, logit
 
-from federation.evaluation import INTERSECTION_JOIN
+from federation.server.style import NA, WITHHELD
+from federation.wire.evaluation import INTERSECTION_JOIN
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -149,7 +150,8 @@ def calibration_figure(pooled: dict[str, Any]) -> Figure | None:
 def forest_figure(
     table: dict[str, Any], groups: list[str], pooled: dict[str, Any], released_only: bool = False
 ) -> Figure | None:
-    """One row per level: AUROC with its 95% interval, or "withheld"."""
+    """One row per level: AUROC with its 95% interval, "withheld" for a level the dissemination
+    rule holds back, "n/a" for an AUROC the noise makes meaningless."""
     rows: list[tuple[str, dict[str, Any] | None, bool]] = []  # label, metrics, is a heading
     for column in ordered_columns(table, groups):
         levels = [
@@ -171,7 +173,8 @@ def forest_figure(
             labels.append(label)
         elif m is None or m.get("auroc") is None:
             labels.append(f"   {label}")
-            axes.text(0.505, position, "withheld", va="center", color="#8a5a00", fontsize=8.5)
+            word = WITHHELD if m is None else NA
+            axes.text(0.505, position, word, va="center", color="#8a5a00", fontsize=8.5)
         else:
             labels.append(f"   {label} (n≈{m['n']})")
             low, high = m.get("auroc_ci") or (m["auroc"], m["auroc"])
@@ -222,7 +225,7 @@ def representation_figure(representation: dict[str, Any], groups: list[str]) -> 
                 color = COLORS[i % len(COLORS)]
                 if count is None:
                     axes.text(
-                        largest * 0.01, position, "withheld", va="center", fontsize=7.5,
+                        largest * 0.01, position, WITHHELD, va="center", fontsize=7.5,
                         color=color, style="italic",
                     )  # fmt: skip
                 else:

@@ -28,14 +28,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federation import protocol as p
 from federation.server.evaluator import Evaluator
+from federation.server.grid import wait_for_nodes
 from federation.server.model_card import build_model_card, scaling_rows
 from federation.server.outputs import CHECKPOINT_FORMAT, REPORT, RunDirectory, checkpoint_state
 from federation.server.standardization import pooled_scaling
 from federation.server.strategy import aggregate, build_strategy
 from federation.server.validation import validate_updates
-from federation.spec import StudySpec, estimated_columns, feature_names, federated_columns
+from federation.wire import protocol as p
+from federation.wire.spec import StudySpec, estimated_columns, feature_names, federated_columns
 from models.registry import build_model
 from privacy.bounds import N_BINS, estimate_bounds, histogram_sensitivity
 
@@ -44,17 +45,6 @@ log = logging.getLogger("allfed.server")
 RoundCallback = Callable[[int, int, dict[str, Any]], None]  # round, planned rounds, its row
 DIVERGED_WEIGHT = 100.0  # on standardized inputs, a weight this large saturates every score
 _STRATEGY_STATE = ("m_t", "v_t")  # what Flower's FedOpt strategies (FedAdam) carry across rounds
-
-
-def wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
-    """Nodes connected once ``wanted`` have joined, or when ``timeout`` runs out. Nodes register
-    one by one, also in a simulation, so taking the first few would leave the later ones out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= wanted or time.monotonic() > deadline:
-            return nodes
-        time.sleep(0.2)
 
 
 class RunFailed(Exception):

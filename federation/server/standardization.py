@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from federation.spec import StudySpec
+from federation.wire.spec import StudySpec
 from privacy.scaling import scaling_noise_sd
 
 _MIN_COUNT = 10.0

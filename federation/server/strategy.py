@@ -22,8 +22,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from federation import protocol as p
-from federation.spec import StudySpec
+from federation.wire import protocol as p
+from federation.wire.spec import StudySpec
 
 
 def build_strategy(spec: StudySpec) -> Strategy:

@@ -1,5 +1,10 @@
 """The one stylesheet of the pages allfed writes (the run report and the analysis tables): each
-page embeds it, so it stays self-contained."""
+page embeds it, so it stays self-contained; and the two words a page shows for a figure it leaves
+out, one meaning each."""
+
+# held back by the dissemination rule: a count from 1 to 20, or a figure that rests on one
+WITHHELD = "withheld"
+NA = "n/a"  # released, but undefined or too uncertain to mean anything (its reason goes with it)
 
 PAGE_CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d1d1f;
@@ -17,7 +22,7 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.93em; }
 th, td { border-bottom: 1px solid #e2e2e2; padding: 0.3em 0.7em; text-align: left;
   vertical-align: top; }
 th { background: #f4f4f6; } td.num { text-align: right; font-variant-numeric: tabular-nums;
-  white-space: nowrap; } .withheld { color: #8a5a00; font-style: italic; }
+  white-space: nowrap; } .withheld, .na { color: #8a5a00; font-style: italic; }
 figure { margin: 1.4em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 0.93em; max-width: 60em; }
 """

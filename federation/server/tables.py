@@ -17,11 +17,9 @@ from typing import Any
 from jinja2 import Environment
 
 from federation.server.outputs import clean_json
-from federation.server.style import PAGE_CSS
+from federation.server.style import NA, PAGE_CSS, WITHHELD
 from privacy.statistics import SMALL_COUNT
 
-WITHHELD = "withheld"  # a cell a site kept to itself (a count at or under its threshold)
-NA = "n/a"
 _LABELS = {"count": "count", "percent": "percentage", "mean": "mean", "sd": "SD"}
 # The template lives in this module, not a file beside it: a Flower app bundle (FAB) carries
 # only Python, TOML, Markdown, YAML and JSON files, and the ServerApp may run from one.
@@ -78,9 +76,10 @@ def render_table(result: dict[str, Any]) -> str:
     columns += [("sites", name) for name in result["sites"]]
     columns += [("groups", level) for level in result["groups"]]
     by = result.get("by")
-    header = ["Variable", "Level", f"Overall (N = {_n(result['total'])})"]
-    header += [f"{name} (N = {_n(n)})" for name, n in result["sites"].items()]
-    header += [f"{by}: {level} (N = {_n(n)})" for level, n in result["groups"].items()]
+    totals = result["totals"]
+    header = ["Variable", "Level", f"Overall (N = {_n(totals['overall'])})"]
+    header += [f"{name} (N = {_n(totals['sites'].get(name))})" for name in result["sites"]]
+    header += [f"{by}: {level} (N = {_n(totals['groups'][level])})" for level in result["groups"]]
     rows = []
     for row in result["rows"]:
         cells = []
@@ -169,5 +168,8 @@ def _note(notes: list[str], text: str) -> int:
     return notes.index(text) + 1
 
 
-def _n(count: int | None) -> str:
-    return WITHHELD if count is None else str(count)
+def _n(total: dict[str, Any] | None) -> str:
+    """A column's N; a site left out (every count withheld there) has no total."""
+    if total is None or total["withheld_reason"].get("count") == SMALL_COUNT:
+        return WITHHELD
+    return NA if total["count"] is None else str(total["count"])

@@ -45,9 +45,8 @@ from federation.client.partition import Partition
 from federation.client.scoring import risks
 from federation.errors import AllfedError, DataError
 from federation.omop import is_source
-from federation.server.model_card import SITE_SCALED
-from federation.server.outputs import MODEL, MODEL_CARD
-from federation.spec import StudySpec, feature_names, federated_columns, parse_spec
+from federation.wire.model_files import MODEL, MODEL_CARD, SITE_SCALED
+from federation.wire.spec import StudySpec, feature_names, federated_columns, parse_spec
 from models.registry import build_model
 from privacy.ledger import Ledger, LedgerError
 

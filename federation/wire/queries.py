@@ -16,7 +16,7 @@ from itertools import pairwise
 import numpy as np
 
 from federation.errors import SpecError
-from federation.spec import StudySpec
+from federation.wire.spec import StudySpec
 from privacy.accounting import ACCOUNTANTS, GaussianRelease, calibrate_noise
 from privacy.statistics import MISSING, Query, Variable
 

@@ -44,9 +44,9 @@ from itertools import combinations
 
 import numpy as np
 
-from federation.protocol import decode_name, encode_name
-from federation.queries import level_names
-from federation.spec import StudySpec
+from federation.wire.protocol import decode_name, encode_name
+from federation.wire.queries import level_names
+from federation.wire.spec import StudySpec
 from privacy.accounting import GaussianRelease, calibrate_noise, compute_epsilon
 
 # Score bins: open tails below and above, and 0.5-wide bins on the logit scale between.

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import tomli_w
 
 from federation.errors import SpecError
-from federation.protocol import RUN_STUDY, RUN_STUDY_FILE
+from federation.wire.protocol import RUN_STUDY, RUN_STUDY_FILE
 from models import MODEL_NAMES
 from privacy.limits import epsilon_range_error
 
 if TYPE_CHECKING:
-    from federation.omop.cohort import Cohort
+    from federation.wire.cohort import Cohort
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 ACCOUNTANTS = ("prv", "rdp")
@@ -171,7 +171,7 @@ class StudySpec:
     model: ModelSection = ModelSection()
     training: TrainingSection = TrainingSection()
     privacy: PrivacySection = PrivacySection()
-    cohort: Cohort | None = None  # an OMOP site's rows (federation.omop.cohort)
+    cohort: Cohort | None = None  # an OMOP site's rows (federation.wire.cohort)
 
     def to_toml(self) -> str:
         """Serialize to TOML text that ``parse_spec`` reads back to an equal spec."""
@@ -243,7 +243,7 @@ def parse_spec(text: str, source: str = "study spec") -> StudySpec:
     reader.reject_unknown_sections()
     _check_consistency(spec, source)
     if spec.cohort is not None:
-        from federation.omop.cohort import check_cohort_columns
+        from federation.wire.cohort import check_cohort_columns
 
         check_cohort_columns(spec, source)
     return spec
@@ -253,7 +253,7 @@ def _read_cohort(raw: dict[str, Any], source: str) -> Cohort | None:
     """``[cohort]`` is parsed by its own module, imported only by the studies that have one."""
     if "cohort" not in raw:
         return None
-    from federation.omop.cohort import parse_cohort
+    from federation.wire.cohort import parse_cohort
 
     return parse_cohort(raw["cohort"], source)
 

@@ -1,7 +1,8 @@
-"""A Grid that waits for the sites' replies in tenths of a second rather than in 3 s steps.
+"""The aggregator's side of Flower's Grid: waiting for the sites to join, and a Grid that waits
+for their replies in tenths of a second rather than in 3 s steps.
 
 Flower's deployment Grid (``HttpGrid``) sleeps 3 s between pulls while it waits for replies, so
-every exchange of a round costs up to 3 s of pure waiting on the aggregator. This wrapper keeps
+every exchange of a round costs up to 3 s of pure waiting on the aggregator. ``PollingGrid`` keeps
 every call as it is and only replaces ``send_and_receive`` by a push followed by pulls every
 ``poll_interval`` seconds (the simulation's in-memory Grid already polls every 0.1 s).
 """
@@ -60,3 +61,14 @@ class PollingGrid(Grid):
                 break
             time.sleep(self.poll_interval)
         return replies
+
+
+def wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
+    """Nodes connected once ``wanted`` have joined, or when ``timeout`` runs out. Nodes register
+    one by one, also in a simulation, so taking the first few would leave the later ones out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= wanted or time.monotonic() > deadline:
+            return nodes
+        time.sleep(0.2)

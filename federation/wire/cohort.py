@@ -32,7 +32,7 @@ from pydantic import (
 from federation.errors import SpecError
 
 if TYPE_CHECKING:
-    from federation.spec import StudySpec
+    from federation.wire.spec import StudySpec
 
 DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "visit")
 DEMOGRAPHICS = ("gender", "race", "ethnicity")  # person.<kind>_concept_id, categorical

@@ -1,9 +1,10 @@
 """The wire contract between the aggregator and the site nodes, in one place.
 
-``federation.server`` and ``federation.client`` share this module (with ``evaluation`` for the
-evaluation release's layout) and nothing else. It says which messages a site answers, which
-records and settings each may carry (anything else is refused: default deny), and which records
-and keys each reply may carry (the site's disclosure guard checks every reply against it).
+``federation.server`` and ``federation.client`` share this module and the rest of
+``federation.wire`` (the spec, the queries, the evaluation release's layout) and nothing else.
+It says which messages a site answers, which records and settings each may carry (anything else
+is refused: default deny), and which records and keys each reply may carry (the site's
+disclosure guard checks every reply against it).
 """
 
 from urllib.parse import quote, unquote
@@ -12,9 +13,9 @@ from urllib.parse import quote, unquote
 CENSUS = "query.census"  # before setup: each site's public training-record count, nothing else
 SETUP = "query.setup"
 SCALING = "query.scaling"  # after setup: the sums of the columns whose bounds were estimated
-ANALYZE = "query.analyze"  # a descriptive analysis (federation.queries), answered under DP
+ANALYZE = "query.analyze"  # a descriptive analysis (federation.wire.queries), answered under DP
 TRAIN = "train"
-EVALUATE = "evaluate"  # release 1 of an evaluation: histograms (federation.evaluation)
+EVALUATE = "evaluate"  # release 1 of an evaluation: histograms (federation.wire.evaluation)
 EVALUATE_RANKS = "evaluate.ranks"  # release 2: rank sums against the aggregator's CDFs
 KINDS = {
     CENSUS: "census",
@@ -55,7 +56,7 @@ PROXIMAL_MU = "proximal-mu"
 RUN_KEY = "run-key"
 RESUME_AFTER = "resume-after"
 # Setup: the smallest site's training-record count from the census, which the planner sizes the
-# training settings the spec leaves out for (``federation.spec.TrainingSection.planned``).
+# training settings the spec leaves out for (``federation.wire.spec.TrainingSection.planned``).
 SMALLEST_N_TRAIN = "smallest-n-train"
 # Scaling: the bounds estimated from the sites' bounds histograms, "bounds.<column>" = [low, high].
 BOUNDS = "bounds"
