@@ -92,33 +92,18 @@ def epsilon_trajectory(
     accountant: str,
 ) -> tuple[float, ...]:
     """The epsilon after each of ``rounds`` rounds of ``per_round``, composed after ``prior``:
-    ``compute_epsilon`` of ``[*prior, r x per_round]`` for r = 1 .. rounds, the last of them
-    bit for bit. Under PRV every round is read on the last round's domain and discretization
-    (Opacus sizes both for the longest composition: a mesh at least as fine and a range at least
-    as wide as each round's own, so each value is still an upper bound within the accountant's
-    error of the round's own) and the PRVs are discretized once, not once per round."""
+    exactly ``compute_epsilon`` of ``[*prior, r x per_round]`` for r = 1 .. rounds, the value a
+    site's ledger recomputes for what it recorded. (Reading every round on the last round's PRV
+    domain would discretize once, but moves the early rounds' values by up to 1e-5: no longer
+    the ledger's.) Cheap because the RDP vectors behind PRV's domains are shared
+    (``_rdp_of_step``), and the values stay in ``compute_epsilon``'s cache for the ledger."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
-    return _trajectory(tuple(prior), per_round, rounds, delta, accountant)
-
-
-@lru_cache(maxsize=1024)
-def _trajectory(
-    prior: tuple[GaussianRelease, ...],
-    per_round: GaussianRelease,
-    rounds: int,
-    delta: float,
-    accountant: str,
-) -> tuple[float, ...]:
     s, q, t = per_round.as_tuple()
-    plans = [merged([*prior, GaussianRelease(s, q, r * t)]) for r in range(1, rounds + 1)]
-    if accountant != "prv":
-        return tuple(_epsilon(plan, delta, accountant) for plan in plans)
-    histories = [[release.as_tuple() for release in plan] for plan in plans]
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        epsilons = _prv_epsilons(histories, delta)
-    return tuple(math.inf if math.isnan(e) else e for e in epsilons)
+    return tuple(
+        compute_epsilon([*prior, GaussianRelease(s, q, r * t)], delta, accountant)
+        for r in range(1, rounds + 1)
+    )
 
 
 def merged(releases: Iterable[GaussianRelease]) -> tuple[GaussianRelease, ...]:
@@ -242,18 +227,10 @@ def _prv_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> f
     """``PRVAccountant.get_epsilon`` of ``history`` (its upper bound) at Opacus's default errors:
     Opacus's own PRVs, domain, discretization and composition; only the RDP bounds that size
     the domain (most of the time) come from ``_rdp_of_step``."""
-    return _prv_epsilons([history], delta)[0]
-
-
-def _prv_epsilons(
-    histories: Sequence[Sequence[tuple[float, float, int]]], delta: float
-) -> list[float]:
-    """PRV's upper bound of each history, all of the same mechanisms in the same order with
-    no more steps than the last, on the domain Opacus chooses for the last."""
     eps_error, delta_error = _PRV_EPS_ERROR, delta / 1000
-    last = histories[-1]
-    size = _prv_domain_size(last, eps_error, delta_error)
-    mesh = eps_error / np.sqrt(sum(steps for _, _, steps in last) * np.log(12 / delta_error) / 2)
+    counts = [steps for _, _, steps in history]
+    size = _prv_domain_size(history, eps_error, delta_error)
+    mesh = eps_error / np.sqrt(sum(counts) * np.log(12 / delta_error) / 2)
     domain = Domain.create_aligned(-size, size, mesh)
     dprvs = [
         discretize(
@@ -262,17 +239,11 @@ def _prv_epsilons(
             ),
             domain,
         )
-        for noise, rate, _ in last
+        for noise, rate, _ in history
     ]
-    epsilons = []
-    for history in histories:
-        if [h[:2] for h in history] != [h[:2] for h in last]:
-            raise ValueError("a trajectory's histories must release the same mechanisms")
-        counts = [steps for _, _, steps in history]
-        composed = compose_heterogeneous(dprvs=list(dprvs), num_self_compositions=counts)
-        _, _, upper = composed.compute_epsilon(delta, delta_error, eps_error)
-        epsilons.append(float(upper))
-    return epsilons
+    composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=counts)
+    _, _, upper = composed.compute_epsilon(delta, delta_error, eps_error)
+    return float(upper)
 
 
 def _prv_domain_size(
