@@ -4,10 +4,17 @@ N synthetic sites of about 1,000 records each (the synthetic cardiometabolic coh
 epsilon 3 with the study's defaults) run R rounds through ``federation.simulation.simulate``,
 exactly as ``allfed simulate`` runs them. Peak memory is the largest sum, over the sampled
 moments, of the resident memory of this process and every process it started (Ray's GCS, raylet
-and worker actors included), read from /proc every 0.2 s; proportional set size (PSS: shared
-pages split between the processes that map them) is reported beside it.
+and worker actors included), read from /proc every 0.5 s; proportional set size (PSS: shared
+pages split between the processes that map them) is read every 5 s beside it (reading a large
+process's PSS walks its page tables: sampled as often as RSS it took a core of its own). CPU
+seconds are the tree's user and system time, each process's last reading: on a shared machine
+they, not the wall time, say what the run itself costs.
 
-    python benchmarks/scale.py --sites 50 --rounds 5 --json scale.json
+Several ``--sites`` run one after another (each a fresh federation, Ray started anew), and a
+least-squares line of seconds (and CPU seconds) against sites x rounds is fitted over them: its
+slope is the cost of a site-round, its intercept the run's fixed cost.
+
+    python benchmarks/scale.py --sites 10 20 50 --rounds 5 --json scale.json
 """
 
 from __future__ import annotations
@@ -20,11 +27,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from federation.simulation import simulate
 from federation.synth import write_cohort
 from federation.wire.spec import load_spec
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def descendants(root: int) -> list[int]:
@@ -47,32 +57,60 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def memory_mb(pids: list[int]) -> tuple[float, float]:
-    """Summed RSS and PSS (MB) of ``pids``; processes that exited meanwhile count zero."""
-    rss = pss = 0
+def rss_mb(pids: list[int]) -> float:
+    """Summed RSS (MB) of ``pids``; processes that exited meanwhile count zero."""
+    total = 0
     for pid in pids:
         try:
-            rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 2**20
+
+
+def pss_mb(pids: list[int]) -> float:
+    """Summed PSS (MB) of ``pids``."""
+    total = 0
+    for pid in pids:
+        try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    pss += int(line.split()[1]) * 1024
+                    total += int(line.split()[1]) * 1024
                     break
         except (OSError, ValueError, IndexError):
             continue
-    return rss / 2**20, pss / 2**20
+    return total / 2**20
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of ``pid`` so far; None once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 class PeakMemory:
-    """Samples this process tree's memory in a thread; ``peak_rss_mb`` and ``peak_pss_mb``."""
+    """Samples this process tree in a thread: ``peak_rss_mb``, ``peak_pss_mb`` and the tree's
+    ``cpu_seconds`` (each process's last reading, the sampler's own thread included)."""
 
-    def __init__(self, interval: float = 0.2) -> None:
-        self.interval = interval
+    def __init__(self, interval: float = 0.5, pss_every: int = 10) -> None:
+        self.interval, self.pss_every = interval, pss_every
         self.peak_rss_mb = self.peak_pss_mb = 0.0
         self.peak_processes = 0
+        self._cpu: dict[int, float] = {}
+        self._pids: list[int] = []
+        self._samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu.values())
+
     def __enter__(self) -> PeakMemory:
+        self._start_cpu = cpu_seconds(os.getpid()) or 0.0
         self._thread.start()
         return self
 
@@ -80,17 +118,43 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self._sample()
+        self._cpu[os.getpid()] -= self._start_cpu
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
 
     def _sample(self) -> None:
-        pids = descendants(os.getpid())
-        rss, pss = memory_mb(pids)
-        self.peak_rss_mb = max(self.peak_rss_mb, rss)
-        self.peak_pss_mb = max(self.peak_pss_mb, pss)
-        self.peak_processes = max(self.peak_processes, len(pids))
+        if self._samples % 4 == 0 or not self._pids:  # new processes: every 2 s
+            self._pids = descendants(os.getpid())
+        self._pids = [pid for pid in self._pids if self._read_cpu(pid)]
+        self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(self._pids))
+        if self._samples % self.pss_every == 0:
+            self.peak_pss_mb = max(self.peak_pss_mb, pss_mb(self._pids))
+        self.peak_processes = max(self.peak_processes, len(self._pids))
+        self._samples += 1
+
+    def _read_cpu(self, pid: int) -> bool:
+        seconds = cpu_seconds(pid)
+        if seconds is None:
+            return False
+        self._cpu[pid] = max(self._cpu.get(pid, 0.0), seconds)
+        return True
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
+    """Least-squares ``y = intercept + slope * x`` with R^2; None under two distinct xs."""
+    if len(set(xs)) < 2:
+        return None
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = float(np.sum((y - (intercept + slope * x)) ** 2))
+    total = float(np.sum((y - y.mean()) ** 2))
+    return {
+        "intercept_s": round(float(intercept), 2),
+        "slope_s_per_site_round": round(float(slope), 4),
+        "r2": round(1 - residual / total, 4) if total > 0 else 1.0,
+    }
 
 
 def run_scale(sites: int, rounds: int, records: int, work: Path) -> dict:
@@ -119,9 +183,11 @@ def run_scale(sites: int, rounds: int, records: int, work: Path) -> dict:
         "sites": sites,
         "rounds": rounds,
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(memory.cpu_seconds, 2),
         "peak_rss_mb": round(memory.peak_rss_mb, 1),
         "detail": {
             "seconds_per_site_round": round(seconds / (sites * rounds), 4),
+            "cpu_seconds_per_site_round": round(memory.cpu_seconds / (sites * rounds), 4),
             "round_seconds": round_seconds,
             "outside_rounds_seconds": round(seconds - sum(round_seconds), 2),
             "peak_pss_mb": round(memory.peak_pss_mb, 1),
@@ -135,22 +201,47 @@ def run_scale(sites: int, rounds: int, records: int, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sites", type=int, default=50)
+    parser.add_argument("--sites", type=int, nargs="+", default=[50])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--records", type=int, default=1000, help="records per site (±20%%)")
-    parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("--json", type=Path, help="write the results and the fit here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="allfed-scale-") as work:
-        result = run_scale(args.sites, args.rounds, args.records, Path(work))
-    detail = result["detail"]
-    print(f"{'sites':>6} {'rounds':>6} {'seconds':>8} {'s/site-round':>12} {'peak RSS MB':>11}")
+    results = []
     print(
-        f"{result['sites']:>6} {result['rounds']:>6} {result['seconds']:>8.1f} "
-        f"{detail['seconds_per_site_round']:>12.3f} {result['peak_rss_mb']:>11.0f}"
+        f"{'sites':>6} {'rounds':>6} {'seconds':>8} {'CPU s':>8} {'s/site-round':>12} "
+        f"{'CPU s/site-round':>16} {'peak RSS MB':>11} {'peak PSS MB':>11}"
     )
-    print(f"outside rounds {detail['outside_rounds_seconds']} s; rounds {detail['round_seconds']}")
+    for sites in args.sites:
+        with tempfile.TemporaryDirectory(prefix="allfed-scale-") as work:
+            result = run_scale(sites, args.rounds, args.records, Path(work))
+        results.append(result)
+        detail = result["detail"]
+        print(
+            f"{result['sites']:>6} {result['rounds']:>6} {result['seconds']:>8.1f} "
+            f"{result['cpu_seconds']:>8.1f} {detail['seconds_per_site_round']:>12.3f} "
+            f"{detail['cpu_seconds_per_site_round']:>16.3f} {result['peak_rss_mb']:>11.0f} "
+            f"{detail['peak_pss_mb']:>11.0f}",
+            flush=True,
+        )
+        print(
+            f"       outside rounds {detail['outside_rounds_seconds']} s; "
+            f"rounds {detail['round_seconds']}",
+            flush=True,
+        )
+    units = [r["sites"] * r["rounds"] for r in results]
+    fit = {
+        "seconds": linear_fit(units, [r["seconds"] for r in results]),
+        "cpu_seconds": linear_fit(units, [r["cpu_seconds"] for r in results]),
+    }
+    for name, line in fit.items():
+        if line:
+            print(
+                f"fit of {name} against sites x rounds: {line['intercept_s']} s + "
+                f"{line['slope_s_per_site_round']} s per site-round (R^2 {line['r2']})"
+            )
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps({"runs": results, "fit": fit}, indent=2) + "\n"
+        args.json.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

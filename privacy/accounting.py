@@ -18,11 +18,22 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
-from opacus.accountants import create_accountant
+from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.accountant import IAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.analysis.prv import (
+    Domain,
+    PoissonSubsampledGaussianPRV,
+    TruncatedPrivacyRandomVariable,
+    compose_heterogeneous,
+    discretize,
+)
+from scipy import special
 
 ACCOUNTANTS = ("prv", "rdp")
 _MAX_NOISE = 1e4
+_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)  # Opacus's RDP orders, for both accountants
+_PRV_EPS_ERROR = 0.01  # Opacus's PRV defaults: epsilon error, and delta error = delta / 1000
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,28 @@ def compute_epsilon(releases: Sequence[GaussianRelease], delta: float, accountan
     return _epsilon(merged(releases), delta, accountant)
 
 
+def epsilon_trajectory(
+    prior: Sequence[GaussianRelease],
+    per_round: GaussianRelease,
+    rounds: int,
+    delta: float,
+    accountant: str,
+) -> tuple[float, ...]:
+    """The epsilon after each of ``rounds`` rounds of ``per_round``, composed after ``prior``:
+    exactly ``compute_epsilon`` of ``[*prior, r x per_round]`` for r = 1 .. rounds, the value a
+    site's ledger recomputes for what it recorded. (Reading every round on the last round's PRV
+    domain would discretize once, but moves the early rounds' values by up to 1e-5: no longer
+    the ledger's.) Cheap because the RDP vectors behind PRV's domains are shared
+    (``_rdp_of_step``), and the values stay in ``compute_epsilon``'s cache for the ledger."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    s, q, t = per_round.as_tuple()
+    return tuple(
+        compute_epsilon([*prior, GaussianRelease(s, q, r * t)], delta, accountant)
+        for r in range(1, rounds + 1)
+    )
+
+
 def merged(releases: Iterable[GaussianRelease]) -> tuple[GaussianRelease, ...]:
     """The same composition with one entry per mechanism, in a fixed order: T1 then T2 steps of
     one subsampled Gaussian are T1 + T2 steps of it, and composition is commutative. A ledger
@@ -87,17 +120,142 @@ def merged(releases: Iterable[GaussianRelease]) -> tuple[GaussianRelease, ...]:
 
 @lru_cache(maxsize=4096)
 def _epsilon(releases: tuple[GaussianRelease, ...], delta: float, accountant: str) -> float:
-    """``compute_epsilon``'s work, remembered per process: PRV takes a tenth of a second or more,
-    the noise calibration's search asks again for points it has seen, and the sites that share
-    a simulation's worker processes share plans (a sampling rate is one over a whole number of
-    batches). Only public quantities go in; the value is the accountant's, bit for bit."""
+    """``compute_epsilon``'s work, remembered per process: the noise calibration's search asks
+    again for points it has seen, and the sites that share a simulation's worker processes
+    share plans (a sampling rate is one over a whole number of batches). Only public quantities
+    go in; the value is Opacus's, bit for bit (``tests/test_accounting.py`` compares)."""
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(
+            f"unknown accountant {accountant!r}; expected one of {', '.join(ACCOUNTANTS)}"
+        )
+    history = tuple(release.as_tuple() for release in releases)
     # PRV of an unsampled release takes log(1 - 1); PRV sizes its domain with an RDP bound that
     # warns when its best order is the largest one; at tiny noise its exponentials overflow.
     # None of it affects a finite (upper-bound) epsilon, and a NaN one is no guarantee at all.
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        epsilon = float(make_accountant(accountant, releases).get_epsilon(delta=delta))
+        if accountant == "rdp":
+            epsilon = _rdp_epsilon(history, delta)
+        else:
+            epsilon = _prv_epsilon(history, delta)
     return math.inf if math.isnan(epsilon) else epsilon
+
+
+@lru_cache(maxsize=1024)
+def _rdp_of_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """The RDP of one subsampled Gaussian step at each of Opacus's orders: Opacus multiplies
+    this by the steps, so one vector serves a release of any length (and PRV's domain sizing,
+    which asks for it again at every call). Read-only: it is shared.
+
+    The fractional orders (90 of the 151) are Opacus's series summed for all orders at once
+    (``_log_a_fractional``); the integer orders and unsampled releases are Opacus's own."""
+    orders = np.asarray(_ORDERS, dtype=float)
+    if sample_rate == 1.0:
+        rdp = rdp_analysis.compute_rdp(
+            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=_ORDERS
+        )
+    else:
+        fractional = orders != np.floor(orders)
+        rdp = np.empty_like(orders)
+        rdp[~fractional] = [
+            rdp_analysis._compute_rdp(sample_rate, noise_multiplier, order)
+            for order in orders[~fractional]
+        ]
+        alphas = orders[fractional]
+        rdp[fractional] = _log_a_fractional(sample_rate, noise_multiplier, alphas) / (alphas - 1)
+    rdp.flags.writeable = False
+    return rdp
+
+
+def _log_a_fractional(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
+    """Opacus's ``_compute_log_a_for_frac_alpha`` (Mironov et al. 2019, section 3.3) at each
+    order of ``alphas``: the same two series with the same terms, up to where Opacus's loop
+    stops (both terms below e^-30), each summed at once instead of term by term (a thousand
+    terms at the smallest orders and moderate noise)."""
+    z0 = sigma**2 * math.log(1 / q - 1) + 0.5
+    log_a = np.empty(alphas.shape)
+    with np.errstate(all="ignore"):
+        for k, alpha in enumerate(alphas):
+            terms = 64
+            while True:
+                i = np.arange(terms, dtype=float)
+                coef = special.binom(alpha, i)
+                log_coef = np.log(np.abs(coef))
+                j = alpha - i
+                log_s0 = (
+                    log_coef + i * math.log(q) + j * math.log(1 - q) + (i * i - i) / (2 * sigma**2)
+                ) + (math.log(0.5) + _log_erfc((i - z0) / (math.sqrt(2) * sigma)))
+                log_s1 = (
+                    log_coef + j * math.log(q) + i * math.log(1 - q) + (j * j - j) / (2 * sigma**2)
+                ) + (math.log(0.5) + _log_erfc((z0 - j) / (math.sqrt(2) * sigma)))
+                done = np.maximum(log_s0, log_s1) < -30
+                if done.any():
+                    last = int(np.argmax(done)) + 1  # Opacus adds the first small term too
+                    break
+                terms *= 4
+            positive = coef[:last] > 0
+            log_a[k] = np.logaddexp(
+                _signed_log_sum(log_s0[:last], positive), _signed_log_sum(log_s1[:last], positive)
+            )
+    return log_a
+
+
+def _log_erfc(x: np.ndarray) -> np.ndarray:
+    return math.log(2) + special.log_ndtr(-x * 2**0.5)
+
+
+def _signed_log_sum(log_terms: np.ndarray, positive: np.ndarray) -> float:
+    """log(sum of +-e^t), the signs ``positive``; as Opacus, a negative sum is an error."""
+    top = float(np.max(log_terms))
+    if top == -math.inf:
+        return -math.inf
+    total = float(np.sum(np.where(positive, 1.0, -1.0) * np.exp(log_terms - top)))
+    if total < 0:
+        raise ValueError("The result of subtraction must be non-negative.")
+    return top + math.log(total) if total > 0 else -math.inf
+
+
+def _rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """``RDPAccountant.get_epsilon`` of ``history``, the same arithmetic in the same order,
+    with each step's RDP vector computed once."""
+    rdp = sum([_rdp_of_step(noise, rate) * steps for noise, rate, steps in history])
+    epsilon, _order = rdp_analysis.get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)
+    return float(epsilon)
+
+
+def _prv_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """``PRVAccountant.get_epsilon`` of ``history`` (its upper bound) at Opacus's default errors:
+    Opacus's own PRVs, domain, discretization and composition; only the RDP bounds that size
+    the domain (most of the time) come from ``_rdp_of_step``."""
+    eps_error, delta_error = _PRV_EPS_ERROR, delta / 1000
+    counts = [steps for _, _, steps in history]
+    size = _prv_domain_size(history, eps_error, delta_error)
+    mesh = eps_error / np.sqrt(sum(counts) * np.log(12 / delta_error) / 2)
+    domain = Domain.create_aligned(-size, size, mesh)
+    dprvs = [
+        discretize(
+            TruncatedPrivacyRandomVariable(
+                PoissonSubsampledGaussianPRV(rate, noise), domain.t_min, domain.t_max
+            ),
+            domain,
+        )
+        for noise, rate, _ in history
+    ]
+    composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=counts)
+    _, _, upper = composed.compute_epsilon(delta, delta_error, eps_error)
+    return float(upper)
+
+
+def _prv_domain_size(
+    history: Sequence[tuple[float, float, int]], eps_error: float, delta_error: float
+) -> float:
+    """``opacus.accountants.analysis.prv.compute_safe_domain_size`` (Gopi et al., remark 5.6),
+    line for line."""
+    total = sum(steps for _, _, steps in history)
+    size = _rdp_epsilon(history, delta_error / 4)
+    for noise, rate, _ in history:
+        size = max(size, _rdp_epsilon([(noise, rate, 1)], delta_error / (8 * total)))
+    return max(size, eps_error) + 3
 
 
 def calibrate_noise(
@@ -114,7 +272,24 @@ def calibrate_noise(
 
     The whole run's steps must be passed at once: calibrating per round and reporting the
     last round's epsilon is how benchmarks end up under-counting their privacy loss.
+    Remembered per process, keyed by every argument: sites of one size share their plan.
     """
+    return _calibrated(
+        target_epsilon, delta, sample_rate, steps, accountant, tuple(prior), tolerance
+    )
+
+
+@lru_cache(maxsize=1024)
+def _calibrated(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    prior: tuple[GaussianRelease, ...],
+    tolerance: float,
+) -> float:
+    """``calibrate_noise``'s search (a bisection on the accountant's epsilon)."""
     if compute_epsilon(prior, delta, accountant) >= target_epsilon:
         raise ValueError("earlier releases already spend the whole target epsilon")
 

@@ -31,7 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from privacy.accounting import GaussianRelease, calibrate_noise, compute_epsilon
+from privacy.accounting import GaussianRelease, calibrate_noise, epsilon_trajectory
 from privacy.limits import delta_too_weak
 
 MAX_STEPS_PER_ROUND = 10
@@ -139,11 +139,8 @@ def plan_site(
     steps_per_round = epochs * batches
     steps = rounds * steps_per_round
     noise = calibrate_noise(target_epsilon, delta, sample_rate, steps, accountant, prior)
-    trajectory = tuple(
-        compute_epsilon(
-            [*prior, GaussianRelease(noise, sample_rate, r * steps_per_round)], delta, accountant
-        )
-        for r in range(1, rounds + 1)
+    trajectory = epsilon_trajectory(
+        prior, GaussianRelease(noise, sample_rate, steps_per_round), rounds, delta, accountant
     )
     return SitePlan(n_train, batch_size, sample_rate, steps_per_round, steps, noise, trajectory)
 

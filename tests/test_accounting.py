@@ -1,6 +1,10 @@
 """The site's epsilon against Google's dp-accounting as an independent oracle."""
 
+import time
+import warnings
+
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting import pld, rdp
 
@@ -9,7 +13,10 @@ from privacy.accounting import (
     calibrate_noise,
     compute_epsilon,
     dumps_releases,
+    epsilon_trajectory,
     loads_releases,
+    make_accountant,
+    merged,
 )
 
 DELTA = 1e-5
@@ -53,6 +60,56 @@ def test_epsilon_matches_independent_accountant(releases, accountant):
     # Within 2%, and never meaningfully below the oracle (a guarantee must not under-report).
     assert ours == pytest.approx(theirs, rel=0.02)
     assert ours >= theirs * 0.995
+
+
+def opacus_epsilon(releases, delta, accountant):
+    """Opacus's own accountant, as ``opacus.accountants`` computes it."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return float(make_accountant(accountant, merged(releases)).get_epsilon(delta=delta))
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize("releases", PLANS, ids=range(len(PLANS)))
+def test_epsilon_is_opacus_own(releases, accountant):
+    # The cached RDP vectors (the fractional orders summed at once) and the PRV built from
+    # Opacus's parts give Opacus's value: PRV's bit for bit, RDP's to rounding.
+    ours = compute_epsilon(releases, DELTA, accountant)
+    assert ours == pytest.approx(opacus_epsilon(releases, DELTA, accountant), rel=1e-10, abs=0)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_trajectory_is_each_round_epsilon_and_ends_at_the_plan(accountant):
+    prior = [GaussianRelease(5.4, 1.0, 1)]
+    rounds = 6
+    trajectory = epsilon_trajectory(
+        prior, GaussianRelease(1.84375, 0.1, 10), rounds, DELTA, accountant
+    )
+    assert len(trajectory) == rounds
+    assert list(trajectory) == sorted(trajectory) and trajectory[0] < trajectory[-1]
+    for r, epsilon in enumerate(trajectory, start=1):
+        releases = [*prior, GaussianRelease(1.84375, 0.1, r * 10)]
+        # The ledger's value for what it recorded, and Opacus's own (to RDP's rounding).
+        assert epsilon == compute_epsilon(releases, DELTA, accountant)
+        assert epsilon == pytest.approx(opacus_epsilon(releases, DELTA, accountant), rel=1e-10)
+        if r in (1, rounds):  # an upper bound of an independent accountant's
+            assert epsilon >= oracle_epsilon(releases, DELTA, accountant) * 0.995
+
+
+def test_trajectory_of_a_release_the_prior_repeats():
+    # The prior and the rounds release the same mechanism: one merged entry per round.
+    release = GaussianRelease(2.0, 0.2, 5)
+    trajectory = epsilon_trajectory([release], release, 3, DELTA, "prv")
+    assert trajectory[-1] == compute_epsilon([GaussianRelease(2.0, 0.2, 20)], DELTA, "prv")
+    assert list(trajectory) == sorted(trajectory)
+
+
+def test_same_plan_is_planned_once():
+    prior = [GaussianRelease(12.0, 1.0, 1)]
+    first = calibrate_noise(2.0, DELTA, 1 / 7, 70, "prv", prior)
+    started = time.process_time()
+    again = calibrate_noise(2.0, DELTA, 1 / 7, 70, "prv", tuple(prior))
+    assert again == first and time.process_time() - started < 0.01
 
 
 @pytest.mark.parametrize("accountant", ["prv", "rdp"])
