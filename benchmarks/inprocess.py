@@ -19,7 +19,8 @@ from scoring import score
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from federation.client.data import SiteTable, load_site_table
+from federation.client.data import SiteTable, load_site_table, read_table
+from federation.client.partition import fresh_partition
 from federation.client.features import encode, resolve_scaling, scaling_sums
 from federation.client.training import (
     DPPlan,
@@ -70,7 +71,12 @@ class Federation:
 
 
 def load_tables(spec: StudySpec, paths: dict[str, Path]) -> dict[str, SiteTable]:
-    return {name: load_site_table(path, spec) for name, path in paths.items()}
+    """Each site's checked table under a fresh partition of its own (the spec's split column
+    where it names one, as the node's would)."""
+    return {
+        name: load_site_table(path, spec, fresh_partition(spec, list(read_table(path).columns)))
+        for name, path in paths.items()
+    }
 
 
 def standardization_noise(spec: StudySpec) -> float:
