@@ -20,8 +20,8 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from federation.client.data import SiteTable, load_site_table, read_table
-from federation.client.partition import fresh_partition
 from federation.client.features import encode, resolve_scaling, scaling_sums
+from federation.client.partition import fresh_partition
 from federation.client.training import (
     DPPlan,
     LocalSettings,
