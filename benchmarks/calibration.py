@@ -112,10 +112,10 @@ def variant(gradient=flat_clipped_gradient_sum, clip=None, noise=True):
     """``train_dp``'s loop with another gradient rule, clip norm or no noise (never private
     when the clip is off: the noise is then for the norm ``clip`` names, not a bound)."""
 
-    def trainer(model: nn.Module, x, y, settings: LocalSettings, plan, accountant, history):
+    def trainer(model: nn.Module, x, y, settings: LocalSettings, plan) -> None:
         if plan is None:
             train_plain(model, x, y, settings)
-            return None
+            return
         features, labels = torch.from_numpy(x), torch.from_numpy(y)
         rng = torch.Generator().manual_seed(secrets.randbits(63))
         scaled = replace(settings, max_grad_norm=clip or settings.max_grad_norm)
@@ -126,7 +126,6 @@ def variant(gradient=flat_clipped_gradient_sum, clip=None, noise=True):
             optimizer.zero_grad(set_to_none=True)
             gradient(model, features[batch], labels[batch], scaled.max_grad_norm)
             optimizer.step()
-        return None
 
     return trainer
 

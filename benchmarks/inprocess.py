@@ -124,13 +124,13 @@ def federate(
 Trainer = Callable[..., None]
 
 
-def node_trainer(model, x, y, settings, plan, accountant, history):
-    """The node's own training: ``train_dp`` under DP (returns the accountant's history), else
+def node_trainer(model, x, y, settings, plan) -> None:
+    """The node's own training: ``train_dp`` under DP (its plan covers the whole run), else
     ``train_plain``."""
     if plan is None:
         train_plain(model, x, y, settings)
-        return None
-    return train_dp(model, x, y, settings, plan, accountant, history)
+    else:
+        train_dp(model, x, y, settings, plan)
 
 
 @dataclass(frozen=True)
@@ -173,23 +173,17 @@ def fedavg(
     planned: bool = False,
 ) -> nn.Module:
     """FedAvg (weighted by training records) with the spec's settings, or the planner's."""
-    spec = spec or federation.wire.spec
+    spec = spec or federation.spec
     rounds, runs = (planned_runs if planned else spec_runs)(federation, spec)
     n_features = federation.sites[0].x_train.shape[1]
     model = initial_model(spec, n_features)
-    histories = {site.name: list(federation.prior) for site in federation.sites}
     for _ in range(rounds):
         states, weights = [], []
         for site in federation.sites:
             local = build_model(spec.model.name, n_features, spec.model.hidden)
             local.load_state_dict(model.state_dict())
             run = runs[site.name]
-            history = trainer(
-                local, site.x_train, site.y_train, run.settings, run.plan,
-                spec.privacy.accountant, histories[site.name],
-            )  # fmt: skip
-            if history is not None:
-                histories[site.name] = history
+            trainer(local, site.x_train, site.y_train, run.settings, run.plan)
             states.append(local.state_dict())
             weights.append(len(site.y_train))
         total = float(sum(weights))

@@ -93,6 +93,7 @@ def test_a_site_requiring_dp_refuses_a_run_without_it_and_every_later_message(
     context = context_for(
         plain, data, tmp_path, mode, write_policy(tmp_path, "require-dp = true\n")
     )
+    assert_declined(census(context), check="dp-required")  # not even the public count
     assert_declined(setup(context), check="dp-required")
     assert_declined(train(context, plain), check="dp-required")
     assert_declined(evaluate(context, plain), check="dp-required")

@@ -112,11 +112,13 @@ def unit_moments(
         math.sqrt(sd_squares**2 + (second * sd_count) ** 2 + (2 * mean * sd_sum) ** 2) / count
     )
     if variance <= _Z * variance_se:
-        variance = min(max(variance, _Z * variance_se), widest)
+        # The noisy value, floored at its noise SE: flooring at the detection threshold
+        # overstated every scale of Fed-Heart-Disease by 1.2-2x and cost AUROC at epsilon 1.
+        variance = min(max(variance, variance_se), widest)
         problems.append(
             f"the noise swamps the spread (variance {second - mean**2:.4f}, noise SE "
             f"{variance_se:.4f}, on the bounds' unit range); scaled with SD "
-            f"{math.sqrt(variance):.3f} of the range, an upper estimate"
+            f"{math.sqrt(variance):.3f} of the range (the noisy variance, at least its SE)"
         )
     elif variance > widest + _Z * variance_se:
         problems.append(
