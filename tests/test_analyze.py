@@ -144,7 +144,7 @@ def test_requests_the_spec_cannot_answer_are_named(cohort):
             r"^crosstab needs two columns: ROW COLUMN \(or ROW with --by COLUMN\); one column's "
             "levels alone are in table1$",
         ),
-        (AnalysisRequest("count", -1.0, 1e-6), "--epsilon"),
+        (AnalysisRequest("count", -1.0, 1e-6), "--target-epsilon"),
         (AnalysisRequest("count", 1.0, 1e-6, by="outcome"), "not by the label"),
         (AnalysisRequest("mean", 1.0, 1e-6, columns=("age", "age")), "named twice"),
         (AnalysisRequest("count", 1.0, 1e-6, columns=("age",)), "takes no columns"),
