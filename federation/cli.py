@@ -406,7 +406,7 @@ def main() -> None:
     """Console entry point: user mistakes become one line and exit code 2."""
     try:
         # Without standalone mode, click returns the code of a typer.Exit instead of raising.
-        code = app(standalone_mode=False)
+        code = app(prog_name="allfed", standalone_mode=False)
     except AllfedError as error:
         err_console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)

@@ -265,7 +265,7 @@ class _Reader:
         """A column name: a non-empty string (an empty one would name no column, and an empty
         ``consent`` would silently use every record)."""
         value = self.get(key, str, default)
-        if value is not None and not value.strip():
+        if value == "":
             raise self.fail(key, "expected a column name, got an empty string")
         return value
 
@@ -370,7 +370,7 @@ def _levels_table(r: _Reader, key: str) -> dict[str, tuple[str, ...]]:
             or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in levels)
         ):
             raise r.fail(f"{key}.{column}", "expected a non-empty list of allowed levels")
-        if any(isinstance(v, str) and not v.strip() for v in levels):
+        if "" in levels:
             raise r.fail(
                 f"{key}.{column}", "lists an empty level (an empty cell is a missing value)"
             )
