@@ -127,8 +127,10 @@ def demo(
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Folder for the site files and study.toml.")],
-    sites: Annotated[int, typer.Option(min=1, help="Number of sites.")] = 3,
-    records: Annotated[int, typer.Option(min=1, help="Records per site (about).")] = 1000,
+    sites: Annotated[int, typer.Option(min=1, max=100, help="Number of sites.")] = 3,
+    records: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="Records per site (about).")
+    ] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     file_format: Annotated[
         str, typer.Option("--format", help="csv or parquet.", case_sensitive=False)
@@ -213,6 +215,8 @@ def simulate(
     sites = parse_site_files(site)
     if not resume:
         writable_run_directory(out, force)
+    if ledger_dir is not None:
+        writable_directory(ledger_dir, "--ledger-dir", "the sites' ledgers")
     governance = {"policies": parse_sites(policy or [], "--policy"), "ledger_dir": ledger_dir}
     _run_and_report(spec, sites, out, verbose, as_json, resume=resume, **governance)
 
@@ -248,14 +252,18 @@ def site_check(
     from federation.client.site import site_policy
     from federation.omop import is_source
     from federation.wire.spec import load_spec
-    from privacy.ledger import Ledger
+    from privacy.ledger import Ledger, LedgerError
     from privacy.limits import delta_too_weak
 
     spec = load_spec(study)
     rules = site_policy(policy)
-    pinned = Ledger(ledger).partition_definition() if ledger and ledger.exists() else None
+    try:
+        book = Ledger(ledger) if ledger and ledger.exists() else None
+    except LedgerError as error:
+        raise AllfedError(f"--ledger {error}") from None
+    pinned = book.partition_definition() if book else None
     if pinned is not None:
-        partition, where = Partition(pinned, Ledger(ledger).partition_secret()), "the node's"
+        partition, where = Partition(pinned, book.partition_secret()), "the node's"
     else:
         columns = identity_columns(path, spec.features.na_values)
         partition, where = fresh_partition(spec, columns, rules), "a preview of the"
@@ -410,14 +418,22 @@ def main() -> None:
     """Console entry point: user mistakes become one line and exit code 2."""
     try:
         # Without standalone mode, click returns the code of a typer.Exit instead of raising.
-        code = app(standalone_mode=False)
+        code = app(prog_name="allfed", standalone_mode=False)
     except AllfedError as error:
         err_console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
-    except click.ClickException as error:  # usage errors: click's own one-line message
+    except click.UsageError as error:  # one line too, with where to read the usage
+        command = error.ctx.command_path if error.ctx else "allfed"
+        err_console.print(
+            f"[red]error:[/] {escape(error.format_message())} (see {command} --help)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -35,7 +35,6 @@ err_console = Console(stderr=True)
 def analyze(
     kind: Annotated[str, typer.Argument(show_default=False)],
     study: Annotated[Path, typer.Option(help="The study spec (TOML): levels, bounds.")],
-    epsilon: Annotated[float, typer.Option(help="Epsilon each site spends on this.")],
     out: Annotated[Path, typer.Option(help="Folder for analysis.json and the table.")],
     columns: Annotated[
         list[str] | None, typer.Argument(help="The columns the kind takes.", show_default=False)
@@ -68,6 +67,10 @@ def analyze(
     expected_sites: Annotated[
         int, typer.Option(min=0, help="Deployment: sites to wait for (0: the study's min-sites).")
     ] = 0,
+    target_epsilon: Annotated[
+        float | None, typer.Option(help="Epsilon each site spends on this (its noise's budget).")
+    ] = None,
+    epsilon: Annotated[float | None, typer.Option(hidden=True)] = None,  # the old name
     as_json: AsJson = False,
 ) -> None:
     """Differentially private cohort statistics across the sites: each site answers once with
@@ -84,7 +87,7 @@ def analyze(
     spec = load_spec(study)
     request = AnalysisRequest(
         kind=kind,
-        epsilon=epsilon,
+        epsilon=_budget(target_epsilon, epsilon),
         delta=delta if delta is not None else spec.privacy.delta,
         accountant=accountant or spec.privacy.accountant,
         columns=tuple(columns or ()),
@@ -107,6 +110,7 @@ def analyze(
             raise AllfedError("name the sites: --site NAME=PATH (or --superlink for deployment)")
         # every release is recorded: in the sites' own ledgers, else beside the output
         ledger_dir = ledger_dir or out / "ledgers"
+        writable_directory(ledger_dir, "--ledger-dir", "the sites' ledgers")
         with (err_console if as_json else out_console).status(f"asking {len(site)} site(s)..."):
             summary = run_analysis(
                 spec,
@@ -154,6 +158,17 @@ def _on_deployment(
         err_console.print(outcome.message, highlight=False, soft_wrap=True)
         raise typer.Exit(outcome.code)
     return outcome.summary  # the run directory's analysis.json
+
+
+def _budget(target_epsilon: float | None, epsilon: float | None) -> float:
+    """``--target-epsilon``, as every command names a privacy budget; ``--epsilon`` is its old
+    name here, kept hidden for one release."""
+    if target_epsilon is not None and epsilon is not None and target_epsilon != epsilon:
+        raise AllfedError("--epsilon is the old name of --target-epsilon: give one")
+    budget = target_epsilon if target_epsilon is not None else epsilon
+    if budget is None:
+        raise AllfedError("give --target-epsilon, the epsilon each site spends on the analysis")
+    return budget
 
 
 def _edges(text: str) -> tuple[float, ...]:

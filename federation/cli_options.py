@@ -63,6 +63,8 @@ def writable_run_directory(out: Path, force: bool, option: str = "--out") -> Non
 def writable_directory(out: Path, option: str = "--out", what: str = "there") -> None:
     """Make ``out`` and check that files can be written in it, before any work: an unwritable
     destination is one line naming it, never a traceback after the work is done."""
+    if out.exists() and not out.is_dir():
+        raise AllfedError(f"{option} {out}: cannot write {what} (a file, not a folder)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".allfed-write-check"

@@ -102,6 +102,8 @@ def simulate(
     for name, path in sites.items():
         if not Path(path).exists():
             raise AllfedError(f"site {name}: {path}: file not found")
+        if Path(path).is_dir():
+            raise AllfedError(f"site {name}: {path}: is a directory, expected the site's file")
     if analysis is None and len(sites) < spec.training.min_sites:
         raise AllfedError(
             f"{len(sites)} site(s) given, fewer than [training] min-sites = "

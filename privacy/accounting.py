@@ -34,6 +34,7 @@ ACCOUNTANTS = ("prv", "rdp")
 _MAX_NOISE = 1e4
 _ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)  # Opacus's RDP orders, for both accountants
 _PRV_EPS_ERROR = 0.01  # Opacus's PRV defaults: epsilon error, and delta error = delta / 1000
+MAX_NOISE_MULTIPLIER = 1e6
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class GaussianRelease:
     def __post_init__(self) -> None:
         if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
             raise ValueError(f"noise multiplier must be positive, got {self.noise_multiplier}")
+        if self.noise_multiplier > MAX_NOISE_MULTIPLIER:  # the accountants overflow near 1e154
+            raise ValueError(
+                f"noise multiplier must be at most {MAX_NOISE_MULTIPLIER:g}, got "
+                f"{self.noise_multiplier:g} (the planner never needs more than {_MAX_NOISE:g})"
+            )
         if not 0 < self.sample_rate <= 1:
             raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
         if self.steps < 1:

@@ -153,11 +153,26 @@ class Ledger:
             raise LedgerError(f"{self.path}: is a directory, not a ledger file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._refuse_another_database()
             with self._connect() as db:
                 db.executescript(_SCHEMA)
                 self._migrate(db)
         except sqlite3.DatabaseError as error:
             raise LedgerError(f"{self.path}: not a usable ledger ({error})") from None
+
+    def _refuse_another_database(self) -> None:
+        """Never add a ledger's tables to another application's database (nor change its
+        journal mode): a ledger holds its ``meta`` table from its first use."""
+        db = sqlite3.connect(self.path)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        finally:
+            db.close()
+        if tables and "meta" not in tables:
+            raise LedgerError(
+                f"{self.path}: a SQLite database, but not an allfed ledger; name the site's "
+                "ledger file (or a new file)"
+            )
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

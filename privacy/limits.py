@@ -14,6 +14,8 @@ EPSILON_RANGE = (0.01, 100.0)
 def epsilon_range_error(epsilon: float) -> str | None:
     """Why ``epsilon`` cannot be a target, or None."""
     low, high = EPSILON_RANGE
+    if math.isnan(epsilon):
+        return "nan is not a number"
     if not math.isfinite(epsilon) or epsilon > high:
         return (
             f"{epsilon:g} is above {high:g}, where a DP guarantee means nothing; "

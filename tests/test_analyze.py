@@ -144,7 +144,7 @@ def test_requests_the_spec_cannot_answer_are_named(cohort):
             r"^crosstab needs two columns: ROW COLUMN \(or ROW with --by COLUMN\); one column's "
             "levels alone are in table1$",
         ),
-        (AnalysisRequest("count", -1.0, 1e-6), "--epsilon"),
+        (AnalysisRequest("count", -1.0, 1e-6), "--target-epsilon"),
         (AnalysisRequest("count", 1.0, 1e-6, by="outcome"), "not by the label"),
         (AnalysisRequest("mean", 1.0, 1e-6, columns=("age", "age")), "named twice"),
         (AnalysisRequest("count", 1.0, 1e-6, columns=("age",)), "takes no columns"),
@@ -265,7 +265,7 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
         f"--study={spec_path}",
         *sites,
         "--by=sex",
-        "--epsilon=3",
+        "--target-epsilon=3",
         "--delta=1e-6",
         f"--out={tmp_path / 'out'}",
         f"--ledger-dir={tmp_path / 'ledgers'}",
@@ -346,7 +346,7 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
 def test_cli_mistakes_are_one_line(cohort, tmp_path, capsys):
     files, spec_path = cohort
     name, path = next(iter(files.items()))
-    common = [f"--study={spec_path}", "--epsilon=1", f"--out={tmp_path}"]
+    common = [f"--study={spec_path}", "--target-epsilon=1", f"--out={tmp_path}"]
     for args, line in [
         (
             ["mean", "sex", f"--site={name}={path}"],

@@ -111,7 +111,7 @@ def test_the_same_file_as_two_sites_is_refused(cohort, tmp_path, capsys):
             "count",
             "--study",
             str(spec_path),
-            "--epsilon",
+            "--target-epsilon",
             "1",
             "--out",
             str(tmp_path / "c"),

@@ -55,7 +55,7 @@ def test_allfed_analyze_asks_the_deployed_sites(federation, tmp_path):
     fed, files, study = federation
     out = tmp_path / "analysis"
     result = run_allfed(
-        "analyze", "count", "--by", "sex", "--study", str(study), "--epsilon", "1",
+        "analyze", "count", "--by", "sex", "--study", str(study), "--target-epsilon", "1",
         "--delta", "1e-6", "--out", str(out), "--superlink", CONNECTION,
         "--app", str(fed.app_copy()), "--expected-sites", str(len(files)),
         env=fed.env, timeout=180,

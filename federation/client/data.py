@@ -131,7 +131,8 @@ def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
         ) from None
     if frame.empty:
         raise DataError(f"{path}: header only, no records")
-    return frame
+    # Names as the layout check read them: " age " in a header is the column age.
+    return frame.rename(columns=lambda name: str(name).strip())
 
 
 def _check_csv_layout(path: Path) -> None:

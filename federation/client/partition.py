@@ -56,6 +56,13 @@ class Partition:
         identity = list(self.definition["identity"])
         if len(identity) == 1 and identity[0] in frame.columns:
             keys = frame[identity[0]]
+        elif len(identity) == 1:  # a site file has more than one column: a record-id column
+            raise DataError(
+                f"{source}: the site's record-id column {identity[0]!r} is missing "
+                "(record-id-column in the site policy)",
+                "missing-column",
+                identity[0],
+            )
         elif sorted(frame.columns) == identity:
             # Column-wise, not row by row (a row-wise join took 72 s for 230,000 rows); the same
             # text, so partitions pinned before keep their records.

@@ -220,6 +220,10 @@ def check_destination(out: Path, data: Path, force: bool) -> None:
         raise AllfedError(f"--out {out}: is a directory; name the scores file")
     if out.exists() and not force:
         raise AllfedError(f"--out {out}: already exists; pass --force to replace it")
+    folder = out.parent
+    if not folder.is_dir():
+        why = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise AllfedError(f"--out {out}: its folder {folder} {why}")
 
 
 def write_scores(scores: pd.DataFrame, out: Path) -> None:

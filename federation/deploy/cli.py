@@ -29,7 +29,9 @@ def certs(
         list[str],
         typer.Option(help="DNS name or IP address the SuperLink is reached at; repeat."),
     ],
-    days: Annotated[int, typer.Option(min=1, help="Validity in days.")] = 825,
+    days: Annotated[
+        int, typer.Option(min=1, max=36500, help="Validity in days (at most 100 years).")
+    ] = 825,
     force: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
 ) -> None:
     """Make a private CA and the SuperLink's TLS certificate and key."""

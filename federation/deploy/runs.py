@@ -46,8 +46,10 @@ def run_status(run_dir: Path) -> RunOutcome:
         return RunOutcome(PENDING, f"{path}: no summary yet (the run is running or never began)")
     try:
         summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AllfedError(f"{path}: not a readable summary ({error})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+        raise AllfedError(f"{path}: not an allfed run summary (it has no status)")
     status = summary.get("status")
     sites = summary.get("sites") or {}
     lines = ", ".join(

@@ -42,8 +42,8 @@ class SiteRows:
 def read_source(path: str | Path, spec: StudySpec) -> SiteRows:
     """Extract the study's cohort from the source described at ``path``; raise ``SourceError``."""
     where = str(path)
+    source = load_source(path)  # a missing or unreadable file first: it says what to fix
     cohort = cohort_of(spec, where)
-    source = load_source(path)
     with connect(source, where) as conn:
         cdm = prepare(conn, source, cohort, where)
         rows = run(conn, build(cdm, cohort), where)

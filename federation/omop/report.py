@@ -82,8 +82,8 @@ class SiteReport:
 def site_report(path: str | Path, spec: StudySpec) -> SiteReport:
     """Everything the node would compute from the source, with the counts of each step."""
     where = str(path)
+    source = load_source(path)  # a missing or unreadable file first: it says what to fix
     cohort = cohort_of(spec, where)
-    source = load_source(path)
     with connect(source, where) as conn:
         try:
             cdm = bind(conn, needed_columns(cohort), source.cdm, source.vocabulary, where)

@@ -18,6 +18,7 @@ import numpy as np
 from federation.errors import SpecError
 from federation.wire.spec import StudySpec
 from privacy.accounting import ACCOUNTANTS, GaussianRelease, calibrate_noise
+from privacy.limits import EPSILON_RANGE
 from privacy.statistics import MISSING, Query, Variable
 
 KINDS = ("table1", "count", "mean", "histogram", "crosstab")
@@ -168,8 +169,14 @@ def _numeric_variable(spec: StudySpec, column: str) -> Variable:
 def _histogram_variable(spec: StudySpec, column: str, edges: tuple[float, ...]) -> Variable:
     if column not in spec.features.numeric:
         raise SpecError(f"{column!r} is not a numeric feature of the study spec")
-    if len(edges) < 2 or any(b <= a for a, b in pairwise(edges)):
-        raise SpecError("histogram bins must be at least two increasing edges, e.g. 18,40,65,90")
+    if (
+        len(edges) < 2
+        or any(not b > a for a, b in pairwise(edges))
+        or not all(math.isfinite(e) for e in edges)
+    ):
+        raise SpecError(
+            "histogram bins must be at least two increasing, finite edges, e.g. 18,40,65,90"
+        )
     return Variable(column, levels=(*bin_labels(edges), *_missing_level(spec, column)))
 
 
@@ -188,7 +195,12 @@ def _check_request(request: AnalysisRequest) -> None:
     if request.kind not in KINDS:
         raise SpecError(f"unknown analysis {request.kind!r}; expected one of {', '.join(KINDS)}")
     if not (math.isfinite(request.epsilon) and request.epsilon > 0):
-        raise SpecError("--epsilon must be a positive number")
+        raise SpecError("--target-epsilon must be a positive number")
+    if request.epsilon > EPSILON_RANGE[1]:
+        raise SpecError(
+            f"--target-epsilon {request.epsilon:g} is above {EPSILON_RANGE[1]:g}, where a DP "
+            "guarantee means nothing"
+        )
     if not 0 < request.delta < 1:
         raise SpecError("--delta must be between 0 and 1")
     if request.accountant not in ACCOUNTANTS:

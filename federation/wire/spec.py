@@ -210,7 +210,7 @@ def load_spec(path: str | Path) -> StudySpec:
     if not path.is_file():
         raise SpecError(f"{path}: study spec not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not TOML
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read study spec ({exc.__class__.__name__})") from None
     return parse_spec(text, source=str(path))
@@ -306,6 +306,14 @@ class _Reader:
             raise self.fail(key, f"{value!r} is not one of {', '.join(map(repr, choices))}")
         return value
 
+    def column(self, key: str, default: Any = ...) -> str | None:
+        """A column name: a non-empty string (an empty one would name no column, and an empty
+        ``consent`` would silently use every record)."""
+        value = self.get(key, str, default)
+        if value == "":
+            raise self.fail(key, "expected a column name, got an empty string")
+        return value
+
     def string_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         values = self.get(key, list, list(default))
         for item in values:
@@ -351,11 +359,11 @@ def _read_study(r: _Reader) -> StudySection:
     return StudySection(
         name=r.get("name", str, "study") or "study",
         task=r.get("task", str, "binary", choices=("binary",)),
-        label=r.get("label", str),
+        label=r.column("label"),
         groups=r.string_list("groups"),
         group_levels=_levels_table(r, "group-levels"),
-        consent=r.get("consent", str, None),
-        split=r.get("split", str, None),
+        consent=r.column("consent", None),
+        split=r.column("split", None),
         test_fraction=test_fraction,
         seed=r.get("seed", int, 0),
     )
@@ -391,6 +399,8 @@ def _ranges(r: _Reader, key: str) -> dict[str, tuple[float, float]]:
         ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
         if not ok or not all(math.isfinite(v) for v in pair) or pair[0] >= pair[1]:
             raise r.fail(f"{key}.{column}", "expected [LOW, HIGH] with LOW < HIGH")
+        if not math.isfinite(pair[1] - pair[0]):
+            raise r.fail(f"{key}.{column}", "HIGH - LOW is too large to be a finite number")
         ranges[column] = (float(pair[0]), float(pair[1]))
     return ranges
 
@@ -405,6 +415,10 @@ def _levels_table(r: _Reader, key: str) -> dict[str, tuple[str, ...]]:
             or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in levels)
         ):
             raise r.fail(f"{key}.{column}", "expected a non-empty list of allowed levels")
+        if "" in levels:
+            raise r.fail(
+                f"{key}.{column}", "lists an empty level (an empty cell is a missing value)"
+            )
         as_text = tuple(str(v) for v in levels)
         if len(set(as_text)) != len(as_text):
             raise r.fail(f"{key}.{column}", "lists a level twice")
@@ -586,6 +600,9 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
             raise SpecError(f"{source}: [training] {name.replace('_', '-')} must be at least 1")
     if spec.training.batch_size is not None and spec.training.steps_per_round is not None:
         raise SpecError(f"{source}: [training] give batch-size or steps-per-round, not both")
+    rate = spec.training.learning_rate
+    if rate is not None and (isinstance(rate, bool) or not (math.isfinite(rate) and rate > 0)):
+        raise SpecError(f"{source}: [training] learning-rate must be a positive, finite number")
     if not 0 <= spec.training.trim_fraction < 0.5:
         raise SpecError(f"{source}: [training] trim-fraction must be at least 0 and below 0.5")
     if spec.training.strategy not in STRATEGIES:
