@@ -244,31 +244,22 @@ def histogram(noisy: np.ndarray) -> np.ndarray:
 
 
 def _non_decreasing(values: np.ndarray) -> np.ndarray:
-    """The least-squares non-decreasing fit of each row of ``values``: pool adjacent violators,
-    all rows at once (a stack of pooled blocks per row, merged while the top two violate)."""
+    """The least-squares non-decreasing fit of each row of ``values`` by pooling adjacent
+    violators, all rows and all violating pairs at once: pooling adjacent violators in any
+    order gives the same blocks (each block's points share its mean), so every pass pools every
+    pair of neighbouring blocks out of order, until none is."""
     count, length = values.shape
-    rows = np.arange(count)
-    means, sizes = np.zeros((count, length)), np.zeros((count, length), dtype=np.int64)
-    top = np.full(count, -1)
-    for position in range(length):
-        top += 1
-        means[rows, top], sizes[rows, top] = values[:, position], 1
-        while True:
-            below = np.maximum(top - 1, 0)
-            merge = np.flatnonzero((top > 0) & (means[rows, below] > means[rows, top]))
-            if merge.size == 0:
-                break
-            upper, lower = top[merge], below[merge]
-            size = sizes[merge, lower] + sizes[merge, upper]
-            means[merge, lower] = (
-                means[merge, lower] * sizes[merge, lower]
-                + means[merge, upper] * sizes[merge, upper]
-            ) / size
-            sizes[merge, lower] = size
-            top[merge] -= 1
-    sizes[np.arange(length)[None, :] > top[:, None]] = 0
-    block = (np.cumsum(sizes, axis=1)[:, :, None] <= np.arange(length)[None, None, :]).sum(axis=1)
-    return np.take_along_axis(means, block, axis=1)
+    starts = np.ones((count, length), dtype=bool)  # where a block starts: each point alone
+    offsets = np.arange(count)[:, None] * length  # block numbers of a row start at its offset
+    while True:
+        block = np.cumsum(starts, axis=1) + (offsets - 1)
+        sums = np.bincount(block.ravel(), weights=values.ravel(), minlength=values.size)
+        sizes = np.bincount(block.ravel(), minlength=values.size)
+        fitted = (sums / np.maximum(sizes, 1))[block]
+        violated = starts[:, 1:] & (fitted[:, :-1] > fitted[:, 1:])
+        if not violated.any():
+            return fitted
+        starts[:, 1:] &= ~violated
 
 
 def class_histograms(release: CellRelease) -> tuple[np.ndarray, np.ndarray]:
@@ -536,9 +527,8 @@ def _second_order_error(
     sd = np.sqrt([release.variance[HIST_POS], release.variance[HIST_NEG]])[:, None]
     # The draws in the order of a loop over draws, positives' noise before negatives'.
     noise = np.random.default_rng(0).standard_normal((BOOTSTRAP_DRAWS, 2, N_BINS)) * sd
-    errors = _second_order(
-        _cdf(histogram(pos + noise[:, 0])), _cdf(histogram(neg + noise[:, 1])), ref_pos, ref_neg
-    )
+    redrawn = _cdf(histogram(np.stack([pos, neg])[None] + noise))
+    errors = _second_order(redrawn[:, 0], redrawn[:, 1], ref_pos, ref_neg)
     return float(np.mean(np.square(errors - exact)))
 
 

@@ -162,10 +162,11 @@ def calibration_errors(
     risk = expit(logits)
     error = np.where(keep, np.abs(lowess(risk, records, pos, risk) - risk), 0.0)
     total = np.where(defined, records.sum(axis=-1), 1.0)
+    median, ninetieth = _weighted_quantiles(error, records, (0.5, 0.9))
     values = (
         (records * error).sum(axis=-1) / total,
-        _weighted_quantile(error, records, 0.5),
-        _weighted_quantile(error, records, 0.9),
+        median,
+        ninetieth,
         np.where(keep, error, -np.inf).max(axis=-1),
     )
     return {
@@ -175,56 +176,61 @@ def calibration_errors(
 
 def lowess(x: np.ndarray, records: np.ndarray, events: np.ndarray, at: np.ndarray) -> np.ndarray:
     """R's ``lowess(x, y, f = 2/3, iter = 0)`` of ``records`` records at each sorted ``x`` (a
-    row of counts per fit, 0 where a point is absent), ``events`` of them with y = 1, evaluated
-    at ``at``."""
+    row of counts per fit along the last axis, 0 where a point is absent), ``events`` of them
+    with y = 1, evaluated at ``at``."""
+    shape = (*records.shape[:-1], at.size)
+    records, events = records.reshape(-1, x.size), events.reshape(-1, x.size)
     present = records > 0
-    low = np.where(present, x, np.inf).min(axis=-1)
-    high = np.where(present, x, -np.inf).max(axis=-1)
-    with np.errstate(invalid="ignore"):
-        extent = np.nan_to_num(high - low, nan=0.0, neginf=0.0)[..., None, None]
-    total = records.sum(axis=-1)
+    with np.errstate(invalid="ignore"):  # a fit without records: no extent
+        extent = np.where(present, x, -np.inf).max(axis=1) - np.where(present, x, np.inf).min(1)
+    extent = np.nan_to_num(extent, neginf=0.0)[:, None]
+    total = records.sum(axis=1)
     needed = np.maximum(np.minimum(LOWESS_SPAN * total, total), 2)
-    offset = x[None, :] - at[:, None]
-    radius = _neighbourhood(np.abs(offset), records, needed, np.maximum(extent[..., 0, 0], 1e-12))
-    radius = radius[..., None]
-    distance = np.broadcast_to(np.abs(offset), (*radius.shape[:-1], x.size))
-    ratio = np.divide(distance, radius, out=(distance != 0).astype(float), where=radius > 0)
+    distance = np.abs(x[None, :] - at[:, None])
+    radius = _neighbourhood(distance, records, needed, np.maximum(extent, 1e-12))
+    # A zero radius (the needed records all at the point) keeps the point alone: the smallest
+    # positive radius gives every other point a ratio over 1 (weight 0) and the point 0.
+    ratio = distance / np.maximum(radius, np.finfo(float).tiny)[:, :, None]
     np.minimum(ratio, 1.0, out=ratio)
-    tricube = (1 - ratio**3) ** 3
-    weight = tricube * records[..., None, :]
-    weight /= np.maximum(weight.sum(axis=-1, keepdims=True), 1e-300)
-    centre = weight @ x
-    spread = weight @ (x * x) - centre * centre
-    local = np.sqrt(np.maximum(spread, 0)) > 0.001 * extent[..., 0]
+    close = 1 - ratio * ratio * ratio
+    weight = close * close * close * records[:, None, :]  # tricube weights of the records
+    share = np.divide(events, records, out=np.zeros_like(events), where=present)
+    moments = weight @ np.column_stack([np.ones_like(x), x, x * x])
+    responses = weight @ np.stack([share, share * x], axis=2)
+    mass = np.maximum(moments[..., 0], 1e-300)
+    centre = moments[..., 1] / mass
+    spread = moments[..., 2] / mass - centre * centre
+    fitted, cross = responses[..., 0] / mass, responses[..., 1] / mass
+    local = np.sqrt(np.maximum(spread, 0)) > 0.001 * extent
     slope = np.divide(at - centre, spread, out=np.zeros_like(spread), where=local)
-    share = np.divide(events, records, out=np.zeros_like(events), where=present)[..., None, :]
-    fitted = (weight * share).sum(axis=-1)
-    return fitted + slope * ((weight * (x * share)).sum(axis=-1) - centre * fitted)
+    return (fitted + slope * (cross - centre * fitted)).reshape(shape)
 
 
 def _neighbourhood(
     distance: np.ndarray, records: np.ndarray, needed: np.ndarray, fallback: np.ndarray
 ) -> np.ndarray:
-    """Per fit and point of ``at`` (``distance`` from each point of ``at`` to each ``x``), the
-    smallest distance within which ``needed`` records lie: the distance of the point at which
-    the records, nearest first, reach ``needed``; ``fallback`` (all of x) when they never do."""
-    order = np.argsort(distance, axis=-1, kind="stable")
-    nearest = np.take_along_axis(distance, order, axis=-1)
-    covered = np.cumsum(records[..., order], axis=-1)
-    enough = covered >= needed[..., None, None]
-    first = np.argmax(enough, axis=-1)
-    reached = np.take_along_axis(np.broadcast_to(nearest, enough.shape), first[..., None], axis=-1)[
-        ..., 0
-    ]
-    return np.where(enough.any(axis=-1), reached, fallback[..., None])
+    """Per fit (a row of ``records``) and point of ``at`` (a row of ``distance``, to each x),
+    the smallest distance within which ``needed`` records lie: the distance of the point at
+    which the records, nearest first, reach ``needed``; ``fallback`` when they never do."""
+    order = np.argsort(distance, axis=1, kind="stable")
+    nearest = np.take_along_axis(distance, order, axis=1)
+    covered = records[:, order] @ np.triu(np.ones((order.shape[1],) * 2))  # running sums
+    enough = covered >= needed[:, None, None]
+    reached = nearest[np.arange(len(nearest))[None, :], np.argmax(enough, axis=2)]
+    return np.where(enough[:, :, -1], reached, fallback)
 
 
-def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
-    """Per row, the q-quantile of ``values`` repeated ``weights`` times (numpy's
+def _weighted_quantiles(
+    values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...]
+) -> list[np.ndarray]:
+    """Per row, the q-quantiles of ``values`` repeated ``weights`` times (numpy's
     "inverted_cdf")."""
     order = np.argsort(values, axis=-1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=-1)
     cumulative = np.cumsum(np.take_along_axis(weights, order, axis=-1), axis=-1)
-    first = np.argmax(cumulative >= q * cumulative[..., -1:], axis=-1)
-    return np.take_along_axis(np.take_along_axis(values, order, axis=-1), first[..., None], -1)[
-        ..., 0
+    return [
+        np.take_along_axis(
+            ordered, np.argmax(cumulative >= q * cumulative[..., -1:], axis=-1)[..., None], -1
+        )[..., 0]
+        for q in qs
     ]
