@@ -588,16 +588,19 @@ def _calibration_bins(pos: np.ndarray, neg: np.ndarray, draws: _Draws) -> list[d
         if records[start:end].sum() > MIN_CALIBRATION_RECORDS:
             groups.append((start, end))
             start = end
-    if start < N_BINS and groups:
-        groups[-1] = (groups[-1][0], N_BINS)
+    if not groups:
+        return []
+    groups[-1] = (groups[-1][0], N_BINS)
     bins = []
     risks = expit(_LOGITS)
-    for low, high in groups:
+    starts = [low for low, _ in groups]  # the groups tile the bins
+    group_events = np.add.reduceat(draws.pos, starts, axis=1)
+    group_drawn = group_events + np.add.reduceat(draws.neg, starts, axis=1)
+    for index, (low, high) in enumerate(groups):
         count = records[low:high].sum()
         observed = pos[low:high].sum() / count
         predicted = float(np.dot(records[low:high], risks[low:high]) / count)
-        events = draws.pos[:, low:high].sum(axis=1)
-        drawn = events + draws.neg[:, low:high].sum(axis=1)
+        events, drawn = group_events[:, index], group_drawn[:, index]
         replicates = events[drawn > 0] / drawn[drawn > 0]
         ci = (
             [float(q) for q in np.quantile(replicates, [0.025, 0.975])] if replicates.size else None

@@ -110,6 +110,7 @@ def _logistic_fit(
     of ``records`` at logit ``offset + design @ beta`` by Newton's method, all rows at once
     (each stops when it converges); NaN rows where it does not converge."""
     rows, width = records.shape[0], design.shape[1]
+    products = (design[:, :, None] * design[:, None, :]).reshape(len(design), -1)
     beta = np.zeros((rows, width))
     result = np.full((rows, width), np.nan)
     active = np.arange(rows)
@@ -117,16 +118,15 @@ def _logistic_fit(
         if active.size == 0:
             break
         current = beta[active]
-        weights, counts = records[active], events[active]
+        weights = records[active]
         risk = expit(offset + current @ design.T)
-        gradient = (counts - weights * risk) @ design
-        curvature = weights * risk * (1 - risk)
-        hessian = np.einsum("rb,bi,bj->rij", curvature, design, design)
+        gradient = (events[active] - weights * risk) @ design
+        hessian = ((weights * risk * (1 - risk)) @ products).reshape(-1, width, width)
         step, solvable = _solve(hessian, gradient)
         current = current + step
-        failed = ~solvable | ~np.all(np.isfinite(current), axis=1)
-        failed |= np.max(np.abs(current), axis=1) > 50
-        converged = ~failed & (np.max(np.abs(step), axis=1) < 1e-10)
+        # Diverged: a coefficient beyond 50, infinite or NaN (which fails the comparison).
+        failed = ~solvable | ~(np.abs(current).max(axis=1) <= 50)
+        converged = ~failed & (np.abs(step).max(axis=1) < 1e-10)
         result[active[converged]] = current[converged]
         beta[active] = current
         active = active[~failed & ~converged]
