@@ -474,7 +474,7 @@ def _auroc_interval(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> _
     request = ranks.request
     reference = np.asarray(request.cdf_pos), np.asarray(request.cdf_neg)
     value = request.center + ranks.pos / n_pos - ranks.neg / n_neg
-    value += _second_order(_cdf(pos), _cdf(neg), *reference)
+    value += float(_second_order(_cdf(pos), _cdf(neg), *reference))
     noise = ranks.variance / n_pos**2 + ranks.variance / n_neg**2
     noise += _second_order_error(release, pos, neg, *reference)
     return _symmetric(value, math.sqrt(sampling + noise), 0.0, 1.0)
