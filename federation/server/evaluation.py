@@ -234,27 +234,32 @@ def with_ranks(
 
 
 def histogram(noisy: np.ndarray) -> np.ndarray:
-    """Non-negative bins from noisy ones: the isotonic (non-decreasing, non-negative) fit of the
-    noisy cumulative counts, differenced. Its total is the fit's own: anchoring it at a
-    separately released count would pile the difference into the last bin."""
-    fitted = np.maximum(_non_decreasing(np.cumsum(noisy)), 0.0)
-    return np.diff(np.concatenate([[0.0], fitted]))
+    """Non-negative bins from noisy ones (a histogram per row of the last axis): the isotonic
+    (non-decreasing, non-negative) fit of the noisy cumulative counts, differenced. Its total
+    is the fit's own: anchoring it at a separately released count would pile the difference
+    into the last bin."""
+    rows = np.cumsum(noisy, axis=-1).reshape(-1, noisy.shape[-1])
+    fitted = np.maximum(_non_decreasing(rows), 0.0).reshape(noisy.shape)
+    return np.diff(fitted, axis=-1, prepend=0.0)
 
 
 def _non_decreasing(values: np.ndarray) -> np.ndarray:
-    """The least-squares non-decreasing fit of ``values`` (pool adjacent violators)."""
-    means: list[float] = []
-    sizes: list[int] = []
-    for value in values.tolist():
-        means.append(value)
-        sizes.append(1)
-        while len(means) > 1 and means[-2] > means[-1]:
-            size = sizes[-2] + sizes[-1]
-            means[-2] = (means[-2] * sizes[-2] + means[-1] * sizes[-1]) / size
-            sizes[-2] = size
-            means.pop()
-            sizes.pop()
-    return np.repeat(means, sizes)
+    """The least-squares non-decreasing fit of each row of ``values`` by pooling adjacent
+    violators, all rows and all violating pairs at once: pooling adjacent violators in any
+    order gives the same blocks (each block's points share its mean), so every pass pools every
+    pair of neighbouring blocks out of order, until none is."""
+    count, length = values.shape
+    starts = np.ones((count, length), dtype=bool)  # where a block starts: each point alone
+    offsets = np.arange(count)[:, None] * length  # block numbers of a row start at its offset
+    while True:
+        block = np.cumsum(starts, axis=1) + (offsets - 1)
+        sums = np.bincount(block.ravel(), weights=values.ravel(), minlength=values.size)
+        sizes = np.bincount(block.ravel(), minlength=values.size)
+        fitted = (sums / np.maximum(sizes, 1))[block]
+        violated = starts[:, 1:] & (fitted[:, :-1] > fitted[:, 1:])
+        if not violated.any():
+            return fitted
+        starts[:, 1:] &= ~violated
 
 
 def class_histograms(release: CellRelease) -> tuple[np.ndarray, np.ndarray]:
@@ -342,7 +347,7 @@ def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
         n_pos=round(events), n_pos_se=round(math.sqrt(release.variance[EVENTS]), 1),
         threshold=THRESHOLD,
     )  # fmt: skip
-    draws = _bootstrap(release, seed)
+    draws = _bootstrap(release, pos, neg, seed)
     out.put("prevalence", _ratio_interval(events, n, release.variance[EVENTS], release))
     out.put("auroc", _auroc_interval(release, pos, neg))
     out.values["auroc_method"] = "rank release" if release.ranks else "binned histograms"
@@ -364,11 +369,11 @@ def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
         events / (events - release.residuals) if events - release.residuals > 0 else None
     )
     floor = NOISE_FLOOR * math.sqrt(release.variance[HIST_POS] + release.variance[HIST_NEG])
-    point = _binned_metrics(pos, neg, floor)
-    replicates = [_binned_metrics(p, q, floor) for p, q in zip(draws.pos, draws.neg, strict=True)]
-    for name, value in point.items():
+    binned = _binned_metrics(np.vstack([pos, draws.pos]), np.vstack([neg, draws.neg]), floor)
+    for name, values in binned.items():
         limit = 2 * MAX_CI_WIDTH if name in _WIDE_SCALE else MAX_CI_WIDTH
-        out.put(name, _bootstrap_interval(value, [r[name] for r in replicates], limit))
+        value = None if math.isnan(values[0]) else float(values[0])
+        out.put(name, _bootstrap_interval(value, values[1:], limit))
     out.values["roc_curve"] = _roc_curve(pos, neg, draws)
     out.values["calibration"] = _calibration_bins(pos, neg, draws)
     out.values["diagnostics"] = score_diagnostics(pos, neg)
@@ -377,49 +382,47 @@ def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
 
 _WIDE_SCALE = {"calibration_intercept", "calibration_slope", "calibration_line_intercept"}
 _RATES = {
-    "accuracy": lambda tp, fp, tn, fn: (tp + tn) / (tp + fp + tn + fn),
-    "sensitivity": lambda tp, fp, tn, fn: tp / (tp + fn),
-    "specificity": lambda tp, fp, tn, fn: tn / (tn + fp),
-    "ppv": lambda tp, fp, tn, fn: tp / (tp + fp),
-    "npv": lambda tp, fp, tn, fn: tn / (tn + fn),
-}
+    "accuracy": lambda tp, fp, tn, fn: (tp + tn, tp + fp + tn + fn),
+    "sensitivity": lambda tp, fp, tn, fn: (tp, tp + fn),
+    "specificity": lambda tp, fp, tn, fn: (tn, tn + fp),
+    "ppv": lambda tp, fp, tn, fn: (tp, tp + fp),
+    "npv": lambda tp, fp, tn, fn: (tn, tn + fn),
+}  # (numerator, denominator) of each rate
 
 
-def _binned_metrics(pos: np.ndarray, neg: np.ndarray, floor: float) -> dict[str, float | None]:
-    """The metrics read from the class histograms alone: AUPRC, the threshold metrics at risk
-    0.5 (a bin edge), the logistic recalibration and the lowess E-statistics. Calibration is
-    fitted on the bins holding more than ``floor`` records: below it a bin's mass is mostly
-    noise that post-processing could not remove, and such bins, at the extreme logits, pull
-    the slope towards 0 (measured: slope 0.85 against an exact 1.10 at epsilon 3; 1.11 with
-    the floor at 3 noise SDs)."""
-    values: dict[str, float | None] = {"auprc": m.average_precision(pos, neg)}
+def _binned_metrics(pos: np.ndarray, neg: np.ndarray, floor: float) -> dict[str, np.ndarray]:
+    """The metrics read from the class histograms alone, per row of ``pos`` and ``neg`` (NaN
+    where undefined): AUPRC, the threshold metrics at risk 0.5 (a bin edge), the logistic
+    recalibration and the lowess E-statistics. Calibration is fitted on the bins holding more
+    than ``floor`` records: below it a bin's mass is mostly noise that post-processing could
+    not remove, and such bins, at the extreme logits, pull the slope towards 0 (measured: slope
+    0.85 against an exact 1.10 at epsilon 3; 1.11 with the floor at 3 noise SDs)."""
+    values = {"auprc": m.average_precision(pos, neg)}
     counts = m.threshold_counts(pos, neg, THRESHOLD_BIN)
     for name, rate in _RATES.items():
-        try:
-            values[name] = float(rate(*counts))
-        except ZeroDivisionError:
-            values[name] = None
+        numerator, denominator = rate(*counts)
+        values[name] = np.divide(
+            numerator, denominator, out=np.full(denominator.shape, np.nan), where=denominator != 0
+        )
     signal = (pos + neg) > floor
-    intercept = slope = line = None
-    if signal.sum() >= MIN_CALIBRATION_BINS:
-        intercept, slope, line = m.calibration_fit(_LOGITS, pos * signal, neg * signal)
+    fitted = signal.sum(axis=-1) >= MIN_CALIBRATION_BINS
+    fits = m.calibration_fit(_LOGITS, pos * signal, neg * signal)
+    names = ("calibration_intercept", "calibration_slope", "calibration_line_intercept")
     values.update(
-        calibration_intercept=intercept, calibration_slope=slope, calibration_line_intercept=line
+        {name: np.where(fitted, fit, np.nan) for name, fit in zip(names, fits, strict=True)}
     )
     values.update(m.calibration_errors(_LOGITS, pos * signal, neg * signal))
     return values
 
 
-def _bootstrap_interval(
-    value: float | None, replicates: list[float | None], limit: float
-) -> _Interval:
+def _bootstrap_interval(value: float | None, replicates: np.ndarray, limit: float) -> _Interval:
     """The union of the percentile and the basic (reflected) bootstrap intervals. Post-processing
     shrinks noisy histograms (the isotonic fit pools bins), so replicates drawn around the
     shrunk estimate scatter around a biased point; the basic interval reflects that bias and the
-    union covers both readings. No interval when most redraws give no value."""
+    union covers both readings. No interval when most redraws give no value (NaN)."""
     if value is None:
         return _Interval(None, None, limit)
-    usable = [r for r in replicates if r is not None]
+    usable = replicates[~np.isnan(replicates)]
     if len(usable) < len(replicates) // 2:
         return _Interval(value, None, limit)
     low, high = np.quantile(usable, [(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2])
@@ -471,7 +474,7 @@ def _auroc_interval(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> _
     request = ranks.request
     reference = np.asarray(request.cdf_pos), np.asarray(request.cdf_neg)
     value = request.center + ranks.pos / n_pos - ranks.neg / n_neg
-    value += _second_order(_cdf(pos), _cdf(neg), *reference)
+    value += float(_second_order(_cdf(pos), _cdf(neg), *reference))
     noise = ranks.variance / n_pos**2 + ranks.variance / n_neg**2
     noise += _second_order_error(release, pos, neg, *reference)
     return _symmetric(value, math.sqrt(sampling + noise), 0.0, 1.0)
@@ -490,17 +493,20 @@ def _histogram_auroc_noise(release: CellRelease, pos: np.ndarray, neg: np.ndarra
 
 
 def _cdf(counts: np.ndarray) -> np.ndarray:
-    """A histogram's CDF at the bin edges."""
-    return np.concatenate([[0.0], np.cumsum(counts) / max(counts.sum(), 1e-12)])
+    """A histogram's CDF at the bin edges (per row of the last axis)."""
+    total = np.maximum(counts.sum(axis=-1, keepdims=True), 1e-12)
+    start = np.zeros((*counts.shape[:-1], 1))
+    return np.concatenate([start, np.cumsum(counts, axis=-1) / total], axis=-1)
 
 
-def _integral(u: np.ndarray, v: np.ndarray) -> float:
-    """The integral of ``u dv`` for CDFs given at the bin edges, both interpolated alike
-    within a bin (``federation.wire.evaluation.cdf_at``): exact for that interpolation."""
-    return float(np.dot(np.diff(v), (u[:-1] + u[1:]) / 2))
+def _integral(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The integral of ``u dv`` for CDFs given at the bin edges (per row of the last axis),
+    both interpolated alike within a bin (``federation.wire.evaluation.cdf_at``): exact for
+    that interpolation."""
+    return np.einsum("...i,...i->...", np.diff(v, axis=-1), (u[..., :-1] + u[..., 1:]) / 2)[()]
 
 
-def _second_order(cdf_pos: np.ndarray, cdf_neg: np.ndarray, ref_pos, ref_neg) -> float:
+def _second_order(cdf_pos: np.ndarray, cdf_neg: np.ndarray, ref_pos, ref_neg) -> np.ndarray:
     """What a cell's AUROC adds to the rank sums' first-order estimate when the rank release
     used other CDFs than the cell's own: ``integral (G - G_ref) d(F - F_ref)``, zero when the
     cell is the one the CDFs came from."""
@@ -518,19 +524,12 @@ def _second_order_error(
     histograms redrawn around the post-processed ones (``pos``, ``neg``), the term recomputed
     from each draw."""
     exact = _second_order(_cdf(pos), _cdf(neg), ref_pos, ref_neg)
-    rng = np.random.default_rng(0)
-    sd_pos, sd_neg = math.sqrt(release.variance[HIST_POS]), math.sqrt(release.variance[HIST_NEG])
-    errors = [
-        _second_order(
-            _cdf(histogram(pos + rng.normal(0, sd_pos, N_BINS))),
-            _cdf(histogram(neg + rng.normal(0, sd_neg, N_BINS))),
-            ref_pos,
-            ref_neg,
-        )
-        - exact
-        for _ in range(BOOTSTRAP_DRAWS)
-    ]
-    return float(np.mean(np.square(errors)))
+    sd = np.sqrt([release.variance[HIST_POS], release.variance[HIST_NEG]])[:, None]
+    # The draws in the order of a loop over draws, positives' noise before negatives'.
+    noise = np.random.default_rng(0).standard_normal((BOOTSTRAP_DRAWS, 2, N_BINS)) * sd
+    redrawn = _cdf(histogram(np.stack([pos, neg])[None] + noise))
+    errors = _second_order(redrawn[:, 0], redrawn[:, 1], ref_pos, ref_neg)
+    return float(np.mean(np.square(errors - exact)))
 
 
 def rank_request(release: CellRelease) -> RankRequest | None:
@@ -546,31 +545,32 @@ def rank_request(release: CellRelease) -> RankRequest | None:
 
 @dataclass
 class _Draws:
-    """Bootstrap replicates of a cell's post-processed histograms: Poisson sampling of the bins
-    plus a fresh draw of the release's noise."""
+    """Bootstrap replicates of a cell's post-processed histograms (a row per draw): Poisson
+    sampling of the bins plus a fresh draw of the release's noise."""
 
-    pos: list[np.ndarray]
-    neg: list[np.ndarray]
+    pos: np.ndarray
+    neg: np.ndarray
 
 
-def _bootstrap(release: CellRelease, seed: int) -> _Draws:
+def _bootstrap(release: CellRelease, pos: np.ndarray, neg: np.ndarray, seed: int) -> _Draws:
+    """Redraws around the post-processed ``pos`` and ``neg``. The generator is called draw by
+    draw (Poisson and normal variates take varying amounts of its stream, so this order is what
+    makes a seed's draws these ones); the post-processing then runs on all draws at once."""
     rng = np.random.default_rng(seed)
-    pos, neg = class_histograms(release)
     sd_pos, sd_neg = math.sqrt(release.variance[HIST_POS]), math.sqrt(release.variance[HIST_NEG])
-    draws = _Draws([], [])
-    for _ in range(BOOTSTRAP_DRAWS):
-        draws.pos.append(histogram(rng.poisson(pos) + rng.normal(0, sd_pos, N_BINS)))
-        draws.neg.append(histogram(rng.poisson(neg) + rng.normal(0, sd_neg, N_BINS)))
-    return draws
+    noisy = np.empty((2, BOOTSTRAP_DRAWS, N_BINS))
+    for draw in range(BOOTSTRAP_DRAWS):
+        noisy[0, draw] = rng.poisson(pos) + rng.normal(0, sd_pos, N_BINS)
+        noisy[1, draw] = rng.poisson(neg) + rng.normal(0, sd_neg, N_BINS)
+    cleaned = histogram(noisy)
+    return _Draws(cleaned[0], cleaned[1])
 
 
 def _roc_curve(pos: np.ndarray, neg: np.ndarray, draws: _Draws) -> list[dict[str, float]]:
     """The ROC curve at every bin edge (monotone by construction) with a pointwise 95% band of
     the true-positive rate."""
     fpr, tpr = m.roc_points(pos, neg)
-    replicates = np.array(
-        [m.roc_points(p, n)[1] for p, n in zip(draws.pos, draws.neg, strict=True)]
-    )
+    replicates = m.roc_points(draws.pos, draws.neg)[1]
     low, high = np.quantile(replicates, [(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2], axis=0)
     return [
         {"fpr": float(f), "tpr": float(t), "tpr_low": float(lo), "tpr_high": float(hi)}
@@ -588,20 +588,23 @@ def _calibration_bins(pos: np.ndarray, neg: np.ndarray, draws: _Draws) -> list[d
         if records[start:end].sum() > MIN_CALIBRATION_RECORDS:
             groups.append((start, end))
             start = end
-    if start < N_BINS and groups:
-        groups[-1] = (groups[-1][0], N_BINS)
+    if not groups:
+        return []
+    groups[-1] = (groups[-1][0], N_BINS)
     bins = []
     risks = expit(_LOGITS)
-    for low, high in groups:
+    starts = [low for low, _ in groups]  # the groups tile the bins
+    group_events = np.add.reduceat(draws.pos, starts, axis=1)
+    group_drawn = group_events + np.add.reduceat(draws.neg, starts, axis=1)
+    for index, (low, high) in enumerate(groups):
         count = records[low:high].sum()
         observed = pos[low:high].sum() / count
         predicted = float(np.dot(records[low:high], risks[low:high]) / count)
-        replicates = [
-            p[low:high].sum() / (p[low:high].sum() + n[low:high].sum())
-            for p, n in zip(draws.pos, draws.neg, strict=True)
-            if p[low:high].sum() + n[low:high].sum() > 0
-        ]
-        ci = [float(q) for q in np.quantile(replicates, [0.025, 0.975])] if replicates else None
+        events, drawn = group_events[:, index], group_drawn[:, index]
+        replicates = events[drawn > 0] / drawn[drawn > 0]
+        ci = (
+            [float(q) for q in np.quantile(replicates, [0.025, 0.975])] if replicates.size else None
+        )
         wide = ci is None or ci[1] - ci[0] > MAX_CI_WIDTH
         bins.append(
             {
