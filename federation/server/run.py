@@ -70,11 +70,10 @@ class StudyRun:
 
     def _train(self) -> ArrayRecord:
         """The final global model: the setup phases, then every round still to run."""
-        state, training = self.state, self.state.spec.training
-        exchange = SiteExchange(self.grid, state.sites, training.round_timeout)
-        nodes = wait_for_nodes(
-            self.grid, self.expected_sites or training.min_sites, training.round_timeout
-        )
+        state = self.state
+        timeout, min_sites = state.spec.training.round_timeout, state.spec.training.min_sites
+        exchange = SiteExchange(self.grid, state.sites, timeout)  # the census plans neither
+        nodes = wait_for_nodes(self.grid, self.expected_sites or min_sites, timeout)
         nodes = census(exchange, state, nodes, planned_for(self.checkpoint))
         strategy = build_strategy(state.spec)  # planned now: every training setting is set
         if self.checkpoint is None:
