@@ -29,7 +29,7 @@ from federation.client.training import (
     train_dp,
     train_plain,
 )
-from federation.server.run import initial_model
+from federation.server.rounds import initial_model
 from federation.server.standardization import pooled_scaling
 from federation.wire.spec import StudySpec, federated_columns
 from models.registry import build_model

@@ -80,7 +80,6 @@ def simulate(
     policies: dict[str, Path] | None = None,
     ledger_dir: Path | None = None,
     resume: bool = False,
-    stop_after: int | None = None,
     analysis: AnalysisRequest | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` over ``sites`` (name -> data file) and return the run's summary.
@@ -93,7 +92,7 @@ def simulate(
     is in deployment; a site without a policy file gets the default policy, except that a study
     without DP may run (the caller holds the files).
     ``resume`` continues the run in ``out`` from its checkpoint (same spec; under DP the sites
-    need their ledgers); ``stop_after`` (tests) stops the run after that round as a crash would.
+    need their ledgers).
     ``analysis`` answers that descriptive analysis instead of training and returns its
     ``analysis.json``.
     """
@@ -118,7 +117,7 @@ def simulate(
     from federation.client.site import site_policy
     from federation.server.app import RunSettings, make_server_app
     from federation.server.outputs import load_checkpoint
-    from federation.server.run import RunFailed
+    from federation.server.sites import RunFailed
 
     checkpoint = load_checkpoint(Path(out), spec.to_toml()) if resume else None
 
@@ -139,7 +138,6 @@ def simulate(
         on_round=on_round,
         expected_sites=len(sites),
         checkpoint=checkpoint,
-        stop_after=stop_after,
         analysis=analysis,
     )
     server_app = make_server_app(lambda _context: settings)

@@ -20,7 +20,8 @@ from federation.client.evaluation import histogram_release, rank_release
 from federation.server import evaluation as ev
 from federation.server import report, report_figures
 from federation.server.outputs import REPORT, SUMMARY, RunDirectory, rebuild_report
-from federation.server.run import StudyRun
+from federation.server.state import RunState
+from federation.server.summary import conclude
 from federation.wire.evaluation import GROUP, INTERSECTION, POOLED_TABLE, evaluation_noise, layout
 from federation.wire.spec import load_spec, parse_spec
 
@@ -184,9 +185,9 @@ def test_a_report_that_cannot_be_written_never_fails_the_run(
     cohort, tmp_path: Path, monkeypatch, caplog
 ) -> None:
     monkeypatch.setattr(report, "render_report", lambda *args: 1 / 0)
-    run = StudyRun(grid=None, spec=load_spec(cohort[1]), out=tmp_path / "run")
+    state = RunState.start(load_spec(cohort[1]))
     with caplog.at_level(logging.ERROR, logger="allfed.server"):
-        summary = run._conclude("completed", None)
+        summary = conclude(RunDirectory(tmp_path / "run"), state, "completed", None)
     assert summary["status"] == "completed"
     assert json.loads((tmp_path / "run" / SUMMARY).read_text())["status"] == "completed"
     assert not (tmp_path / "run" / REPORT).exists()

@@ -38,18 +38,41 @@ def small(tmp_path_factory):
     return files, spec
 
 
+class Crash(Exception):
+    """The aggregator dies after a round, as a killed process would (the test's own)."""
+
+
+def crash_after(last_round: int):
+    """An ``on_round`` callback that kills the run once ``last_round`` is done."""
+
+    def on_round(server_round: int, _planned: int, _row: dict) -> None:
+        if server_round == last_round:
+            raise Crash(f"killed after round {server_round}")
+
+    return on_round
+
+
 def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp_path):
     files, spec = small
     out, ledgers = tmp_path / "run", tmp_path / "ledgers"
     sites = [SiteSettings(n, f, spec, ledger=ledgers / f"{n}.sqlite") for n, f in files.items()]
-    stopped = StudyRun(LocalGrid(sites, 1), spec, out, stop_after=2).run()
-    assert stopped["status"] == "stopped" and stopped["rounds"] == 2
-    assert load_checkpoint(out, spec.to_toml())["round"] == 2
-
+    with pytest.raises(Crash):
+        StudyRun(LocalGrid(sites, 1), spec, out, on_round=crash_after(2)).run()
+    crashed = json.loads((out / "summary.json").read_text())
+    assert crashed["status"] == "failed" and crashed["rounds"] == 2
+    assert crashed["error"] == "Crash: killed after round 2"
     checkpoint = load_checkpoint(out, spec.to_toml())
+    assert checkpoint["round"] == 2
+    saved = checkpoint["state"]
+    assert [row["round"] for row in saved["rows"]] == [1, 2]
+    assert sorted(site["name"] for site in saved["sites"]) == sorted(files)
+    assert all(site["status"] == "ok" for site in saved["sites"])
+    assert saved["smallest_n_train"] > 0 and saved["scaling"][0]  # the run's plan and scaling
+
     summary = StudyRun(LocalGrid(sites, 2), spec, out, checkpoint=checkpoint).run()
 
     assert summary["status"] == "completed" and summary["rounds"] == 4
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     privacy = spec.privacy

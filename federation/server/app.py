@@ -14,7 +14,8 @@ from flwr.serverapp import Grid, ServerApp
 from federation.server.analysis import AnalysisRun
 from federation.server.grid import PollingGrid
 from federation.server.outputs import load_checkpoint
-from federation.server.run import RoundCallback, StudyRun
+from federation.server.rounds import RoundCallback
+from federation.server.run import StudyRun
 from federation.wire import protocol as p
 from federation.wire.protocol import site_entries
 from federation.wire.queries import AnalysisRequest
@@ -31,7 +32,6 @@ class RunSettings:
     on_round: RoundCallback | None = None
     expected_sites: int | None = None
     checkpoint: dict[str, Any] | None = None  # a run directory's checkpoint: resume that run
-    stop_after: int | None = None  # tests only: stop after this round, as a crash would
     analysis: AnalysisRequest | None = None  # answer this descriptive analysis instead of training
 
 
@@ -79,7 +79,6 @@ def make_server_app(
             settings.on_round,
             settings.expected_sites,
             settings.checkpoint,
-            settings.stop_after,
         ).run()
 
     return server_app
