@@ -484,8 +484,11 @@ def mia(
     canaries: Annotated[
         int, typer.Option(help="Canary records, each a member with prob. 1/2.")
     ] = 500,
-    epsilon: Annotated[
+    target_epsilon: Annotated[
         float | None, typer.Option(help="Override [privacy] target-epsilon.")
+    ] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(hidden=True, help="Old name of --target-epsilon.")
     ] = None,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Audit a run without DP.")] = False,
     rounds: Annotated[int | None, typer.Option(min=1, help="Override [training] rounds.")] = None,
@@ -499,11 +502,14 @@ def mia(
     from federation.audit import run_audit
     from federation.wire.spec import load_spec
 
-    if epsilon is not None and no_dp:
-        raise AllfedError("--epsilon and --no-dp exclude each other")
+    if target_epsilon is not None and epsilon is not None and target_epsilon != epsilon:
+        raise AllfedError("--epsilon is the old name of --target-epsilon: give one")
+    target_epsilon = target_epsilon if target_epsilon is not None else epsilon
+    if target_epsilon is not None and no_dp:
+        raise AllfedError("--target-epsilon and --no-dp exclude each other")
     privacy: dict[str, Any] = {"enabled": False} if no_dp else {}
-    if epsilon is not None:
-        privacy["target_epsilon"] = epsilon
+    if target_epsilon is not None:
+        privacy["target_epsilon"] = target_epsilon
     training = {"rounds": rounds} if rounds is not None else {}
     spec = load_spec(study).with_overrides(training=training, privacy=privacy)
     report = run_audit(

@@ -128,7 +128,12 @@ def test_audit_flags_a_site_whose_noise_is_off(tiny_cohort, tmp_path, broken):
     ("extra", "message"),
     [
         (["--audit-site", "nowhere"], "--audit-site nowhere: no --site of that name"),
-        (["--audit-site", "a", "--no-dp", "--epsilon", "1"], "exclude each other"),
+        (["--audit-site", "a", "--no-dp", "--target-epsilon", "1"], "exclude each other"),
+        (["--audit-site", "a", "--no-dp", "--epsilon", "1"], "exclude each other"),  # old name
+        (
+            ["--audit-site", "a", "--target-epsilon", "1", "--epsilon", "2"],
+            "--epsilon is the old name of --target-epsilon: give one",
+        ),
         (["--audit-site", "a", "--canaries", "5"], "--canaries must be at least 20"),
     ],
 )
