@@ -16,6 +16,7 @@ import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,7 +188,7 @@ def scaling(request: Request) -> RecordDict:
     planned = run.plan.scaling_release()
     if planned is None:
         raise Refused(Refusal("plan-exhausted", None, "the run plans no scaling release"))
-    settings = request.ledger.run(run.key)["settings"] or {}
+    settings = run.settings  # read once, by bound_run
     if SCALING_REPLY in settings:
         return _ok(request.site.name, MetricRecord(settings[SCALING_REPLY]))
     estimated = _estimated_bounds(request.config, run.spec)
@@ -333,6 +334,7 @@ class BoundRun:
     table: SiteTable
     spec: StudySpec  # the message's spec with the training settings the run was planned with
     bounds: dict[str, Bounds]  # declared and estimated: what the run clips and pools with
+    settings: dict[str, Any]  # the ledger's settings of the run, as read for this message
 
 
 def bound_run(request: Request) -> BoundRun:
@@ -353,7 +355,7 @@ def bound_run(request: Request) -> BoundRun:
     plan = _checked_plan(request, table, run)
     _bind(request.context, key, plan)
     spec = _planned_spec(request.spec, run, table.n_train)
-    return BoundRun(key, plan, table, spec, _run_bounds(spec, run))
+    return BoundRun(key, plan, table, spec, _run_bounds(spec, run), run.get("settings") or {})
 
 
 # -- train ---------------------------------------------------------------------------------------
