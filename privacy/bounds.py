@@ -81,9 +81,13 @@ def estimate_bounds(
     ``n_records`` is the sites' public training-record total: where the bins that stand out of
     the noise hold under ``MIN_KEPT`` of it (values spread thinly over many bins, as values of
     order 1 that cross zero are on this grid), the column gets None rather than bounds that
-    would clip much of it."""
+    would clip much of it. Where even all the records in one bin would not stand out of the
+    noise, a bin that does is noise, and no column gets bounds."""
+    rows = np.asarray(pooled, dtype=float)
+    if n_records < _Z * noise_sd:
+        return [None] * len(rows)
     bounds: list[tuple[float, float] | None] = []
-    for row in np.asarray(pooled, dtype=float):
+    for row in rows:
         kept = _around_the_mode(np.where(row > _Z * noise_sd, row, 0.0))
         clear = row > _CLEAR * noise_sd  # e.g. an indicator's 0 and 1, a decade apart here
         kept[clear] = row[clear]

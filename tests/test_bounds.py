@@ -63,3 +63,13 @@ def test_estimated_bounds_enclose_the_central_values():
 def test_a_column_the_noise_swamps_has_no_bounds():
     sparse = release_histograms(bin_counts(columns(15)), 40.0)
     assert estimate_bounds(sparse, histogram_noise_sd(3, 40.0, 1), 15) == [None, None, None]
+
+
+def test_noise_bins_are_never_taken_for_a_small_cohort():
+    """Pure noise passes the threshold in a few bins of many columns; with fewer records than
+    the threshold, none of them may become bounds (this once passed about 1 draw in 14)."""
+    rng = np.random.default_rng(7)
+    noise_sd = histogram_noise_sd(3, 40.0, 1)
+    for _ in range(200):
+        noise = rng.normal(0.0, noise_sd, (3, len(GRID) + 1))
+        assert estimate_bounds(noise, noise_sd, 15) == [None, None, None]
