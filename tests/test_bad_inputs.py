@@ -87,7 +87,8 @@ def test_an_override_learning_rate_is_checked_before_any_site_starts(
     args = ("simulate", "--study", str(spec_path), "--out", str(out), *sites)
     assert invoke(*args, "--learning-rate", value) == 2
     assert _error(capsys) == (
-        "error: command-line overrides: [training] learning-rate must be a positive, finite number"
+        "error: command-line overrides: [training] learning-rate: must be a number in (0, 100], "
+        f"got {float(value)!r}"
     )
     assert not out.exists()
 
