@@ -227,15 +227,13 @@ def _warn_about_left_out_columns(spec, kind: str) -> None:
 
 
 def _value(entry: dict[str, Any]) -> str:
-    """``count (percent%)`` or ``mean (SD)``; withheld (a small count) or n/a (too uncertain,
-    the reason in the JSON) where the table holds the number back."""
+    """``count (percent%)`` or ``mean (SD)``; withheld (the dissemination rule) or n/a (too
+    uncertain), the reason in the JSON's ``withheld_reason`` or ``na_reason``, where the table
+    holds the number back."""
     from federation.server.style import NA, WITHHELD
-    from privacy.statistics import SMALL_COUNT
-
-    reasons = entry.get("withheld_reason", {})
 
     def held(field: str) -> str:
-        return NA if reasons.get(field, SMALL_COUNT) != SMALL_COUNT else WITHHELD
+        return NA if field in entry.get("na_reason", {}) else WITHHELD
 
     if "mean" in entry:
         if entry["mean"] is None:

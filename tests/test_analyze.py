@@ -318,8 +318,9 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
                 for field in ("count", "percent", "mean", "sd"):
                     if field not in entry:
                         continue
-                    if entry[field] is None:
-                        assert entry["withheld_reason"][field]
+                    if entry[field] is None:  # withheld or n/a, never both
+                        filed = [k for k in ("withheld_reason", "na_reason") if field in entry[k]]
+                        assert len(filed) == 1 and entry[filed[0]][field], (entry, field)
                     else:
                         assert entry[f"{field}_ci"][0] <= entry[field] <= entry[f"{field}_ci"][1]
             for entries in by_variable.values():
@@ -335,7 +336,7 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
     html = (tmp_path / "out" / "table1.html").read_text()
     assert "Overall (N = " in html and "withheld" in html and "sex: female (N = " in html
     for row in table["rows"]:  # each n/a on the page comes with its reason
-        reasons = row["withheld_reason"]
+        reasons = row["withheld_reason"] | row["na_reason"]
         shown = ("mean", "sd") if "mean" in row else ("count",) if "count" in reasons else (
             "count", "percent")  # fmt: skip
         for reason in (reasons[f] for f in shown if f in reasons):
