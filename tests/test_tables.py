@@ -440,9 +440,26 @@ def test_the_real_release_pools_within_its_noise():
 
 
 def test_the_page_escapes_what_it_shows():
+    """Every value the page shows is escaped by the template engine: names and levels come from
+    the spec and site names from the command line, and a page's JSON can be edited."""
     result, _, _ = table(1.0, 13)
+    script = "<script>alert(1)</script>"
+    result["sites"] = {f"{name}{script}": n for name, n in result["sites"].items()}
+    for row in result["rows"]:
+        row["sites"] = {f"{name}{script}": entry for name, entry in row["sites"].items()}
+    result["totals"]["sites"] = {f"{k}{script}": v for k, v in result["totals"]["sites"].items()}
+    result["rows"][0]["variable"] += script
+    result["rows"][0]["level"] += script
+    result["rows"][0]["na_reason"]["count"] = f"too uncertain{script}"
+    result["by"] += script
+    result["left_out"] = {f"clinic{script}": f"every count withheld{script}"}
     html = render_table(result)
     assert "tables &lt;test&gt;" in html and "tables <test>" not in html
+    assert "<script" not in html
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    # the sites' headers, the strata's, the row's variable and level, its note, the left-out line
+    assert html.count(escaped) == len(result["sites"]) + len(result["groups"]) + 2 + 1 + 2
+    assert 'font-family: -apple-system, "Segoe UI"' in html  # the stylesheet as written
 
 
 def _page_cells(html: str, variable: str, level: str) -> list[str]:

@@ -27,8 +27,7 @@ _PAGE = Environment(autoescape=True).from_string(
     """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }}</title><style>{{ css | safe }}
-td small { display: block; color: #555; } sup { color: #8a5a00; }</style></head>
+<title>{{ title }}</title><style>{{ css }}</style></head>
 <body>
 <h1>{{ title }}</h1>
 <p class="muted">{{ privacy }}</p>
