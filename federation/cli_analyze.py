@@ -232,8 +232,11 @@ def _value(entry: dict[str, Any]) -> str:
     holds the number back."""
     from federation.server.style import NA, WITHHELD
 
+    if not entry:  # a column the table has no entry for, as the page shows it
+        return WITHHELD
+
     def held(field: str) -> str:
-        return NA if field in entry.get("na_reason", {}) else WITHHELD
+        return WITHHELD if field in entry.get("withheld_reason", {}) else NA
 
     if "mean" in entry:
         if entry["mean"] is None:
@@ -242,5 +245,5 @@ def _value(entry: dict[str, Any]) -> str:
         return f"{entry['mean']:.2f} ({sd})"
     if entry.get("count") is None:
         return held("count")
-    percent = NA if entry.get("percent") is None else f"{entry['percent']:.1f}%"
+    percent = held("percent") if entry.get("percent") is None else f"{entry['percent']:.1f}%"
     return f"{entry['count']} ({percent})"

@@ -275,11 +275,10 @@ def pool_percentages(
     count's share of the total, from the noise (the projection's covariances); the CIs add the
     sampling variance of a proportion."""
     reason = None
-    if total.count is None or total.count == 0:
-        if total.count == 0:
-            reason = "no records"
-        else:
-            reason = "its column's total is n/a" if total.na else TOTAL_WITHHELD
+    if total.count == 0:
+        reason = "no records"
+    elif total.count is None:
+        reason = "its column's total is n/a" if total.na else TOTAL_WITHHELD
     elif any(c.na for c in counts):
         reason = "a count of this variable in this column is n/a"
     if reason is None:

@@ -138,22 +138,28 @@ def _cell(entry: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:
 
 def _count_text(entry: dict[str, Any]) -> tuple[str, str | None]:
     if entry["count"] is None:
-        return (WITHHELD if "count" in entry.get("withheld_reason", {}) else NA), None
+        return _left_out(entry, "count"), None
     percent = entry.get("percent")
     if percent is None:
-        return f"{entry['count']} ({NA})", _interval(entry.get("count_ci"), "{:.0f}")
+        text = f"{entry['count']} ({_left_out(entry, 'percent')})"
+        return text, _interval(entry.get("count_ci"), "{:.0f}")
     ci = entry.get("percent_ci")
     return f"{entry['count']} ({percent:.1f}%)", _interval(ci, "{:.1f}%")
 
 
 def _mean_text(entry: dict[str, Any]) -> tuple[str, str | None]:
     if entry.get("mean") is None:
-        return (WITHHELD if "mean" in entry.get("withheld_reason", {}) else NA), None
+        return _left_out(entry, "mean"), None
     sd = NA if entry.get("sd") is None else f"{entry['sd']:.1f}"
     detail = _interval(entry.get("mean_ci"), "{:.1f}")
     if entry.get("sd_ci"):
         detail += f"; SD {_interval(entry['sd_ci'], '{:.1f}')}"
     return f"{entry['mean']:.1f} ({sd})", detail
+
+
+def _left_out(entry: dict[str, Any], field: str) -> str:
+    """What a value left out reads: withheld (the dissemination rule) or n/a."""
+    return WITHHELD if field in entry.get("withheld_reason", {}) else NA
 
 
 def _interval(ci: list[float] | None, fmt: str) -> str | None:
