@@ -224,9 +224,20 @@ def test_settings_outside_their_range_are_refused_naming_the_key_and_range(
     assert str(error.value).startswith(f"study.toml: [{section}] {message}"), str(error.value)
 
 
-@pytest.mark.parametrize("setting", ["rounds=10000", "learning-rate=100", "proximal-mu=0"])
-def test_the_range_limits_themselves_are_allowed(setting):
-    assert parse_spec(MINIMAL + f"[training]\n{setting}\n").training.strategy == "fedavg"
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("training", "rounds", 10_000),
+        ("training", "learning-rate", 100.0),
+        ("training", "proximal-mu", 0.0),
+        ("training", "round-timeout", 604_800.0),
+        ("training", "evaluate-every", 10_000),
+        ("privacy", "max-grad-norm", 1_000.0),
+    ],
+)
+def test_the_range_limits_themselves_are_allowed(section, key, value):
+    spec = parse_spec(MINIMAL + f"[{section}]\n{key} = {value!r}\n")
+    assert getattr(getattr(spec, section), key.replace("-", "_")) == value
 
 
 @pytest.mark.parametrize(
