@@ -142,7 +142,7 @@ class SiteRun:
 def spec_runs(federation: Federation, spec: StudySpec) -> tuple[int, dict[str, SiteRun]]:
     """Rounds and per-site settings as the node runs them: the spec's, and the planner's where
     it leaves them out (``TrainingSection.planned`` for the smallest site)."""
-    training = spec.training.planned(min(len(site.y_train) for site in federation.sites))
+    training = spec.planned(min(len(site.y_train) for site in federation.sites)).training
     privacy = spec.privacy
     runs = {}
     for site in federation.sites:

@@ -15,6 +15,11 @@ rules here are what those measurements support (Fed-Heart-Disease's four hospita
   of 10 steps (demo) or 20 rounds of one step (small sites) at learning rates 1 and 2 fit
   within the budget, where many rounds of many steps force noise that costs AUROC and makes
   the model over-confident (slope below 1).
+- **More rounds where the budget allows them.** Twenty clipped full-batch steps leave small
+  sites' model short of the optimum (calibration slope 1.18 and 1.21 at epsilon 5 and 8 on
+  Fed-Heart-Disease): from ``GENEROUS_EPSILON`` on, such federations train 40 rounds (slope
+  1.03 at both, AUROC the same or 0.003 higher); at epsilon 3, 40 rounds cost 0.01 AUROC. The
+  demo's sites of hundreds of records, at ten steps a round, gain nothing from more rounds.
 - **Clip norm 1**, with clipping by the logit gradient (``federation.client.training``), which
   does not bias the fit, so the clip norm only sets the noise scale: the learning rates above
   are for it.
@@ -35,6 +40,7 @@ from privacy.accounting import GaussianRelease, calibrate_noise, epsilon_traject
 from privacy.limits import delta_too_weak
 
 MAX_STEPS_PER_ROUND = 10
+GENEROUS_EPSILON = 5.0  # from here on, small sites' few clipped steps a round get more rounds
 RECORDS_PER_STEP = 64  # the smallest site's records per step before a second step is planned
 
 
@@ -106,14 +112,17 @@ def steps_per_round_for(n_train: Sequence[int]) -> int:
     return max(1, min(MAX_STEPS_PER_ROUND, min(n_train) // RECORDS_PER_STEP))
 
 
-def default_training(n_train: Sequence[int]) -> dict[str, float | int]:
-    """The settings the module docstring's rules choose for sites of ``n_train`` records (also
-    without DP, so that a non-private run is the same algorithm)."""
+def default_training(
+    n_train: Sequence[int], target_epsilon: float | None = None
+) -> dict[str, float | int]:
+    """The settings the module docstring's rules choose for sites of ``n_train`` records at
+    ``target_epsilon`` (None: without DP, the same algorithm as at a strict budget)."""
     steps = steps_per_round_for(n_train)
     few = steps < 5  # a small site: one or a few steps a round, more rounds, a larger rate
+    generous = target_epsilon is not None and target_epsilon >= GENEROUS_EPSILON
     return {
         "steps_per_round": steps,
-        "rounds": 20 if few else 10,
+        "rounds": (40 if generous else 20) if few else 10,
         "local_epochs": 1,
         "learning_rate": 2.0 if few else 1.0,
         "max_grad_norm": 1.0,
@@ -176,7 +185,7 @@ def plan_study(
             f"delta {delta:g} is too weak for a site of {max(n_train)} records: keep it well "
             "below 1/records"
         )
-    chosen = default_training(n_train)
+    chosen = default_training(n_train, target_epsilon)
     steps = steps_per_round or chosen["steps_per_round"]
     rounds = rounds or chosen["rounds"]
     local_epochs = local_epochs or chosen["local_epochs"]

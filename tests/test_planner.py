@@ -8,8 +8,16 @@ import pytest
 from typer.testing import CliRunner
 
 from federation.cli import app
+from federation.wire.spec import parse_spec
 from privacy.accounting import GaussianRelease, compute_epsilon
-from privacy.planner import plan_study, share_noise, steps_per_round_for, zcdp_budget
+from privacy.planner import (
+    GENEROUS_EPSILON,
+    default_training,
+    plan_study,
+    share_noise,
+    steps_per_round_for,
+    zcdp_budget,
+)
 
 DELTA = 1e-5
 
@@ -39,6 +47,18 @@ def test_each_site_meets_the_target_after_the_standardization(accountant):
         assert spent > 2.97  # no budget wasted
         assert list(site.epsilon_by_round) == sorted(site.epsilon_by_round)
         assert len(site.epsilon_by_round) == plan.rounds
+
+
+def test_small_sites_train_more_rounds_where_the_budget_is_generous():
+    assert default_training([80])["rounds"] == 20  # without DP: as at a strict budget
+    assert default_training([80], 3.0)["rounds"] == 20
+    assert default_training([80], GENEROUS_EPSILON)["rounds"] == 40
+    assert default_training([700], 8.0)["rounds"] == 10  # ten steps a round: no more rounds
+    assert plan_study(8.0, 1e-5, "rdp", [80, 200]).rounds == 40
+    text = '[study]\nname = "s"\nlabel = "y"\n[features]\nnumeric = ["x"]\n[privacy]\n'
+    assert parse_spec(text + "target-epsilon = 8.0\n").planned(80).training.rounds == 40
+    assert parse_spec(text + "target-epsilon = 3.0\n").planned(80).training.rounds == 20
+    assert parse_spec(text + "enabled = false\n").planned(80).training.rounds == 20
 
 
 def test_given_settings_are_kept():

@@ -96,7 +96,7 @@ def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp
             if r["mechanism"] == "gaussian-sums"
         ]
         smallest = min(s["n_train"] for s in summary["sites"].values())
-        training = spec.training.planned(smallest)  # the settings the census planned
+        training = spec.planned(smallest).training  # the settings the census planned
         plan = plan_dp(
             site["n_train"],
             training.batch_size_for(site["n_train"]),

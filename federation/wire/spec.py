@@ -157,12 +157,15 @@ class TrainingSection:
             self.batch_size is not None or self.steps_per_round is not None
         )
 
-    def planned(self, smallest_n_train: int) -> TrainingSection:
+    def planned(
+        self, smallest_n_train: int, target_epsilon: float | None = None
+    ) -> TrainingSection:
         """The settings the spec leaves out, chosen for a federation whose smallest site has
-        ``smallest_n_train`` training records (public); those it gives are kept."""
+        ``smallest_n_train`` training records (public) and a budget of ``target_epsilon``
+        (None: without DP); those it gives are kept."""
         from privacy.planner import default_training  # the accountant's imports are heavy
 
-        chosen = default_training([smallest_n_train])
+        chosen = default_training([smallest_n_train], target_epsilon)
         batches = {}
         if self.batch_size is None and self.steps_per_round is None:
             batches["steps_per_round"] = chosen["steps_per_round"]
@@ -239,8 +242,10 @@ class StudySpec:
         return "\n".join(lines)
 
     def planned(self, smallest_n_train: int) -> StudySpec:
-        """This spec with its training settings planned (``TrainingSection.planned``)."""
-        return replace(self, training=self.training.planned(smallest_n_train))
+        """This spec with its training settings planned (``TrainingSection.planned``) for its
+        budget."""
+        epsilon = self.privacy.target_epsilon if self.privacy.enabled else None
+        return replace(self, training=self.training.planned(smallest_n_train, epsilon))
 
     def with_overrides(self, **changes: dict[str, Any]) -> StudySpec:
         """Return a copy with section fields replaced, e.g. ``training={"rounds": 5}``."""
