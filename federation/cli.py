@@ -135,14 +135,21 @@ def synth(
     file_format: Annotated[
         str, typer.Option("--format", help="csv or parquet.", case_sensitive=False)
     ] = "csv",
+    task: Annotated[
+        str, typer.Option(help="binary (an outcome 0/1) or survival (time in days and event).")
+    ] = "binary",
 ) -> None:
     """Write synthetic site files and a matching study spec."""
     from federation.synth import write_cohort
 
     if file_format.lower() not in ("csv", "parquet"):
         raise AllfedError(f"--format must be csv or parquet, not {file_format!r}")
+    if task not in ("binary", "survival"):
+        raise AllfedError(f"--task must be binary or survival, not {task!r}")
     writable_directory(out, what="the site files")
-    files, spec_path = write_cohort(out, sites, records, seed=seed, fmt=file_format.lower())
+    files, spec_path = write_cohort(
+        out, sites, records, seed=seed, fmt=file_format.lower(), task=task
+    )
     for name, path in files.items():
         out_console.print(f"{name}: {path}")
     out_console.print(f"study spec: {spec_path}")
