@@ -2,16 +2,17 @@
 
 Six regions (from the TSS code of each patient barcode, via FLamby's centers.csv) are the six
 sites, with FLamby's static train/test split (``train_test_split.csv``) as each file's split
-column and FLamby's 39 features (age and 38 one-hot columns, declared numeric with bounds) as
-the study's features. Each setting runs through ``federation.simulation.simulate`` as a user
-would, with allfed's defaults (the planner's training settings, one federated standardization,
-the discrete-time hazard model on the spec's intervals). The sites release no survival metric
+column and FLamby's 39 features (age, and 38 one-hot columns declared as categorical features
+of levels 0 and 1) as the study's features. Each setting runs through
+``federation.simulation.simulate`` as a user would, with allfed's defaults (the planner's
+training settings, one federated standardization, the discrete-time hazard model on the spec's
+intervals). The sites release no survival metric
 yet, so the benchmark, which holds the public data, scores the final model itself on every
 region's test rows, encoded exactly as the nodes encode them: Harrell's C-index of the risk
 score, pooled and per region (scikit-survival's ``concordance_index_censored``, the same
 statistic as lifelines' ``concordance_index(T, -risk, E)`` that FLamby reports). Beside it: a
 centralized, non-private Cox model (scikit-survival, a small ridge penalty) fitted on the
-pooled training rows, and FLamby's published pooled-test C-index.
+pooled training rows of FLamby's 39 columns, and FLamby's published pooled-test C-index.
 
     python benchmarks/tcga_brca.py --json tcga.json [--data DIR] [--repeats K]
         [--epsilons none,8,3,1] [--intervals 182,365,...]
@@ -33,7 +34,7 @@ from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 
 from federation.client.data import load_site_table
-from federation.client.features import clip_to_bounds, encode, resolve_scaling
+from federation.client.features import encode, resolve_scaling
 from federation.client.partition import fresh_partition
 from federation.simulation import simulate
 from federation.wire.spec import parse_spec
@@ -44,7 +45,7 @@ HORIZONS = (365, 1095, 1825)
 # The hazard model's intervals (days), fixed before looking at the data: half-years to 2
 # years, yearly to 5, then 7, 10 and 15 years; later follow-up counts as censored at 15 years.
 INTERVALS = (182, 365, 547, 730, 1095, 1460, 1825, 2555, 3650, 5475)
-AGE_BOUNDS = (20, 90)  # clinical range, not the data's (26-90)
+AGE, AGE_BOUNDS = "age_at_index", (20, 90)  # a clinical range, not the data's (26-90)
 FLAMBY = {
     "source": "FLamby results_benchmark_fed_tcga_brca, mean of seeds 42-46, pooled-test C-index",
     "pooled_training": 0.704,
@@ -78,10 +79,10 @@ def _plain(name: str) -> str:
 
 
 def study_text(features: list[str], epsilon: float | None, intervals: tuple[int, ...]) -> str:
-    bounds = ", ".join(
-        f'"{c}" = [{AGE_BOUNDS[0]}, {AGE_BOUNDS[1]}]' if c == "age_at_index" else f'"{c}" = [0, 1]'
-        for c in features
-    )
+    """The study: age numeric (clinical bounds), each one-hot column a categorical feature of
+    levels 0 and 1, so the federated standardization (a DP release) has one column to pool,
+    not 39 whose noise would swamp their spreads at these sites' sizes."""
+    categorical = ", ".join(f'"{c}" = ["0", "1"]' for c in features if c != AGE)
     privacy = f"target-epsilon = {epsilon}" if epsilon else "enabled = false"
     return f"""
 [study]
@@ -93,8 +94,9 @@ horizons = {list(HORIZONS)}
 intervals = {list(intervals)}
 split = "split"
 [features]
-numeric = {json.dumps(features)}
-bounds = {{ {bounds} }}
+numeric = ["{AGE}"]
+categorical = {{ {categorical} }}
+bounds = {{ {AGE} = [{AGE_BOUNDS[0]}, {AGE_BOUNDS[1]}] }}
 [privacy]
 {privacy}
 delta = 1e-5
@@ -106,29 +108,28 @@ def harrell(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     return float(concordance_index_censored(event.astype(bool), time, risk)[0])
 
 
-def centralized_cox(spec, sites: dict[str, Path], penalizer: float) -> dict:
-    """Cox proportional hazards on the pooled training rows (standardized with their own mean
-    and SD, so the ridge penalty treats every feature alike), scored on every test row."""
-    tables = {name: _table(spec, path) for name, path in sites.items()}
-    train = np.concatenate([clip_to_bounds(t.numeric[~t.is_test], spec) for t in tables.values()])
-    center, scale = train.mean(0), train.std(0)
-    scale = np.where(scale > 0, scale, 1.0)
-    rows = {name: (_encoded(t, spec, center, scale, False), _encoded(t, spec, center, scale, True))
-            for name, t in tables.items()}  # fmt: skip
-    x = np.concatenate([r[0][0] for r in rows.values()])
-    y = np.concatenate([r[0][1] for r in rows.values()])
-    target = np.array([(bool(e), t) for t, e in y], dtype=[("event", bool), ("time", float)])
-    cox = CoxPHSurvivalAnalysis(alpha=penalizer).fit(x, target)
-    scores = {name: (test[1], cox.predict(test[0])) for name, (_, test) in rows.items()}
+def centralized_cox(frames: dict[str, pd.DataFrame], penalizer: float) -> dict:
+    """Cox proportional hazards on the pooled training rows of FLamby's 39 columns
+    (standardized with the training rows' mean and SD, so the ridge penalty treats every
+    feature alike), scored on every region's test rows."""
+    features = [c for c in next(iter(frames.values())).columns if c not in ("T", "E", "split")]
+    train = pd.concat([f[f["split"] == "train"] for f in frames.values()])
+    center, scale = train[features].mean(), train[features].std(ddof=0).replace(0, 1.0)
+    target = np.array(
+        list(zip(train["E"].astype(bool), train["T"].astype(float), strict=True)),
+        dtype=[("event", bool), ("time", float)],
+    )
+    cox = CoxPHSurvivalAnalysis(alpha=penalizer).fit((train[features] - center) / scale, target)
+    scores = {}
+    for name, frame in frames.items():
+        test = frame[frame["split"] == "test"]
+        outcome = test[["T", "E"]].to_numpy(dtype=float)
+        scores[name] = (outcome, cox.predict((test[features] - center) / scale))
     return {"penalizer": penalizer, **_cindices(scores)}
 
 
 def _table(spec, path: Path):
     return load_site_table(path, spec, fresh_partition(spec, list(pd.read_csv(path).columns)))
-
-
-def _encoded(table, spec, center, scale, test: bool):
-    return encode(table, spec, center, scale, test=test, bounds=spec.features.bounds)
 
 
 def _cindices(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -220,9 +221,7 @@ def run(args: argparse.Namespace) -> dict:
         for region, frame in frames.items():
             sites[region] = Path(tmp) / f"{region}.csv"
             frame.to_csv(sites[region], index=False)
-        reference = centralized_cox(
-            parse_spec(study_text(features, None, intervals)), sites, args.penalizer
-        )
+        reference = centralized_cox(frames, args.penalizer)
         print(f"centralized Cox (no DP): {_line(reference)}", flush=True)
         for epsilon in epsilons:
             spec = parse_spec(study_text(features, epsilon, intervals))
