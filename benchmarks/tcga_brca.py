@@ -15,7 +15,8 @@ centralized, non-private Cox model (scikit-survival, a small ridge penalty) fitt
 pooled training rows of FLamby's 39 columns, and FLamby's published pooled-test C-index.
 
     python benchmarks/tcga_brca.py --json tcga.json [--data DIR] [--repeats K]
-        [--epsilons none,8,3,1] [--intervals 182,365,...]
+        [--epsilons none,8,3,1] [--intervals 182,365,...] [--rounds R --steps-per-round S
+        --learning-rate L: default the planner's settings, as allfed's]
 """
 
 from __future__ import annotations
@@ -78,12 +79,18 @@ def _plain(name: str) -> str:
     return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9]+", "_", name)).strip("_")
 
 
-def study_text(features: list[str], epsilon: float | None, intervals: tuple[int, ...]) -> str:
+def study_text(
+    features: list[str],
+    epsilon: float | None,
+    intervals: tuple[int, ...],
+    training: dict[str, float | int | None] | None = None,
+) -> str:
     """The study: age numeric (clinical bounds), each one-hot column a categorical feature of
     levels 0 and 1, so the federated standardization (a DP release) has one column to pool,
     not 39 whose noise would swamp their spreads at these sites' sizes."""
     categorical = ", ".join(f'"{c}" = ["0", "1"]' for c in features if c != AGE)
     privacy = f"target-epsilon = {epsilon}" if epsilon else "enabled = false"
+    settings = "".join(f"{k} = {v}\n" for k, v in (training or {}).items() if v is not None)
     return f"""
 [study]
 name = "fed-tcga-brca"
@@ -97,7 +104,8 @@ split = "split"
 numeric = ["{AGE}"]
 categorical = {{ {categorical} }}
 bounds = {{ {AGE} = [{AGE_BOUNDS[0]}, {AGE_BOUNDS[1]}] }}
-[privacy]
+[training]
+{settings}[privacy]
 {privacy}
 delta = 1e-5
 """
@@ -215,6 +223,11 @@ def run(args: argparse.Namespace) -> dict:
     features = [c for c in next(iter(frames.values())).columns if c not in ("T", "E", "split")]
     intervals = tuple(int(v) for v in args.intervals.split(","))
     epsilons = [None if e == "none" else float(e) for e in args.epsilons.split(",")]
+    training = {
+        "rounds": args.rounds,
+        "steps-per-round": args.steps_per_round,
+        "learning-rate": args.learning_rate,
+    }
     results = []
     with tempfile.TemporaryDirectory(prefix="allfed-tcga-") as tmp:
         sites = {}
@@ -224,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
         reference = centralized_cox(frames, args.penalizer)
         print(f"centralized Cox (no DP): {_line(reference)}", flush=True)
         for epsilon in epsilons:
-            spec = parse_spec(study_text(features, epsilon, intervals))
+            spec = parse_spec(study_text(features, epsilon, intervals, training))
             repeats = args.repeats if epsilon else 1  # without DP a run is deterministic
             runs = [one_run(spec, sites, Path(tmp) / f"run-{epsilon}-{i}") for i in range(repeats)]
             results.append(summarize(epsilon, runs))
@@ -234,7 +247,8 @@ def run(args: argparse.Namespace) -> dict:
         "results": results,
         "flamby": FLAMBY,
         "settings": {
-            "engine": "federation.simulation.simulate, planner-chosen training settings",
+            "engine": "federation.simulation.simulate",
+            "training": training,  # None: chosen by the planner (allfed's default)
             "model": "discrete-time hazard, logistic risk score",
             "horizons": list(HORIZONS),
             "intervals": list(intervals),
@@ -289,6 +303,9 @@ def main() -> None:
     parser.add_argument("--epsilons", default="none,8,3,1", help="none (no DP) and epsilons")
     parser.add_argument("--intervals", default=",".join(map(str, INTERVALS)), help="days")
     parser.add_argument("--penalizer", type=float, default=0.01, help="the Cox ridge penalty")
+    parser.add_argument("--rounds", type=int, help="default: the planner's (allfed's default)")
+    parser.add_argument("--steps-per-round", type=int, help="default: the planner's")
+    parser.add_argument("--learning-rate", type=float, help="default: the planner's")
     args = parser.parse_args()
     report = run(args)
     print(
