@@ -391,3 +391,20 @@ def test_a_dp_survival_run_ranks_like_cox_and_says_its_metrics_are_not_released(
     assert len(ty) == len(outcome)
     ours, cox = _cindex(outcome, risk), _cox_cindex(x, y, tx, ty)
     assert ours > cox - 0.03, (ours, cox)
+
+
+def test_a_survival_runs_summary_and_report_say_its_metrics_are_not_released(tmp_path):
+    """What the round loop leaves a survival run (``RoundLoop.run``), as the summary and the
+    report show it: the outcome columns, and the withheld metrics' reason in words."""
+    from federation.server.outputs import RunDirectory
+    from federation.server.state import RunState
+    from federation.server.summary import conclude
+
+    state = RunState.start(parse_spec(SURVIVAL))
+    state.metrics = {"pooled": {"withheld_reason": SURVIVAL_WITHHELD}}
+    summary = conclude(RunDirectory(tmp_path), state, "completed", None)
+    assert (summary["time"], summary["event"], summary["horizons"]) == ("days", "died", [365, 1095])
+    assert summary["label"] is None and summary["metrics"]["pooled"] == state.metrics["pooled"]
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "predicting the risk of <b>died</b>" in page
+    assert "<p>Survival metrics are not released yet: the sites release no evaluation" in page
