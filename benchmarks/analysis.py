@@ -114,7 +114,7 @@ def evaluate(result: dict, exact: dict, query) -> dict:
                 truth = sum(
                     exact[site][(s, TOTAL, TOTAL, COUNT)] for site, s in parts if s == level
                 )
-            reasons = entry.get("withheld_reason", {})
+            withheld, na_reasons = entry.get("withheld_reason", {}), entry.get("na_reason", {})
             checks = [("count", entry["count"], entry.get("count_ci"), truth)]
             if variable not in whole:
                 by_variable.setdefault(variable, []).append(entry)
@@ -126,9 +126,9 @@ def evaluate(result: dict, exact: dict, query) -> dict:
                 if value is not None and true is not None:
                     shown[kind] += 1
                     covered[kind] += _covers(ci, true)
-                elif kind in reasons and reasons[kind] != SMALL_COUNT:
+                elif kind in na_reasons:
                     na[kind] += 1
-            small += reasons.get("count") == SMALL_COUNT
+            small += withheld.get("count") == SMALL_COUNT
             if variable in numeric and level == PRESENT:
                 v = numeric[variable]
                 n = _summed(exact, parts, variable, PRESENT, COUNT)
@@ -140,7 +140,7 @@ def evaluate(result: dict, exact: dict, query) -> dict:
                     if entry[kind] is not None:
                         shown[kind] += 1
                         covered[kind] += _covers(entry[f"{kind}_ci"], true)
-                    elif kind in reasons and reasons[kind] != SMALL_COUNT:
+                    elif kind in na_reasons:
                         na[kind] += 1
                 if scope == "overall" and entry["mean"] is not None:
                     low, high = v.bounds

@@ -190,6 +190,13 @@ def simulate(
     ] = False,
     force: Force = False,
     as_json: AsJson = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of a running Ray cluster's head: the simulated sites run on its "
+            "nodes (a central team's own machines; real sites deploy their own node)."
+        ),
+    ] = None,
 ) -> None:
     """Run a study on local site files, every site a simulated node (--json: the progress on
     stderr, the run's summary.json on stdout)."""
@@ -220,12 +227,18 @@ def simulate(
     if resume and force:
         raise AllfedError("--resume continues the run in --out and --force replaces it; give one")
     sites = parse_site_files(site)
+    if ray_address is not None:
+        from federation.simulation import check_ray_address
+
+        check_ray_address(ray_address)  # before the run directory or Flower
     if not resume:
         writable_run_directory(out, force)
     if ledger_dir is not None:
         writable_directory(ledger_dir, "--ledger-dir", "the sites' ledgers")
     governance = {"policies": parse_sites(policy or [], "--policy"), "ledger_dir": ledger_dir}
-    _run_and_report(spec, sites, out, verbose, as_json, resume=resume, **governance)
+    _run_and_report(
+        spec, sites, out, verbose, as_json, resume=resume, ray_address=ray_address, **governance
+    )
 
 
 @app.command()

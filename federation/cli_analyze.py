@@ -227,15 +227,16 @@ def _warn_about_left_out_columns(spec, kind: str) -> None:
 
 
 def _value(entry: dict[str, Any]) -> str:
-    """``count (percent%)`` or ``mean (SD)``; withheld (a small count) or n/a (too uncertain,
-    the reason in the JSON) where the table holds the number back."""
+    """``count (percent%)`` or ``mean (SD)``; withheld (the dissemination rule) or n/a (too
+    uncertain), the reason in the JSON's ``withheld_reason`` or ``na_reason``, where the table
+    holds the number back."""
     from federation.server.style import NA, WITHHELD
-    from privacy.statistics import SMALL_COUNT
 
-    reasons = entry.get("withheld_reason", {})
+    if not entry:  # a column the table has no entry for, as the page shows it
+        return WITHHELD
 
     def held(field: str) -> str:
-        return NA if reasons.get(field, SMALL_COUNT) != SMALL_COUNT else WITHHELD
+        return WITHHELD if field in entry.get("withheld_reason", {}) else NA
 
     if "mean" in entry:
         if entry["mean"] is None:
@@ -244,5 +245,5 @@ def _value(entry: dict[str, Any]) -> str:
         return f"{entry['mean']:.2f} ({sd})"
     if entry.get("count") is None:
         return held("count")
-    percent = NA if entry.get("percent") is None else f"{entry['percent']:.1f}%"
+    percent = held("percent") if entry.get("percent") is None else f"{entry['percent']:.1f}%"
     return f"{entry['count']} ({percent})"

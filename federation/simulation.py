@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -81,6 +82,7 @@ def simulate(
     ledger_dir: Path | None = None,
     resume: bool = False,
     analysis: AnalysisRequest | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` over ``sites`` (name -> data file) and return the run's summary.
 
@@ -95,6 +97,8 @@ def simulate(
     need their ledgers).
     ``analysis`` answers that descriptive analysis instead of training and returns its
     ``analysis.json``.
+    ``ray_address`` (``HOST:PORT`` of a running Ray cluster's head) runs the simulated sites on
+    that cluster's nodes instead of a Ray started on this machine (``ray_backend_config``).
     """
     if not sites:
         raise AllfedError("no sites given: pass --site NAME=PATH at least once")
@@ -108,6 +112,8 @@ def simulate(
             f"{len(sites)} site(s) given, fewer than [training] min-sites = "
             f"{spec.training.min_sites}: the run cannot start"
         )
+    if ray_address is not None:
+        check_ray_address(ray_address)
     configure_flower_environment()
 
     from flwr.simulation import run_simulation
@@ -147,21 +153,12 @@ def simulate(
     # reach run.log, and Flower's own console handler in verbose mode).
     logging.getLogger("flwr").propagate = False
     logging.getLogger("allfed").propagate = verbose
-    backend_config = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": max(1, min(len(sites), _usable_cpus())),
-            "include_dashboard": False,
-            "logging_level": logging.INFO if verbose else logging.ERROR,
-            "log_to_driver": verbose,
-        },
-    }
     with contextlib.suppress(RunFailed):  # the summary written by the run says why
         run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=len(sites),
-            backend_config=backend_config,
+            backend_config=ray_backend_config(len(sites), verbose, ray_address),
         )
     summary_path = Path(out) / ("analysis.json" if analysis else "summary.json")
     if not summary_path.exists():
@@ -180,6 +177,39 @@ def analyze(
     """Answer a descriptive analysis over ``sites`` (the Python face of ``allfed analyze``);
     returns ``out/analysis.json``, whose ``result`` is the pooled table."""
     return simulate(spec, sites, out, analysis=request, policies=policies, ledger_dir=ledger_dir)
+
+
+def ray_backend_config(n_sites: int, verbose: bool, ray_address: str | None) -> dict[str, Any]:
+    """Flower's Ray backend settings: one CPU a site. Without ``ray_address``, Ray starts here
+    with as many workers as sites, up to this machine's CPUs; with it, Ray joins that cluster,
+    whose nodes bring their own CPUs (Ray refuses a CPU count when it joins a cluster)."""
+    init_args: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
+    }
+    if ray_address is None:
+        init_args["num_cpus"] = max(1, min(n_sites, _usable_cpus()))
+    else:
+        init_args["address"] = ray_address
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
+
+
+def check_ray_address(address: str) -> None:
+    """A one-line error, before Flower starts, for an address no Ray cluster answers at (Ray
+    itself retries for a minute, then raises)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise AllfedError(
+            f"--ray-address {address!r}: expected HOST:PORT of the Ray head (its GCS port, "
+            "6379 by default, as `ray start --head` prints)"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:
+        raise AllfedError(
+            f"--ray-address {address}: no Ray cluster answers there ({error.strerror or error})"
+        ) from None
 
 
 def _usable_cpus() -> int:

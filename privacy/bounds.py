@@ -7,7 +7,8 @@ seen (zero, then 0.1 to 1e6 in either sign, ten edges a decade: finer bins near 
 each hold too few values to stand out of the noise), so that the bins reveal
 nothing by their placement. The server sums the sites' noisy counts and takes the bin edges
 around the ``LOW_QUANTILE`` and ``HIGH_QUANTILE`` of the pooled counts as the column's bounds
-(``estimate_bounds``); values beyond them are then clipped, as they are for declared bounds.
+(``estimate_bounds``), reading the counts at a coarser grid (merged bins) where the noise hides
+the fine one; values beyond them are then clipped, as they are for declared bounds.
 
 Budget: the release is one Gaussian mechanism, accounted as ``GaussianRelease(z, 1.0, 1)`` and
 composed, before the standardization sums, with everything else the site releases in the run;
@@ -34,7 +35,7 @@ LOW_QUANTILE, HIGH_QUANTILE = 0.01, 0.99
 MIN_KEPT = 0.8  # of the records, in bins above the noise, for a column to get bounds
 _Z = 3.5  # pooled counts below this many noise SDs are taken as empty (180 bins: noise alone
 # passes 3.5 SDs in one of them in 4% of columns, and then one bin past the data at most)
-_CLEAR = 6.0  # a bin this many noise SDs up is data wherever it lies (noise alone: 1 in 10^9)
+_CLEAR = 5.0  # a bin this many noise SDs up is data wherever it lies (noise alone: 3 in 10^7)
 
 
 def bin_counts(values: np.ndarray) -> np.ndarray:
@@ -75,35 +76,120 @@ def estimate_bounds(
 ) -> list[tuple[float, float] | None]:
     """Per column of pooled noisy counts, the grid edges around its low and high quantiles, or
     None where the noise leaves too few counts to place them (post-processing only: no privacy
-    cost). Bins with counts under ``_Z`` noise SDs are taken as empty, so the noise in the many
-    empty bins does not move the quantiles, and the bounds reach one bin further on either side
-    for the tails' bins that this drops; an open-ended bin's bound is the grid's last edge.
+    cost).
+
+    Bins with counts under ``_Z`` noise SDs are taken as empty, so the noise in the many empty
+    bins does not move the quantiles. Where too few of the records stand out of the noise on
+    the grid (a small cohort, a strict budget, values spread over many bins), the same counts
+    are read at a coarser grid (``RESOLUTIONS``: adjacent bins merged, which adds their counts
+    and their noise only in quadrature), the finest that places the records, as long as all
+    the records in one merged bin would stand ``_MIN_SIGNAL`` noise SDs out (coarser, a noisy
+    empty group passes the threshold as often, and the records no longer outweigh it). The
+    bounds then reach out over the tails' bins that the threshold dropped (``_reach``), and one bin
+    further; an open-ended bin's bound is the grid's last edge.
+
     ``n_records`` is the sites' public training-record total: where the bins that stand out of
-    the noise hold under ``MIN_KEPT`` of it (values spread thinly over many bins, as values of
-    order 1 that cross zero are on this grid), the column gets None rather than bounds that
-    would clip much of it. Where even all the records in one bin would not stand out of the
-    noise, a bin that does is noise, and no column gets bounds."""
+    the noise hold under ``MIN_KEPT`` of it at every resolution (values of order 1 that cross
+    zero, spread thinly over this grid), the column gets None rather than bounds that would
+    clip much of it. Where even all the records in one bin would not stand out of the noise, a
+    bin that does is noise, and no column gets bounds."""
     rows = np.asarray(pooled, dtype=float)
     if n_records < _Z * noise_sd:
         return [None] * len(rows)
-    bounds: list[tuple[float, float] | None] = []
-    for row in rows:
-        kept = _around_the_mode(np.where(row > _Z * noise_sd, row, 0.0))
-        clear = row > _CLEAR * noise_sd  # e.g. an indicator's 0 and 1, a decade apart here
-        kept[clear] = row[clear]
-        total = kept.sum()
-        plausible = MIN_KEPT * n_records <= total <= n_records + _Z * noise_sd
-        if not plausible or total <= 0:  # too little above the noise, or noise taken as data
-            bounds.append(None)
-            continue
-        cumulative = np.cumsum(kept) / total
-        low_bin = int(np.searchsorted(cumulative, low_quantile, side="right"))
-        high_bin = int(np.searchsorted(cumulative, high_quantile, side="left"))
-        # One bin more on either side: the bins under the threshold are the tails' ones.
-        low = GRID[max(low_bin - 2, 0)]
-        high = GRID[min(high_bin + 1, len(GRID) - 1)]
-        bounds.append((float(low), float(high)) if low < high else None)
-    return bounds
+    return [_column_bounds(row, noise_sd, n_records, low_quantile, high_quantile) for row in rows]
+
+
+def _column_bounds(
+    row: np.ndarray, noise_sd: float, n_records: int, low_quantile: float, high_quantile: float
+) -> tuple[float, float] | None:
+    """One column's bounds, where some resolution's bins above the noise hold ``MIN_KEPT`` of
+    the records: at the finest that holds nearly (``_FULL``) as many as the one that holds the
+    most (the column's present values, which missing values make fewer than the records)."""
+    readings = [r for merged in RESOLUTIONS if (r := _read(row, merged, noise_sd, n_records))]
+    most = max((r[1].sum() for r in readings), default=0.0)
+    if most < MIN_KEPT * n_records:
+        return None
+    finest = next(r for r in readings if r[1].sum() >= _FULL * most)
+    return _edges(row, *finest, noise_sd, low_quantile, high_quantile)
+
+
+def _read(
+    row: np.ndarray, merged: int, noise_sd: float, n_records: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The groups of ``merged`` bins and their counts taken as data, or None where this
+    resolution cannot tell the records from the noise."""
+    groups = _GROUPS[merged]
+    group_sd = noise_sd * np.sqrt(np.bincount(groups))
+    if n_records < _MIN_SIGNAL * group_sd.max():
+        return None  # a group of noise could pass for the records
+    counts = np.bincount(groups, weights=row)
+    kept = _around_the_mode(np.where(counts > _Z * group_sd, counts, 0.0))
+    clear = counts > _CLEAR * group_sd  # e.g. an indicator's 0 and 1, a decade apart here
+    kept[clear] = counts[clear]
+    noise_of_total = noise_sd * math.sqrt(np.bincount(groups)[kept > 0].sum())
+    if kept.sum() <= 0 or kept.sum() > n_records + _Z * noise_of_total:
+        return None  # nothing above the noise, or noise taken as data
+    return groups, kept
+
+
+def _edges(
+    row: np.ndarray,
+    groups: np.ndarray,
+    kept: np.ndarray,
+    noise_sd: float,
+    low_quantile: float,
+    high_quantile: float,
+) -> tuple[float, float] | None:
+    """The grid edges around the quantiles of ``kept``, reaching over the thin tails."""
+    cumulative = np.cumsum(kept) / kept.sum()
+    low_group = int(np.searchsorted(cumulative, low_quantile, side="right"))
+    high_group = int(np.searchsorted(cumulative, high_quantile, side="left"))
+    first = int(np.flatnonzero(groups == low_group)[0])
+    last = int(np.flatnonzero(groups == high_group)[-1])
+    first -= _reach(row[first - 1 :: -1] if first else row[:0], noise_sd)
+    last += _reach(row[last + 1 :], noise_sd)
+    # One bin more on either side; bin k holds [GRID[k-1], GRID[k]).
+    low, high = GRID[max(first - 2, 0)], GRID[min(last + 1, len(GRID) - 1)]
+    return (float(low), float(high)) if low < high else None
+
+
+def _reach(beyond: np.ndarray, noise_sd: float) -> int:
+    """How many of the bins ``beyond`` an edge (nearest first) the tail still fills: the most,
+    up to ``_MAX_REACH``, whose summed counts stand ``_TAIL_Z`` noise SDs out. A tail spread
+    thinly over several bins stands out only when they are added up; noise that passes this
+    widens the bounds by a few bins, which costs the sums a little precision and clips
+    nothing."""
+    reach = 0
+    sums = np.cumsum(beyond[:_MAX_REACH])
+    for j, total in enumerate(sums, start=1):
+        if total > _TAIL_Z * noise_sd * math.sqrt(j):
+            reach = j
+    return reach
+
+
+def _merged_groups(merged: int) -> np.ndarray:
+    """The group of every bin when ``merged`` adjacent bins are read as one: from zero outward
+    on either side (so that a decade is one group at ``merged`` = ``EDGES_PER_DECADE``), the
+    two bins next to zero and the two open-ended bins on their own; groups numbered in order."""
+    zero = int(np.searchsorted(GRID, 0.0))  # GRID[zero] == 0: bins zero and zero + 1 touch it
+    below = (zero - 1 - np.arange(1, zero)) // merged  # bins 1 .. zero - 1, outward from zero
+    above = (np.arange(zero + 2, N_BINS - 1) - zero - 2) // merged
+    n_below = int(below.max()) + 1
+    groups = np.empty(N_BINS, dtype=int)
+    groups[0] = 0
+    groups[1:zero] = n_below - below
+    groups[zero] = n_below + 1
+    groups[zero + 1] = n_below + 2
+    groups[zero + 2 : N_BINS - 1] = n_below + 3 + above
+    groups[N_BINS - 1] = groups[N_BINS - 2] + 1
+    return groups
+
+
+RESOLUTIONS = (1, 2, 5, EDGES_PER_DECADE)  # bins read as one, finest first
+_GROUPS = {merged: _merged_groups(merged) for merged in RESOLUTIONS}
+_MAX_REACH, _TAIL_Z = 4, 2.0
+_MIN_SIGNAL = 5.0
+_FULL = 0.95  # of the records above the noise: a resolution that clips next to nothing
 
 
 def _around_the_mode(kept: np.ndarray, gap: int = 2) -> np.ndarray:

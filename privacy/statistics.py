@@ -199,6 +199,22 @@ def exact_cells(
 
 MAX_CI_SHARE = 0.5
 SMALL_COUNT = f"1 to {DEFAULT_MIN_CELL_COUNT} records: no such count is published"
+# What the dissemination rule holds back: a small count, or a figure that rests on one. An
+# output names these under ``withheld_reason``; any other reason a value is not shown is n/a
+# (undefined, or too uncertain to mean anything), under ``na_reason``, as in the run summary.
+TOTAL_WITHHELD = "its column's total is withheld"
+NO_SUMS = "every site withheld this column's sums (their counts were small)"
+WITHHELD_REASONS = frozenset({SMALL_COUNT, TOTAL_WITHHELD, NO_SUMS})
+
+
+def reason_keys(reasons: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """An entry's reasons (field: reason) under the two keys of the outputs:
+    ``withheld_reason`` (the dissemination rule) and ``na_reason`` (undefined or too
+    uncertain)."""
+    return {
+        "withheld_reason": {f: r for f, r in reasons.items() if r in WITHHELD_REASONS},
+        "na_reason": {f: r for f, r in reasons.items() if r not in WITHHELD_REASONS},
+    }
 
 
 @dataclass(frozen=True)
@@ -215,7 +231,7 @@ class PooledCount:
     @property
     def na(self) -> bool:
         """Not shown because too uncertain (as opposed to withheld as a small count)."""
-        return self.reason is not None and self.reason != SMALL_COUNT
+        return self.reason is not None and self.reason not in WITHHELD_REASONS
 
     def as_dict(self) -> dict:
         return {
@@ -223,7 +239,7 @@ class PooledCount:
             "count_se": round(self.se, 2),
             "count_ci": None if self.ci is None else [round(x, 1) for x in self.ci],
             "withheld_cells": self.withheld,
-            "withheld_reason": {} if self.reason is None else {"count": self.reason},
+            **reason_keys({} if self.reason is None else {"count": self.reason}),
         }
 
 
@@ -259,8 +275,10 @@ def pool_percentages(
     count's share of the total, from the noise (the projection's covariances); the CIs add the
     sampling variance of a proportion."""
     reason = None
-    if total.count is None or total.count == 0:
-        reason = "its column's total is withheld" if total.count is None else "no records"
+    if total.count == 0:
+        reason = "no records"
+    elif total.count is None:
+        reason = "its column's total is n/a" if total.na else TOTAL_WITHHELD
     elif any(c.na for c in counts):
         reason = "a count of this variable in this column is n/a"
     if reason is None:

@@ -17,6 +17,7 @@ LONGEST_FIRST = (
     "test_faults.py",
     "test_simulation.py",
     "test_omop.py",
+    "test_ray_cluster.py",
     "test_audit.py",
     "test_governance_e2e.py",
     "test_analyze.py",

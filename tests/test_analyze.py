@@ -11,11 +11,12 @@ import pytest
 from cli_helpers import invoke, run_allfed
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from wire import LocalGrid
 
 from federation.client.app import make_client_app
 from federation.client.site import SiteSettings
-from federation.server.analysis import SiteAnswer, read_answer
+from federation.server.analysis import AnalysisRun, SiteAnswer, read_answer
 from federation.wire import protocol as p
 from federation.wire.protocol import encode_name
 from federation.wire.queries import AnalysisRequest, build_query, planned_release
@@ -318,8 +319,9 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
                 for field in ("count", "percent", "mean", "sd"):
                     if field not in entry:
                         continue
-                    if entry[field] is None:
-                        assert entry["withheld_reason"][field]
+                    if entry[field] is None:  # withheld or n/a, never both
+                        filed = [k for k in ("withheld_reason", "na_reason") if field in entry[k]]
+                        assert len(filed) == 1 and entry[filed[0]][field], (entry, field)
                     else:
                         assert entry[f"{field}_ci"][0] <= entry[field] <= entry[f"{field}_ci"][1]
             for entries in by_variable.values():
@@ -335,7 +337,7 @@ def test_table1_across_sites_releases_no_small_count_and_a_true_total(cohort, tm
     html = (tmp_path / "out" / "table1.html").read_text()
     assert "Overall (N = " in html and "withheld" in html and "sex: female (N = " in html
     for row in table["rows"]:  # each n/a on the page comes with its reason
-        reasons = row["withheld_reason"]
+        reasons = row["withheld_reason"] | row["na_reason"]
         shown = ("mean", "sd") if "mean" in row else ("count",) if "count" in reasons else (
             "count", "percent")  # fmt: skip
         for reason in (reasons[f] for f in shown if f in reasons):
@@ -366,3 +368,45 @@ def test_cli_mistakes_are_one_line(cohort, tmp_path, capsys):
         assert invoke("analyze", *(args or ["count"]), *common) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and line in err and "\n" not in err, err
+
+
+class _Faulty(LocalGrid):
+    """The sites in-process, but node 2's reply is lost and node 3 crashes (the error reply
+    Flower sends for a ClientApp that raised)."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for reply, message in zip(super().send_and_receive(messages), messages, strict=True):
+            node = message.metadata.dst_node_id
+            if node == 3:
+                crash = "Exception ... Message: the site's disk is gone\n"
+                reply = Message(Error(code=0, reason=crash), reply_to=message)
+            if node != 2:
+                replies.append(reply)
+        return replies
+
+
+def test_an_analysis_names_each_site_that_refused_crashed_or_never_answered(cohort, tmp_path):
+    """The analysis talks to the sites through the training run's exchange: a site out of it is
+    named with the reason a training run gives, and the table pools the others."""
+    files, spec_path = cohort
+    spec = load_spec(spec_path)
+    (first, data), (second, other) = list(files.items())[:2]
+    strict = parse_policy({"max-epsilon-per-run": 0.5})
+    sites = [
+        SiteSettings(first, data, spec, tmp_path / "1.sqlite", strict),
+        SiteSettings("lost", data, spec, tmp_path / "2.sqlite"),
+        SiteSettings("crashed", data, spec, tmp_path / "3.sqlite"),
+        SiteSettings(second, other, spec, tmp_path / "4.sqlite"),
+    ]
+    request = AnalysisRequest("count", 1.0, 1e-6)
+    summary = AnalysisRun(_Faulty(sites, 1), spec, request, tmp_path / "out").run()
+    assert summary["status"] == "completed"
+    statuses = {name: (s["status"], s["reason"]) for name, s in summary["sites"].items()}
+    assert statuses[first][0] == p.REFUSED and "max-epsilon-per-run" in statuses[first][1]
+    assert statuses["node-2"] == (p.FAILED, "no reply within 600 s")
+    assert statuses["node-3"] == (p.FAILED, "node error: the site's disk is gone")
+    assert statuses[second] == (p.OK, None) and len(statuses) == 4
+    assert summary["sites"][second]["epsilon"] == pytest.approx(1.0, rel=0.01)
+    assert list(summary["result"]["sites"]) == [second]
+    assert not Ledger(tmp_path / "1.sqlite").releases()  # the refusing site released nothing

@@ -49,6 +49,26 @@ def _spec_with(spec_path, tmp_path, old: str, new: str):
             "age = [-1e308, 1e308]",
             "[features] bounds.age: HIGH - LOW is too large to be a finite number",
         ),
+        (
+            'label = "outcome"',
+            'label = "outcome "',
+            "[study] label: column name 'outcome ' has whitespace around it; write 'outcome'",
+        ),
+        (
+            "max-grad-norm = 1.0",
+            "max-grad-norm = 1e6",
+            "[privacy] max-grad-norm: must be a number in (0, 1000], got 1000000.0",
+        ),
+        (
+            "seed = 42",
+            "seed = -1",
+            "[study] seed: must be an integer in [0, 9223372036854775807], got -1",
+        ),
+        (
+            "[training]\n",
+            "[training]\nrounds = 1000000\n",
+            "[training] rounds: must be an integer in [1, 10000], got 1000000",
+        ),
     ],
 )
 def test_spec_values_that_name_nothing_or_overflow_are_refused(
@@ -77,7 +97,7 @@ def test_a_header_with_spaces_around_names_is_read(cohort, tmp_path, capsys):
     assert f"{path}: ok, " in capsys.readouterr().out.replace("\n", "")  # a long path wraps
 
 
-@pytest.mark.parametrize("value", ["nan", "-1", "0"])
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "1e9"])
 def test_an_override_learning_rate_is_checked_before_any_site_starts(
     cohort, tmp_path, capsys, value
 ):
@@ -87,7 +107,8 @@ def test_an_override_learning_rate_is_checked_before_any_site_starts(
     args = ("simulate", "--study", str(spec_path), "--out", str(out), *sites)
     assert invoke(*args, "--learning-rate", value) == 2
     assert _error(capsys) == (
-        "error: command-line overrides: [training] learning-rate must be a positive, finite number"
+        "error: command-line overrides: [training] learning-rate: must be a number in (0, 100], "
+        f"got {float(value)!r}"
     )
     assert not out.exists()
 

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from privacy.bounds import (
+    _GROUPS,
+    EDGES_PER_DECADE,
     GRID,
     bin_counts,
     estimate_bounds,
@@ -43,21 +45,29 @@ def test_counts_land_in_the_grid_bins():
 
 
 def test_estimated_bounds_enclose_the_central_values():
+    """At epsilon 3 and 3 sites of 1000 records (the noise drawn here, seeded, with the
+    release's SD), over 100 draws: the bounds clip a few percent at most, and are at most a
+    decade or so wider than the values."""
+    rng = np.random.default_rng(11)
     sites = [columns(1000, seed=k) for k in range(3)]
     noise = share_noise(0.05, 3.0, 1e-5)
-    pooled = sum(release_histograms(bin_counts(s), noise) for s in sites)
-    bounds = estimate_bounds(pooled, histogram_noise_sd(3, noise, 3), 3000)
     values = np.concatenate(sites)
-    assert bounds[0] is not None and bounds[1] is not None
-    for j, found in enumerate(bounds):
-        if found is None:  # values of order 1 across zero spread thin over the bins: said so
-            assert j == 2
-            continue
-        low, high = found
-        present = values[:, j][~np.isnan(values[:, j])]
-        inside = np.mean((present >= low) & (present <= high))
-        assert inside >= 0.95  # the bounds clip a few percent at most
-        assert high - low < 6 * (np.percentile(present, 99) - np.percentile(present, 1))
+    for _ in range(100):
+        pooled = sum(
+            bin_counts(s) + rng.normal(0.0, noise * histogram_sensitivity(3), (3, len(GRID) + 1))
+            for s in sites
+        )
+        bounds = estimate_bounds(pooled, histogram_noise_sd(3, noise, 3), 3000)
+        assert bounds[0] is not None and bounds[1] is not None
+        for j, found in enumerate(bounds):
+            if found is None:  # values of order 1 across zero spread thin over the bins
+                assert j == 2
+                continue
+            low, high = found
+            present = values[:, j][~np.isnan(values[:, j])]
+            inside = np.mean((present >= low) & (present <= high))
+            assert inside >= (0.8 if j == 2 else 0.95)  # a few percent at most
+            assert high - low < 10 * (np.percentile(present, 99) - np.percentile(present, 1))
 
 
 def test_a_column_the_noise_swamps_has_no_bounds():
@@ -73,3 +83,53 @@ def test_noise_bins_are_never_taken_for_a_small_cohort():
     for _ in range(200):
         noise = rng.normal(0.0, noise_sd, (3, len(GRID) + 1))
         assert estimate_bounds(noise, noise_sd, 15) == [None, None, None]
+
+
+def test_a_small_cohort_spread_over_many_bins_is_read_at_a_coarser_grid():
+    """500 ages over 6 fine bins at a noise that hides most of them: merged bins stand out."""
+    rng = np.random.default_rng(3)
+    ages = rng.normal(55, 9, (500, 1))
+    noise_sd = 40.0  # under 150 ages a fine bin: under 3.5 noise SDs
+    found = 0
+    for _ in range(50):
+        noisy = bin_counts(ages) + rng.normal(0.0, noise_sd, (1, len(GRID) + 1))
+        (bounds,) = estimate_bounds(noisy, noise_sd, 500)
+        if bounds is not None:
+            found += 1
+            assert np.mean((ages >= bounds[0]) & (ages <= bounds[1])) >= 0.95
+            assert bounds[0] >= 10 and bounds[1] <= 260  # a decade or so, not the grid's ends
+    assert found >= 40  # read at the fine grid alone: under 25
+
+
+def test_coarser_grids_never_take_noise_for_the_records():
+    """Where merged bins' noise would be as large as the records, they are not read: pure
+    noise at 500 records gets no bounds (without the rule, a noisy decade of negative values
+    passed in about 1 draw in 10)."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        noise = rng.normal(0.0, 60.0, (1, len(GRID) + 1))
+        assert estimate_bounds(noise, 60.0, 500) == [None]
+
+
+def test_a_thin_tail_is_inside_the_bounds():
+    """A tail of 5% over two bins that each fall under the threshold (ages 18 to 25 of a
+    cohort of 18 to 90, as the synthetic cohort's, at epsilon 3) is reached."""
+    rng = np.random.default_rng(4)
+    body = rng.uniform(25.2, 90, 2200)
+    tail = rng.uniform(18, 25, 110)
+    ages = np.concatenate([body, tail])[:, None]
+    noise_sd = 32.0
+    inside = []
+    for _ in range(20):
+        noisy = bin_counts(ages) + rng.normal(0.0, noise_sd, (1, len(GRID) + 1))
+        ((low, high),) = estimate_bounds(noisy, noise_sd, len(ages))
+        inside.append(np.mean((ages >= low) & (ages <= high)))
+    assert np.mean(np.array(inside) >= 0.99) >= 0.5  # one bin beyond the run alone: never
+
+
+def test_coarser_grids_merge_bins_into_decades_from_zero():
+    groups = _GROUPS[EDGES_PER_DECADE]
+    starts = [int(np.flatnonzero(groups == g)[0]) for g in range(1, groups.max())]
+    lower_edges = [GRID[k - 1] for k in starts]
+    assert lower_edges == [-1e6, -1e5, -1e4, -1e3, -100, -10, -1, -0.1, 0, 0.1, 1, 10, 100,
+                           1e3, 1e4, 1e5]  # fmt: skip

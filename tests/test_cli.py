@@ -239,3 +239,17 @@ def test_run_launch_refuses_an_earlier_run_before_submitting(cohort, tmp_path, c
     assert capsys.readouterr().err.strip() == (
         "error: --resume continues the run in --out and --force replaces it; give one"
     )
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "nan"])
+def test_run_launch_refuses_a_timeout_that_could_not_wait_before_submitting(
+    timeout, cohort, tmp_path, capsys
+):
+    """A run submitted with a timeout of none would run on at the SuperLink unwatched."""
+    _, spec_path = cohort
+    args = ("run", "launch", "--study", str(spec_path), "--out", str(tmp_path / "run"))
+    assert invoke(*args, "--timeout", timeout) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --timeout: expected seconds above 0, got {float(timeout):g}"
+    )
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import sklearn
+from evaluation_cohorts import LAYOUT, cohort, release_cells
 from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -26,50 +27,12 @@ from federation.wire.evaluation import (
     GROUP,
     N_BINS,
     POOLED_CELL,
-    POOLED_TABLE,
     RankRequest,
     bin_logits,
     cdf_at,
     evaluation_noise,
-    layout,
     score_bins,
 )
-from federation.wire.spec import parse_spec
-
-SPEC = parse_spec(
-    """
-[study]
-label = "y"
-groups = ["sex", "area"]
-group-levels = { area = ["north", "south"] }
-[features]
-numeric = ["x"]
-categorical = { sex = ["f", "m"] }
-""",
-    source="spec",
-)
-LAYOUT = layout(SPEC)
-
-
-def cohort(n: int, seed: int, shift: float = 0.0):
-    """Labels from a logistic model and a noisy, slightly miscalibrated score, with groups."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=n)
-    y = (rng.random(n) < expit(-1.5 + shift + 1.6 * x)).astype(np.int64)
-    p = expit(-1.2 + 1.4 * x + rng.normal(scale=0.4, size=n))
-    members = {
-        POOLED_TABLE: np.full(n, "all", dtype=object),
-        (GROUP, "sex"): rng.choice(np.array(["f", "m", "(missing)"], dtype=object), n),
-        (GROUP, "area"): rng.choice(np.array(["north", "south", "(other)"], dtype=object), n),
-    }
-    members[("intersection", "sex x area")] = np.array(
-        [
-            f"{a} | {b}"
-            for a, b in zip(members[(GROUP, "sex")], members[(GROUP, "area")], strict=True)
-        ],
-        dtype=object,
-    )
-    return y, p, members
 
 
 def weighted(statistics) -> np.ndarray:
@@ -257,21 +220,6 @@ def test_post_processing_is_non_negative_and_keeps_a_clean_histogram():
     assert np.array_equal(ev.histogram(exact), exact)
 
 
-def pooled_estimate(parts, epsilon, seed_split=0.5):
-    noise1, noise2 = evaluation_noise(epsilon, 1e-5, "rdp", 1)
-    releases = [
-        ev.read_histograms(histogram_release(y, p, mem, LAYOUT, noise1), LAYOUT, noise1)
-        for y, p, mem in parts
-    ]
-    pooled = ev.pool(releases)
-    requests = {c: r for c in LAYOUT.rank_cells() if (r := ev.rank_request(pooled[c])) is not None}
-    ranks = [
-        ev.read_ranks(rank_release(y, p, mem, LAYOUT, requests, noise2), requests, LAYOUT, noise2)
-        for y, p, mem in parts
-    ]
-    return ev.reconcile(ev.with_ranks(pooled, ranks), LAYOUT)
-
-
 def test_pooled_auroc_calibration_and_brier_are_true_and_their_intervals_cover():
     """Against the exact values of the very records, over repeated noise and cohorts: the
     released AUROC is within a few hundredths and mostly inside its interval, and so are
@@ -279,7 +227,7 @@ def test_pooled_auroc_calibration_and_brier_are_true_and_their_intervals_cover()
     errors, covered = {"auroc": [], "citl": [], "brier": []}, {"auroc": [], "citl": [], "brier": []}
     for repetition in range(12):
         parts = [cohort(1200, 100 * repetition + k, shift=0.3 * k) for k in range(3)]
-        cells = pooled_estimate(parts, 3.0)
+        cells = release_cells(parts, 3.0).pooled
         released = ev.cell_metrics(cells[POOLED_CELL])
         y = np.concatenate([part[0] for part in parts])
         p = np.concatenate([part[1] for part in parts])
@@ -358,7 +306,7 @@ def test_every_published_metric_has_an_interval_that_holds_it():
 
 def test_group_levels_add_up_to_the_pooled_total_after_reconciliation():
     parts = [cohort(800, 10 + k) for k in range(2)]
-    cells = pooled_estimate(parts, 1.0)
+    cells = release_cells(parts, 1.0).pooled
     for (kind, column), levels in LAYOUT.tables.items():
         if kind != GROUP:
             continue
@@ -368,7 +316,7 @@ def test_group_levels_add_up_to_the_pooled_total_after_reconciliation():
 
 def test_a_small_or_noisy_cell_is_withheld_with_its_reason():
     parts = [cohort(150, 20 + k) for k in range(2)]
-    cells = pooled_estimate(parts, 0.5)
+    cells = release_cells(parts, 0.5).pooled
     tables = ev.evaluation_tables({"a": {}, "b": {}}, cells, LAYOUT)
     intersection = tables["per_intersection"]["sex x area"]
     withheld = [entry for entry in intersection.values() if entry["metrics"] is None]

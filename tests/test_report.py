@@ -164,6 +164,7 @@ def test_report_of_a_run_that_failed_before_any_round(tmp_path: Path) -> None:
     html = report.render_report(summary, [])
     assert "The run failed:" in html and "min-sites = 2" in html
     assert "missing column &#39;sbp&#39;" in html and "No evaluation finished" in html
+    assert 'font-family: -apple-system, "Segoe UI"' in html  # CSS reads no entities
     assert images(html) == []
 
 

@@ -18,8 +18,12 @@ from federation.client.app import make_client_app
 from federation.client.site import SiteSettings
 from federation.client.training import plan_dp
 from federation.errors import AllfedError
-from federation.server.outputs import load_checkpoint
+from federation.server.checkpoint import restore
+from federation.server.checkpoint import write_checkpoint as write_run_checkpoint
+from federation.server.outputs import RunDirectory, load_checkpoint
 from federation.server.run import StudyRun
+from federation.server.state import RunState
+from federation.server.strategy import build_strategy
 from federation.simulation import simulate
 from federation.synth import write_cohort
 from federation.wire import protocol as p
@@ -72,6 +76,7 @@ def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp
     summary = StudyRun(LocalGrid(sites, 2), spec, out, checkpoint=checkpoint).run()
 
     assert summary["status"] == "completed" and summary["rounds"] == 4
+    assert summary["scaling_warnings"] == crashed["scaling_warnings"]  # pooled once, kept
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
@@ -115,6 +120,30 @@ def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp
         assert site["participant_epsilon"] == max(site["epsilon"], site["evaluation_epsilon"])
         assert site["epsilon"] <= privacy.target_epsilon * 1.0001
         assert site["other_releases"]  # the standardization sums, released once
+
+
+def test_the_scaling_warnings_are_restored_with_the_scaling(small, tmp_path):
+    """A resumed run pools no scaling again: the warnings of the pooling (as the summary, the
+    model card and the report state them) come back from the checkpoint; one written before
+    the checkpoint held them restores with none."""
+    _, spec = small
+    state = RunState.start(spec)
+    state.scaling = ([54.0, 27.5], [9.0, 4.5])
+    state.scaling_warnings = {"age": "the noise swamps the spread; scaled with SD 0.2"}
+    out = tmp_path / "run"
+    strategy = build_strategy(spec)
+    write_run_checkpoint(RunDirectory(out), state, global_arrays(spec), strategy)
+    checkpoint = load_checkpoint(out, spec.to_toml())
+
+    resumed = RunState.start(spec, checkpoint["run_key"])
+    restore(checkpoint, resumed, strategy, RunDirectory(out, resume=True))
+    assert resumed.scaling == state.scaling
+    assert resumed.scaling_warnings == {"age": "the noise swamps the spread; scaled with SD 0.2"}
+
+    del checkpoint["state"]["scaling_warnings"]  # as an earlier release wrote it
+    older = RunState.start(spec, checkpoint["run_key"])
+    restore(checkpoint, older, strategy, RunDirectory(out, resume=True))
+    assert older.scaling == state.scaling and older.scaling_warnings == {}
 
 
 def test_resume_refuses_a_changed_spec_and_a_missing_checkpoint(small, tmp_path):

@@ -26,6 +26,7 @@ from privacy.statistics import (
     SQUARES,
     SUM,
     TOTAL,
+    WITHHELD_REASONS,
     Cell,
     PooledCount,
     Query,
@@ -246,7 +247,9 @@ def test_percentages_add_to_100_and_strata_to_the_total(epsilon, seed):
             else:
                 assert sum(p for p in percents if p is not None) <= 100.0 + 1e-9
                 na = [e for e in entries if e["percent"] is None]
-                assert all(e["withheld_reason"].get("percent") for e in na)
+                assert all(
+                    e["withheld_reason"].get("percent") or e["na_reason"].get("percent") for e in na
+                )
             if None not in counts:
                 assert sum(counts) == total  # levels add to their column's total
     assert full >= len(query.variables) * (1 + len(result["groups"]))
@@ -264,7 +267,8 @@ def test_every_value_carries_its_uncertainty_or_why_it_is_not_shown(epsilon, see
     for _, _, entry_of in columns_of(result):
         for row in result["rows"]:
             entry = entry_of(row)
-            reasons = entry["withheld_reason"]
+            assert not set(entry["withheld_reason"]) & set(entry["na_reason"])  # one meaning
+            reasons = entry["withheld_reason"] | entry["na_reason"]
             counts.append(entry["count"])
             fields = ["count", "percent"]
             if row["level"] == "mean (SD)":
@@ -351,7 +355,7 @@ def test_the_sd_the_noise_swamps_is_never_printed():
     [row] = [r for r in result["rows"] if r["variable"] == "sbp"]
     entry = row["sites"]["north"]
     assert entry["sd"] is None and entry["sd_ci"] is None and entry["variance"] is None
-    assert "noise swamps the spread" in entry["withheld_reason"]["sd"]
+    assert "noise swamps the spread" in entry["na_reason"]["sd"]
     assert entry["mean"] is not None  # the mean is still known
     html = render_table(result)
     sbp = html[html.index("<td>sbp</td>") :]
@@ -376,8 +380,8 @@ def test_a_wide_bounded_column_at_small_epsilon_and_few_records_is_na():
     [row] = result["rows"]
     for entry in (row, *row["sites"].values()):
         assert entry["mean"] is None and entry["mean_ci"] is None and entry["sum"] is None
-        assert "of the declared range [0, 10000]" in entry["withheld_reason"]["mean"]
-        assert entry["sd"] is None and entry["withheld_reason"]["sd"]
+        assert "of the declared range [0, 10000]" in entry["na_reason"]["mean"]
+        assert entry["sd"] is None and entry["na_reason"]["sd"] and not entry["withheld_reason"]
     html = render_table(result)
     assert html.count(">n/a") == 3 and "mean: its 95% CI spans more than 50%" in html
 
@@ -436,6 +440,73 @@ def test_the_real_release_pools_within_its_noise():
 
 
 def test_the_page_escapes_what_it_shows():
+    """Every value the page shows is escaped by the template engine: names and levels come from
+    the spec and site names from the command line, and a page's JSON can be edited."""
     result, _, _ = table(1.0, 13)
+    script = "<script>alert(1)</script>"
+    result["sites"] = {f"{name}{script}": n for name, n in result["sites"].items()}
+    for row in result["rows"]:
+        row["sites"] = {f"{name}{script}": entry for name, entry in row["sites"].items()}
+    result["totals"]["sites"] = {f"{k}{script}": v for k, v in result["totals"]["sites"].items()}
+    result["rows"][0]["variable"] += script
+    result["rows"][0]["level"] += script
+    result["rows"][0]["na_reason"]["count"] = f"too uncertain{script}"
+    result["by"] += script
+    result["left_out"] = {f"clinic{script}": f"every count withheld{script}"}
     html = render_table(result)
     assert "tables &lt;test&gt;" in html and "tables <test>" not in html
+    assert "<script" not in html
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    # the sites' headers, the strata's, the row's variable and level, its note, the left-out line
+    assert html.count(escaped) == len(result["sites"]) + len(result["groups"]) + 2 + 1 + 2
+    assert 'font-family: -apple-system, "Segoe UI"' in html  # the stylesheet as written
+
+
+def _page_cells(html: str, variable: str, level: str) -> list[str]:
+    """The value cells (overall, the sites, the strata) of one row of the page."""
+    row = html[html.index(f"<tr><td>{variable}</td><td>{level}</td>") :]
+    return [cell.strip() for cell in row[: row.index("</tr>")].split("<td")[3:]]
+
+
+def test_withheld_and_na_are_two_keys_read_apart_by_the_page_and_the_command_line():
+    """Withheld (the dissemination rule: a count from 1 to 20, or what rests on one) and n/a
+    (released, but too uncertain) each have their own key, as in the run summary."""
+    from federation.cli_analyze import _value
+
+    result, _, _ = table(1.0, 5)
+    north = {(row["variable"], row["level"]): row["sites"]["north"] for row in result["rows"]}
+    small = north[("smoking", MISSING)]
+    assert small["count"] is None and small["na_reason"] == {}
+    assert small["withheld_reason"] == {"count": SMALL_COUNT, "percent": SMALL_COUNT}
+    swamped = north[("sbp", "mean (SD)")]
+    assert swamped["sd"] is None and swamped["mean"] is not None
+    assert swamped["withheld_reason"] == {}
+    assert swamped["na_reason"] == {
+        "sd": "the 95% CI of the variance reaches 0: the noise swamps the spread"
+    }
+    for _, _, entry_of in columns_of(result):
+        for row in result["rows"]:
+            entry = entry_of(row)
+            assert set(entry["withheld_reason"].values()) <= WITHHELD_REASONS
+            assert not set(entry["na_reason"].values()) & WITHHELD_REASONS
+
+    html = render_table(result)
+    column = 1 + list(result["sites"]).index("north")
+    assert _page_cells(html, "smoking", MISSING)[column] == 'class="num withheld">withheld</td>'
+    assert f"{swamped['mean']:.1f} (n/a)<sup>" in _page_cells(html, "sbp", "mean (SD)")[column]
+    assert _value(small) == "withheld"
+    assert _value(swamped) == f"{swamped['mean']:.2f} (n/a)"
+
+    uncertain, _, _ = table(0.3, 4)
+    [east] = [
+        row["sites"]["east"]
+        for row in uncertain["rows"]
+        if row["variable"] == "outcome" and row["level"] == "1"
+    ]
+    assert east["count"] is None and east["withheld_reason"] == {}
+    assert east["na_reason"]["count"] == "its 95% CI spans more than 50% of its column's total"
+    assert _value(east) == "n/a"
+    cell = _page_cells(render_table(uncertain), "outcome", "1")[
+        1 + list(uncertain["sites"]).index("east")
+    ]
+    assert cell.startswith('class="num">n/a<sup>')

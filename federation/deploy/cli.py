@@ -95,7 +95,7 @@ def run_launch(
     expected_sites: Annotated[
         int, typer.Option(min=0, help="Sites to wait for before setup (0: min-sites).")
     ] = 0,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 86400.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run (> 0).")] = 86400.0,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out after its last completed round.")
     ] = False,
@@ -106,6 +106,8 @@ def run_launch(
 
     if resume and force:
         raise AllfedError("--resume continues the run in --out and --force replaces it; give one")
+    if not timeout > 0:  # also NaN
+        raise AllfedError(f"--timeout: expected seconds above 0, got {timeout:g}")
     if not resume:
         writable_run_directory(out, force)
 

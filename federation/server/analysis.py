@@ -20,9 +20,11 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from federation.server.exchange import SiteExchange
 from federation.server.grid import wait_for_nodes
 from federation.server.outputs import RunDirectory
 from federation.server.pooling import pooled_tables
+from federation.server.sites import Roster, SiteRecord
 from federation.server.tables import write_tables
 from federation.wire import protocol as p
 from federation.wire.protocol import decode_name
@@ -77,29 +79,29 @@ class AnalysisRun:
             self.outputs.stop_log()
 
     def _ask(self) -> list[SiteAnswer]:
+        """Every node's answer to the query, in node order. The exchange is the training run's
+        (``exchange.SiteExchange``), so a site that does not answer, errs or declines is out
+        the same way, with the same reason; the answers it lets through are checked here."""
         timeout = self.spec.training.round_timeout
         wanted = self.expected_sites or self.spec.training.min_sites
         nodes = wait_for_nodes(self.grid, wanted, timeout)
+        roster = Roster({node: SiteRecord(name=f"node-{node}") for node in nodes})
         config = ConfigRecord({p.ANALYSIS_REQUEST: self.request.to_json(), p.RUN_KEY: self.run_key})
         messages = [
             Message(RecordDict({p.CONFIG: config}), dst_node_id=node, message_type=p.ANALYZE)
             for node in nodes
         ]
-        replies = {
-            r.metadata.src_node_id: r for r in self.grid.send_and_receive(messages, timeout=timeout)
+        usable = {
+            r.metadata.src_node_id: r for r in SiteExchange(self.grid, roster, timeout)(messages)
         }
         answers = []
         for node in nodes:
-            answer = SiteAnswer(name=f"node-{node}")
-            reply = replies.get(node)
-            if reply is None:
-                answer.status, answer.reason = p.FAILED, f"no reply within {timeout:g} s"
-            elif reply.has_error():
-                answer.status, answer.reason = p.FAILED, "node error"
-            else:
-                read_answer(answer, reply.content, self.query, self.noise)
-            if answer.status != p.OK:
-                log.warning("site %s %s: %s", answer.name, answer.status, answer.reason)
+            site = roster[node]
+            answer = SiteAnswer(name=site.name, status=site.status, reason=site.reason)
+            if node in usable:
+                read_answer(answer, usable[node].content, self.query, self.noise)
+                if answer.status != p.OK:
+                    log.warning("site %s %s: %s", answer.name, answer.status, answer.reason)
             answers.append(answer)
         return answers
 

@@ -1,9 +1,10 @@
 """The run's checkpoint: written after every completed round, restored by a resumed run.
 
-It holds the model, the round, the strategy's state, the pooled scaling and bounds, the
-per-site records and the rounds' rows (``outputs.checkpoint_state``); the sites keep their own
-side in their ledgers. A resumed run restores it, sends the run's key and the rounds done in
-the setup config, and matches the nodes that answer to the checkpoint's sites by name.
+It holds the model, the round, the strategy's state, the pooled scaling (with its warnings)
+and bounds, the per-site records and the rounds' rows (``outputs.checkpoint_state``); the sites
+keep their own side in their ledgers. A resumed run restores it, sends the run's key and the
+rounds done in the setup config, and matches the nodes that answer to the checkpoint's sites by
+name.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def write_checkpoint(
             "strategy": moments,
             "state": checkpoint_state(
                 scaling=list(state.scaling),
+                scaling_warnings=state.scaling_warnings,
                 sites=[asdict(site) for site in state.sites.values()],
                 metrics=state.metrics,
                 representation=state.representation,
@@ -75,6 +77,9 @@ def restore(
     state.rounds_done = int(checkpoint["round"])
     center, scale = saved["scaling"]
     state.scaling = (list(center), list(scale))
+    # A resume pools nothing again, so the pooling's warnings come back with its scaling
+    # (a checkpoint written before they were saved has none).
+    state.scaling_warnings = dict(saved.get("scaling_warnings", {}))
     state.estimated_bounds = {
         c: (float(low), float(high)) for c, (low, high) in saved["estimated_bounds"].items()
     }

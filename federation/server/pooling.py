@@ -27,6 +27,7 @@ from privacy.disclosure import DEFAULT_MIN_CELL_COUNT
 from privacy.statistics import (
     COUNT,
     MAX_CI_SHARE,
+    NO_SUMS,
     OVERALL_CELL,
     PRESENT,
     SMALL_COUNT,
@@ -40,10 +41,10 @@ from privacy.statistics import (
     pool_count,
     pool_mean,
     pool_percentages,
+    reason_keys,
 )
 
 LEFT_OUT = "every count withheld at the site (its records number at or under its minimum)"
-NO_SUMS = "every site withheld this column's sums (their counts were small)"
 NO_SITE = "no site counts in this column"
 _MEAN_FIELDS = ("mean_n", "sum", "mean", "mean_ci", "sd", "sd_ci", "variance", "variance_ci")
 METHOD = {
@@ -215,8 +216,8 @@ def _variable_rows(
         if variable is not None and variable.numeric:
             count, entry = entries[levels.index(PRESENT)]
             mean = _mean_entry(pool, query, col, variable, answers, noise_multiplier, count)
-            reasons = entry["withheld_reason"] | mean.pop("withheld_reason")
-            entry |= mean | {"withheld_reason": reasons}
+            _add_reasons(entry, mean.pop("reasons"))
+            entry |= mean
         for row, (_, entry) in zip(rows, entries, strict=True):
             if col.scope == "overall":
                 row.update(entry)
@@ -285,7 +286,7 @@ def _level_entries(
         entry["percent"] = percent
         entry["percent_ci"] = None if ci is None else [round(x, 1) for x in ci]
         if percent is None:
-            entry["withheld_reason"]["percent"] = percentages.reason or count.reason
+            _add_reasons(entry, {"percent": percentages.reason or count.reason})
         entries.append((count, entry))
     return whole, entries
 
@@ -299,17 +300,14 @@ def _mean_entry(
     noise_multiplier: float,
     count: PooledCount,
 ) -> dict[str, Any]:
-    """Mean, SD and variance over the (site, stratum) cells whose sums were released; withheld
-    with the row's count when that is a small count."""
+    """Mean, SD and variance over the (site, stratum) cells whose sums were released, and under
+    ``reasons`` why a value is not shown; withheld with the row's count when that is small."""
     sds = query.noise_sd(noise_multiplier)
     parts = [(n, s) for n, s in column.parts if (s, variable.name, PRESENT, SUM) in answers[n]]
     reason = count.reason if count.reason in (SMALL_COUNT, NO_SITE) else None
     reason = reason or (None if parts else NO_SUMS)
     if reason is not None:
-        return {
-            **dict.fromkeys(_MEAN_FIELDS),
-            "withheld_reason": dict.fromkeys(("mean", "sd"), reason),
-        }
+        return {**dict.fromkeys(_MEAN_FIELDS), "reasons": dict.fromkeys(("mean", "sd"), reason)}
     n_q: Quantity = {}
     for site, s in parts:
         n_q.setdefault(site, []).append((s, variable.name, PRESENT, COUNT))
@@ -320,7 +318,13 @@ def _mean_entry(
 
     n = (pool.value(n_q), pool.covariance(n_q, n_q))
     pooled = pool_mean(variable, n, summed(SUM), summed(SQUARES))
-    return {**pooled.as_dict(), "withheld_reason": pooled.reasons}
+    return {**pooled.as_dict(), "reasons": pooled.reasons}
+
+
+def _add_reasons(entry: dict[str, Any], reasons: Mapping[str, str]) -> None:
+    """File each field's reason under the entry's ``withheld_reason`` or ``na_reason``."""
+    for key, filed in reason_keys(reasons).items():
+        entry[key] = {**entry.get(key, {}), **filed}
 
 
 def _apportion(values: Sequence[float], total: int) -> list[int]:

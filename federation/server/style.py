@@ -1,12 +1,15 @@
 """The one stylesheet of the pages allfed writes (the run report and the analysis tables): each
 page embeds it, so it stays self-contained; and the two words a page shows for a figure it leaves
-out, one meaning each."""
+out, one meaning each. The sheet is ``Markup``: a template puts it in its ``<style>`` as it is
+(autoescaping would turn its quotes into entities, which CSS does not read)."""
+
+from markupsafe import Markup
 
 # held back by the dissemination rule: a count from 1 to 20, or a figure that rests on one
 WITHHELD = "withheld"
 NA = "n/a"  # released, but undefined or too uncertain to mean anything (its reason goes with it)
 
-PAGE_CSS = """
+PAGE_CSS = Markup("""
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d1d1f;
   max-width: 1080px; margin: 2em auto; padding: 0 1.5em; line-height: 1.45; }
 h1 { font-size: 1.7em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid
@@ -25,4 +28,5 @@ th { background: #f4f4f6; } td.num { text-align: right; font-variant-numeric: ta
   white-space: nowrap; } .withheld, .na { color: #8a5a00; font-style: italic; }
 figure { margin: 1.4em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 0.93em; max-width: 60em; }
-"""
+td small { display: block; color: #555; } sup { color: #8a5a00; }
+""")

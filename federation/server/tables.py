@@ -27,8 +27,7 @@ _PAGE = Environment(autoescape=True).from_string(
     """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }}</title><style>{{ css | safe }}
-td small { display: block; color: #555; } sup { color: #8a5a00; }</style></head>
+<title>{{ title }}</title><style>{{ css }}</style></head>
 <body>
 <h1>{{ title }}</h1>
 <p class="muted">{{ privacy }}</p>
@@ -117,19 +116,20 @@ def _cell(entry: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:
     """A cell's text, its CI line and its note numbers."""
     if entry is None:
         return {"text": WITHHELD, "withheld": True, "notes": [], "detail": None}
-    reasons = entry.get("withheld_reason", {})
+    withheld_reasons = entry.get("withheld_reason", {})
+    reasons = withheld_reasons | entry.get("na_reason", {})
     if "mean" in entry:
         (text, detail), shown = _mean_text(entry), ("mean", "sd")
     else:
         (text, detail), shown = _count_text(entry), ("count", "percent")
         if "count" in reasons:  # its percent goes with it
             shown = ("count",)
-    marks = [
+    marks = [  # a small count is explained above the table; every other reason in a note
         _note(notes, f"{_LABELS[field]}: {reasons[field]}")
         for field in shown
         if field in reasons and reasons[field] != SMALL_COUNT
     ]
-    withheld = entry["count"] is None and reasons.get("count") == SMALL_COUNT
+    withheld = shown[0] in withheld_reasons
     if entry.get("withheld_cells") and not withheld:
         detail = f"{detail}; " if detail else ""
         detail += f"includes {entry['withheld_cells']} withheld cell(s), estimated"
@@ -138,24 +138,28 @@ def _cell(entry: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:
 
 def _count_text(entry: dict[str, Any]) -> tuple[str, str | None]:
     if entry["count"] is None:
-        small = entry.get("withheld_reason", {}).get("count") == SMALL_COUNT
-        return (WITHHELD if small else NA), None
+        return _left_out(entry, "count"), None
     percent = entry.get("percent")
     if percent is None:
-        return f"{entry['count']} ({NA})", _interval(entry.get("count_ci"), "{:.0f}")
+        text = f"{entry['count']} ({_left_out(entry, 'percent')})"
+        return text, _interval(entry.get("count_ci"), "{:.0f}")
     ci = entry.get("percent_ci")
     return f"{entry['count']} ({percent:.1f}%)", _interval(ci, "{:.1f}%")
 
 
 def _mean_text(entry: dict[str, Any]) -> tuple[str, str | None]:
     if entry.get("mean") is None:
-        small = entry.get("withheld_reason", {}).get("mean") == SMALL_COUNT
-        return (WITHHELD if small else NA), None
+        return _left_out(entry, "mean"), None
     sd = NA if entry.get("sd") is None else f"{entry['sd']:.1f}"
     detail = _interval(entry.get("mean_ci"), "{:.1f}")
     if entry.get("sd_ci"):
         detail += f"; SD {_interval(entry['sd_ci'], '{:.1f}')}"
     return f"{entry['mean']:.1f} ({sd})", detail
+
+
+def _left_out(entry: dict[str, Any], field: str) -> str:
+    """What a value left out reads: withheld (the dissemination rule) or n/a."""
+    return WITHHELD if field in entry.get("withheld_reason", {}) else NA
 
 
 def _interval(ci: list[float] | None, fmt: str) -> str | None:
@@ -170,6 +174,6 @@ def _note(notes: list[str], text: str) -> int:
 
 def _n(total: dict[str, Any] | None) -> str:
     """A column's N; a site left out (every count withheld there) has no total."""
-    if total is None or total["withheld_reason"].get("count") == SMALL_COUNT:
+    if total is None or "count" in total["withheld_reason"]:
         return WITHHELD
     return NA if total["count"] is None else str(total["count"])

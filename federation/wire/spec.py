@@ -32,6 +32,54 @@ TASKS = ("binary", "survival")
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: ``low`` to ``high``, ``low`` itself excluded
+    where ``open_low``."""
+
+    low: float
+    high: float
+    open_low: bool = False
+
+    def error(self, value: float) -> str | None:
+        """Why ``value`` is outside (scikit-learn's way: the range, then what was given)."""
+        above_low = value > self.low if self.open_low else value >= self.low
+        if above_low and value <= self.high:  # False for NaN
+            return None
+        kind = "an integer" if isinstance(self.low, int) else "a number"
+        low, high = (f"{v:g}" if isinstance(v, float) else str(v) for v in (self.low, self.high))
+        span = f"{'(' if self.open_low else '['}{low}, {high}]"
+        return f"must be {kind} in {span}, got {value!r}"
+
+
+# The settings' ranges, checked for a spec file and for command-line overrides alike. The upper
+# limits lie far past any real study, so a value past one is a typo or a unit mistake, refused
+# before any site starts instead of failing (or diverging) in the rounds.
+RANGES: dict[tuple[str, str], Range] = {
+    # An MLP's initial weights; seeds count from 0 (numpy refuses a negative one).
+    ("study", "seed"): Range(0, 2**63 - 1),
+    # A round is a message exchange with every site; published federated studies run tens to
+    # hundreds, and 10,000 rounds would keep every site online for weeks.
+    ("training", "rounds"): Range(1, 10_000),
+    ("training", "local-epochs"): Range(1, 1_000),  # usual: 1 to 10 passes per round
+    # Larger than any site's cohort (a batch of all its records is one step per epoch).
+    ("training", "batch-size"): Range(1, 10_000_000),
+    ("training", "steps-per-round"): Range(1, 1_000_000),
+    # A DP-SGD step moves the weights by up to learning-rate x max-grad-norm; usual rates are
+    # 0.01 to 10, and past 100 the model only diverges.
+    ("training", "learning-rate"): Range(0.0, 100.0, open_low=True),
+    # FedProx's published mu runs 0.001 to 1; once mu x learning-rate exceeds 2 the proximal
+    # term alone overshoots.
+    ("training", "proximal-mu"): Range(0.0, 100.0),
+    # At least a second for a site to answer; at most a week for a round.
+    ("training", "round-timeout"): Range(1.0, 7 * 24 * 3600.0),
+    ("training", "evaluate-every"): Range(0, 10_000),  # as rounds; 0: the final model only
+    # Usual clipping norms are 0.1 to 10; the noise is the norm times the noise multiplier, and
+    # past 1,000 it drowns the gradient of any model on standardized features.
+    ("privacy", "max-grad-norm"): Range(0.0, 1_000.0, open_low=True),
+}
+
+
+@dataclass(frozen=True)
 class StudySection:
     """The study's outcome: ``label`` (0/1) for a binary task; ``time`` (days) and ``event``
     (0/1) for a survival task, with the ``horizons`` (days) its risks are read at and the
@@ -329,18 +377,21 @@ class _Reader:
         return value
 
     def column(self, key: str, default: Any = ...) -> str | None:
-        """A column name: a non-empty string (an empty one would name no column, and an empty
-        ``consent`` would silently use every record)."""
+        """A column name (``_column_name_problem``; an empty ``consent`` would silently use
+        every record)."""
         value = self.get(key, str, default)
-        if value == "":
-            raise self.fail(key, "expected a column name, got an empty string")
+        if value is not None and (problem := _column_name_problem(value)):
+            raise self.fail(key, problem)
         return value
 
-    def string_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        values = self.get(key, list, list(default))
+    def string_list(self, key: str, *, names: bool = True) -> tuple[str, ...]:
+        """Distinct non-empty strings; column names (``names``) also as a site can match them."""
+        values = self.get(key, list, [])
         for item in values:
             if not isinstance(item, str) or not item:
                 raise self.fail(key, "expected a list of column names")
+            if names and (problem := _column_name_problem(item)):
+                raise self.fail(key, problem)
         if len(set(values)) != len(values):
             raise self.fail(key, "lists a column twice")
         return tuple(values)
@@ -359,6 +410,17 @@ class _Reader:
         unknown = sorted(set(self.raw) - set(known))
         if unknown:
             raise self.fail(unknown[0], f"unknown key; expected one of {', '.join(known)}")
+
+
+def _column_name_problem(name: str) -> str | None:
+    """Why ``name`` can name no column of a site's file: a site reads its header names with
+    the surrounding whitespace stripped, so an empty name, or one with whitespace around it,
+    never matches and would fail at every site, in the run."""
+    if not name.strip():
+        return f"expected a column name, got {'an empty string' if not name else repr(name)}"
+    if name != name.strip():
+        return f"column name {name!r} has whitespace around it; write {name.strip()!r}"
+    return None
 
 
 def _read_study(r: _Reader) -> StudySection:
@@ -463,7 +525,7 @@ def _read_features(r: _Reader) -> FeatureSection:
         missing=missing,
         bounds=_ranges(r, "bounds"),
         scaling=r.get("scaling", str, "federated", choices=SCALINGS),
-        na_values=r.string_list("na-values"),
+        na_values=r.string_list("na-values", names=False),
         plausible=_ranges(r, "plausible"),
     )
 
@@ -486,6 +548,8 @@ def _levels_table(r: _Reader, key: str) -> dict[str, tuple[str, ...]]:
     """A table of column -> non-empty list of distinct levels (read as text)."""
     table: dict[str, tuple[str, ...]] = {}
     for column, levels in r.get(key, dict, {}).items():
+        if problem := _column_name_problem(column):
+            raise r.fail(f"{key}.{column}", problem)
         if (
             not isinstance(levels, list)
             or not levels
@@ -538,19 +602,19 @@ def _read_training(r: _Reader) -> TrainingSection:
     if "batch-size" in r.raw and "steps-per-round" in r.raw:
         raise r.fail("steps-per-round", "give batch-size or steps-per-round, not both")
     return TrainingSection(
-        rounds=r.positive("rounds", int, None),
-        local_epochs=r.positive("local-epochs", int, None),
-        batch_size=r.positive("batch-size", int, None),
-        steps_per_round=r.positive("steps-per-round", int, None),
-        learning_rate=r.positive("learning-rate", float, None),
+        rounds=r.get("rounds", int, None),  # each in RANGES, checked by _check_ranges
+        local_epochs=r.get("local-epochs", int, None),
+        batch_size=r.get("batch-size", int, None),
+        steps_per_round=r.get("steps-per-round", int, None),
+        learning_rate=r.get("learning-rate", float, None),
         strategy=r.get("strategy", str, "fedavg", choices=STRATEGIES),
-        proximal_mu=r.positive("proximal-mu", float, 0.01, allow_zero=True),
+        proximal_mu=r.get("proximal-mu", float, 0.01),
         trim_fraction=trim_fraction,
         krum_malicious=r.positive("krum-malicious", int, 0, allow_zero=True),
         max_update_ratio=r.positive("max-update-ratio", float, 10.0, allow_zero=True),
         min_sites=r.positive("min-sites", int, 2),
-        round_timeout=r.positive("round-timeout", float, 600.0),
-        evaluate_every=r.positive("evaluate-every", int, 0, allow_zero=True),
+        round_timeout=r.get("round-timeout", float, 600.0),
+        evaluate_every=r.get("evaluate-every", int, 0),
     )
 
 
@@ -576,7 +640,7 @@ def _read_privacy(r: _Reader) -> PrivacySection:
         enabled=r.get("enabled", bool, True),
         target_epsilon=r.positive("target-epsilon", float, 3.0),
         delta=delta,
-        max_grad_norm=r.positive("max-grad-norm", float, 1.0),
+        max_grad_norm=r.get("max-grad-norm", float, 1.0),  # in RANGES
         accountant=r.get("accountant", str, "prv", choices=ACCOUNTANTS),
         standardization_share=share,
         evaluation_epsilon=r.positive("evaluation-epsilon", float, None),
@@ -674,15 +738,11 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
             )
     if not 0 < spec.study.test_fraction < 1:
         raise SpecError(f"{source}: [study] test-fraction must be between 0 and 1")
-    for name in ("rounds", "local_epochs", "batch_size", "steps_per_round", "min_sites"):
-        value = getattr(spec.training, name)
-        if value is not None and value < 1:
-            raise SpecError(f"{source}: [training] {name.replace('_', '-')} must be at least 1")
+    _check_ranges(spec, source)
+    if spec.training.min_sites < 1:
+        raise SpecError(f"{source}: [training] min-sites must be at least 1")
     if spec.training.batch_size is not None and spec.training.steps_per_round is not None:
         raise SpecError(f"{source}: [training] give batch-size or steps-per-round, not both")
-    rate = spec.training.learning_rate
-    if rate is not None and (isinstance(rate, bool) or not (math.isfinite(rate) and rate > 0)):
-        raise SpecError(f"{source}: [training] learning-rate must be a positive, finite number")
     if not 0 <= spec.training.trim_fraction < 0.5:
         raise SpecError(f"{source}: [training] trim-fraction must be at least 0 and below 0.5")
     if spec.training.strategy not in STRATEGIES:
@@ -717,6 +777,21 @@ def _check_survival(spec: StudySpec, source: str) -> None:
             f'{source}: [cohort]: task = "survival" does not read OMOP sources yet; give the '
             "sites files with the time and event columns"
         )
+
+
+def _check_ranges(spec: StudySpec, source: str) -> None:
+    """Every setting in ``RANGES`` inside its range (from a file or a command-line override)."""
+    for (section, key), allowed in RANGES.items():
+        value = getattr(getattr(spec, section), key.replace("-", "_"))
+        if value is None:
+            continue
+        kind = type(allowed.low)
+        if isinstance(value, bool) or not isinstance(value, int | kind):
+            problem = f"expected {_kind_name(kind)}, got {type(value).__name__}"
+        else:
+            problem = allowed.error(value)
+        if problem:
+            raise SpecError(f"{source}: [{section}] {key}: {problem}")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

@@ -1,7 +1,8 @@
 """Records ``cell_metrics`` of a spread of realistic cells (inputs and outputs) as the reference
 ``tests/test_cell_metrics.py`` holds the server's metrics to: the releases are the project's own
-(``client.evaluation`` on the synthetic cohorts of ``tests/test_metrics.py``), pooled and
-reconciled as a run does it. Run it only to record a deliberate change of the estimator:
+(``client.evaluation`` on the synthetic cohorts of ``tests/evaluation_cohorts.py``, released
+by its ``release_cells`` as ``tests/test_metrics.py`` releases them, pooled and reconciled as a
+run does it). Run it only to record a deliberate change of the estimator:
 
     PYTHONPATH=$PWD:$PWD/tests python tests/data/record_cell_metrics.py
 """
@@ -13,11 +14,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from test_metrics import LAYOUT, cohort
+from evaluation_cohorts import cohort, release_cells
 
-from federation.client.evaluation import histogram_release, rank_release
 from federation.server import evaluation as ev
-from federation.wire.evaluation import POOLED_CELL, evaluation_noise
+from federation.wire.evaluation import POOLED_CELL
 
 OUT = Path(__file__).with_name("cell_metrics_reference.json")
 
@@ -46,23 +46,6 @@ def encode(release: ev.CellRelease) -> dict:
     }
 
 
-def releases(parts, epsilon: float):
-    """The sites' cells (each with its own rank sums) and the reconciled pooled cells."""
-    noise1, noise2 = evaluation_noise(epsilon, 1e-5, "rdp", 1)
-    sites = [
-        ev.read_histograms(histogram_release(y, p, mem, LAYOUT, noise1), LAYOUT, noise1)
-        for y, p, mem in parts
-    ]
-    pooled = ev.pool(sites)
-    requests = {c: r for c in LAYOUT.rank_cells() if (r := ev.rank_request(pooled[c])) is not None}
-    ranks = [
-        ev.read_ranks(rank_release(y, p, mem, LAYOUT, requests, noise2), requests, LAYOUT, noise2)
-        for y, p, mem in parts
-    ]
-    with_ranks = [ev.with_ranks(s, [r]) for s, r in zip(sites, ranks, strict=True)]
-    return sites, with_ranks, ev.reconcile(ev.with_ranks(pooled, ranks), LAYOUT)
-
-
 def main() -> None:
     cases = []
 
@@ -78,10 +61,11 @@ def main() -> None:
 
     for epsilon, n, label in ((3.0, 1200, "large"), (1.0, 800, "medium"), (0.7, 300, "small")):
         parts = [cohort(n, 7000 + 10 * int(epsilon * 10) + k, shift=0.3 * k) for k in range(3)]
-        sites, ranked, pooled = releases(parts, epsilon)
+        released = release_cells(parts, epsilon)
+        pooled = released.pooled
         add(f"{label}: pooled, rank release, epsilon {epsilon}", pooled[POOLED_CELL])
-        add(f"{label}: a site, histograms only", sites[0][POOLED_CELL])
-        add(f"{label}: a site, its rank sums", ranked[1][POOLED_CELL], seed=5)
+        add(f"{label}: a site, histograms only", released.sites[0][POOLED_CELL])
+        add(f"{label}: a site, its rank sums", released.ranked[1][POOLED_CELL], seed=5)
         for cell in (("group", "sex", "f"), ("group", "area", "(other)"),
                      ("intersection", "sex x area", "m | north")):  # fmt: skip
             add(f"{label}: {' '.join(cell)}", pooled[cell])
