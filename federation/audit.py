@@ -94,6 +94,8 @@ def run_audit(
     """Audit ``audit_site`` in a run of ``spec`` over ``sites``; write and return
     ``out/audit.json``. ``client_mods`` go around every site's handlers after the tap (tests
     use them to break a site's DP)."""
+    if spec.study.task == "survival":
+        raise AllfedError("privacy mia audits binary studies only; this study is a survival one")
     if audit_site not in sites:
         raise AllfedError(f"--audit-site {audit_site}: no --site of that name")
     if canaries < MIN_CANARIES:

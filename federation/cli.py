@@ -135,14 +135,21 @@ def synth(
     file_format: Annotated[
         str, typer.Option("--format", help="csv or parquet.", case_sensitive=False)
     ] = "csv",
+    task: Annotated[
+        str, typer.Option(help="binary (an outcome 0/1) or survival (time in days and event).")
+    ] = "binary",
 ) -> None:
     """Write synthetic site files and a matching study spec."""
     from federation.synth import write_cohort
 
     if file_format.lower() not in ("csv", "parquet"):
         raise AllfedError(f"--format must be csv or parquet, not {file_format!r}")
+    if task not in ("binary", "survival"):
+        raise AllfedError(f"--task must be binary or survival, not {task!r}")
     writable_directory(out, what="the site files")
-    files, spec_path = write_cohort(out, sites, records, seed=seed, fmt=file_format.lower())
+    files, spec_path = write_cohort(
+        out, sites, records, seed=seed, fmt=file_format.lower(), task=task
+    )
     for name, path in files.items():
         out_console.print(f"{name}: {path}")
     out_console.print(f"study spec: {spec_path}")
@@ -296,13 +303,16 @@ def site_check(
         check = {"file": str(path), "ok": True, "n_train": table.n_train, "n_test": table.n_test}
         check["partition"] = "pinned" if pinned else "preview"
         check["features"] = len(spec.features.columns)
-        print(json.dumps({**check, "label": spec.study.label, "warnings": warnings}))
+        outcome = {"label": spec.study.label}
+        if spec.study.task == "survival":
+            outcome.update(time=spec.study.time, event=spec.study.event)
+        print(json.dumps({**check, **outcome, "warnings": warnings}))
         return
     for warning in warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     out_console.print(
         f"{path}: ok, {table.n_train} training and {table.n_test} test records in {where} "
-        f"fixed partition ({len(spec.features.columns)} features, label {spec.study.label!r})",
+        f"fixed partition ({len(spec.features.columns)} features, {_outcome_text(spec)})",
         highlight=False,
     )
 
@@ -375,6 +385,13 @@ def _note_estimated_bounds(spec) -> None:
         )
 
 
+def _outcome_text(spec) -> str:
+    study = spec.study
+    if study.task == "survival":
+        return f"time {study.time!r}, event {study.event!r}"
+    return f"label {study.label!r}"
+
+
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
     """The run on the terminal: findings first, then each site and the pooled results, every
     released figure with its 95% interval (or n/a where the noise makes it meaningless)."""
@@ -406,6 +423,10 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         "",
     )
     out_console.print(table)
+    if summary.get("task") == "survival":  # its sites release no metric yet
+        reason = pooled.get("withheld_reason", "")
+        out_console.print(f"{reason}. Run directory: {escape(str(out))}", highlight=False)
+        return
     citl = "calibration_in_the_large_observed_minus_predicted"
     out_console.print(
         f"calibration-in-the-large {_with_ci(pooled.get(citl), pooled.get(f'{citl}_ci'))}, "

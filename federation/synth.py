@@ -3,7 +3,11 @@
 Real cohorts cannot leave their sites, so examples and tests need data that behaves like them:
 sites that differ in who they serve (demographics, risk factors, baseline risk: non-IID),
 missing labs, a consent flag, and an outcome drawn from a known logistic model so that a
-federated fit can be judged against the truth. Frames hold no identifiers (no names, ids or
+federated fit can be judged against the truth. A survival cohort (``task="survival"``) has the
+same records with a time to event in days instead: a known proportional hazard (the same
+predictors' effects as log hazard ratios, a Weibull baseline scaled by the site's baseline),
+administrative censoring (entry spread over the years before the data were drawn) and random
+loss to follow-up. Frames hold no identifiers (no names, ids or
 dates). Everything is deterministic by seed: site ``k`` draws from the ``k``-th child of
 ``np.random.SeedSequence(seed)``, so adding sites never changes the earlier ones.
 """
@@ -61,6 +65,13 @@ _SLOPES = {"age": 0.75, "bmi": 0.25, "sbp": 0.35, "cholesterol": 0.25, "hba1c": 
 _MALE, _FAMILY = 0.3, 0.5
 _SMOKING = {"never": 0.0, "former": 0.3, "current": 0.75}
 _INTERCEPT = -1.8
+# The survival outcome: cumulative hazard (t / SCALE)^SHAPE x exp(log hazard ratio + baseline).
+SURVIVAL_COLUMNS = ("time", "event")
+HORIZONS = (365, 1095, 1825)
+INTERVALS = (182, 365, 730, 1095, 1460, 1825)
+_WEIBULL_SHAPE, _WEIBULL_SCALE = 1.2, 12 * 365.25  # days
+_FOLLOW_UP = (365, 6 * 365)  # administrative censoring: days from entry to the data's end
+_DROPOUT_RATE = 0.05 / 365.25  # loss to follow-up, per day
 
 
 @dataclass(frozen=True)
@@ -177,33 +188,49 @@ def true_risk(df: pd.DataFrame, site: str) -> np.ndarray:
     Exact for complete rows. The outcome was drawn before values were masked, so a missing
     predictor is held at its population centre (contributes nothing), as mean imputation would.
     """
+    return 1.0 / (1.0 + np.exp(-_linear_predictor(df, site, _INTERCEPT)))
+
+
+def true_log_hazard_ratio(df: pd.DataFrame, site: str) -> np.ndarray:
+    """A survival cohort's log hazard ratio under the generating model, the site's baseline
+    included: the log-odds of ``true_risk`` less the shared intercept (same caveats)."""
+    return _linear_predictor(df, site, 0.0)
+
+
+def _linear_predictor(df: pd.DataFrame, site: str, intercept: float) -> np.ndarray:
     profile = _profile(site)
-    logit = np.full(len(df), _INTERCEPT + profile.baseline)
+    logit = np.full(len(df), intercept + profile.baseline)
     for column, (centre, sd) in _SCALES.items():
         z = (df[column].to_numpy(dtype=float) - centre) / sd
         logit += _SLOPES[column] * np.nan_to_num(z)
     logit += _MALE * (df["sex"] == "male").to_numpy()
     logit += _FAMILY * df["family_history"].to_numpy(dtype=float)
     logit += df["smoking"].map(_SMOKING).fillna(0.0).to_numpy(dtype=float)
-    return 1.0 / (1.0 + np.exp(-logit))
+    return logit
 
 
 def synthesize_cohort(
-    n_sites: int = 3, records_per_site: int = 1000, seed: int = 0
+    n_sites: int = 3, records_per_site: int = 1000, seed: int = 0, task: str = "binary"
 ) -> dict[str, pd.DataFrame]:
-    """Site name -> frame with ``COLUMNS``. Sizes vary ±20% around ``records_per_site``,
-    deterministically, because real sites never contribute equal numbers."""
+    """Site name -> frame with ``COLUMNS`` (a survival cohort: ``time`` and ``event`` in place
+    of ``outcome``). Sizes vary ±20% around ``records_per_site``, deterministically, because
+    real sites never contribute equal numbers."""
     if n_sites < 1 or records_per_site < 1:
         raise ValueError("n_sites and records_per_site must be at least 1")
+    if task not in ("binary", "survival"):
+        raise ValueError(f"task must be 'binary' or 'survival', got {task!r}")
     children = np.random.SeedSequence(seed).spawn(n_sites)
     return {
-        name: _site_frame(name, records_per_site, np.random.default_rng(child))
+        name: _site_frame(name, records_per_site, np.random.default_rng(child), task)
         for name, child in zip(site_names(n_sites), children, strict=True)
     }
 
 
 def study_toml(
-    name: str = "cardiometabolic-risk", rounds: int | None = None, target_epsilon: float = 3.0
+    name: str = "cardiometabolic-risk",
+    rounds: int | None = None,
+    target_epsilon: float = 3.0,
+    task: str = "binary",
 ) -> str:
     """TOML text of a study spec for the synthetic columns, checked with ``parse_spec``. The
     training settings are left to the planner (``privacy.planner``), ``rounds`` too unless given.
@@ -216,11 +243,16 @@ def study_toml(
         return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in items.items()) + " }"
 
     categorical = {"sex": SEXES, "smoking": SMOKING, "rurality": RURALITY}
+    outcome = 'task = "binary"\nlabel = "outcome"'
+    if task == "survival":
+        outcome = (
+            'task = "survival"\ntime = "time"\nevent = "event"\n'
+            f"horizons = {list(HORIZONS)}\nintervals = {list(INTERVALS)}"
+        )
     text = f"""\
 [study]
 name = {json.dumps(name)}
-task = "binary"
-label = "outcome"
+{outcome}
 groups = ["race_ethnicity", "sex", "rurality"]
 group-levels = {{ race_ethnicity = {json.dumps(list(RACES))} }}
 consent = "consent"
@@ -251,7 +283,12 @@ accountant = "prv"
 
 
 def write_cohort(
-    out_dir: Path | str, n_sites: int, records_per_site: int, seed: int = 0, fmt: str = "csv"
+    out_dir: Path | str,
+    n_sites: int,
+    records_per_site: int,
+    seed: int = 0,
+    fmt: str = "csv",
+    task: str = "binary",
 ) -> tuple[dict[str, Path], Path]:
     """Write ``<site>.csv`` (or ``.parquet``) per site and ``study.toml`` into ``out_dir``."""
     if fmt not in ("csv", "parquet"):
@@ -259,14 +296,15 @@ def write_cohort(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for site, frame in synthesize_cohort(n_sites, records_per_site, seed).items():
+    for site, frame in synthesize_cohort(n_sites, records_per_site, seed, task).items():
         paths[site] = out / f"{site}.{fmt}"
         if fmt == "csv":
             frame.to_csv(paths[site], index=False)
         else:
             frame.to_parquet(paths[site], index=False)
     spec_path = out / "study.toml"
-    spec_path.write_text(study_toml(), encoding="utf-8")
+    name = "cardiometabolic-survival" if task == "survival" else "cardiometabolic-risk"
+    spec_path.write_text(study_toml(name, task=task), encoding="utf-8")
     return paths, spec_path
 
 
@@ -279,7 +317,9 @@ def _profile(site: str) -> SiteProfile:
     raise ValueError(f"unknown synthetic site {site!r}")
 
 
-def _site_frame(site: str, records: int, rng: np.random.Generator) -> pd.DataFrame:
+def _site_frame(
+    site: str, records: int, rng: np.random.Generator, task: str = "binary"
+) -> pd.DataFrame:
     """Draw one site's complete records, their outcomes, then mask values (MCAR)."""
     p = _profile(site)
     n = max(1, round(records * rng.uniform(0.8, 1.2)))
@@ -304,7 +344,21 @@ def _site_frame(site: str, records: int, rng: np.random.Generator) -> pd.DataFra
             "consent": (rng.random(n) < p.consent).astype(np.int64),
         }
     )
-    df["outcome"] = (rng.random(n) < true_risk(df, site)).astype(np.int64)
+    if task == "survival":
+        df["time"], df["event"] = _survival_outcome(true_log_hazard_ratio(df, site), rng)
+    else:
+        df["outcome"] = (rng.random(n) < true_risk(df, site)).astype(np.int64)
     for column, rate in MISSING_RATES.items():
         df.loc[rng.random(n) < rate, column] = None
     return df
+
+
+def _survival_outcome(log_hazard_ratio: np.ndarray, rng: np.random.Generator):
+    """Days to the event or to censoring (whole days, at least 1), and the event flag: the
+    event time inverts the Weibull cumulative hazard at a unit exponential draw."""
+    n = len(log_hazard_ratio)
+    draw = rng.exponential(1.0, n) / np.exp(log_hazard_ratio)
+    event_time = _WEIBULL_SCALE * draw ** (1 / _WEIBULL_SHAPE)
+    censoring = np.minimum(rng.uniform(*_FOLLOW_UP, n), rng.exponential(1 / _DROPOUT_RATE, n))
+    time = np.maximum(1, np.ceil(np.minimum(event_time, censoring))).astype(np.int64)
+    return time, (event_time <= censoring).astype(np.int64)

@@ -44,6 +44,8 @@ CHECKS = {
     "undeclared-level": "a column has values outside its declared levels at the site",
     "missing-values": "a column has missing values and the spec has no rule for them",
     "bad-label": "the label column has values that are not a binary label at the site",
+    "bad-event": "the event column has values that are not 0/1 at the site",
+    "bad-time": "the time column has missing, negative or non-numeric values at the site",
     "bad-consent": "the consent column has unreadable values at the site",
     "bad-split": "the split column has values other than train and test at the site",
     "no-consent": "no record at the site has consent",

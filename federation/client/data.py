@@ -42,7 +42,9 @@ class SiteTable:
     ``numeric`` holds raw numeric features (NaN where the spec says impute); ``categorical``
     holds level indices (-1 where missing and imputed); ``groups`` holds each record's group
     level: a declared level, ``(missing)`` for an imputed categorical feature, ``(other)`` for a
-    group value outside its declared ``group-levels`` (never a value seen in the data).
+    group value outside its declared ``group-levels`` (never a value seen in the data). A
+    survival study's ``label`` is its event (0/1) and ``time`` its time in days (None for a
+    binary study).
     """
 
     numeric: np.ndarray
@@ -50,6 +52,7 @@ class SiteTable:
     label: np.ndarray
     is_test: np.ndarray
     groups: dict[str, np.ndarray]
+    time: np.ndarray | None = None
 
     @property
     def n_train(self) -> int:
@@ -232,13 +235,19 @@ def check_table(
     """Check a frame of text cells against the spec and build a ``SiteTable``."""
     reject_identifiers(frame, source)
     study = spec.study
-    required = [study.label, *spec.features.columns, *study.groups]
+    required = [*study.outcome_columns, *spec.features.columns, *study.groups]
     require_columns(frame, required + [c for c in (study.consent,) if c], source)
 
     rows = pd.Series(np.arange(len(frame)) + 2, index=frame.index)  # spreadsheet row numbers
     if study.consent:
         frame, rows = _keep_consented(frame, rows, study.consent, source)
-    label = _to_label(frame[study.label], rows, study.label, source)
+    survival = study.task == "survival"
+    label = (
+        _to_label(frame[study.event], rows, study.event, source, role="event")
+        if survival
+        else _to_label(frame[study.label], rows, study.label, source)
+    )
+    time = _to_time(frame[study.time], rows, study.time, source) if survival else None
     values = check_features(frame, spec, source, rows)
     keep = values.keep
 
@@ -251,6 +260,7 @@ def check_table(
         label=label[keep],
         is_test=is_test[keep],
         groups={g: v[keep] for g, v in groups.items()},
+        time=None if time is None else time[keep],
     )
     if trainable:
         _check_trainable(table, source)
@@ -404,13 +414,16 @@ def _to_numeric(values: pd.Series, rows: pd.Series, column: str, source: str) ->
     return array
 
 
-def _to_label(values: pd.Series, rows: pd.Series, column: str, source: str) -> np.ndarray:
+def _to_label(
+    values: pd.Series, rows: pd.Series, column: str, source: str, role: str = "label"
+) -> np.ndarray:
+    """A 0/1 column: the label, or (``role="event"``) a survival study's event."""
     absent = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
     if absent.any():
         raise DataError(
-            f"{source}: label column {column!r} is missing in {int(absent.sum())} rows "
-            f"({first_rows(rows, absent)}); remove those records or fill the label",
-            "bad-label",
+            f"{source}: {role} column {column!r} is missing in {int(absent.sum())} rows "
+            f"({first_rows(rows, absent)}); remove those records or fill the {role}",
+            "bad-label" if role == "label" else "bad-event",
             column,
         )
     text = values.astype(str).str.strip().str.lower()
@@ -418,11 +431,40 @@ def _to_label(values: pd.Series, rows: pd.Series, column: str, source: str) -> n
     bad = np.isnan(parsed)
     if bad.any():
         raise DataError(
-            f"{source}: label column {column!r} must be 0/1, true/false or yes/no; "
+            f"{source}: {role} column {column!r} must be 0/1, true/false or yes/no; "
             f"{int(bad.sum())} rows are not ({first_rows(rows, bad)})",
-            "bad-label",
+            "bad-label" if role == "label" else "bad-event",
             column,
         )
+    return parsed.astype(np.float32)
+
+
+def _to_time(values: pd.Series, rows: pd.Series, column: str, source: str) -> np.ndarray:
+    """A survival study's time to the event or to censoring, in days: present, finite, not
+    negative (0 is allowed: an event on the day of entry)."""
+    absent = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+    if absent.any():
+        raise DataError(
+            f"{source}: time column {column!r} is missing in {int(absent.sum())} rows "
+            f"({first_rows(rows, absent)}); remove those records or fill the time",
+            "bad-time",
+            column,
+        )
+    parsed = pd.to_numeric(values.astype(str).str.strip(), errors="coerce").to_numpy(dtype=float)
+    checks = (
+        (np.isnan(parsed), "is not a number"),
+        (np.isinf(parsed), "is not finite"),
+        (parsed < 0, "is negative"),
+    )
+    for bad, problem in checks:
+        if bad.any():
+            raise DataError(
+                f"{source}: time column {column!r} {problem} in {int(bad.sum())} rows "
+                f"({first_rows(rows, bad)}); times are days from entry to the event or to "
+                "censoring",
+                "bad-time",
+                column,
+            )
     return parsed.astype(np.float32)
 
 
@@ -490,7 +532,10 @@ def table_warnings(table: SiteTable, spec: StudySpec, source: str) -> list[str]:
     """
     warnings = []
     train_labels = table.label[~table.is_test]
-    if train_labels.min() == train_labels.max():
+    if spec.study.task == "survival":
+        if train_labels.max() == 0:
+            warnings.append(f"{source}: no training record has an event (all are censored)")
+    elif train_labels.min() == train_labels.max():
         warnings.append(f"{source}: every training record has label {int(train_labels[0])}")
     for i, column in enumerate(spec.features.numeric):
         if column not in spec.features.bounds:

@@ -118,9 +118,12 @@ def encode(
     test: bool,
     bounds: Mapping[str, Bounds] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs and labels of the train (or test) rows (``encode_features``)."""
+    """Model inputs and labels of the train (or test) rows (``encode_features``); a survival
+    study's labels are rows of (time in days, event)."""
     rows = table.is_test if test else ~table.is_test
     x = encode_features(table.numeric[rows], table.categorical[rows], spec, center, scale, bounds)
+    if table.time is not None:
+        return x, np.column_stack([table.time[rows], table.label[rows]]).astype(np.float32)
     return x, table.label[rows]
 
 

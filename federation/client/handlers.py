@@ -47,7 +47,7 @@ from federation.errors import AllfedError, SpecError
 from federation.wire import protocol as p
 from federation.wire.evaluation import layout, rank_requests_from_config
 from federation.wire.queries import AnalysisRequest, build_query, planned_release
-from federation.wire.spec import StudySpec, estimated_columns, federated_columns
+from federation.wire.spec import StudySpec, estimated_columns, federated_columns, model_cuts
 from models.registry import build_model
 from privacy.bounds import release_histograms
 from privacy.ledger import ALL, TEST, TRAIN, Ledger, PlannedRelease, RunPlan
@@ -441,6 +441,8 @@ def evaluate_ranks(request: Request) -> RecordDict:
 def _evaluation(request: Request, ranks: bool) -> RecordDict:
     spec = request.spec
     run = bound_run(request)
+    if spec.study.task == "survival":  # its DP evaluation is not built: it releases nothing
+        return RecordDict({p.METRICS: MetricRecord({})})
     cells = layout(spec)
     requests = {}
     if ranks:
@@ -488,7 +490,7 @@ def _inputs(request: Request, run: BoundRun, test: bool):
     except ValueError:
         raise Refused(Refusal("bad-config-value", p.SCALING_CENTER, "scaling length")) from None
     x, y = encode(table, spec, center_all, scale_all, test=test, bounds=run.bounds)
-    model = build_model(spec.model.name, x.shape[1], spec.model.hidden)
+    model = build_model(spec.model.name, x.shape[1], spec.model.hidden, model_cuts(spec))
     expected = model.state_dict()
     try:
         weights = request.message.content[p.ARRAYS].to_torch_state_dict()

@@ -5,7 +5,8 @@ in the ledger) and the site's public training-record count alone, so the site ca
 again at any later message and check it against the plan its ledger admitted: the
 standardization sums (training partition), the DP-SGD steps of every round (training partition,
 calibrated after the sums so that the partition lands at the target), and two evaluation
-releases per planned evaluation (test partition, calibrated to the study's evaluation budget).
+releases per planned evaluation (test partition, calibrated to the study's evaluation budget;
+none for a survival study, whose DP evaluation is not built yet).
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ class SitePlan:
                     GaussianRelease(dp.noise_multiplier, dp.sample_rate, dp.planned_steps),
                 )
             )
-        for mechanism, noise in (
+        evaluation = (
             (EVALUATION_HISTOGRAMS, self.histogram_noise),
             (EVALUATION_RANKS, self.rank_noise),
-        ):
+        )
+        for mechanism, noise in evaluation if self.evaluations else ():
             planned.append(
                 PlannedRelease(mechanism, TEST, GaussianRelease(noise, 1.0, self.evaluations))
             )
@@ -132,6 +134,8 @@ def site_plan(spec: StudySpec, n_train: int, with_sums: bool) -> SitePlan:
             privacy.accountant,
             prior,
         )
+    if spec.study.task == "survival":  # no survival evaluation release yet: none is planned
+        return SitePlan(setup_noise, dp, 0, 0.0, 0.0, bounds_noise)
     evaluations = len(spec.training.evaluation_rounds())
     histogram_noise, rank_noise = evaluation_noise(
         privacy.evaluation_budget, privacy.delta, privacy.accountant, evaluations

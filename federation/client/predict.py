@@ -101,6 +101,8 @@ def load_run_model(run: Path) -> RunModel:
     if not isinstance(card, dict) or not isinstance(card.get("spec"), str):
         raise AllfedError(f"{card_path}: no study spec (not an allfed model card)")
     spec = parse_spec(card["spec"], source=f"{card_path} (spec)")
+    if spec.study.task == "survival":
+        raise AllfedError(f"{run}: allfed predict does not score survival models yet")
     names = feature_names(spec)
     scaled = [row.get("feature") for row in card.get("scaling", [])]
     if card.get("features") != names or scaled != list(spec.features.numeric):

@@ -29,6 +29,8 @@ import torch
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
 
+from federation.client.hazard import hazard_gradient_sum, mean_hazard_loss
+from models.survival import DiscreteTimeHazard
 from privacy.accounting import GaussianRelease
 from privacy.planner import SitePlan, plan_site
 
@@ -110,7 +112,9 @@ def train_dp(
     not an accountant object here, records the round: it admitted it before this runs."""
     if abs(1.0 / batches_per_epoch(len(y), settings.batch_size) - plan.sample_rate) > 1e-12:
         raise RuntimeError("the site's record count no longer matches its privacy plan")
-    check_supported(model)
+    survival = isinstance(model, DiscreteTimeHazard)  # y: rows of (time, event)
+    check_supported(model.score if survival else model)
+    clipped_sum = hazard_gradient_sum if survival else clipped_gradient_sum
     features, labels = torch.from_numpy(x), torch.from_numpy(y)
     rng = noise_generator()
     optimizer = dp_optimizer(model, settings, plan, len(y), generator=rng)
@@ -119,7 +123,7 @@ def train_dp(
     for batch in poisson_batches(len(y), plan.sample_rate, plan.steps_per_round, rng):
         # An empty batch is a step like any other: a zero sum plus the same noise.
         optimizer.zero_grad(set_to_none=True)
-        clipped_gradient_sum(model, features[batch], labels[batch], settings.max_grad_norm)
+        clipped_sum(model, features[batch], labels[batch], settings.max_grad_norm)
         optimizer.step()
         _proximal_step(model, anchor, settings)
 
@@ -131,12 +135,18 @@ def train_plain(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: LocalS
     features, labels = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate)
     loss_fn = nn.BCEWithLogitsLoss()
+
+    def loss(batch: torch.Tensor) -> torch.Tensor:
+        if isinstance(model, DiscreteTimeHazard):  # y: rows of (time, event)
+            return mean_hazard_loss(model, features[batch], labels[batch])
+        return loss_fn(model(features[batch]).squeeze(-1), labels[batch])
+
     anchor = [p.detach().clone() for p in model.parameters()]
     model.train()
     for _ in range(settings.epochs):
         for batch in torch.randperm(len(y), generator=generator).split(settings.batch_size):
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(features[batch]).squeeze(-1), labels[batch]).backward()
+            loss(batch).backward()
             optimizer.step()
             _proximal_step(model, anchor, settings)
 

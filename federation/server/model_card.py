@@ -66,6 +66,7 @@ def build_model_card(
             "name": spec.model.name,
             "hidden": list(spec.model.hidden) if spec.model.name == "mlp" else [],
             "parameters": int(sum(t.numel() for t in state_dict.values())),
+            **_hazard_model(spec),
         },
         "features": names,
         "scaling": scaling,
@@ -84,6 +85,19 @@ def build_model_card(
     return card
 
 
+def _hazard_model(spec: StudySpec) -> dict[str, Any]:
+    """A survival model's interval ends (``models.registry.build_model``'s ``cuts``)."""
+    if spec.study.task != "survival":
+        return {}
+    return {
+        "intervals": list(spec.study.intervals),
+        "kind": (
+            "discrete-time hazard: hazard in interval k = sigmoid(risk score + baseline_k); "
+            "model.pt's and model.onnx's output is the risk score (higher: earlier event)"
+        ),
+    }
+
+
 def training_section(spec: StudySpec) -> dict[str, Any]:
     """How the model was fitted (TRIPOD's model specification, with the DP-SGD settings)."""
     training, privacy = spec.training, spec.privacy
@@ -97,7 +111,12 @@ def training_section(spec: StudySpec) -> dict[str, Any]:
         "steps_per_round": training.steps_per_round,
         "learning_rate": training.learning_rate,
         "max_grad_norm": privacy.max_grad_norm if privacy.enabled else None,
-        "loss": "binary cross-entropy",
+        "loss": (
+            "per record, the summed binary cross-entropy of an event in each interval it was "
+            "at risk in (a sum of per-record terms: each record's gradient is clipped)"
+            if spec.study.task == "survival"
+            else "binary cross-entropy"
+        ),
         "initial_model": "zeros" if spec.model.name == "logistic" else f"seed {spec.study.seed}",
     }
 
@@ -143,6 +162,9 @@ def coefficients(
     each site's own rows has no single per-unit coefficient, nor has the intercept then."""
     if spec.model.name != "logistic":
         reason = f"the {spec.model.name} model has no per-feature coefficients"
+        return {"available": False, "reason": reason}
+    if spec.study.task == "survival":
+        reason = "a survival model's coefficients (log hazard odds ratios) are not tabulated yet"
         return {"available": False, "reason": reason}
     weight = state_dict["0.weight"].double().reshape(-1).tolist()  # models.registry's layout
     intercept = float(state_dict["0.bias"].double().reshape(-1)[0])
@@ -256,7 +278,14 @@ def data_section(spec: StudySpec, sites: Mapping[str, Mapping[str, Any]]) -> dic
             if spec.study.consent
             else "no consent column: every record is used"
         ),
-        "outcome": f"`{spec.study.label}` (0/1)",
+        "outcome": (
+            f"`{spec.study.event}` (0/1) at `{spec.study.time}` (days), censored where "
+            f"`{spec.study.event}` is 0; horizons "
+            + ", ".join(f"{h:g}" for h in spec.study.horizons)
+            + " days"
+            if spec.study.task == "survival"
+            else f"`{spec.study.label}` (0/1)"
+        ),
         "numeric_predictors": list(features.numeric),
         "categorical_predictors": {c: list(v) for c, v in features.categorical.items()},
         "missing": missing,
@@ -324,7 +353,7 @@ def limitations(spec: StudySpec, card: Mapping[str, Any]) -> list[str]:
 def intended_use(spec: StudySpec) -> str:
     return (
         f"Research use within the study {spec.study.name!r}: estimating the risk of "
-        f"`{spec.study.label}` for participants like those of the training sites, with the "
+        f"`{spec.study.outcome}` for participants like those of the training sites, with the "
         "predictors encoded as above. Not validated for clinical decisions; a site scoring its "
         "own patients with `allfed predict` does so under its own governance."
     )

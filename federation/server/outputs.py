@@ -110,7 +110,12 @@ class RunDirectory:
         tmp = self.path / (MODEL + ".tmp")
         torch.save(state_dict, tmp)
         tmp.replace(self.path / MODEL)
-        model = build_model(card["model"]["name"], len(card["features"]), card["model"]["hidden"])
+        model = build_model(
+            card["model"]["name"],
+            len(card["features"]),
+            card["model"]["hidden"],
+            card["model"].get("intervals", ()),  # a survival model's interval ends
+        )
         model.load_state_dict(state_dict)
         tmp = self.path / (MODEL_ONNX + ".tmp")
         tmp.write_bytes(onnx_bytes(model, len(card["features"])))

@@ -65,7 +65,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <p><span class="status {{ status }}">Run {{ status }}</span> after {{ summary.rounds }} of
 {{ summary.planned_rounds }} rounds{% if summary.evaluated_round %}; the model of round
 {{ summary.evaluated_round }} was evaluated{% endif %}</p>
-<p class="lead">A {{ model }} predicting the risk of <b>{{ summary.label }}</b> was trained
+<p class="lead">A {{ model }} predicting the risk of <b>{{ outcome }}</b> was trained
 jointly by {{ sites|length }} site{{ "s" if sites|length != 1 }} ({{ active }} took part to the
 end), combining their model updates with {{ summary.strategy }}. Participants' records never
 left their site: only model updates and differentially private statistics did. Every result is
@@ -96,7 +96,7 @@ intervals; more test records, or a larger evaluation budget, narrow them.</p>
 <td class="num">{{ row.evaluation_epsilon }}</td></tr>
 {% endfor %}</tbody></table>
 <h2>Results on all sites' test records</h2>
-{% if not pooled %}<p>No evaluation finished, so there are no results.</p>{% else %}
+{% if not pooled %}<p>{{ no_results }}</p>{% else %}
 <div class="cards">{% for card in cards %}<div class="card"><div class="value">{{ card.value }}
 </div><div class="label">{{ card.label }}</div></div>{% endfor %}</div>
 <table><thead><tr><th>Metric</th><th>Value</th><th>95% interval</th><th>What it means</th></tr>
@@ -155,6 +155,8 @@ def render_report(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
 
     metrics = summary.get("metrics") or {}
     pooled = metrics.get("pooled") or {}
+    # A survival run's page says why it has no results (its sites release none yet).
+    withheld = pooled.get("withheld_reason") if summary.get("task") == "survival" else None
     if "withheld_reason" in pooled:
         pooled = {}
     sites = summary.get("sites") or {}
@@ -173,6 +175,12 @@ def render_report(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
         threshold=MIN_PUBLISHED_COUNT,
         site_rows=_site_rows(summary, metrics.get("per_site") or {}),
         pooled=pooled,
+        outcome=summary.get("label") or summary.get("event"),
+        no_results=(
+            f"{withheld[:1].upper()}{withheld[1:]}."
+            if withheld
+            else "No evaluation finished, so there are no results."
+        ),
         cards=_cards(pooled),
         metric_rows=[_metric_row(pooled, *item) for item in _METRICS] if pooled else [],
         figures=_figures(summary, rounds, metrics, pooled),

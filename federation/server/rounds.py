@@ -27,7 +27,8 @@ from federation.server.state import RunState
 from federation.server.strategy import aggregate
 from federation.server.validation import validate_updates
 from federation.wire import protocol as p
-from federation.wire.spec import StudySpec
+from federation.wire.evaluation import SURVIVAL_WITHHELD
+from federation.wire.spec import StudySpec, model_cuts
 from models.registry import build_model
 
 log = logging.getLogger("allfed.server")
@@ -40,7 +41,7 @@ def initial_model(spec: StudySpec, n_features: int) -> torch.nn.Module:
     """Deterministic start: zeros for logistic regression, seeded weights for an MLP."""
     with torch.random.fork_rng():  # the seed stays here, out of the process's global RNG
         torch.manual_seed(spec.study.seed)
-        model = build_model(spec.model.name, n_features, spec.model.hidden)
+        model = build_model(spec.model.name, n_features, spec.model.hidden, model_cuts(spec))
     if spec.model.name == "logistic":
         with torch.no_grad():
             for param in model.parameters():
@@ -62,12 +63,15 @@ class RoundLoop:
     ) -> None:
         self.state, self.exchange, self.strategy = state, exchange, strategy
         self.outputs, self.on_round = outputs, on_round
-        self.evaluator = Evaluator(state.spec, exchange, exchange.reject)
+        self.survival = state.spec.study.task == "survival"
+        self.evaluator = None if self.survival else Evaluator(state.spec, exchange, exchange.reject)
 
     def run(self, arrays: ArrayRecord) -> ArrayRecord:
         """The global model after the last round, from ``arrays``."""
         state, training = self.state, self.state.spec.training
-        evaluation_rounds = set(training.evaluation_rounds())
+        evaluation_rounds = set() if self.survival else set(training.evaluation_rounds())
+        if self.survival:  # nothing to evaluate with yet: the outputs say so
+            state.metrics = {"pooled": {"withheld_reason": SURVIVAL_WITHHELD}}
         for server_round in range(state.rounds_done + 1, training.rounds + 1):
             started = time.perf_counter()
             arrays, rejected = self._train(server_round, arrays)

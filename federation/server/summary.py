@@ -14,6 +14,7 @@ from federation.server.model_card import build_model_card, scaling_rows
 from federation.server.outputs import REPORT, RunDirectory
 from federation.server.sites import SiteRecord
 from federation.server.state import RunState
+from federation.wire.spec import StudySpec
 
 log = logging.getLogger("allfed.server")
 
@@ -59,6 +60,7 @@ def run_summary(state: RunState, status: str, error: str | None) -> dict[str, An
         "study": study.name,
         "task": study.task,
         "label": study.label,
+        **survival_keys(spec),
         "groups": list(study.groups),
         "status": status,
         "error": error,
@@ -73,6 +75,20 @@ def run_summary(state: RunState, status: str, error: str | None) -> dict[str, An
         "diagnostics": state.diagnostics,
         "scaling_warnings": state.scaling_warnings,
         "metrics": state.metrics,
+    }
+
+
+def survival_keys(spec: StudySpec) -> dict[str, Any]:
+    """A survival study's outcome columns, horizons and hazard intervals (nothing for a binary
+    study, whose summary keeps its keys)."""
+    study = spec.study
+    if study.task != "survival":
+        return {}
+    return {
+        "time": study.time,
+        "event": study.event,
+        "horizons": list(study.horizons),
+        "intervals": list(study.intervals),
     }
 
 

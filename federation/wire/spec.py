@@ -10,6 +10,7 @@ import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "kru
 ACCOUNTANTS = ("prv", "rdp")
 MISSING_RULES = ("impute", "drop")
 SCALINGS = ("federated", "site")
+TASKS = ("binary", "survival")
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,14 @@ RANGES: dict[tuple[str, str], Range] = {
 
 @dataclass(frozen=True)
 class StudySection:
+    """The study's outcome: ``label`` (0/1) for a binary task; ``time`` (days) and ``event``
+    (0/1) for a survival task, with the ``horizons`` (days) its risks are read at and the
+    ``intervals`` (cut points in days, the horizons among them) of its discrete-time hazard
+    model, fixed here before any data is seen. The survival keys are None for a binary study,
+    so its TOML (and digest) is what it was before survival studies existed."""
+
     name: str
-    label: str
+    label: str | None
     task: str = "binary"
     groups: tuple[str, ...] = ()
     # Levels of group columns that are not categorical features; a DP table of a group column
@@ -90,6 +98,20 @@ class StudySection:
     split: str | None = None
     test_fraction: float = 0.3
     seed: int = 0
+    time: str | None = None
+    event: str | None = None
+    horizons: tuple[float, ...] | None = None
+    intervals: tuple[float, ...] | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The outcome column: the label, or a survival study's event."""
+        return self.event if self.task == "survival" else self.label
+
+    @property
+    def outcome_columns(self) -> tuple[str, ...]:
+        """Every column that holds the outcome (none of them may be a feature)."""
+        return (self.time, self.event) if self.task == "survival" else (self.label,)
 
 
 @dataclass(frozen=True)
@@ -418,15 +440,25 @@ def _read_study(r: _Reader) -> StudySection:
             "split",
             "test-fraction",
             "seed",
+            "time",
+            "event",
+            "horizons",
+            "intervals",
         )
     )
     test_fraction = r.get("test-fraction", float, 0.3)
     if not 0.0 < test_fraction < 1.0:
         raise r.fail("test-fraction", "must be between 0 and 1 (exclusive)")
+    task = r.get("task", str, "binary", choices=TASKS)
+    if task == "binary":
+        for key in ("time", "event", "horizons", "intervals"):
+            if key in r.raw:
+                raise r.fail(key, 'applies to task = "survival" only')
+    outcome = _read_survival(r) if task == "survival" else {"label": r.column("label")}
     return StudySection(
         name=r.get("name", str, "study") or "study",
-        task=r.get("task", str, "binary", choices=("binary",)),
-        label=r.column("label"),
+        task=task,
+        **outcome,
         groups=r.string_list("groups"),
         group_levels=_levels_table(r, "group-levels"),
         consent=r.column("consent", None),
@@ -434,6 +466,51 @@ def _read_study(r: _Reader) -> StudySection:
         test_fraction=test_fraction,
         seed=r.get("seed", int, 0),
     )
+
+
+def _read_survival(r: _Reader) -> dict[str, Any]:
+    """A survival study's outcome keys: ``time`` and ``event`` columns (no ``label``: the
+    outcome is the pair), ``horizons`` and the hazard model's ``intervals`` (default: the
+    horizons), every horizon one of the intervals' cut points."""
+    if "label" in r.raw:
+        raise r.fail(
+            "label",
+            'a survival study has no label: its outcome is the "time" and "event" columns',
+        )
+    horizons = _days(r, "horizons", None)
+    intervals = _days(r, "intervals", horizons)
+    missing = [h for h in horizons if h not in intervals]
+    if missing:
+        raise r.fail(
+            "intervals",
+            f"must include every horizon as a cut point (missing {missing[0]:g}): a horizon's "
+            "risk is read at the end of an interval",
+        )
+    return {
+        "label": None,
+        "time": r.column("time"),
+        "event": r.column("event"),
+        "horizons": horizons,
+        "intervals": intervals,
+    }
+
+
+def _days(r: _Reader, key: str, default: tuple[float, ...] | None) -> tuple[float, ...]:
+    """A non-empty, increasing list of positive, finite numbers of days."""
+    values = r.get(key, list, ... if default is None else list(default))
+    ok = bool(values) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in values
+    )
+    if not ok or any(b <= a for a, b in pairwise(values)):
+        raise r.fail(key, "expected a non-empty, increasing list of positive numbers of days")
+    return tuple(float(v) for v in values)
+
+
+def model_cuts(spec: StudySpec) -> tuple[float, ...]:
+    """The interval ends of a survival study's hazard model (``models.registry.build_model``'s
+    ``cuts``); none for a binary study."""
+    return spec.study.intervals if spec.study.task == "survival" else ()
 
 
 def _read_features(r: _Reader) -> FeatureSection:
@@ -617,6 +694,9 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
         raise SpecError(f"{source}: column {sorted(both)[0]!r} is both numeric and categorical")
     label = spec.study.label
     roles = {"label": label, "consent": spec.study.consent, "split": spec.study.split}
+    if spec.study.task == "survival":
+        roles = {"time": spec.study.time, "event": spec.study.event, **roles}
+        _check_survival(spec, source)
     for role, column in roles.items():
         if column and column in features.columns:
             raise SpecError(f"{source}: the {role} column {column!r} cannot also be a feature")
@@ -644,7 +724,7 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
                     f"[{bound_low:g}, {bound_high:g}]"
                 )
     for column in spec.study.groups:
-        if column in (label, spec.study.consent, spec.study.split):
+        if column in (*spec.study.outcome_columns, spec.study.consent, spec.study.split):
             raise SpecError(f"{source}: [study] groups: {column!r} cannot be a group column")
     for column in spec.study.groups:
         if column not in features.categorical and column not in spec.study.group_levels:
@@ -686,6 +766,22 @@ def _check_consistency(spec: StudySpec, source: str) -> None:
             raise SpecError(f"{source}: [privacy] {key}: {why}")
     if not 0 < spec.privacy.delta < 1:
         raise SpecError(f"{source}: [privacy] delta must be between 0 and 1")
+
+
+def _check_survival(spec: StudySpec, source: str) -> None:
+    """A survival study's columns have one role each; OMOP sources give no time yet."""
+    study = spec.study
+    others = {"consent": study.consent, "split": study.split}
+    if study.time == study.event:
+        raise SpecError(f"{source}: [study] time and event name the same column {study.time!r}")
+    for role, column in others.items():
+        if column in (study.time, study.event):
+            raise SpecError(f"{source}: the {role} column {column!r} cannot also be time or event")
+    if spec.cohort is not None:
+        raise SpecError(
+            f'{source}: [cohort]: task = "survival" does not read OMOP sources yet; give the '
+            "sites files with the time and event columns"
+        )
 
 
 def _check_ranges(spec: StudySpec, source: str) -> None:

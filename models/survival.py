@@ -1,0 +1,69 @@
+"""The discrete-time hazard model of a survival study (Andreux et al. 2020, arXiv:2006.08997).
+
+The time axis is cut into intervals fixed by the study spec before any data is seen:
+``(0, c_1], (c_1, c_2], ..., (c_{K-1}, c_K]``. A record's hazard in interval k (the chance of
+the event in it, given no event before) is ``sigmoid(s(x) + b_k)``: a risk score ``s`` (a linear
+model or an MLP, no output bias) shared by every interval, plus one baseline logit per interval.
+A record's loss is the sum, over the intervals it is at risk in, of the binary cross-entropy of
+"the event happened in this interval". A batch's loss is therefore a sum of per-record terms (no
+risk sets coupling the records, as a Cox partial likelihood has), so clipping each record's
+gradient bounds what one record can change: the sensitivity DP-SGD's noise is calibrated to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class DiscreteTimeHazard(nn.Module):
+    """``forward`` gives the risk score (rows x 1): higher is an earlier event. ``cuts`` (the
+    intervals' upper ends, days) is fixed by the spec and is not a weight: it is not in the
+    state dict, so it never travels and no aggregator can change it."""
+
+    def __init__(self, score: nn.Sequential, cuts: Sequence[float]) -> None:
+        super().__init__()
+        self.score = score
+        self.baseline = nn.Parameter(torch.zeros(len(cuts)))
+        self.register_buffer("cuts", torch.tensor(list(cuts), dtype=torch.float32), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x)
+
+    def hazard_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows x intervals: the logit of each interval's hazard."""
+        return self.score(x) + self.baseline
+
+
+def interval_targets(
+    outcome: torch.Tensor, cuts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per record (``outcome``: rows x 2, time in days and event 0/1) and interval: whether the
+    record is at risk in it, and whether its event happened in it.
+
+    An event at time t falls in the interval ``(c_{k-1}, c_k]`` holding t, and the record was at
+    risk in it and every interval before. A record censored at t survived every interval that
+    ends at or before t; the interval it was censored in tells nothing about its event, so it is
+    not at risk there. Anything after the last cut is censored at it."""
+    time, event = outcome[:, 0:1], outcome[:, 1:2] > 0.5
+    ends = cuts.reshape(1, -1)
+    starts = torch.cat([torch.zeros(1), cuts[:-1]]).reshape(1, -1)
+    holds = (starts < time) & (time <= ends) | ((time <= 0) & (starts == 0))
+    happened = holds & event
+    survived = torch.where(event, ends < time, ends <= time)
+    return survived | happened, happened.to(outcome.dtype)
+
+
+def hazard_loss(model: DiscreteTimeHazard, x: torch.Tensor, outcome: torch.Tensor) -> torch.Tensor:
+    """Each record's loss (a vector): the summed cross-entropy over its at-risk intervals."""
+    logits = model.hazard_logits(x)
+    at_risk, happened = interval_targets(outcome, model.cuts)
+    terms = nn.functional.binary_cross_entropy_with_logits(logits, happened, reduction="none")
+    return (terms * at_risk).sum(1)
+
+
+def survival_at(model: DiscreteTimeHazard, x: torch.Tensor) -> torch.Tensor:
+    """Rows x intervals: the chance of no event by the end of each interval."""
+    return torch.cumprod(torch.sigmoid(-model.hazard_logits(x)), dim=1)
