@@ -341,13 +341,18 @@ def _scores(scores: dict) -> str:
     )
 
 
-def default_heart_data() -> Path:
-    """``shared/data/uci-heart-disease/raw`` in the nearest folder above this file that has it."""
+def shared_data(relative: str) -> Path:
+    """``shared/data/RELATIVE`` in the nearest folder above this file that has it."""
     for folder in Path(__file__).resolve().parents:
-        candidate = folder / "shared/data/uci-heart-disease/raw"
+        candidate = folder / "shared/data" / relative
         if candidate.is_dir():
             return candidate
-    return Path("shared/data/uci-heart-disease/raw")
+    return Path("shared/data") / relative
+
+
+def default_heart_data() -> Path:
+    """The raw UCI heart-disease files (``shared_data``)."""
+    return shared_data("uci-heart-disease/raw")
 
 
 def main() -> None:

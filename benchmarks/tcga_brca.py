@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from heart import shared_data
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 
@@ -286,18 +287,11 @@ def _row(result: dict) -> str:
     )
 
 
-def default_data() -> Path:
-    """``shared/data/tcga-brca`` in the nearest folder above this file that has it."""
-    for folder in Path(__file__).resolve().parents:
-        candidate = folder / "shared/data/tcga-brca"
-        if candidate.is_dir():
-            return candidate
-    return Path("shared/data/tcga-brca")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(default_data()), help="folder of FLamby's files")
+    parser.add_argument(
+        "--data", default=str(shared_data("tcga-brca")), help="folder of FLamby's files"
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--repeats", type=int, default=3, help="runs per DP setting")
     parser.add_argument("--epsilons", default="none,8,3,1", help="none (no DP) and epsilons")

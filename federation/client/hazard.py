@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from federation.client.layers import forward_through_linears
 from models.survival import DiscreteTimeHazard, hazard_loss, interval_targets
 
 
@@ -32,7 +33,7 @@ def hazard_gradient_sum(
 ) -> torch.Tensor:
     """Set each parameter's ``.grad`` to the sum over the batch of the records' gradients, each
     clipped to norm ``max_grad_norm``; return the records' clip factors."""
-    scores, linears, inputs, outputs = _linear_layers(model.score, features)
+    scores, linears, inputs, outputs = forward_through_linears(model.score, features)
     score_grads = torch.autograd.grad(scores.sum(), outputs)
     at_risk, happened = interval_targets(outcome, model.cuts)
     with torch.no_grad():
@@ -60,18 +61,3 @@ def mean_hazard_loss(
 ) -> torch.Tensor:
     """The batch's mean per-record loss (non-private training)."""
     return hazard_loss(model, features, outcome).mean()
-
-
-def _linear_layers(score: torch.nn.Sequential, features: torch.Tensor):
-    """The score, with each Linear layer's input and output on the way."""
-    linears, inputs, outputs = [], [], []
-    hidden = features
-    for layer in score:
-        if isinstance(layer, torch.nn.Linear):
-            linears.append(layer)
-            inputs.append(hidden)
-            hidden = layer(hidden)
-            outputs.append(hidden)
-        else:
-            hidden = layer(hidden)
-    return hidden, linears, inputs, outputs

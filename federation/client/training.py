@@ -30,6 +30,7 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
 
 from federation.client.hazard import hazard_gradient_sum, mean_hazard_loss
+from federation.client.layers import forward_through_linears
 from models.survival import DiscreteTimeHazard
 from privacy.accounting import GaussianRelease
 from privacy.planner import SitePlan, plan_site
@@ -243,7 +244,7 @@ def clipped_gradient_sum(
     factor is the same for every record, so at convergence the training rows' mean predicted
     risk is their observed risk.
     """
-    logits, linears, inputs, outputs = _forward(model, features)
+    logits, linears, inputs, outputs = forward_through_linears(model, features)
     logits = logits.squeeze(-1)
     logit_grads = torch.autograd.grad(logits.sum(), outputs)
     output = linears[-1]
@@ -267,23 +268,6 @@ def clipped_gradient_sum(
             layer.bias.grad = clipped.sum(0)
     if output.bias is not None:
         output.bias.grad = (residuals.sum() * bias_factor).reshape(output.bias.shape)
-
-
-def _forward(
-    model: nn.Sequential, features: torch.Tensor
-) -> tuple[torch.Tensor, list[nn.Linear], list[torch.Tensor], list[torch.Tensor]]:
-    """The model's output, with each Linear layer's input and output on the way."""
-    linears, inputs, outputs = [], [], []
-    hidden = features
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            linears.append(layer)
-            inputs.append(hidden)
-            hidden = layer(hidden)
-            outputs.append(hidden)
-        else:
-            hidden = layer(hidden)
-    return hidden, linears, inputs, outputs
 
 
 def _proximal_step(model: nn.Module, anchor: list[torch.Tensor], settings: LocalSettings) -> None:
