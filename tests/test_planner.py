@@ -12,6 +12,8 @@ from federation.wire.spec import parse_spec
 from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.planner import (
     GENEROUS_EPSILON,
+    MODERATE_EPSILON,
+    STRICT_EPSILON,
     default_training,
     plan_study,
     share_noise,
@@ -54,6 +56,17 @@ def test_small_sites_train_more_rounds_where_the_budget_is_generous():
     assert default_training([80], 3.0)["rounds"] == 20
     assert default_training([80], GENEROUS_EPSILON)["rounds"] == 40
     assert default_training([700], 8.0)["rounds"] == 10  # ten steps a round: no more rounds
+
+
+def test_small_sites_take_a_larger_step_where_the_noise_allows_it():
+    def rate(epsilon):
+        return default_training([80], epsilon)["learning_rate"]
+
+    assert rate(None) == rate(1.0) == rate(STRICT_EPSILON) == 2.0
+    assert rate(2.5) == pytest.approx(2.5)
+    assert rate(MODERATE_EPSILON) == rate(4.0) == 3.0
+    assert rate(GENEROUS_EPSILON) == 2.0  # twice the rounds instead
+    assert default_training([700], 3.0)["learning_rate"] == 1.0  # ten steps a round
     assert plan_study(8.0, 1e-5, "rdp", [80, 200]).rounds == 40
     text = '[study]\nname = "s"\nlabel = "y"\n[features]\nnumeric = ["x"]\n[privacy]\n'
     assert parse_spec(text + "target-epsilon = 8.0\n").planned(80).training.rounds == 40
