@@ -247,6 +247,9 @@ class StudySection(_Section):
 
 
 class FeatureSection(_Section):
+    """The model's input columns, how a site fills or drops their missing values, and the
+    bounds its statistics are clipped to."""
+
     numeric: Columns = ()
     categorical: dict[Column, Levels] = Field(default_factory=dict)
     missing: dict[str, MissingRule] = Field(default_factory=dict)
@@ -301,6 +304,8 @@ class FeatureSection(_Section):
 
 
 class ModelSection(_Section):
+    """The risk model (``models.registry``) and an MLP's hidden layer sizes."""
+
     name: Literal[MODEL_NAMES] = "logistic"  # type: ignore[valid-type]
     hidden: Annotated[
         tuple[Annotated[StrictInt, Field(gt=0)], ...],
@@ -394,6 +399,8 @@ class TrainingSection(_Section):
 
 
 class PrivacySection(_Section):
+    """The run's DP budget and how it is spent and accounted."""
+
     enabled: StrictBool = True
     target_epsilon: StrictFloat = Field(3.0, gt=0)
     delta: StrictFloat = Field(1e-5, gt=0, lt=1)  # and well below 1/records per site
@@ -422,6 +429,9 @@ class PrivacySection(_Section):
 
 
 class StudySpec(BaseModel):
+    """The whole spec: its sections, and the rules between them. Frozen: one spec is shared by
+    every round and site of a run, and a change (``with_overrides``) is a new, checked spec."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     study: StudySection
