@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,7 @@ def cohorts(data: Path, tmp: Path) -> dict[str, tuple]:
 
 def measure(spec, paths, epsilon: float, draws: int, fine_only: bool, seed: int) -> dict:
     """Per column, over ``draws`` draws of the noise: no bounds, clipping, width."""
-    spec = replace(spec, privacy=replace(spec.privacy, enabled=True, target_epsilon=epsilon))
+    spec = spec.with_overrides(privacy={"enabled": True, "target_epsilon": epsilon})
     tables = load_tables(spec, paths)
     names = estimated_columns(spec)
     counts = [bounds_counts(t, spec) for t in tables.values()]

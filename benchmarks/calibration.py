@@ -75,7 +75,7 @@ def heart_cohort(tmp: Path, data: Path):
 def allfed(spec, paths, epsilon, model, planned, repeats, trainer=None, exact_scaling=False):
     """Scores of ``repeats`` federated runs (each with its own standardization release)."""
     run_spec = with_privacy(spec, epsilon)
-    run_spec = replace(run_spec, model=replace(run_spec.model, name=model))
+    run_spec = run_spec.with_overrides(model={"name": model})
     tables = load_tables(run_spec, paths)
     scores, warned = [], 0
     for _ in range(repeats if epsilon is not None else 1):

@@ -10,7 +10,7 @@ times and swap a piece (a training variant) to find what decides the result.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -216,8 +216,8 @@ def risks(model: nn.Module, x: np.ndarray) -> np.ndarray:
 def with_privacy(spec: StudySpec, epsilon: float | None, **training) -> StudySpec:
     """``spec`` at ``epsilon`` (None: no DP), with training settings replaced."""
     privacy = (
-        replace(spec.privacy, enabled=False)
+        {"enabled": False}
         if epsilon is None
-        else replace(spec.privacy, enabled=True, target_epsilon=float(epsilon))
+        else {"enabled": True, "target_epsilon": float(epsilon)}
     )
-    return replace(spec, privacy=privacy, training=replace(spec.training, **training))
+    return spec.with_overrides(privacy=privacy, training=training)

@@ -29,32 +29,31 @@ and test partitions, whose budgets the ledger keeps apart).
 
 from __future__ import annotations
 
-import math
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from annotated_types import Ge, Lt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 from privacy.accounting import ACCOUNTANTS
 from privacy.disclosure import DEFAULT_MIN_CELL_COUNT
 from privacy.refusal import Refusal
 
 DEFAULT_LIFETIME_DELTA = 1e-5
-_KEYS = {
-    "lifetime-epsilon",
-    "max-epsilon-per-run",
-    "max-delta",
-    "lifetime-delta",
-    "accountant",
-    "min-cell-count",
-    "allowed-studies",
-    "allowed-models",
-    "require-dp",
-    "max-evaluation-epsilon-per-run",
-    "test-fraction",
-    "split-column",
-    "record-id-column",
-}
 DEFAULT_TEST_FRACTION = 0.3
 
 
@@ -62,23 +61,48 @@ class PolicyError(ValueError):
     """The policy file is missing or malformed; the message names the file and the key."""
 
 
-@dataclass(frozen=True)
-class SitePolicy:
+def _column(name: str) -> str:
+    if not name.strip():
+        raise ValueError("an empty column name")
+    return name
+
+
+class SitePolicy(BaseModel):
     """What this site allows. ``None`` means no limit of that kind."""
 
-    lifetime_epsilon: float | None = None
-    max_epsilon_per_run: float | None = None
-    max_delta: float | None = None
-    lifetime_delta: float = DEFAULT_LIFETIME_DELTA
-    accountant: str = "prv"
-    min_cell_count: int = DEFAULT_MIN_CELL_COUNT
-    allowed_studies: tuple[str, ...] | None = None
-    allowed_models: tuple[str, ...] | None = None
-    require_dp: bool = True
-    max_evaluation_epsilon_per_run: float | None = None
-    test_fraction: float | None = None
-    split_column: str | None = None
-    record_id_column: str | None = None
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=lambda name: name.replace("_", "-"),
+        validate_by_alias=True,
+        validate_by_name=True,  # in code; a file is read by alias only (``parse_policy``)
+        allow_inf_nan=False,
+    )
+
+    lifetime_epsilon: StrictFloat | None = Field(None, gt=0)
+    max_epsilon_per_run: StrictFloat | None = Field(None, gt=0)
+    max_delta: StrictFloat | None = Field(None, gt=0, lt=1)
+    # Default: max-delta, else DEFAULT_LIFETIME_DELTA.
+    lifetime_delta: StrictFloat = Field(DEFAULT_LIFETIME_DELTA, gt=0, lt=1)
+    accountant: Literal[ACCOUNTANTS] = "prv"  # type: ignore[valid-type]
+    min_cell_count: StrictInt = Field(DEFAULT_MIN_CELL_COUNT, ge=1)
+    allowed_studies: tuple[StrictStr, ...] | None = None
+    allowed_models: tuple[StrictStr, ...] | None = None
+    require_dp: StrictBool = True
+    max_evaluation_epsilon_per_run: StrictFloat | None = Field(None, gt=0)
+    test_fraction: StrictFloat | None = Field(None, gt=0, lt=1)
+    split_column: Annotated[StrictStr, AfterValidator(_column)] | None = None
+    record_id_column: Annotated[StrictStr, AfterValidator(_column)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lifetime_delta_defaults_to_max_delta(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        given = {key.replace("_", "-"): value for key, value in data.items()}
+        if given.get("max-delta") is not None and "lifetime-delta" not in given:
+            return {**data, "lifetime-delta": given["max-delta"]}
+        return data
 
     @property
     def evaluation_cap(self) -> float | None:
@@ -149,63 +173,39 @@ def load_policy(path: str | Path) -> SitePolicy:
 
 def parse_policy(raw: dict[str, Any], source: str = "policy") -> SitePolicy:
     """A SitePolicy from parsed TOML; unknown keys and wrong types are errors."""
-    if unknown := sorted(set(raw) - _KEYS):
-        raise PolicyError(
-            f"{source}: unknown key {unknown[0]!r}; expected {', '.join(sorted(_KEYS))}"
-        )
-    max_delta = _positive(raw, "max-delta", source, upper=1.0)
-    accountant = raw.get("accountant", "prv")
-    if accountant not in ACCOUNTANTS:
-        raise PolicyError(f"{source}: accountant must be one of {', '.join(ACCOUNTANTS)}")
-    min_cell = raw.get("min-cell-count", DEFAULT_MIN_CELL_COUNT)
-    if not isinstance(min_cell, int) or isinstance(min_cell, bool) or min_cell < 1:
-        raise PolicyError(f"{source}: min-cell-count must be a whole number of at least 1")
-    require_dp = raw.get("require-dp", True)
-    if not isinstance(require_dp, bool):
-        raise PolicyError(f"{source}: require-dp must be true or false")
-    test_fraction = _positive(raw, "test-fraction", source, upper=1.0)
-    return SitePolicy(
-        max_evaluation_epsilon_per_run=_positive(raw, "max-evaluation-epsilon-per-run", source),
-        test_fraction=test_fraction,
-        split_column=_name(raw, "split-column", source),
-        record_id_column=_name(raw, "record-id-column", source),
-        lifetime_epsilon=_positive(raw, "lifetime-epsilon", source),
-        max_epsilon_per_run=_positive(raw, "max-epsilon-per-run", source),
-        max_delta=max_delta,
-        lifetime_delta=_positive(raw, "lifetime-delta", source, upper=1.0)
-        or max_delta
-        or DEFAULT_LIFETIME_DELTA,
-        accountant=accountant,
-        min_cell_count=min_cell,
-        allowed_studies=_names(raw, "allowed-studies", source),
-        allowed_models=_names(raw, "allowed-models", source),
-        require_dp=require_dp,
-    )
+    try:
+        return SitePolicy.model_validate(raw, by_name=False)  # a file's keys are kebab case
+    except ValidationError as exc:
+        raise PolicyError(f"{source}: {_describe(exc.errors()[0])}") from None
 
 
-def _positive(raw: dict[str, Any], key: str, source: str, upper: float = math.inf) -> float | None:
-    if key not in raw:
-        return None
-    value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < upper:
-        limit = f" and below {upper:g}" if math.isfinite(upper) else ""
-        raise PolicyError(f"{source}: {key} must be a positive number{limit}, got {value!r}")
-    return float(value)
+def _describe(error: ErrorDetails) -> str:
+    """``key problem`` for pydantic's error: what the key's type expects."""
+    key = str(error["loc"][0])
+    fields = {info.alias: info for info in SitePolicy.model_fields.values()}
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key!r}; expected {', '.join(sorted(fields))}"
+    field = fields[key]
+    kind = _declared_type(field.annotation)
+    if get_origin(kind) is Literal:
+        return f"{key} must be one of {', '.join(get_args(kind))}"
+    if get_origin(kind) is tuple:
+        return f"{key} must be a list of names"
+    if kind is bool:
+        return f"{key} must be true or false"
+    if kind is str:
+        return f"{key} must be a column name"
+    if kind is int:
+        low = next(m.ge for m in field.metadata if isinstance(m, Ge))
+        return f"{key} must be a whole number of at least {low}"
+    below = next((f" and below {m.lt:g}" for m in field.metadata if isinstance(m, Lt)), "")
+    return f"{key} must be a positive number{below}, got {error['input']!r}"
 
 
-def _name(raw: dict[str, Any], key: str, source: str) -> str | None:
-    if key not in raw:
-        return None
-    value = raw[key]
-    if not isinstance(value, str) or not value.strip():
-        raise PolicyError(f"{source}: {key} must be a column name")
-    return value
-
-
-def _names(raw: dict[str, Any], key: str, source: str) -> tuple[str, ...] | None:
-    if key not in raw:
-        return None
-    value = raw[key]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise PolicyError(f"{source}: {key} must be a list of names")
-    return tuple(value)
+def _declared_type(annotation: Any) -> Any:
+    """``str`` for ``Annotated[str, ...] | None``: the type a key's value must have."""
+    if get_origin(annotation) in (Union, UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation

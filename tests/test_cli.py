@@ -62,7 +62,7 @@ def test_site_check_accepts_a_good_file(cohort, capsys):
                 "--target-epsilon",
                 "-1",
             ),
-            "target-epsilon must be positive",
+            "[privacy] target-epsilon: must be positive, got -1.0",
         ),
     ],
 )

@@ -149,7 +149,9 @@ def test_values_outside_the_bounds_are_a_warning_and_a_declared_plausible_range_
     strict = SPEC.with_overrides(features={"plausible": {"age": (0.0, 120.0)}})
     with pytest.raises(DataError, match=r"'age' has 2 values outside its plausible range "):
         load_site_table(path, strict)
-    narrow = SPEC.to_toml().replace("plausible = {}", "plausible = { age = [20, 80] }")
+    narrow = SPEC.to_toml().replace(
+        "[features.plausible]\n", "[features.plausible]\nage = [20, 80]\n"
+    )
     with pytest.raises(SpecError, match=r"plausible.age: must contain its bounds \[18, 90\]"):
         parse_spec(narrow, source="spec")
 

@@ -1,15 +1,22 @@
 """Study spec parsing: defaults, round trip, and one clear error per mistake."""
 
-import random
+from pathlib import Path
 
 import pytest
+from flwr.common.config import parse_config_args
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from federation.deploy.runs import run_config
 from federation.errors import SpecError
 from federation.synth import study_toml
 from federation.wire.spec import (
     ACCOUNTANTS,
+    MISSING_RULES,
     SCALINGS,
     STRATEGIES,
+    TASKS,
     FeatureSection,
     ModelSection,
     PrivacySection,
@@ -19,7 +26,9 @@ from federation.wire.spec import (
     feature_names,
     federated_columns,
     parse_spec,
+    spec_from_run_config,
 )
+from models import MODEL_NAMES
 
 MINIMAL = """
 [study]
@@ -50,85 +59,130 @@ def test_synthetic_study_round_trips_through_toml():
 
 # What a name or level may hold that TOML must escape or carry as is: quotes, backslashes, the
 # control characters (tab is the one a TOML string may hold unescaped), TOML's own syntax, and
-# unicode beyond the BMP. (A lone surrogate cannot be written as UTF-8 at all.)
-AWKWARD = ["'", '"', "\\", "\t", "\r", "\n", "\x00", "\x1b", "\x7f", "\u2028", "é", "中", "😀"]
-AWKWARD += [" ", ".", "=", "#", "[", "]", "{", ",", "'''", '"""', "a", "b", "1"]
+# unicode beyond the BMP; and any other character UTF-8 can write (a lone surrogate it cannot).
+AWKWARD = st.sampled_from(list("'\"\\\t\r\n\x00\x1b\x7f\u2028é中😀 .=#[]{},ab1")) | st.characters(
+    codec="utf-8"
+)
+TEXT = st.text(AWKWARD, min_size=1, max_size=6)
+NAME = TEXT.filter(lambda name: name == name.strip())  # a site strips its header's names
+NUMBER = st.floats(-1e6, 1e6)
 
 
-def awkward_text(rng: random.Random, taken: set[str], name: bool = True) -> str:
-    """A new non-empty string of awkward characters, unlike any in ``taken``; a column
-    ``name`` has no whitespace around it (a site strips its header names)."""
-    while True:
-        text = "".join(rng.choice(AWKWARD) for _ in range(rng.randint(1, 6)))
-        if text not in taken and (text == text.strip() or not name):
-            taken.add(text)
-            return text
+def _lists(draw, element, n: int, **kwargs) -> list:
+    return draw(st.lists(element, min_size=n, max_size=n, **kwargs))
 
 
-def random_spec(rng: random.Random) -> StudySpec:
-    """A valid spec whose every name, level and label is awkward text."""
-    taken: set[str] = set()
-    names = [awkward_text(rng, taken) for _ in range(rng.randint(1, 4))]
-    numeric = tuple(names[: rng.randint(0, len(names))]) or (awkward_text(rng, taken),)
-    categorical = {
-        name: tuple(
-            dict.fromkeys(awkward_text(rng, set(), name=False) for _ in range(rng.randint(1, 3)))
-        )
-        for name in names
-        if name not in numeric
+@st.composite
+def specs(draw) -> StudySpec:
+    """A valid spec whose every name, level and label is awkward text (drawn in few steps:
+    generating the examples, not checking them, is what takes the time)."""
+    task = draw(st.sampled_from(TASKS))
+    names = draw(st.lists(NAME, min_size=5, max_size=10, unique=True))
+    (time, event, consent, split), names = names[:4], names[4:]
+    features, others = _split(draw, names, low=1)
+    numeric, categorical = _split(draw, features)
+    levels = _lists(draw, st.lists(TEXT, min_size=1, max_size=3, unique=True), len(categorical))
+    bounded = _split(draw, numeric)[0]
+    pairs = _lists(draw, st.tuples(NUMBER, st.floats(1e-3, 1e6)), len(bounded))
+    bounds = {c: (low, low + width) for c, (low, width) in zip(bounded, pairs, strict=True)}
+    plausible = {c: (low - 1.5, high + abs(high) + 1.5) for c, (low, high) in bounds.items()}
+    group_features, extra_groups = _split(draw, categorical)[0], _split(draw, others)[0]
+    group_levels = _lists(
+        draw, st.lists(TEXT, min_size=1, max_size=2, unique=True), len(extra_groups)
+    )
+    study = {
+        "name": draw(TEXT),
+        "task": task,
+        "groups": (*extra_groups, *group_features),
+        "group_levels": dict(zip(extra_groups, map(tuple, group_levels), strict=True)),
+        "consent": draw(st.sampled_from((None, consent))),
+        "split": draw(st.sampled_from((None, split))),
+        "test_fraction": draw(st.floats(0.01, 0.99)),
+        "seed": draw(st.integers(0, 2**63 - 1)),
     }
-    bounds = {c: (-rng.uniform(0, 1e3), rng.uniform(0, 1e3)) for c in numeric if rng.random() < 0.5}
-    plausible = {c: (low - 1.5, high * 2.0 + 0.1) for c, (low, high) in bounds.items()}
-    extra_groups = [awkward_text(rng, taken) for _ in range(rng.randint(0, 2))]
-    groups = tuple(rng.sample(list(categorical), rng.randint(0, len(categorical))) + extra_groups)
-    study = StudySection(
-        name=awkward_text(rng, set(), name=False),
-        label=awkward_text(rng, taken),
-        groups=groups,
-        group_levels={g: ("x", awkward_text(rng, {"x"}, name=False)) for g in extra_groups},
-        consent=awkward_text(rng, taken) if rng.random() < 0.5 else None,
-        split=awkward_text(rng, taken) if rng.random() < 0.5 else None,
-        test_fraction=rng.uniform(0.05, 0.95),
-        seed=rng.randint(0, 2**63 - 1),
-    )
-    features = FeatureSection(
-        numeric=numeric,
-        categorical=categorical,
-        missing={c: rng.choice(("impute", "drop")) for c in names if rng.random() < 0.5},
-        bounds=bounds,
-        scaling=rng.choice(SCALINGS),
-        na_values=tuple(
-            dict.fromkeys(awkward_text(rng, set(), name=False) for _ in range(rng.randint(0, 3)))
+    if task == "binary":
+        study["label"] = time
+    else:
+        days = sorted(draw(st.lists(st.floats(0.5, 1e5), min_size=1, max_size=4, unique=True)))
+        study |= {"time": time, "event": event, "intervals": tuple(days)}
+        study["horizons"] = tuple(days[draw(st.integers(0, len(days) - 1)) :])
+    missing = _split(draw, features)[0]
+    training = {
+        "rounds": draw(st.none() | st.integers(1, 10_000)),
+        "learning_rate": draw(st.none() | st.floats(1e-6, 100.0)),
+        "strategy": draw(st.sampled_from(STRATEGIES)),
+        "proximal_mu": draw(st.floats(0.0, 100.0)),
+        "trim_fraction": draw(st.floats(0.0, 0.49)),
+        "round_timeout": draw(st.floats(1.0, 604_800.0)),
+    }
+    if batches := draw(st.sampled_from(("batch_size", "steps_per_round", None))):
+        training[batches] = draw(st.integers(1, 1_000_000))
+    privacy = {
+        "enabled": draw(st.booleans()),
+        "target_epsilon": draw(st.floats(0.01, 100.0)),
+        "delta": draw(st.floats(1e-12, 0.5)),
+        "accountant": draw(st.sampled_from(ACCOUNTANTS)),
+        "evaluation_epsilon": draw(st.none() | st.floats(0.01, 100.0)),
+    }
+    return StudySpec(
+        study=StudySection(**study),
+        features=FeatureSection(
+            numeric=tuple(numeric),
+            categorical=dict(zip(categorical, map(tuple, levels), strict=True)),
+            missing=dict(
+                zip(
+                    missing, _lists(draw, st.sampled_from(MISSING_RULES), len(missing)), strict=True
+                )
+            ),
+            bounds=bounds,
+            scaling=draw(st.sampled_from(SCALINGS)),
+            na_values=tuple(draw(st.lists(TEXT, max_size=2, unique=True))),
+            plausible=plausible,
         ),
-        plausible=plausible,
+        model=ModelSection(
+            name=draw(st.sampled_from(MODEL_NAMES)),
+            hidden=tuple(draw(st.lists(st.integers(1, 512), min_size=1, max_size=3))),
+        ),
+        training=TrainingSection(**training),
+        privacy=PrivacySection(**privacy),
     )
-    training = TrainingSection(
-        rounds=rng.randint(1, 50),
-        learning_rate=rng.uniform(1e-4, 2.0),
-        strategy=rng.choice(STRATEGIES),
-        proximal_mu=rng.choice((0.0, rng.uniform(0, 1))),
-        trim_fraction=rng.uniform(0, 0.49),
-        max_update_ratio=rng.choice((0.0, 10.0, rng.uniform(1, 100))),
-    )
-    privacy = PrivacySection(
-        enabled=rng.random() < 0.8,
-        target_epsilon=rng.uniform(0.01, 100),
-        delta=rng.choice((1e-5, rng.uniform(1e-12, 0.5))),
-        accountant=rng.choice(ACCOUNTANTS),
-        evaluation_epsilon=rng.choice((None, rng.uniform(0.01, 100))),
-    )
-    model = ModelSection(name=rng.choice(("logistic", "mlp")), hidden=(rng.randint(1, 64),))
-    return StudySpec(study, features, model, training, privacy)
 
 
-def test_random_specs_with_awkward_names_round_trip_through_toml():
-    """``parse_spec(spec.to_toml()) == spec`` for any valid spec: the sites check the very spec
-    the server used, and a resume compares the two."""
-    rng = random.Random(20240611)
-    for _ in range(300):
-        spec = random_spec(rng)
-        text = spec.to_toml()
-        assert parse_spec(text) == spec, text
+def _split(draw, items: list, low: int = 0) -> tuple[list, list]:
+    """``items`` cut in two at a drawn place (the first part at least ``low`` long)."""
+    at = draw(st.integers(low, len(items)))
+    return items[:at], items[at:]
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=specs(), out=TEXT)
+def test_any_valid_spec_round_trips_through_its_toml_and_the_run_config(
+    spec, out, tmp_path_factory
+):
+    """``parse_spec(spec.to_toml()) == spec`` for any valid spec, and through the run config
+    ``allfed run launch`` writes and ``flwr run`` reads: the sites check the very spec the server
+    used, and a resume compares the two."""
+    text = spec.to_toml()
+    assert parse_spec(text) == spec, text
+    study = tmp_path_factory.getbasetemp() / "study.toml"
+    study.write_text(text, encoding="utf-8")
+    config_file = run_config(study, Path(out))
+    try:
+        config = parse_config_args([str(config_file)])  # Flower's own reader
+    finally:
+        config_file.unlink()
+    assert config["out"] == str(Path(out))
+    assert spec_from_run_config(config) == spec
+
+
+def test_a_spec_cannot_be_changed_in_place():
+    """Many rounds and sites share one spec object: a change is a new, validated spec."""
+    spec = parse_spec(MINIMAL)
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.training.rounds = 3
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.privacy = spec.privacy
+    assert spec.training.rounds is None
 
 
 def test_overrides_are_validated():
@@ -166,6 +220,13 @@ def test_pooled_scaling_needs_bounds_under_dp():
         (MINIMAL + "[privacy]\ndelta = 1.5", r"\[privacy\] delta"),
         (MINIMAL + "[privacy]\ntarget-epsilon = 0", r"target-epsilon: must be positive"),
         (MINIMAL + "[privacy]\nepsilon = 3", r"\[privacy\] epsilon: unknown key"),
+        (MINIMAL + "[privacy]\ntarget_epsilon = 3", r"\[privacy\] target_epsilon: unknown key"),
+        (
+            MINIMAL + "[training]\nrounds = '5'",
+            r"\[training\] rounds: expected an integer, got str",
+        ),
+        (MINIMAL + "[model]\nhidden = [16, 0]", r"\[model\] hidden: expected a non-empty list"),
+        ("model = 3\n" + MINIMAL, r"^study.toml: \[model\] must be a table"),
         (MINIMAL + "[extra]\nx = 1", r"unknown section \[extra\]"),
         (MINIMAL.replace('"age"]', '"age", "age"]'), "lists a column twice"),
         (MINIMAL + "missing = { bmi = 'impute' }", r"missing.bmi: not a declared feature"),

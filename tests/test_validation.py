@@ -161,7 +161,9 @@ def test_robust_strategy_settings_are_read_and_checked():
         0,
     )
     assert type(build_strategy(parse_spec(MINIMAL))) is FedAvg
-    with pytest.raises(SpecError, match=r"\[training\] trim-fraction: must be below 0.5"):
+    with pytest.raises(
+        SpecError, match=r"\[training\] trim-fraction: must be a number in \[0, 0.5\), got 0.5"
+    ):
         parse_spec(MINIMAL + "[training]\ntrim-fraction = 0.5\n")
     with pytest.raises(SpecError, match=r"strategy: 'bulyan' is not one of .*'krum'"):
         parse_spec(MINIMAL + "[training]\nstrategy = 'bulyan'\n")

@@ -15,7 +15,7 @@ import logging
 import math
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -258,7 +258,7 @@ def _planned_spec(spec: StudySpec, run: dict, n_train: int) -> StudySpec:
     settings = run.get("settings")
     if settings is None:
         return spec.planned(n_train)
-    return replace(spec, training=replace(spec.training, **settings[TRAINING]))
+    return spec.with_overrides(training=settings[TRAINING], source="the ledger's planned run")
 
 
 def _run_bounds(spec: StudySpec, run: dict) -> dict[str, Bounds]:

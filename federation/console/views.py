@@ -181,14 +181,12 @@ def _refusals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _policy(ledger: dict[str, Any], path: Path | None) -> dict[str, Any]:
     """The budget the node last enforced (recorded in the ledger) and, when the operator named
     the policy file, every rule in it."""
-    from dataclasses import asdict
-
     from privacy.policy import PolicyError, load_policy
 
     rules: dict[str, Any] | None = None
     if path is not None:
         try:
-            rules = asdict(load_policy(path))
+            rules = load_policy(path).model_dump(by_alias=True)
         except PolicyError as error:
             raise AllfedError(str(error)) from None
     recorded = {
@@ -196,7 +194,6 @@ def _policy(ledger: dict[str, Any], path: Path | None) -> dict[str, Any]:
         "lifetime-delta": ledger["delta"],
         "accountant": ledger["accountant"],
     }
-    rules = None if rules is None else {k.replace("_", "-"): v for k, v in rules.items()}
     differs = [k for k, v in recorded.items() if rules is not None and rules.get(k) != v]
     return {"recorded": recorded, "rules": rules, "differs": differs}
 
