@@ -41,9 +41,9 @@ from scoring import score, summarize
 from torch import nn
 from torch.nn import functional as F
 
+from federation.client.layers import forward_through_linears
 from federation.client.training import (
     LocalSettings,
-    _forward,
     clipped_gradient_sum,
     dp_optimizer,
     poisson_batches,
@@ -94,7 +94,7 @@ def allfed(spec, paths, epsilon, model, planned, repeats, trainer=None, exact_sc
 def flat_clipped_gradient_sum(model, features, labels, max_grad_norm):
     """The previous rule: each record's whole loss gradient scaled by Opacus's flat clip factor
     ``min(1, C / (|(p - y) J| + 1e-6))``, which depends on the label."""
-    logits, linears, inputs, outputs = _forward(model, features)
+    logits, linears, inputs, outputs = forward_through_linears(model, features)
     loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels, reduction="sum")
     grads = torch.autograd.grad(loss, outputs)
     squared = sum(
