@@ -168,10 +168,10 @@ def test_metrics_the_noise_makes_meaningless_are_withheld_with_the_reason():
     members = {POOLED_TABLE: np.full(len(score), "all", dtype=object)}
     outcome = np.column_stack([time, event.astype(float)])
     _, values, _ = survival_statistics(outcome, score, members, POOLED_ONLY, spec.study.intervals)
-    sd = statistic_sd(POOLED_ONLY, POOLED_TABLE, HISTOGRAM, 20.0)
+    sd = statistic_sd(POOLED_ONLY, POOLED_TABLE, HISTOGRAM, 2.0)
     noisy = values[: math.prod(shape)].reshape(shape)
     noisy = noisy + np.random.default_rng(0).normal(0, sd, shape)
-    variance = {s: statistic_sd(POOLED_ONLY, POOLED_TABLE, s, 20.0) ** 2 for s in STAT_SHARES}
+    variance = {s: statistic_sd(POOLED_ONLY, POOLED_TABLE, s, 2.0) ** 2 for s in STAT_SHARES}
     release = SurvivalCell(noisy, len(score), float(event.sum()), variance)
     metrics = cell_metrics(release, Horizons.of(spec, BASELINE[: len(spec.study.intervals)]))
     assert metrics["cindex"] is None

@@ -137,14 +137,17 @@ class Horizons:
         return self.cuts.index(horizon)
 
 
-def _point_and_draws(release: SurvivalCell, seed: int) -> np.ndarray:
-    """The cleaned histogram (row 0) and ``BOOTSTRAP_DRAWS`` redraws of it (rows 1...)."""
+def _point_and_draws(release: SurvivalCell, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The released histogram and ``BOOTSTRAP_DRAWS`` redraws of it (rows 1...) as released
+    (noisy), and the same cleaned. A redraw is Poisson sampling of the cleaned bins plus a fresh
+    draw of the noise."""
     hist = clean(release.hist)
     rng = np.random.default_rng(seed)
     sd = math.sqrt(release.variance[HISTOGRAM])
     noisy = rng.poisson(np.broadcast_to(hist, (BOOTSTRAP_DRAWS, *hist.shape))).astype(float)
     noisy += rng.normal(0.0, sd, noisy.shape)
-    return np.concatenate([hist[None], clean(noisy)])
+    raw = np.concatenate([release.hist[None], noisy])
+    return raw, clean(raw)
 
 
 def _interval(values: np.ndarray, limit: float = MAX_CI_WIDTH) -> Interval:
@@ -157,7 +160,12 @@ def cell_metrics(release: SurvivalCell, horizons: Horizons, seed: int = 0) -> di
     """Every survival metric of one cell (pooled, a site, a group level), intervals covering
     noise and sampling; ``None`` for what is undefined or too uncertain, the reason in
     ``na_reason``."""
-    hists = _point_and_draws(release, seed)
+    # The concordance metrics are bilinear in the counts: read from the noisy bins (with their
+    # noise's own product taken off), they are unbiased, where the cleaned bins' isotonic
+    # pooling of sparse rows pulls them towards 0.5 (measured: benchmarks/tcga_brca.py). The
+    # Kaplan-Meier based ones need non-negative counts: they read the cleaned bins.
+    noisy, hists = _point_and_draws(release, seed)
+    variance = release.variance[HISTOGRAM]
     last = horizons.index(horizons.horizons[-1])
     out = Metrics()
     out.values.update(
@@ -167,8 +175,8 @@ def cell_metrics(release: SurvivalCell, horizons: Horizons, seed: int = 0) -> di
         n_events_se=round(math.sqrt(release.variance[EVENTS]), 1),
         uno_tau=horizons.horizons[-1],
     )
-    out.put("cindex", _interval(sm.harrell_cindex(hists)))
-    out.put("uno_cindex", _interval(sm.uno_cindex(hists, last)))
+    out.put("cindex", _interval(sm.harrell_cindex(noisy, variance)))
+    out.put("uno_cindex", _interval(sm.uno_cindex(noisy, last, variance)))
     out.put(
         "integrated_brier",
         _interval(sm.integrated_brier(hists, horizons.survival, horizons.cuts, last)),
@@ -176,7 +184,7 @@ def cell_metrics(release: SurvivalCell, horizons: Horizons, seed: int = 0) -> di
     out.values["calibration"] = []
     for horizon in horizons.horizons:
         index, at = horizons.index(horizon), f"{horizon:g}"
-        out.put(f"auc_{at}", _interval(sm.time_auc(hists, index)))
+        out.put(f"auc_{at}", _interval(sm.time_auc(noisy, index)))
         observed, predicted = sm.observed_and_predicted(
             hists, horizons.survival, index, slice(None)
         )

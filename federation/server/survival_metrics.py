@@ -68,33 +68,38 @@ def censoring_curve(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return end, start * (1.0 - hazard / 2)
 
 
-def _concordance(hist: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _concordance(hist: np.ndarray, weights: np.ndarray, variance: float) -> np.ndarray:
     """The C-index with a weight per event interval (``(..., intervals)``): over comparable
     pairs (an event, and a record of a later interval or, half the time, of its own), the share
-    where the event's score is higher, score ties 1/2; an event is never paired with itself."""
+    where the event's score is higher, score ties 1/2; an event is never paired with itself.
+
+    An event bin's count multiplies itself (its records are partners of its events), so noise
+    of ``variance`` per bin adds ``variance / 4`` concordant and ``variance / 2`` pairs per bin
+    on average: taken off, the pairs' counts are unbiased."""
     _, events, records = _parts(hist)
     partners = _later(records) + records / 2  # per interval and score bin
     lower = np.cumsum(partners, -1) - partners  # of them, those in lower score bins
     w = weights[..., None]
     concordant = np.sum(w * events * (lower + partners / 2), (-2, -1))
     pairs = np.sum(w * events * partners.sum(-1, keepdims=True), (-2, -1))
-    own = np.sum(w * events, (-2, -1))  # each event's pair with itself: 1/2 a pair, tied
+    own = np.sum(w * (events + variance), (-2, -1))  # self-pairs: 1/2 a pair, tied
     return _ratio(concordant - own / 4, pairs - own / 2)
 
 
-def harrell_cindex(hist: np.ndarray) -> np.ndarray:
-    """Harrell's C-index (scikit-survival's ``concordance_index_censored``)."""
-    return _concordance(hist, np.ones(hist.shape[:-3] + hist.shape[-2:-1]))
+def harrell_cindex(hist: np.ndarray, variance: float = 0.0) -> np.ndarray:
+    """Harrell's C-index (scikit-survival's ``concordance_index_censored``) of a histogram whose
+    bins carry noise of ``variance`` (0: exact counts)."""
+    return _concordance(hist, np.ones(hist.shape[:-3] + hist.shape[-2:-1]), variance)
 
 
-def uno_cindex(hist: np.ndarray, tau_index: int) -> np.ndarray:
+def uno_cindex(hist: np.ndarray, tau_index: int, variance: float = 0.0) -> np.ndarray:
     """Uno's C-index truncated at the end of interval ``tau_index``: events weighted by the
     inverse squared censoring curve (scikit-survival's ``concordance_index_ipcw`` with the
     censoring curve of the same records and ``tau`` that interval's end)."""
     _, middle = censoring_curve(hist)
     weights = _ratio(1.0, middle**2)
     weights[..., tau_index + 1 :] = 0.0
-    return _concordance(hist, np.nan_to_num(weights))
+    return _concordance(hist, np.nan_to_num(weights), variance)
 
 
 def time_auc(hist: np.ndarray, horizon_index: int) -> np.ndarray:
