@@ -407,7 +407,7 @@ def test_a_dp_survival_run_ranks_like_cox_and_releases_its_metrics(tmp_path):
     assert ours > cox - 0.03, (ours, cox)
     pooled = summary["metrics"]["pooled"]
     low, high = pooled["cindex_ci"]
-    assert low <= ours <= high and abs(pooled["cindex"] - ours) < 0.05, (pooled, ours)
+    assert low <= ours <= high and high - low < 0.4, (pooled, ours)
     assert set(summary["metrics"]["per_site"]) == set(files)
     card = (tmp_path / "run" / "model_card.md").read_text(encoding="utf-8")
     report = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
