@@ -1,6 +1,7 @@
-"""Survival studies, phase 1: the spec, the discrete-time hazard model and its per-record
-clipping, the site's time and event checks, training that a C-index can judge against a Cox
-fit, and a site that releases no evaluation of a survival model (nothing but the update leaves).
+"""Survival studies: the spec, the discrete-time hazard model and its per-record clipping, the
+site's time and event checks, training that a C-index can judge against a Cox fit, and what a
+survival site releases (its DP update, and its one planned DP evaluation release) and the run's
+outputs show (the metrics in ``tests/test_survival_metrics.py``, on arrays).
 """
 
 from __future__ import annotations

@@ -201,7 +201,6 @@ def render_report(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
 
     metrics = summary.get("metrics") or {}
     pooled = metrics.get("pooled") or {}
-    # A survival run's page says why it has no results (its sites release none yet).
     survival = summary.get("task") == "survival"
     if "withheld_reason" in pooled:
         pooled = {}
