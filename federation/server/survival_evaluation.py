@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ from federation.wire.survival_evaluation import (
 )
 
 UNIT = (0.0, 1.0)
+UNDEFINED = "undefined (no events, or no comparable pairs left after the DP noise)"
 
 
 @dataclass
@@ -150,10 +151,22 @@ def _point_and_draws(release: SurvivalCell, seed: int) -> tuple[np.ndarray, np.n
     return raw, clean(raw)
 
 
+@dataclass
+class _Interval(Interval):
+    """A survival metric's interval: one without a value is undefined because the release's
+    counts leave nothing to compare (no events, or none after the noise)."""
+
+    def published(self) -> tuple[float | None, list[float] | None, str | None]:
+        if self.value is None:
+            return None, None, UNDEFINED
+        return super().published()
+
+
 def _interval(values: np.ndarray, limit: float = MAX_CI_WIDTH) -> Interval:
     """A metric's estimate (``values[0]``) and bootstrap interval (``values[1:]``) on [0, 1]."""
     value = None if math.isnan(values[0]) else float(values[0])
-    return replace(bootstrap_interval(value, values[1:], limit), bounds=UNIT)
+    interval = bootstrap_interval(value, values[1:], limit)
+    return _Interval(interval.value, interval.ci, limit, UNIT)
 
 
 def cell_metrics(release: SurvivalCell, horizons: Horizons, seed: int = 0) -> dict[str, Any]:
