@@ -420,9 +420,10 @@ def test_a_dp_survival_run_ranks_like_cox_and_releases_its_metrics(tmp_path):
 def test_a_survival_runs_summary_report_and_card_show_its_released_metrics(tmp_path):
     """What the survival evaluator leaves a survival run (pooled metrics of a noise-free
     release), as the summary, the model card and the report show it."""
+    from federation.server.model_card import build_model_card, render_model_card
     from federation.server.outputs import RunDirectory
     from federation.server.state import RunState
-    from federation.server.summary import conclude, write_final_model
+    from federation.server.summary import conclude, privacy_header
 
     state = RunState.start(parse_spec(SURVIVAL))
     state.metrics = {"pooled": _released_metrics(), "per_site": {"a": _released_metrics()}}
@@ -434,10 +435,20 @@ def test_a_survival_runs_summary_report_and_card_show_its_released_metrics(tmp_p
     assert "C-index (Harrell)" in page and "AUC at day 1095" in page
     assert "Observed risk by day 365" in page and "not released" not in page
     assert "ROC curve" not in page
-    state.scaling = ([], [])
     model = build_model("logistic", 1, cuts=model_cuts(state.spec))
-    write_final_model(RunDirectory(tmp_path), state, ArrayRecord(model.state_dict()))
-    card = (tmp_path / "model_card.md").read_text(encoding="utf-8")
+    card = render_model_card(
+        build_model_card(
+            state.spec,
+            model.state_dict(),
+            rounds=1,
+            scaling=[],
+            privacy=privacy_header(state),
+            sites={},
+            metrics=summary["metrics"],
+            evaluated_round=1,
+            diagnostics=[],
+        )
+    )
     cindex = summary["metrics"]["pooled"]["cindex"]
     assert f"| Harrell's C-index (discrimination) | {cindex:.3f} (" in card
     assert "| time-dependent AUC at day 1095 |" in card and "| site | C-index |" in card
