@@ -6,11 +6,12 @@ column and FLamby's 39 features (age, and 38 one-hot columns declared as categor
 of levels 0 and 1) as the study's features. Each setting runs through
 ``federation.simulation.simulate`` as a user would, with allfed's defaults (the planner's
 training settings, one federated standardization, the discrete-time hazard model on the spec's
-intervals). The sites release no survival metric
-yet, so the benchmark, which holds the public data, scores the final model itself on every
-region's test rows, encoded exactly as the nodes encode them: Harrell's C-index of the risk
-score, pooled and per region (scikit-survival's ``concordance_index_censored``, the same
-statistic as lifelines' ``concordance_index(T, -risk, E)`` that FLamby reports). Beside it: a
+intervals). The benchmark, which holds the public data, scores the final model itself on
+every region's test rows, encoded exactly as the nodes encode them: Harrell's C-index of the
+risk score, pooled and per region (scikit-survival's ``concordance_index_censored``, the same
+statistic as lifelines' ``concordance_index(T, -risk, E)`` that FLamby reports), and prints
+beside it the C-index the run released from the sites' DP evaluation release
+(``federation.server.survival_evaluation``) with its 95% interval, and their gap. Beside it: a
 centralized, non-private Cox model (scikit-survival, a small ridge penalty) fitted on the
 pooled training rows of FLamby's 39 columns, and FLamby's published pooled-test C-index.
 
@@ -165,8 +166,19 @@ def one_run(spec, sites: dict[str, Path], out: Path) -> dict:
     seconds = round(time.perf_counter() - started, 1)
     if summary["status"] != "completed":
         raise RuntimeError(f"the run did not complete: {summary['error']}")
+    exact = _cindices(final_scores(spec, sites, out))
+    pooled = summary["metrics"].get("pooled") or {}
     return {
-        **_cindices(final_scores(spec, sites, out)),
+        **exact,
+        "released_cindex": pooled.get("cindex"),
+        "released_cindex_ci": pooled.get("cindex_ci"),
+        "released_minus_exact": (
+            None if pooled.get("cindex") is None else pooled["cindex"] - exact["pooled_test_cindex"]
+        ),
+        "released_per_region": {
+            name: (site.get("cindex"), site.get("cindex_ci"))
+            for name, site in summary["metrics"].get("per_site", {}).items()
+        },
         "released_metrics": summary["metrics"],
         "site_epsilon": {name: site["epsilon"] for name, site in summary["sites"].items()},
         "planned_rounds": summary["planned_rounds"],
@@ -210,8 +222,12 @@ def summarize(epsilon: float | None, runs: list[dict]) -> dict:
             "test_records": runs[0]["per_region"][name]["test_records"],
             "test_events": runs[0]["per_region"][name]["test_events"],
         }
+    gaps = [r["released_minus_exact"] for r in runs if r["released_minus_exact"] is not None]
     return {
         "epsilon": epsilon,
+        "released_minus_exact_mean": float(np.mean(gaps)) if gaps else None,
+        "released_minus_exact_max_abs": float(np.max(np.abs(gaps))) if gaps else None,
+        "released_withheld": len(runs) - len(gaps),
         "pooled_test_cindex": float(np.mean(pooled)),
         "pooled_test_cindex_sd": float(np.std(pooled, ddof=1)) if len(pooled) > 1 else 0.0,
         "per_region": regions,
@@ -281,9 +297,23 @@ def _row(result: dict) -> str:
         f"{name} {'n/a' if r['cindex'] is None else format(r['cindex'], '.3f')}"
         for name, r in result["per_region"].items()
     )
+    released = "; ".join(_released(run) for run in result["runs"])
     return (
         f"{eps:>7}: pooled-test C-index {result['pooled_test_cindex']:.3f} "
-        f"(sd {result['pooled_test_cindex_sd']:.3f}, {len(result['runs'])} runs); {regions}"
+        f"(sd {result['pooled_test_cindex_sd']:.3f}, {len(result['runs'])} runs); {regions}\n"
+        f"         released (DP) vs exact, per run: {released}"
+    )
+
+
+def _released(run: dict) -> str:
+    """One run's released C-index with its interval beside the exact one, and the gap."""
+    exact = run["pooled_test_cindex"]
+    if run["released_cindex"] is None:
+        return f"withheld (exact {exact:.3f})"
+    low, high = run["released_cindex_ci"]
+    return (
+        f"{run['released_cindex']:.3f} ({low:.3f} to {high:.3f}) vs {exact:.3f} "
+        f"(gap {run['released_minus_exact']:+.3f})"
     )
 
 

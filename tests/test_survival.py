@@ -1,6 +1,7 @@
-"""Survival studies, phase 1: the spec, the discrete-time hazard model and its per-record
-clipping, the site's time and event checks, training that a C-index can judge against a Cox
-fit, and a site that releases no evaluation of a survival model (nothing but the update leaves).
+"""Survival studies: the spec, the discrete-time hazard model and its per-record clipping, the
+site's time and event checks, training that a C-index can judge against a Cox fit, and what a
+survival site releases (its DP update, and its one planned DP evaluation release) and the run's
+outputs show (the metrics in ``tests/test_survival_metrics.py``, on arrays).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from federation.client.training import LocalSettings, train_plain
 from federation.errors import DataError, SpecError
 from federation.synth import study_toml, synthesize_cohort, write_cohort
 from federation.wire import protocol as p
-from federation.wire.evaluation import SURVIVAL_WITHHELD
+from federation.wire.evaluation import layout
 from federation.wire.spec import feature_names, load_spec, model_cuts, parse_spec
+from federation.wire.survival_evaluation import histogram_keys as survival_keys
 from models.registry import build_model
 from models.survival import hazard_loss, interval_targets
 from privacy.ledger import Ledger
@@ -306,12 +308,13 @@ def _survival_content(spec, server_round: int) -> RecordDict:
     )
 
 
-def test_a_survival_site_sends_its_update_and_public_keys_and_evaluates_nothing(
+def test_a_survival_site_sends_its_update_and_only_its_admitted_dp_evaluation(
     survival_cohort, tmp_path
 ):
-    """Against an aggregator that asks for every release: the train reply is the DP update
-    and the whitelisted accounting keys; both evaluation messages get empty metrics, and the
-    ledger neither planned nor recorded an evaluation release."""
+    """Against an aggregator that asks for every release: the train reply is the DP update and
+    the whitelisted accounting keys; the evaluate reply is the one evaluation release the
+    ledger planned at setup and recorded before computing it (the layout's keys, noisy, at the
+    planned noise) with its epsilon; a rank release and a second evaluation are refused."""
     spec, files = survival_cohort
     ledger = tmp_path / "ledger.sqlite"
     context = node_context(next(iter(files.values())), spec, ledger=ledger)
@@ -321,13 +324,27 @@ def test_a_survival_site_sends_its_update_and_public_keys_and_evaluates_nothing(
     assert set(trained[p.METRICS]) == set(p.TRAIN_METRICS)
     update = trained[p.ARRAYS].to_torch_state_dict()
     assert list(update) == ["baseline", "score.0.weight"] and update["baseline"].abs().sum() > 0
-    for message_type in (MessageType.EVALUATE, p.EVALUATE_RANKS):
-        reply = send(context, message_type, _survival_content(spec, 2))
-        assert state_of(reply) == p.OK
-        assert set(reply) == {p.METRICS} and dict(reply[p.METRICS]) == {}
     book = Ledger(ledger)
-    assert [r["mechanism"] for r in book.releases()] == ["gaussian-sums", "dp-sgd"]
-    assert not [item for item in book.run("run-1")["planned"] if "evaluation" in item[0]]
+    planned = [item for item in book.run("run-1")["planned"] if item[1] == "test"]
+    assert [item[0] for item in planned] == ["evaluation-histograms"]
+    reply = send(context, MessageType.EVALUATE, _survival_content(spec, 2))
+    assert state_of(reply) == p.OK and set(reply) == {p.METRICS}
+    metrics = dict(reply[p.METRICS])
+    keys = set(survival_keys(layout(spec).cells))
+    assert set(metrics) == keys | {p.EPSILON, p.NOISE_MULTIPLIER}
+    assert metrics[p.NOISE_MULTIPLIER] == planned[0][2]
+    entries = np.concatenate([np.ravel(metrics[k]) for k in keys])
+    assert len(entries) > 1000 and np.mean(entries != np.round(entries)) > 0.99  # noisy
+    assert [r["mechanism"] for r in book.releases()] == [
+        "gaussian-sums",
+        "dp-sgd",
+        "evaluation-histograms",
+    ]
+    assert book.releases()[-1]["partition"] == "test"
+    for message_type in (p.EVALUATE_RANKS, MessageType.EVALUATE):  # unplanned, then used up
+        refused = send(context, message_type, _survival_content(spec, 2))
+        assert state_of(refused) == p.REFUSED and not dict(refused.get(p.METRICS, {}))
+    assert len(book.releases()) == 3
 
 
 def _run_tables(spec, sites: dict[str, Path], run: Path) -> list:
@@ -365,46 +382,99 @@ def _final_scores(spec, tables: list, run: Path) -> tuple[np.ndarray, np.ndarray
 
 
 @pytest.mark.slow
-def test_a_dp_survival_run_ranks_like_cox_and_says_its_metrics_are_not_released(tmp_path):
-    """End to end at epsilon 3 on a synthetic survival cohort: the run completes, every
-    output says the metrics are not released (none was), and the final model's exact test
-    C-index is within 0.03 of a Cox fit's on the pooled training rows."""
+def test_a_dp_survival_run_ranks_like_cox_and_releases_its_metrics(tmp_path):
+    """End to end at epsilon 3 on a synthetic survival cohort: the run completes, the final
+    model's exact test C-index is within 0.03 of a Cox fit's on the pooled training rows, the
+    released C-index's interval holds the exact one, and the summary, the model card and the
+    report show the released metrics; each site's only test-partition release is its planned
+    evaluation."""
     from federation.simulation import simulate
 
     files, spec_path = write_cohort(tmp_path / "data", 2, 600, seed=3, task="survival")
     spec = load_spec(spec_path).with_overrides(training={"rounds": 5})
     summary = simulate(spec, files, tmp_path / "run")
     assert summary["status"] == "completed", summary["error"]
-    assert summary["metrics"] == {"pooled": {"withheld_reason": SURVIVAL_WITHHELD}}
     assert (summary["time"], summary["event"]) == ("time", "event")
     assert all(abs(s["epsilon"] - 3.0) < 0.01 for s in summary["sites"].values())
-    card = (tmp_path / "run" / "model_card.md").read_text(encoding="utf-8")
-    report = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
-    assert f"Withheld: {SURVIVAL_WITHHELD}." in card
-    assert "Survival metrics are not released yet" in report
     for name in files:
         releases = Ledger(tmp_path / "run" / "ledgers" / f"{name}.sqlite").releases()
-        assert releases and not [r for r in releases if r["partition"] == "test"]
+        test = [r["mechanism"] for r in releases if r["partition"] == "test"]
+        assert test == ["evaluation-histograms"]
     tables = _run_tables(spec, files, tmp_path / "run")
     outcome, risk = _final_scores(spec, tables, tmp_path / "run")
     x, y, tx, ty = _pooled_rows(spec, tables)
     assert len(ty) == len(outcome)
     ours, cox = _cindex(outcome, risk), _cox_cindex(x, y, tx, ty)
     assert ours > cox - 0.03, (ours, cox)
+    pooled = summary["metrics"]["pooled"]
+    # The interval, doubled about its centre (a 95% interval misses 1 in 20), holds the exact
+    # C-index; at these sizes (about 300 test records) the noise may make it n/a.
+    low, high = pooled["cindex_ci"]
+    assert 1.5 * low - 0.5 * high <= ours <= 1.5 * high - 0.5 * low, (pooled, ours)
+    if pooled["cindex"] is None:
+        assert pooled["na_reason"]["cindex"] == "95% interval too wide (DP noise and sampling)"
+    else:
+        assert abs(pooled["cindex"] - ours) < high - low < 0.4, (pooled, ours)
+    assert set(summary["metrics"]["per_site"]) == set(files)
+    card = (tmp_path / "run" / "model_card.md").read_text(encoding="utf-8")
+    report = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "| Harrell's C-index (discrimination) |" in card
+    assert "time-dependent AUC at day 1825" in card and "not released" not in card
+    assert "C-index (Harrell)" in report and "AUC at day 365" in report
 
 
-def test_a_survival_runs_summary_and_report_say_its_metrics_are_not_released(tmp_path):
-    """What the round loop leaves a survival run (``RoundLoop.run``), as the summary and the
-    report show it: the outcome columns, and the withheld metrics' reason in words."""
+def test_a_survival_runs_summary_report_and_card_show_its_released_metrics(tmp_path):
+    """What the survival evaluator leaves a survival run (pooled metrics of a noise-free
+    release), as the summary, the model card and the report show it."""
+    from federation.server.model_card import build_model_card, render_model_card
     from federation.server.outputs import RunDirectory
     from federation.server.state import RunState
-    from federation.server.summary import conclude
+    from federation.server.summary import conclude, privacy_header
 
     state = RunState.start(parse_spec(SURVIVAL))
-    state.metrics = {"pooled": {"withheld_reason": SURVIVAL_WITHHELD}}
+    state.metrics = {"pooled": _released_metrics(), "per_site": {"a": _released_metrics()}}
     summary = conclude(RunDirectory(tmp_path), state, "completed", None)
     assert (summary["time"], summary["event"], summary["horizons"]) == ("days", "died", [365, 1095])
     assert summary["label"] is None and summary["metrics"]["pooled"] == state.metrics["pooled"]
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "predicting the risk of <b>died</b>" in page
-    assert "<p>Survival metrics are not released yet: the sites release no evaluation" in page
+    assert "C-index (Harrell)" in page and "AUC at day 1095" in page
+    assert "Observed risk by day 365" in page and "not released" not in page
+    assert "ROC curve" not in page
+    model = build_model("logistic", 1, cuts=model_cuts(state.spec))
+    card = render_model_card(
+        build_model_card(
+            state.spec,
+            model.state_dict(),
+            rounds=1,
+            scaling=[],
+            privacy=privacy_header(state),
+            sites={},
+            metrics=summary["metrics"],
+            evaluated_round=1,
+            diagnostics=[],
+        )
+    )
+    cindex = summary["metrics"]["pooled"]["cindex"]
+    assert f"| Harrell's C-index (discrimination) | {cindex:.3f} (" in card
+    assert "| time-dependent AUC at day 1095 |" in card and "| site | C-index |" in card
+
+
+def _released_metrics() -> dict:
+    """A survival cell's metrics as ``server.survival_evaluation.cell_metrics`` gives them,
+    from a noise-free histogram of a small synthetic cohort."""
+    from federation.server.survival_evaluation import Horizons, SurvivalCell, cell_metrics
+    from federation.wire.survival_evaluation import histogram_shape, score_bins, time_bins
+
+    spec = parse_spec(SURVIVAL)
+    rng = np.random.default_rng(0)
+    score = rng.normal(0, 1, 400)
+    time = np.ceil(rng.exponential(900 / np.exp(score)))
+    event = (rng.random(400) < 0.7).astype(int)
+    shape = histogram_shape(spec)
+    hist = np.zeros(shape)
+    np.add.at(hist, (event, time_bins(time, spec.study.intervals), score_bins(score)), 1)
+    release = SurvivalCell(
+        hist, 400.0, float(event.sum()), dict.fromkeys(("hist", "records", "events"), 1e-6)
+    )
+    return cell_metrics(release, Horizons.of(spec, np.log([0.2, 0.3])))

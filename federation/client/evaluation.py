@@ -70,7 +70,7 @@ def histogram_release(
 ) -> dict[str, float | list[float]]:
     """Release 1: every cell's class histograms, records, events, residual and squared-error
     sums, with Gaussian noise of ``noise_multiplier`` on the unit-sensitivity weighted vector."""
-    return _noisy(*histogram_statistics(y, p, members, layout), noise_multiplier)
+    return noisy_release(*histogram_statistics(y, p, members, layout), noise_multiplier)
 
 
 def rank_release(
@@ -84,7 +84,7 @@ def rank_release(
     """Release 2: per requested cell, the sums over its positives of ``cdf_neg(score) - center``
     and over its negatives of ``cdf_pos(score) - (1 - center)``, with Gaussian noise on the
     unit-sensitivity weighted vector."""
-    return _noisy(*rank_statistics(y, p, members, layout, requests), noise_multiplier)
+    return noisy_release(*rank_statistics(y, p, members, layout, requests), noise_multiplier)
 
 
 def histogram_statistics(
@@ -140,7 +140,7 @@ def rank_statistics(
     return names, np.array(values), np.array(weights)
 
 
-def _noisy(
+def noisy_release(
     names: list[tuple[str, int]], values: np.ndarray, weights: np.ndarray, noise: float
 ) -> dict[str, float | list[float]]:
     """One Gaussian release of the weighted vector (unit L2 sensitivity), back in natural units;

@@ -42,6 +42,7 @@ from federation.client.plan import (
 from federation.client.queries import answer
 from federation.client.scoring import risks
 from federation.client.site import SiteSettings, site_partition, site_table
+from federation.client.survival_evaluation import linear_predictors, survival_release
 from federation.client.training import LocalSettings, train_dp, train_plain
 from federation.errors import AllfedError, SpecError
 from federation.wire import protocol as p
@@ -441,8 +442,9 @@ def evaluate_ranks(request: Request) -> RecordDict:
 def _evaluation(request: Request, ranks: bool) -> RecordDict:
     spec = request.spec
     run = bound_run(request)
-    if spec.study.task == "survival":  # its DP evaluation is not built: it releases nothing
-        return RecordDict({p.METRICS: MetricRecord({})})
+    survival = spec.study.task == "survival"
+    if survival and ranks:  # a survival evaluation is one release (wire.survival_evaluation)
+        raise Refused(Refusal("plan-exhausted", None, "a survival run plans no rank release"))
     cells = layout(spec)
     requests = {}
     if ranks:
@@ -457,13 +459,15 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     )
     if refusal:
         raise Refused(refusal)
-    scores = risks(model, x)
     members = members_of(run.table, spec)
     noise = planned.release.noise_multiplier
-    if ranks:
-        released = rank_release(y, scores, members, cells, requests, noise)
+    if survival:
+        scores = linear_predictors(model, x)
+        released = survival_release(y, scores, members, cells, model_cuts(spec), noise)
+    elif ranks:
+        released = rank_release(y, risks(model, x), members, cells, requests, noise)
     else:
-        released = histogram_release(y, scores, members, cells, noise)
+        released = histogram_release(y, risks(model, x), members, cells, noise)
     releases = recorded(request.ledger.run_releases(run.key))
     metrics = MetricRecord(released)
     metrics[p.EPSILON] = partition_epsilon(

@@ -6,7 +6,7 @@ again at any later message and check it against the plan its ledger admitted: th
 standardization sums (training partition), the DP-SGD steps of every round (training partition,
 calibrated after the sums so that the partition lands at the target), and two evaluation
 releases per planned evaluation (test partition, calibrated to the study's evaluation budget;
-none for a survival study, whose DP evaluation is not built yet).
+a survival study's evaluation is one release, ``wire.survival_evaluation``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from federation.client.training import DPPlan, plan_dp
 from federation.wire.evaluation import evaluation_noise
 from federation.wire.spec import StudySpec, estimated_columns
+from federation.wire.survival_evaluation import survival_evaluation_noise
 from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.bounds import BOUNDS_SHARE
 from privacy.ledger import ALL, TEST, TRAIN, PlannedRelease
@@ -33,14 +34,15 @@ EVALUATION_RANKS = "evaluation-ranks"
 class SitePlan:
     """Everything a site releases in a run (``setup_noise`` None: no standardization release;
     ``bounds_noise`` None: no bounds to estimate; ``dp`` None: training without DP), with the
-    evaluation's noise and count. Where bounds are estimated, setup releases their histograms
-    and the scaling message the sums; otherwise setup releases the sums."""
+    evaluation's noise and count (``rank_noise`` None: no rank release). Where bounds are
+    estimated, setup releases their histograms and the scaling message the sums; otherwise
+    setup releases the sums."""
 
     setup_noise: float | None
     dp: DPPlan | None
     evaluations: int
     histogram_noise: float
-    rank_noise: float
+    rank_noise: float | None
     bounds_noise: float | None = None
 
     def releases(self) -> tuple[PlannedRelease, ...]:
@@ -67,6 +69,8 @@ class SitePlan:
             (EVALUATION_RANKS, self.rank_noise),
         )
         for mechanism, noise in evaluation if self.evaluations else ():
+            if noise is None:
+                continue
             planned.append(
                 PlannedRelease(mechanism, TEST, GaussianRelease(noise, 1.0, self.evaluations))
             )
@@ -134,9 +138,12 @@ def site_plan(spec: StudySpec, n_train: int, with_sums: bool) -> SitePlan:
             privacy.accountant,
             prior,
         )
-    if spec.study.task == "survival":  # no survival evaluation release yet: none is planned
-        return SitePlan(setup_noise, dp, 0, 0.0, 0.0, bounds_noise)
     evaluations = len(spec.training.evaluation_rounds())
+    if spec.study.task == "survival":  # one release per evaluation, no rank release
+        noise = survival_evaluation_noise(
+            privacy.evaluation_budget, privacy.delta, privacy.accountant, evaluations
+        )
+        return SitePlan(setup_noise, dp, evaluations, noise, None, bounds_noise)
     histogram_noise, rank_noise = evaluation_noise(
         privacy.evaluation_budget, privacy.delta, privacy.accountant, evaluations
     )

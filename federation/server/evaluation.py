@@ -296,7 +296,7 @@ def reconcile(cells: Mapping[Cell, CellRelease], layout: Layout) -> dict[Cell, C
 
 
 @dataclass
-class _Interval:
+class Interval:
     """A metric's estimate and 95% interval before publication. ``bounds`` is the metric's own
     range: the width rule reads the interval before it is cut to the range, and the published
     estimate and interval are then cut to it."""
@@ -325,7 +325,7 @@ class Metrics:
     values: dict[str, Any] = field(default_factory=dict)
     na_reason: dict[str, str] = field(default_factory=dict)
 
-    def put(self, name: str, interval: _Interval) -> None:
+    def put(self, name: str, interval: Interval) -> None:
         value, ci, reason = interval.published()
         self.values[name] = value
         self.values[f"{name}_ci"] = ci
@@ -373,7 +373,7 @@ def cell_metrics(release: CellRelease, seed: int = 0) -> dict[str, Any]:
     for name, values in binned.items():
         limit = 2 * MAX_CI_WIDTH if name in _WIDE_SCALE else MAX_CI_WIDTH
         value = None if math.isnan(values[0]) else float(values[0])
-        out.put(name, _bootstrap_interval(value, values[1:], limit))
+        out.put(name, bootstrap_interval(value, values[1:], limit))
     out.values["roc_curve"] = _roc_curve(pos, neg, draws)
     out.values["calibration"] = _calibration_bins(pos, neg, draws)
     out.values["diagnostics"] = score_diagnostics(pos, neg)
@@ -415,27 +415,27 @@ def _binned_metrics(pos: np.ndarray, neg: np.ndarray, floor: float) -> dict[str,
     return values
 
 
-def _bootstrap_interval(value: float | None, replicates: np.ndarray, limit: float) -> _Interval:
+def bootstrap_interval(value: float | None, replicates: np.ndarray, limit: float) -> Interval:
     """The union of the percentile and the basic (reflected) bootstrap intervals. Post-processing
     shrinks noisy histograms (the isotonic fit pools bins), so replicates drawn around the
     shrunk estimate scatter around a biased point; the basic interval reflects that bias and the
     union covers both readings. No interval when most redraws give no value (NaN)."""
     if value is None:
-        return _Interval(None, None, limit)
+        return Interval(None, None, limit)
     usable = replicates[~np.isnan(replicates)]
     if len(usable) < len(replicates) // 2:
-        return _Interval(value, None, limit)
+        return Interval(value, None, limit)
     low, high = np.quantile(usable, [(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2])
     interval = [float(min(low, 2 * value - high)), float(max(high, 2 * value - low))]
-    return _Interval(value, interval, limit)
+    return Interval(value, interval, limit)
 
 
 def _ratio_interval(
     numerator: float, denominator: float, variance: float, release: CellRelease
-) -> _Interval:
+) -> Interval:
     """A proportion's interval: binomial sampling plus the numerator's and denominator's noise."""
     if denominator <= 0:
-        return _Interval(None, None)
+        return Interval(None, None)
     share = min(max(numerator / denominator, 0.0), 1.0)
     spread = share * (1 - share) / denominator
     spread += (variance + share**2 * release.variance[RECORDS]) / denominator**2
@@ -444,33 +444,33 @@ def _ratio_interval(
 
 def _mean_interval(
     total: float, n: float, variance: float, n_variance: float, spread_bound: float
-) -> _Interval:
+) -> Interval:
     """A mean of per-record values in [-1, 1] over a noisy count: the sum's noise, the count's
     (by the delta method) and a sampling variance at most ``spread_bound`` per record. Undefined
     when the count's own 95% interval reaches a quarter of it: the ratio is then unstable."""
     if n <= 0 or _Z * math.sqrt(n_variance) > n / 4:
-        return _Interval(None, None)
+        return Interval(None, None)
     value = total / n
     se = math.sqrt((variance + value**2 * n_variance) / n**2 + spread_bound / n)
     return _symmetric(value, se, -1.0, 1.0)
 
 
-def _symmetric(value: float, se: float, low: float, high: float) -> _Interval:
-    return _Interval(value, [value - _Z * se, value + _Z * se], bounds=(low, high))
+def _symmetric(value: float, se: float, low: float, high: float) -> Interval:
+    return Interval(value, [value - _Z * se, value + _Z * se], bounds=(low, high))
 
 
-def _auroc_interval(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> _Interval:
+def _auroc_interval(release: CellRelease, pos: np.ndarray, neg: np.ndarray) -> Interval:
     area = m.auroc(pos, neg)
     sampling = m.delong_variance(pos, neg)
     if area is None or sampling is None:
-        return _Interval(None, None)
+        return Interval(None, None)
     if release.ranks is None:
         noise = _histogram_auroc_noise(release, pos, neg)
         return _symmetric(area, math.sqrt(sampling + noise), 0.0, 1.0)
     ranks = release.ranks
     n_pos, n_neg = release.events, release.records - release.events
     if n_pos <= 0 or n_neg <= 0:
-        return _Interval(None, None)
+        return Interval(None, None)
     request = ranks.request
     reference = np.asarray(request.cdf_pos), np.asarray(request.cdf_neg)
     value = request.center + ranks.pos / n_pos - ranks.neg / n_neg

@@ -65,7 +65,7 @@ class Evaluator:
         epsilon: dict[int, float] = {}
         for node, metrics in replies.items():
             try:
-                _check_noise(metrics, self.histogram_noise)
+                check_noise(metrics, self.histogram_noise)
                 sites[node] = ev.read_histograms(metrics, self.layout, self.histogram_noise)
                 epsilon[node] = float(metrics[p.EPSILON])
             except (KeyError, TypeError, ValueError) as error:
@@ -81,7 +81,7 @@ class Evaluator:
         ranks = {}
         for node, metrics in self._send(p.EVALUATE_RANKS, arrays, rank_config, list(sites)).items():
             try:
-                _check_noise(metrics, self.rank_noise)
+                check_noise(metrics, self.rank_noise)
                 ranks[node] = ev.read_ranks(metrics, requests, self.layout, self.rank_noise)
                 epsilon[node] = float(metrics[p.EPSILON])
             except (KeyError, TypeError, ValueError) as error:
@@ -114,7 +114,7 @@ class Evaluator:
         }
 
 
-def _check_noise(metrics: Any, planned: float) -> None:
+def check_noise(metrics: Any, planned: float) -> None:
     """A site must add the noise its plan says: the intervals are computed from it."""
     if abs(float(metrics[p.NOISE_MULTIPLIER]) - planned) > 1e-9 * planned:
         raise ValueError("the site's evaluation noise differs from the plan")

@@ -19,7 +19,7 @@ import torch
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from federation.wire.model_files import MODEL_ONNX, SITE_SCALED
-from federation.wire.spec import StudySpec, feature_names, federated_columns
+from federation.wire.spec import StudySpec, feature_names, federated_columns, parse_spec
 from models.export import ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUTS
 
 # The released metrics a card shows: (key in summary.json's metrics, what it is).
@@ -39,6 +39,35 @@ CARD_METRICS = (
     ("specificity", "specificity at risk 0.5"),
 )
 SITE_METRICS = ("auroc", "brier", "calibration_in_the_large_observed_minus_predicted")
+SITE_LABELS = ("AUROC", "Brier", "calibration-in-the-large")
+
+
+def card_metrics(spec: StudySpec) -> tuple[tuple[str, str], ...]:
+    """The pooled figures a card shows for the study's task (a survival study's at its
+    horizons, ``server.survival_evaluation``)."""
+    if spec.study.task != "survival":
+        return CARD_METRICS
+    horizons = [f"{h:g}" for h in spec.study.horizons]
+    return (
+        ("cindex", "Harrell's C-index (discrimination)"),
+        ("uno_cindex", f"Uno's C-index (censoring-weighted, to day {horizons[-1]})"),
+        *((f"auc_{h}", f"time-dependent AUC at day {h}") for h in horizons),
+        ("integrated_brier", f"integrated Brier score (IPCW, to day {horizons[-1]})"),
+        *((f"observed_risk_{h}", f"observed risk by day {h} (Kaplan-Meier)") for h in horizons),
+        *((f"predicted_risk_{h}", f"mean predicted risk by day {h}") for h in horizons),
+    )
+
+
+def site_metrics(spec: StudySpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The per-site figures a card shows (keys, column labels)."""
+    if spec.study.task != "survival":
+        return SITE_METRICS, SITE_LABELS
+    last = f"{spec.study.horizons[-1]:g}"
+    return ("cindex", f"auc_{last}", "integrated_brier"), (
+        "C-index",
+        f"AUC at day {last}",
+        "integrated Brier",
+    )
 
 
 def build_model_card(
@@ -78,7 +107,7 @@ def build_model_card(
         "training": training_section(spec),
         "inputs": inputs_section(names),
         "coefficients": coefficients(spec, state_dict, scaling),
-        "performance": performance(metrics, evaluated_round),
+        "performance": performance(metrics, evaluated_round, spec),
         "diagnostics": list(diagnostics),
     }
     card["limitations"] = limitations(spec, card)
@@ -212,9 +241,12 @@ def coefficients(
     }
 
 
-def performance(metrics: Mapping[str, Any], evaluated_round: int | None) -> dict[str, Any]:
+def performance(
+    metrics: Mapping[str, Any], evaluated_round: int | None, spec: StudySpec
+) -> dict[str, Any]:
     """The released evaluation of the final model, pooled and per site, each figure with its
     95% interval (DP noise and sampling) or the reason it is n/a."""
+    per_site, _ = site_metrics(spec)
     pooled = metrics.get("pooled") or {}
     result: dict[str, Any] = {
         "evaluated_round": evaluated_round,
@@ -229,13 +261,13 @@ def performance(metrics: Mapping[str, Any], evaluated_round: int | None) -> dict
     result.update(
         n_test=pooled.get("n"),
         n_test_se=pooled.get("n_se"),
-        events=pooled.get("n_pos"),
-        pooled={key: _figure(pooled, key) for key, _ in CARD_METRICS},
+        events=pooled.get("n_events" if spec.study.task == "survival" else "n_pos"),
+        pooled={key: _figure(pooled, key) for key, _ in card_metrics(spec)},
         per_site={
             name: (
                 {"withheld_reason": site["withheld_reason"]}
                 if "withheld_reason" in site
-                else {key: _figure(site, key) for key in SITE_METRICS}
+                else {key: _figure(site, key) for key in per_site}
             )
             for name, site in (metrics.get("per_site") or {}).items()
         },
@@ -362,7 +394,11 @@ def intended_use(spec: StudySpec) -> str:
 def render_model_card(card: dict[str, Any]) -> str:
     """``model_card.md`` from ``model_card.json``'s content (a Jinja2 Markdown template)."""
     template = _TEMPLATES.get_template("model_card.jinja.md")
-    return template.render(card=card, metric_labels=CARD_METRICS, site_metrics=SITE_METRICS)
+    spec = parse_spec(card["spec"], "the model card's spec")
+    keys, labels = site_metrics(spec)
+    return template.render(
+        card=card, metric_labels=card_metrics(spec), site_metrics=keys, site_labels=labels
+    )
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -49,12 +49,43 @@ _METRICS = (
     ("ppv", "Positive predictive value", True, "Share of flagged participants with the outcome."),
     ("npv", "Negative predictive value", True, "Share of unflagged participants without it."),
 )  # fmt: skip
-_GROUP_METRICS = (
-    ("prevalence", True),
-    ("auroc", False),
-    ("calibration_in_the_large_observed_minus_predicted", True),
-    ("calibration_slope", False),
+_GROUP_METRICS = (  # (key, shown as a percent, column header)
+    ("prevalence", True, "Outcome rate"),
+    ("auroc", False, "AUROC"),
+    ("calibration_in_the_large_observed_minus_predicted", True, "Calibration-in-the-large"),
+    ("calibration_slope", False, "Calibration slope"),
 )
+Rows = tuple[tuple[str, str, bool, str], ...]  # (key, label, shown as a percent, what it means)
+
+
+def _survival_metrics(horizons: list[float]) -> tuple[Rows, tuple[tuple[str, bool, str], ...]]:
+    """A survival run's metric rows and group columns (``server.survival_evaluation``)."""
+    days = [f"{h:g}" for h in horizons] or ["?"]
+    last = days[-1]
+    rows = (
+        ("cindex", "C-index (Harrell)", False, "Discrimination over time: of two participants "
+         "whose order of events is known, the chance that the one with the earlier event has "
+         "the higher risk score (0.5 = a coin toss, 1 = perfect)."),
+        ("uno_cindex", "C-index (Uno)", False, f"The same, weighted for censoring up to day "
+         f"{last}: less dependent on how long the sites followed their participants."),
+        *((f"auc_{d}", f"AUC at day {d}", False, f"Time-dependent AUC: those with the event by "
+           f"day {d} against those followed past it without one.") for d in days),
+        ("integrated_brier", "Integrated Brier score", False, f"Mean squared error of the "
+         f"predicted survival up to day {last}, censoring-weighted (0 is perfect)."),
+        *((f"observed_risk_{d}", f"Observed risk by day {d}", True, "1 − Kaplan-Meier of the "
+           "pooled test participants; compare with the mean predicted risk below.")
+          for d in days),
+        *((f"predicted_risk_{d}", f"Mean predicted risk by day {d}", True, "The model's risk "
+           "by then, averaged over the test participants.") for d in days),
+    )  # fmt: skip
+    groups = (
+        ("cindex", False, "C-index"),
+        (f"auc_{last}", False, f"AUC at day {last}"),
+        (f"observed_risk_{last}", True, f"Observed risk by day {last}"),
+        (f"predicted_risk_{last}", True, f"Predicted risk by day {last}"),
+    )
+    return rows, groups
+
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -88,7 +119,8 @@ noise (the program's dissemination rule). Small sites and small groups have the 
 intervals; more test records, or a larger evaluation budget, narrow them.</p>
 <h2>Who took part</h2>
 <table><thead><tr><th>Site</th><th>Status</th><th>Training records</th>
-<th>Test records (≈)</th><th>AUROC (95% interval)</th><th>ε training</th><th>ε evaluation</th>
+<th>Test records (≈)</th><th>{{ discrimination }} (95% interval)</th><th>ε training</th>
+<th>ε evaluation</th>
 </tr></thead><tbody>
 {% for row in site_rows %}<tr><td>{{ row.name }}</td><td>{{ row.status }}</td>
 <td class="num">{{ row.n_train }}</td><td class="num">{{ row.n_test }}</td>
@@ -111,8 +143,8 @@ row.na_reason }}.</i>{% endif %}</td></tr>{% endfor %}</tbody></table>{% endif %
 <p class="muted">This plot could not be drawn.</p>{% endif %}</figure>
 {% endfor %}
 {% for table in group_tables %}<h2>{{ table.title }}</h2>
-<table><thead><tr><th>Group</th><th>Level</th><th>Test records (≈)</th><th>Outcome rate</th>
-<th>AUROC</th><th>Calibration-in-the-large</th><th>Calibration slope</th><th>Note</th></tr>
+<table><thead><tr><th>Group</th><th>Level</th><th>Test records (≈)</th>
+{% for header in group_headers %}<th>{{ header }}</th>{% endfor %}<th>Note</th></tr>
 </thead><tbody>{% for row in table.rows %}<tr><td>{{ row.column }}</td><td>{{ row.level }}</td>
 {% for cell in row.cells %}<td class="num">{{ cell }}</td>{% endfor %}
 <td class="withheld">{{ row.note }}</td></tr>{% endfor %}</tbody></table>
@@ -126,7 +158,21 @@ count of {{ threshold }} or fewer is not shown.</p>
 {% for cell in row.cells %}<td class="num">{{ cell }}</td>{% endfor %}</tr>{% endfor %}
 </tbody></table>{% endif %}
 <h2>How these numbers were computed</h2>
-<ul>
+{% if survival %}<ul>
+<li>Each site scored its own test records with the model's risk score and released, per cell
+(the site, every group level, every intersection of two groups), the records by status (an
+event, or censored), by time interval (the study's hazard intervals) and by risk-score bin
+(0.5 wide), the records and the events: one Gaussian release, recorded in the site's ledger
+before it was computed.</li>
+<li>The noisy histograms are made non-negative by an isotonic fit of their cumulative counts;
+group levels are reconciled with the pooled totals. Two records in one score bin count as a tie,
+and two times in one interval as ordered either way, half the time each.</li>
+<li>Harrell's C-index over comparable pairs; Uno's C-index and the time-dependent (cumulative/
+dynamic) AUC weight events by the inverse of the censoring distribution's Kaplan-Meier curve;
+the integrated Brier score (IPCW) uses each score bin's predicted survival from the model's
+baseline hazards; observed risks are 1 − Kaplan-Meier. Intervals come from a parametric
+bootstrap over the release's noise and Poisson sampling.</li>
+</ul>{% else %}<ul>
 <li>Each site scored its own test records and released, per cell (the site, every group level,
 every intersection of two groups), histograms of the risk scores of each class on fixed bins
 (0.5 wide on the logit scale), the records, the events, and the sums of residuals and squared
@@ -140,7 +186,7 @@ group levels are reconciled with the pooled totals. Other intervals come from a 
 bootstrap over the release's noise and Poisson sampling.</li>
 <li>Calibration intercept and slope: logistic recalibration on the bins' logits. E-avg and E90:
 gaps to a lowess-smoothed observed risk (span 2/3), as in OHDSI's PatientLevelPrediction.</li>
-</ul>
+</ul>{% endif %}
 <p class="muted">Generated by allfed from summary.json and metrics.jsonl; rebuild with
 <code>allfed report RUN_DIR</code>.</p>
 </body></html>
@@ -155,10 +201,12 @@ def render_report(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
 
     metrics = summary.get("metrics") or {}
     pooled = metrics.get("pooled") or {}
-    # A survival run's page says why it has no results (its sites release none yet).
-    withheld = pooled.get("withheld_reason") if summary.get("task") == "survival" else None
+    survival = summary.get("task") == "survival"
     if "withheld_reason" in pooled:
         pooled = {}
+    rows, group_metrics = _METRICS, _GROUP_METRICS
+    if survival:
+        rows, group_metrics = _survival_metrics(summary.get("horizons") or [])
     sites = summary.get("sites") or {}
     groups = summary.get("groups") or []
     return _PAGE.render(
@@ -173,18 +221,17 @@ def render_report(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
         privacy_sentence=_privacy_sentence(summary),
         width=f"{MAX_CI_WIDTH:g}",
         threshold=MIN_PUBLISHED_COUNT,
-        site_rows=_site_rows(summary, metrics.get("per_site") or {}),
+        site_rows=_site_rows(summary, metrics.get("per_site") or {}, rows[0][0]),
         pooled=pooled,
         outcome=summary.get("label") or summary.get("event"),
-        no_results=(
-            f"{withheld[:1].upper()}{withheld[1:]}."
-            if withheld
-            else "No evaluation finished, so there are no results."
-        ),
-        cards=_cards(pooled),
-        metric_rows=[_metric_row(pooled, *item) for item in _METRICS] if pooled else [],
-        figures=_figures(summary, rounds, metrics, pooled),
-        group_tables=_group_tables(metrics, groups),
+        no_results="No evaluation finished, so there are no results.",
+        cards=_cards(pooled, survival),
+        metric_rows=[_metric_row(pooled, *item) for item in rows] if pooled else [],
+        figures=_figures(summary, rounds, metrics, pooled, survival),
+        group_tables=_group_tables(metrics, groups, group_metrics),
+        group_headers=[header for _, _, header in group_metrics],
+        discrimination=rows[0][1],
+        survival=survival,
         representation_sites=_representation_sites(summary),
         representation_rows=_representation_rows(summary),
         css=PAGE_CSS,
@@ -215,7 +262,9 @@ def _privacy_sentence(summary: dict[str, Any]) -> str:
     )
 
 
-def _site_rows(summary: dict[str, Any], per_site: dict[str, Any]) -> list[dict[str, str]]:
+def _site_rows(
+    summary: dict[str, Any], per_site: dict[str, Any], discrimination: str
+) -> list[dict[str, str]]:
     rows = []
     for name, site in (summary.get("sites") or {}).items():
         status = str(site.get("status"))
@@ -228,7 +277,7 @@ def _site_rows(summary: dict[str, Any], per_site: dict[str, Any]) -> list[dict[s
                 "status": status,
                 "n_train": _count(site.get("n_train")),
                 "n_test": _count(site.get("n_test")),
-                "auroc": _with_ci(metrics.get("auroc"), metrics.get("auroc_ci")),
+                "auroc": _with_ci(metrics.get(discrimination), metrics.get(f"{discrimination}_ci")),
                 "epsilon": _num(site.get("epsilon")) if site.get("epsilon") is not None else "–",
                 "evaluation_epsilon": _num(site.get("evaluation_epsilon")),
             }
@@ -236,7 +285,7 @@ def _site_rows(summary: dict[str, Any], per_site: dict[str, Any]) -> list[dict[s
     return rows
 
 
-def _cards(pooled: dict[str, Any]) -> list[dict[str, str]]:
+def _cards(pooled: dict[str, Any], survival: bool) -> list[dict[str, str]]:
     if not pooled:
         return []
     citl = "calibration_in_the_large_observed_minus_predicted"
@@ -247,6 +296,13 @@ def _cards(pooled: dict[str, Any]) -> list[dict[str, str]]:
             "value": _with_ci(pooled.get(key), pooled.get(f"{key}_ci"), **style),
         }
 
+    if survival:
+        return [
+            card("C-index (95% interval)", "cindex"),
+            card("C-index (Uno)", "uno_cindex"),
+            card("Integrated Brier score", "integrated_brier"),
+            {"label": "Test participants", "value": f"≈ {_count(pooled.get('n'))}"},
+        ]
     return [
         card("AUROC (95% interval)", "auroc"),
         card("Calibration-in-the-large", citl, percent=True),
@@ -270,8 +326,13 @@ def _metric_row(
 
 
 def _figures(
-    summary: dict[str, Any], rounds: list[dict[str, Any]], metrics: dict[str, Any], pooled: dict
+    summary: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    pooled: dict,
+    survival: bool,
 ) -> list[dict[str, str]]:
+    """The page's plots (a survival run's: those that do not read binary metrics)."""
     groups = summary.get("groups") or []
     target = (summary.get("privacy") or {}).get("target_epsilon")
     candidates: list[tuple[str, Callable[[], Figure | None], str]] = [
@@ -298,6 +359,9 @@ def _figures(
          lambda: plots.representation_figure(summary.get("representation") or {}, groups),
          "Test records per group level and site (DP counts)."),
     ]  # fmt: skip
+    if survival:
+        shown = ("Privacy budget spent per site", "Whom the model was evaluated on")
+        candidates = [c for c in candidates if c[0] in shown]
     figures = []
     for title, build, caption in candidates:
         try:
@@ -314,7 +378,9 @@ def _figures(
     return figures
 
 
-def _group_tables(metrics: dict[str, Any], groups: list[str]) -> list[dict[str, Any]]:
+def _group_tables(
+    metrics: dict[str, Any], groups: list[str], group_metrics: tuple[tuple[str, bool, str], ...]
+) -> list[dict[str, Any]]:
     tables = []
     titles = {
         "per_group": "Results by group",
@@ -327,16 +393,16 @@ def _group_tables(metrics: dict[str, Any], groups: list[str]) -> list[dict[str, 
             for level, entry in table[column].items():
                 m = entry.get("metrics")
                 if m is None:
-                    cells, note = ["–"] * (1 + len(_GROUP_METRICS)), entry.get("withheld_reason")
+                    cells, note = ["–"] * (1 + len(group_metrics)), entry.get("withheld_reason")
                 else:
                     cells = [_count(m.get("n"))] + [
                         _with_ci(m.get(name), m.get(f"{name}_ci"), percent=percent)
-                        for name, percent in _GROUP_METRICS
+                        for name, percent, _ in group_metrics
                     ]
                     note = "; ".join(
                         f"{name.replace('_', ' ')}: n/a"
                         for name in (m.get("na_reason") or {})
-                        if name in dict(_GROUP_METRICS)
+                        if name in {key for key, _, _ in group_metrics}
                     )
                 rows.append({"column": column, "level": level, "cells": cells, "note": note})
         if rows:

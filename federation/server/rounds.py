@@ -25,9 +25,9 @@ from federation.server.outputs import RunDirectory
 from federation.server.replies import update_problem
 from federation.server.state import RunState
 from federation.server.strategy import aggregate
+from federation.server.survival_evaluator import SurvivalEvaluator
 from federation.server.validation import validate_updates
 from federation.wire import protocol as p
-from federation.wire.evaluation import SURVIVAL_WITHHELD
 from federation.wire.spec import StudySpec, model_cuts
 from models.registry import build_model
 
@@ -64,14 +64,14 @@ class RoundLoop:
         self.state, self.exchange, self.strategy = state, exchange, strategy
         self.outputs, self.on_round = outputs, on_round
         self.survival = state.spec.study.task == "survival"
-        self.evaluator = None if self.survival else Evaluator(state.spec, exchange, exchange.reject)
+        self.headline = "cindex" if self.survival else "auroc"  # the metric the log shows
+        evaluator = SurvivalEvaluator if self.survival else Evaluator
+        self.evaluator = evaluator(state.spec, exchange, exchange.reject)
 
     def run(self, arrays: ArrayRecord) -> ArrayRecord:
         """The global model after the last round, from ``arrays``."""
         state, training = self.state, self.state.spec.training
-        evaluation_rounds = set() if self.survival else set(training.evaluation_rounds())
-        if self.survival:  # nothing to evaluate with yet: the outputs say so
-            state.metrics = {"pooled": {"withheld_reason": SURVIVAL_WITHHELD}}
+        evaluation_rounds = set(training.evaluation_rounds())
         for server_round in range(state.rounds_done + 1, training.rounds + 1):
             started = time.perf_counter()
             arrays, rejected = self._train(server_round, arrays)
@@ -94,7 +94,9 @@ class RoundLoop:
                 "round %d/%d%s",
                 server_round,
                 training.rounds,
-                f": pooled AUROC {state.metrics['pooled'].get('auroc')}" if evaluated else "",
+                f": pooled {self.headline} {state.metrics['pooled'].get(self.headline)}"
+                if evaluated
+                else "",
             )
             if self.on_round:
                 self.on_round(server_round, training.rounds, row)

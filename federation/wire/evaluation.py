@@ -58,12 +58,6 @@ THRESHOLD_BIN = int(np.searchsorted(INNER_EDGES, 0.0)) + 1  # first bin at or ab
 _TAIL_LOW, _TAIL_HIGH = 1 / (1 + math.exp(-INNER_EDGES[0])), 1 / (1 + math.exp(-INNER_EDGES[-1]))
 
 POOLED, GROUP, INTERSECTION = "pooled", "group", "intersection"
-# A survival study's sites release no evaluation until its DP evaluation (C-index, time-dependent
-# AUC, Brier score, calibration from private statistics) is built: what its outputs say instead.
-SURVIVAL_WITHHELD = (
-    "survival metrics are not released yet: the sites release no evaluation of a survival "
-    "model until its DP evaluation is built, and no non-DP number leaves a site"
-)
 ALL = "all"
 INTERSECTION_JOIN = " x "  # joins two group column names
 LEVEL_JOIN = " | "  # joins their levels

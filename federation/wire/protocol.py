@@ -169,7 +169,7 @@ REPLY_KEYS = {
         METRICS: (
             EPSILON,
             NOISE_MULTIPLIER,
-            rf"eval\.{_EVAL_CELL}\.(hist_pos|hist_neg|records|events|residuals|squared_errors)",
+            rf"eval\.{_EVAL_CELL}\.(hist_pos|hist_neg|hist|records|events|residuals|squared_errors)",
         ),
     },
     "ranks": {

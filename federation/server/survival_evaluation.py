@@ -1,0 +1,308 @@
+"""Survival metrics from the sites' DP evaluation releases, each with a 95% interval that covers
+the DP noise as well as sampling, and n/a where that interval is too wide to mean anything.
+
+The sites' releases (``federation.wire.survival_evaluation``) are pooled by summing; every
+entry's noise variance is known from the layout and the noise multiplier. Post-processing (free
+of privacy cost) makes the noisy histogram consistent before anything is read from it: each row
+of score bins (one status, one interval) becomes the isotonic fit of its noisy cumulative counts
+(``evaluation.histogram``: non-negative bins without the upward bias of clipping each at 0).
+The metrics (``survival_metrics``) are then read from the cleaned histogram, and their intervals
+come from a parametric bootstrap: Poisson sampling of the cleaned bins plus a fresh draw of the
+release's noise at its known SD, post-processed alike (seeded: the same release always gives the
+same intervals), the percentile and basic intervals joined (``evaluation.bootstrap_interval``).
+
+The rules are the binary release's: a site, group or intersection level is published only when
+its noisy records, events and non-events each exceed the dissemination threshold, and a metric
+whose 95% interval is wider than ``MAX_CI_WIDTH`` is n/a, with the reason in ``na_reason``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from federation.server import survival_metrics as sm
+from federation.server.evaluation import (
+    BOOTSTRAP_DRAWS,
+    DEGENERATE_SHARE,
+    INTERSECTION,
+    MAX_CI_WIDTH,
+    MIN_CALIBRATION_RECORDS,
+    MIN_PUBLISHED_COUNT,
+    POOLED_CELL,
+    Interval,
+    Metrics,
+    bootstrap_interval,
+    histogram,
+    is_publishable,
+)
+from federation.wire.evaluation import EVAL_PREFIX, Cell, Layout
+from federation.wire.spec import StudySpec
+from federation.wire.survival_evaluation import (
+    EVENTS,
+    HISTOGRAM,
+    RECORDS,
+    SCORE_EDGES,
+    STAT_SHARES,
+    bin_scores,
+    histogram_keys,
+    histogram_shape,
+    statistic_sd,
+)
+
+UNIT = (0.0, 1.0)
+UNDEFINED = "undefined (no events, or no comparable pairs left after the DP noise)"
+
+
+@dataclass
+class SurvivalCell:
+    """One cell's released statistics, summed over the sites that released it, with the noise
+    variance of one entry of each statistic."""
+
+    hist: np.ndarray  # (status, interval, score bin)
+    records: float
+    events: float
+    variance: dict[str, float]
+    sites: int = 1
+
+    def __add__(self, other: SurvivalCell) -> SurvivalCell:
+        return SurvivalCell(
+            self.hist + other.hist,
+            self.records + other.records,
+            self.events + other.events,
+            {k: v + other.variance[k] for k, v in self.variance.items()},
+            self.sites + other.sites,
+        )
+
+
+def read_release(
+    record: Mapping[str, Any], spec: StudySpec, layout: Layout, noise_multiplier: float
+) -> dict[Cell, SurvivalCell]:
+    """A site's release (its reply's metrics) as cells; ValueError unless it holds exactly the
+    layout's keys, each finite (a histogram: the study's number of entries)."""
+    expected = histogram_keys(layout.cells)
+    present = {k for k in record if k.startswith(f"{EVAL_PREFIX}.")}
+    if missing := sorted(set(expected) - present):
+        raise ValueError(f"missing evaluation keys, e.g. {missing[0]}")
+    if extra := sorted(present - set(expected)):
+        raise ValueError(f"unexpected evaluation keys, e.g. {extra[0]}")
+    shape = histogram_shape(spec)
+    values: dict[Cell, dict[str, Any]] = {}
+    for name, (cell, statistic) in expected.items():
+        value = record[name]
+        if statistic == HISTOGRAM:
+            array = np.asarray(value, dtype=float) if isinstance(value, list) else None
+            if array is None or array.size != math.prod(shape) or not np.isfinite(array).all():
+                raise ValueError(f"{name} must be {math.prod(shape)} finite numbers")
+            value = array.reshape(shape)
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number")
+        elif not math.isfinite(value):
+            raise ValueError(f"{name} must be finite")
+        values.setdefault(cell, {})[statistic] = value
+    return {
+        cell: SurvivalCell(
+            stats[HISTOGRAM],
+            float(stats[RECORDS]),
+            float(stats[EVENTS]),
+            {s: statistic_sd(layout, cell[:2], s, noise_multiplier) ** 2 for s in STAT_SHARES},
+        )
+        for cell, stats in values.items()
+    }
+
+
+def clean(noisy: np.ndarray) -> np.ndarray:
+    """Non-negative histograms from noisy ones: each row of score bins fitted isotonically."""
+    return histogram(noisy)
+
+
+@dataclass(frozen=True)
+class Horizons:
+    """What the metrics read from the study and the model: the hazard intervals' cuts, the
+    horizons' positions among them, and every score bin's predicted survival at every cut."""
+
+    cuts: tuple[float, ...]
+    horizons: tuple[float, ...]
+    survival: np.ndarray  # (score bins, cuts)
+
+    @classmethod
+    def of(cls, spec: StudySpec, baseline: np.ndarray) -> Horizons:
+        study = spec.study
+        return cls(study.intervals, study.horizons, sm.predicted_survival(bin_scores(), baseline))
+
+    def index(self, horizon: float) -> int:
+        return self.cuts.index(horizon)
+
+
+def _point_and_draws(release: SurvivalCell, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The released histogram and ``BOOTSTRAP_DRAWS`` redraws of it (rows 1...) as released
+    (noisy), and the same cleaned. A redraw is Poisson sampling of the cleaned bins plus a fresh
+    draw of the noise."""
+    hist = clean(release.hist)
+    rng = np.random.default_rng(seed)
+    sd = math.sqrt(release.variance[HISTOGRAM])
+    noisy = rng.poisson(np.broadcast_to(hist, (BOOTSTRAP_DRAWS, *hist.shape))).astype(float)
+    noisy += rng.normal(0.0, sd, noisy.shape)
+    raw = np.concatenate([release.hist[None], noisy])
+    return raw, clean(raw)
+
+
+@dataclass
+class _Interval(Interval):
+    """A survival metric's interval: one without a value is undefined because the release's
+    counts leave nothing to compare (no events, or none after the noise)."""
+
+    def published(self) -> tuple[float | None, list[float] | None, str | None]:
+        if self.value is None:
+            return None, None, UNDEFINED
+        return super().published()
+
+
+def _interval(values: np.ndarray, limit: float = MAX_CI_WIDTH) -> Interval:
+    """A metric's estimate (``values[0]``) and bootstrap interval (``values[1:]``) on [0, 1]."""
+    value = None if math.isnan(values[0]) else float(values[0])
+    interval = bootstrap_interval(value, values[1:], limit)
+    return _Interval(interval.value, interval.ci, limit, UNIT)
+
+
+def cell_metrics(release: SurvivalCell, horizons: Horizons, seed: int = 0) -> dict[str, Any]:
+    """Every survival metric of one cell (pooled, a site, a group level), intervals covering
+    noise and sampling; ``None`` for what is undefined or too uncertain, the reason in
+    ``na_reason``."""
+    # The concordance metrics are bilinear in the counts: read from the noisy bins (with their
+    # noise's own product taken off), they are unbiased, where the cleaned bins' isotonic
+    # pooling of sparse rows pulls them towards 0.5 (measured: benchmarks/tcga_brca.py). The
+    # Kaplan-Meier based ones need non-negative counts: they read the cleaned bins.
+    noisy, hists = _point_and_draws(release, seed)
+    variance = release.variance[HISTOGRAM]
+    last = horizons.index(horizons.horizons[-1])
+    out = Metrics()
+    out.values.update(
+        n=round(max(release.records, 0.0)),
+        n_se=round(math.sqrt(release.variance[RECORDS]), 1),
+        n_events=round(max(release.events, 0.0)),
+        n_events_se=round(math.sqrt(release.variance[EVENTS]), 1),
+        uno_tau=horizons.horizons[-1],
+    )
+    out.put("cindex", _interval(sm.harrell_cindex(noisy, variance)))
+    out.put("uno_cindex", _interval(sm.uno_cindex(noisy, last, variance)))
+    out.put(
+        "integrated_brier",
+        _interval(sm.integrated_brier(hists, horizons.survival, horizons.cuts, last)),
+    )
+    out.values["calibration"] = []
+    for horizon in horizons.horizons:
+        index, at = horizons.index(horizon), f"{horizon:g}"
+        out.put(f"auc_{at}", _interval(sm.time_auc(noisy, index)))
+        observed, predicted = sm.observed_and_predicted(
+            hists, horizons.survival, index, slice(None)
+        )
+        out.put(f"observed_risk_{at}", _interval(observed))
+        out.values[f"predicted_risk_{at}"] = (
+            None if math.isnan(predicted[0]) else float(predicted[0])
+        )
+        out.values["calibration"].append(
+            {"horizon": horizon, "groups": _calibration_groups(hists, horizons, index)}
+        )
+    out.values["diagnostics"] = score_diagnostics(hists[0])
+    return out.as_dict()
+
+
+def _calibration_groups(hists: np.ndarray, horizons: Horizons, index: int) -> list[dict]:
+    """Observed (1 - Kaplan-Meier) vs mean predicted risk by the horizon in risk groups of
+    adjacent score bins, merged until each holds more than ``MIN_CALIBRATION_RECORDS`` (noisy)
+    records; a group's observed risk is n/a when its 95% interval is wider than
+    ``MAX_CI_WIDTH``."""
+    records = hists[0].sum((0, 1))
+    groups, start = [], 0
+    for end in range(1, len(records) + 1):
+        if records[start:end].sum() > MIN_CALIBRATION_RECORDS:
+            groups.append((start, end))
+            start = end
+    if not groups:
+        return []
+    groups[-1] = (groups[-1][0], len(records))
+    rows = []
+    for low, high in groups:
+        observed, predicted = sm.observed_and_predicted(
+            hists, horizons.survival, index, slice(low, high)
+        )
+        value, ci, _ = _interval(observed).published()
+        rows.append(
+            {
+                "score_low": _edge(low),
+                "score_high": _edge(high),
+                "count": round(float(records[low:high].sum())),
+                "mean_predicted": None if math.isnan(predicted[0]) else float(predicted[0]),
+                "observed": value,
+                "observed_ci": ci,
+            }
+        )
+    return rows
+
+
+def _edge(index: int) -> float | None:
+    """The score at the lower edge of bin ``index`` (None at the open ends)."""
+    if index == 0 or index > len(SCORE_EDGES):
+        return None
+    return float(SCORE_EDGES[index - 1])
+
+
+def score_diagnostics(hist: np.ndarray) -> list[str]:
+    """What makes the scores unusable, as findings: (nearly) everyone in one score bin, or in
+    the two open tails (a diverged model)."""
+    records = hist.sum((0, 1))
+    total = records.sum()
+    findings = []
+    if total <= 0:
+        return findings
+    if records.max() / total >= DEGENERATE_SHARE:
+        findings.append("the model gives (nearly) every record the same score")
+    if (records[0] + records[-1]) / total >= DEGENERATE_SHARE:
+        findings.append("the risk scores fall outside the score bins: the model diverged")
+    return findings
+
+
+def survival_tables(
+    sites: Mapping[str, Mapping[Cell, SurvivalCell]],
+    pooled: Mapping[Cell, SurvivalCell],
+    layout: Layout,
+    horizons: Horizons,
+) -> dict[str, Any]:
+    """``summary.json``'s ``metrics`` of a survival run: pooled, per site, per group level and
+    per intersection level; a level or site below the dissemination threshold is withheld with
+    its reason."""
+
+    def published(release: SurvivalCell | None) -> dict[str, Any]:
+        if release is None:
+            return {"withheld_reason": "no site released it"}
+        if not is_publishable(release):
+            return {
+                "withheld_reason": (
+                    f"{MIN_PUBLISHED_COUNT} or fewer records, events or non-events (after DP noise)"
+                )
+            }
+        return cell_metrics(release, horizons)
+
+    result: dict[str, Any] = {
+        "pooled": published(pooled.get(POOLED_CELL)),
+        "per_site": {name: published(cells.get(POOLED_CELL)) for name, cells in sites.items()},
+        "per_group": {},
+        "per_intersection": {},
+    }
+    for (kind, column), levels in layout.tables.items():
+        if kind == POOLED_CELL[0]:
+            continue
+        table = result["per_group" if kind != INTERSECTION else "per_intersection"]
+        table[column] = {}
+        for level in levels:
+            metrics = published(pooled.get((kind, column, level)))
+            table[column][level] = {
+                "metrics": None if "withheld_reason" in metrics else metrics,
+                "withheld_reason": metrics.get("withheld_reason"),
+            }
+    return result

@@ -1,0 +1,201 @@
+"""The survival evaluation release and the metrics pooled from it, on arrays: each metric read
+from the noise-free histogram of a synthetic cohort against scikit-survival on the same records
+(within the binning error), the release's sensitivity, and intervals and withholding under
+noise."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sksurv.metrics import (
+    concordance_index_censored,
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+)
+from sksurv.nonparametric import kaplan_meier_estimator
+
+from federation.client.survival_evaluation import survival_release, survival_statistics
+from federation.server import survival_metrics as sm
+from federation.server.evaluation import MAX_CI_WIDTH
+from federation.server.survival_evaluation import (
+    UNDEFINED,
+    Horizons,
+    SurvivalCell,
+    cell_metrics,
+    read_release,
+)
+from federation.synth import study_toml
+from federation.wire.evaluation import POOLED_CELL, POOLED_TABLE, Layout, layout
+from federation.wire.spec import parse_spec
+from federation.wire.survival_evaluation import (
+    HISTOGRAM,
+    STAT_SHARES,
+    bin_scores,
+    histogram_shape,
+    score_bins,
+    statistic_sd,
+)
+
+CUTS = (182.0, 365.0, 730.0, 1095.0, 1460.0, 1825.0)
+HORIZONS = (365.0, 1095.0, 1825.0)
+BASELINE = np.log([0.02, 0.02, 0.04, 0.04, 0.05, 0.05])  # hazard logits per interval
+POOLED_ONLY = Layout({POOLED_TABLE: ("all",)})
+
+
+def _cohort(n: int = 4000, seed: int = 0):
+    """Scores of a proportional-hazards cohort, its times (days) and events, and each record's
+    predicted survival at every cut under the hazard model of ``BASELINE``."""
+    rng = np.random.default_rng(seed)
+    score = rng.normal(0.0, 1.0, n)
+    event_time = rng.exponential(3000.0 / np.exp(score))
+    censor_time = rng.uniform(60.0, 2400.0, n)
+    time = np.ceil(np.minimum(event_time, censor_time))
+    event = event_time <= censor_time
+    return score, time, event
+
+
+def _histogram(score, time, event, layout=POOLED_ONLY) -> np.ndarray:
+    members = {table: np.full(len(score), "all", dtype=object) for table in layout.tables}
+    outcome = np.column_stack([time, event.astype(float)])
+    _, values, _ = survival_statistics(outcome, score, members, layout, CUTS)
+    shape = (2, len(CUTS) + 1, len(bin_scores()))
+    return values[: math.prod(shape)].reshape(shape)
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    score, time, event = _cohort()
+    target = np.array(list(zip(event, time, strict=True)), dtype=[("e", bool), ("t", float)])
+    return score, time, event, target, _histogram(score, time, event)
+
+
+def test_harrell_c_index_matches_scikit_survival(cohort):
+    score, time, event, _, hist = cohort
+    harrell = concordance_index_censored(event, time, score)[0]
+    assert abs(float(sm.harrell_cindex(hist)) - harrell) < 0.01
+    # binned scores only: the histogram's reading is what the tie rule gives on binned scores
+    binned = concordance_index_censored(event, time, score_bins(score).astype(float))[0]
+    assert abs(float(sm.harrell_cindex(hist)) - binned) < 0.005
+
+
+def test_uno_c_index_matches_scikit_survival_where_censoring_weights_matter():
+    """A cohort whose scores predict early events only, so that weighting late events up
+    (Uno) moves the C-index: the histogram's Uno minus Harrell is scikit-survival's (the
+    binning error, shared by both, cancels), and so is Uno's C-index itself."""
+    rng = np.random.default_rng(0)
+    score = rng.normal(0.0, 1.0, 4000)
+    event_time = np.minimum(
+        rng.exponential(1500.0 / np.exp(1.5 * score)), rng.uniform(0, 6e3, 4000)
+    )
+    censor_time = rng.uniform(60.0, 2400.0, 4000)
+    time, event = np.ceil(np.minimum(event_time, censor_time)), event_time <= censor_time
+    target = np.array(list(zip(event, time, strict=True)), dtype=[("e", bool), ("t", float)])
+    hist = _histogram(score, time, event)
+    uno = concordance_index_ipcw(target, target, score, tau=HORIZONS[-1])[0]
+    harrell = concordance_index_censored(event, time, score)[0]
+    ours = float(sm.uno_cindex(hist, CUTS.index(HORIZONS[-1])))
+    assert harrell - uno > 0.015  # the weights matter here
+    assert abs((ours - float(sm.harrell_cindex(hist))) - (uno - harrell)) < 0.005
+    assert abs(ours - uno) < 0.02
+
+
+def test_time_dependent_auc_matches_scikit_survival_at_each_horizon(cohort):
+    score, _, _, target, hist = cohort
+    exact, _ = cumulative_dynamic_auc(target, target, score, list(HORIZONS))
+    ours = [float(sm.time_auc(hist, CUTS.index(h))) for h in HORIZONS]
+    assert np.allclose(ours, exact, atol=0.01), (ours, exact)
+
+
+def test_integrated_brier_score_matches_scikit_survival(cohort):
+    score, _, _, target, hist = cohort
+    exact = integrated_brier_score(
+        target, target, sm.predicted_survival(score, BASELINE), np.array(CUTS)
+    )
+    binned = sm.predicted_survival(bin_scores(), BASELINE)
+    ours = float(sm.integrated_brier(hist, binned, CUTS, len(CUTS) - 1))
+    assert abs(ours - exact) < 0.003, (ours, exact)
+
+
+def test_calibration_compares_kaplan_meier_with_the_models_risk_per_risk_group(cohort):
+    score, time, event, _, hist = cohort
+    bins = score_bins(score)
+    binned = sm.predicted_survival(bin_scores(), BASELINE)
+    exact_survival = sm.predicted_survival(score, BASELINE)
+    for low, high in ((0, 8), (8, 10), (10, 18)):
+        rows = (bins >= low) & (bins < high)
+        for horizon in HORIZONS:
+            index = CUTS.index(horizon)
+            observed, predicted = sm.observed_and_predicted(hist, binned, index, slice(low, high))
+            times, curve = kaplan_meier_estimator(event[rows], time[rows])
+            km = curve[np.searchsorted(times, horizon, side="right") - 1]
+            assert abs(float(observed) - (1 - km)) < 0.01, (low, horizon)
+            assert abs(float(predicted) - (1 - exact_survival[rows, index].mean())) < 0.01
+
+
+def test_one_record_moves_the_weighted_release_by_at_most_one():
+    """Adding or removing any one record changes the weighted vector by at most 1 in L2 (and
+    by exactly 1 for some: the shares add up), whatever cells it lies in."""
+    spec = parse_spec(study_toml(task="survival"))
+    cells = layout(spec)
+    rng = np.random.default_rng(1)
+    score, time, event = _cohort(300, seed=2)
+    members = {
+        table: rng.choice(np.array(levels, dtype=object), len(score))
+        for table, levels in cells.tables.items()
+    }
+    outcome = np.column_stack([time, event.astype(float)])
+    cuts = spec.study.intervals
+    _, full, weights = survival_statistics(outcome, score, members, cells, cuts)
+    moves = []
+    for drop in range(0, 300, 23):
+        keep = np.arange(300) != drop
+        kept = {table: levels[keep] for table, levels in members.items()}
+        _, fewer, _ = survival_statistics(outcome[keep], score[keep], kept, cells, cuts)
+        moves.append(np.linalg.norm((full - fewer) * weights))
+    assert max(moves) <= 1 + 1e-9 and max(moves) > 1 - 1e-9, moves
+
+
+def test_a_noisy_release_reads_back_with_intervals_that_cover_the_exact_c_index(cohort):
+    score, time, event, _, _ = cohort
+    spec = parse_spec(
+        study_toml(task="survival").replace("horizons = [365, 1095, 1825]", "horizons = [1825]")
+    )
+    outcome = np.column_stack([time, event.astype(float)])
+    members = {POOLED_TABLE: np.full(len(score), "all", dtype=object)}
+    record = survival_release(outcome, score, members, POOLED_ONLY, spec.study.intervals, 1.0)
+    cells = read_release(record, spec, POOLED_ONLY, 1.0)
+    release = cells[POOLED_CELL]
+    assert release.hist.shape == histogram_shape(spec)
+    assert release.variance[HISTOGRAM] == pytest.approx(1 / STAT_SHARES[HISTOGRAM])
+    metrics = cell_metrics(release, Horizons.of(spec, BASELINE))
+    exact = concordance_index_censored(event, time, score)[0]
+    low, high = metrics["cindex_ci"]
+    assert low <= exact <= high and high - low < 0.05, (exact, metrics["cindex_ci"])
+    assert metrics["auc_1825"] is not None and metrics["observed_risk_1825"] is not None
+    with pytest.raises(ValueError, match="must be"):
+        read_release({**record, next(iter(record)): [1.0, 2.0]}, spec, POOLED_ONLY, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("noise", "reason"),
+    [(2.0, "95% interval too wide (DP noise and sampling)"), (4.0, UNDEFINED)],
+)
+def test_metrics_the_noise_makes_meaningless_are_withheld_with_the_reason(noise, reason):
+    spec = parse_spec(study_toml(task="survival"))
+    score, time, event = _cohort(150, seed=3)
+    shape = histogram_shape(spec)
+    members = {POOLED_TABLE: np.full(len(score), "all", dtype=object)}
+    outcome = np.column_stack([time, event.astype(float)])
+    _, values, _ = survival_statistics(outcome, score, members, POOLED_ONLY, spec.study.intervals)
+    sd = statistic_sd(POOLED_ONLY, POOLED_TABLE, HISTOGRAM, noise)
+    noisy = values[: math.prod(shape)].reshape(shape)
+    noisy = noisy + np.random.default_rng(0).normal(0, sd, shape)
+    variance = {s: statistic_sd(POOLED_ONLY, POOLED_TABLE, s, noise) ** 2 for s in STAT_SHARES}
+    release = SurvivalCell(noisy, len(score), float(event.sum()), variance)
+    metrics = cell_metrics(release, Horizons.of(spec, BASELINE[: len(spec.study.intervals)]))
+    assert metrics["cindex"] is None and metrics["na_reason"]["cindex"] == reason
+    if metrics["cindex_ci"] is not None:
+        assert metrics["cindex_ci"][1] - metrics["cindex_ci"][0] > MAX_CI_WIDTH
