@@ -1,7 +1,8 @@
 """Differentially private Kaplan-Meier curves: one noisy release of exit counts per site.
 
 The intervals are public cut points in days (a survival study's ``intervals``, or the analyst's):
-``[0, c1), [c1, c2), ..., [c(K-1), cK)`` and, for follow-up past the last cut, one more cell.
+``[0, c1], (c1, c2], ..., (c(K-1), cK]`` (as the survival model's intervals, so that the
+survival at a cut is that of the events up to and at it) and, past the last cut, one more cell.
 In every stratum (a level of a group column, or the whole site) a site counts, per interval, the
 records whose event falls in it and those censored in it, and the records followed past the last
 cut. Each record lies in exactly one (stratum, interval, status) cell, so adding or removing a
@@ -50,8 +51,9 @@ WIDE = f"its 95% CI spans more than {MAX_CI_SHARE:.0%} of [0, 1]"
 
 
 def interval_labels(cuts: Sequence[float]) -> list[str]:
-    """``[a, b)`` per interval, in days, from 0 to the last cut."""
-    return [f"[{a:g}, {b:g})" for a, b in pairwise((0.0, *cuts))]
+    """``(a, b]`` per interval, in days, the first ``[0, b]``, to the last cut."""
+    labels = [f"({a:g}, {b:g}]" for a, b in pairwise((0.0, *cuts))]
+    return ["[" + labels[0][1:], *labels[1:]]
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def exact_counts(
     strata_array = np.asarray(strata, dtype=object)
     time, event = np.asarray(time, dtype=float), np.asarray(event).astype(bool)
     cuts = np.asarray(query.cuts, dtype=float)
-    interval = np.searchsorted(cuts, time, side="right")  # len(cuts): past the last cut
+    interval = np.searchsorted(cuts, time, side="left")  # len(cuts): past the last cut
     exact: dict[Cell, float] = {}
     for stratum in query.strata:
         rows = strata_array == stratum
