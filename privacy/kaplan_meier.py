@@ -13,19 +13,23 @@ Gaussian release of the query's noise multiplier and sample rate 1.
 The rest is post-processing at the aggregator, at no privacy cost: the number at risk at the start
 of an interval is the sum of every cell from that interval on (the DP total less the exits
 before it, which needs no release of its own), and the survival at an interval's end is the
-product of ``1 - d / n'`` over the intervals up to it, with the hazard clipped into [0, 1] so
-that the curve stays monotone and within [0, 1]. ``n'`` is the life-table (actuarial) number at
-risk: those censored in the interval count for half of it. Counting them at risk throughout
-(the Kaplan-Meier estimator of the records with their times coarsened to the intervals) drifts
-about 0.03 above the exact Kaplan-Meier estimate at 5 years on half-year-to-yearly cuts; the
-half-interval rule stays within about 0.005 (measured on synthetic cohorts); with no censoring
-before the last cut the two are the exact Kaplan-Meier estimate at every cut.
+product of ``1 - d / n'`` over the intervals up to it. ``n'`` is the life-table (actuarial)
+number at risk: those censored in the interval count for half of it. Counting them at risk
+throughout (the Kaplan-Meier estimator of the records with their times coarsened to the
+intervals) drifts about 0.03 above the exact Kaplan-Meier estimate at 5 years on
+half-year-to-yearly cuts; the half-interval rule stays within about 0.005 (measured on
+synthetic cohorts); with no censoring before the last cut both are the exact estimate at every
+cut. The noisy terms are summed as they are (clipping each interval's events at 0 would bias
+the curve down wherever events are few against the noise), then log S is replaced by its
+closest non-increasing sequence at or below 0 (isotonic regression): the curve is monotone and
+within [0, 1].
 
 Its 95% CI adds two variances of log S: Greenwood's (sampling) and the DP noise's, propagated by
 the delta method through every cell it rests on (the noise SD of each cell is known from the
-request), on the log(-log S) scale so that the interval stays within [0, 1]. The curve is held
-back from the first interval where the noisy number at risk is a small count (the dissemination
-rule) or its CI spans more than ``MAX_CI_SHARE`` of [0, 1]; every later interval goes with it.
+request), on the log scale (R's ``survfit`` default; the log(-log) scale breaks down where
+noise leaves S a hair below 1). The curve is held back from the first interval where the noisy
+number at risk is a small count (the dissemination rule) or its CI spans more than
+``MAX_CI_SHARE`` of [0, 1]; every later interval goes with it.
 """
 
 from __future__ import annotations
@@ -150,49 +154,67 @@ def curve(
 ) -> list[CurvePoint]:
     """The Kaplan-Meier curve of one stratum's pooled cells (in ``stratum_cells`` order: 2K + 1
     numbers), whose noise has variance ``noise_variance`` on each cell, independent."""
+    from sklearn.isotonic import isotonic_regression  # the aggregator's only: not at start-up
+
     cells = np.asarray(cells, dtype=float)
     k = len(cuts)
     if cells.shape != (2 * k + 1,):
         raise ValueError(f"expected {2 * k + 1} cells for {k} intervals, got {cells.shape}")
     remaining = np.cumsum(cells[::-1])[::-1]  # the sum of every cell from this one on
+    reasons = [
+        _count_reasons(remaining[2 * j], cells[2 * j], cells[2 * j + 1], min_cell_count)
+        for j in range(k)
+    ]
+    log_s, variances, stop = _log_survival(cells, remaining, noise_variance, reasons)
+    # the noisy terms may make log S rise: its closest non-increasing sequence at or below 0
+    log_s = isotonic_regression(log_s, y_max=0.0, increasing=False) if log_s else []
     points: list[CurvePoint] = []
-    stop: str | None = None  # why the curve stopped, once it has
-    log_s, greenwood = 0.0, 0.0
-    gradient = np.zeros_like(cells)  # of log S with respect to every cell
     for j, (label, end) in enumerate(zip(interval_labels(cuts), cuts, strict=True)):
-        n, d, c = remaining[2 * j], cells[2 * j], cells[2 * j + 1]
-        reasons = _count_reasons(n, d, c, min_cell_count)
-        exposed = n - c / 2  # the life-table number at risk
-        d = min(max(d, 0.0), exposed)  # the hazard clipped into [0, 1]: S stays monotone
         s = se = ci = None
-        if stop is None:
-            stop = reasons.get("at_risk") or (NO_ONE_LEFT if exposed - d <= 0 else None)
-        if stop is None:
-            m = exposed - d
-            log_s += math.log(m / exposed)
-            greenwood += d / (exposed * m)
-            # log S gains log m - log n': -1/n' through d, d/(n' m) through every later cell
-            # and half that through this interval's censored. The noise's term is the smooth
-            # estimator's, also where d is clipped at 0 (the noise may hide events there).
-            gradient[2 * j] -= 1 / exposed
-            gradient[2 * j + 1] += d / (exposed * m) / 2
-            gradient[2 * j + 2 :] += d / (exposed * m)
-            s = math.exp(log_s)
-            variance = greenwood + noise_variance * float(gradient @ gradient)
-            se, ci = s * math.sqrt(variance), _interval(s, log_s, variance)
+        if j < len(log_s) and (not points or points[-1].survival is not None):
+            s, sd = math.exp(log_s[j]), math.sqrt(variances[j])
+            se, ci = s * sd, (s * math.exp(-_Z95 * sd), min(s * math.exp(_Z95 * sd), 1.0))
             if ci[1] - ci[0] > MAX_CI_SHARE:
                 stop, s, se, ci = WIDE, None, None, None
         if s is None:
-            first = not any(p.survival is None for p in points)
-            reasons["survival"] = stop if first else HELD_AFTER
-        at_risk_se = math.sqrt(noise_variance * (2 * (k - j) + 1))
+            first = not points or points[-1].survival is not None
+            reasons[j]["survival"] = stop if first else HELD_AFTER
+        n, d, c = remaining[2 * j], cells[2 * j], cells[2 * j + 1]
         points.append(
             CurvePoint(
-                label, float(end), n, at_risk_se, cells[2 * j], math.sqrt(noise_variance), c,
-                s, se, ci, reasons,
+                label, float(end), n, math.sqrt(noise_variance * (2 * (k - j) + 1)), d,
+                math.sqrt(noise_variance), c, s, se, ci, reasons[j],
             )
         )  # fmt: skip
     return points
+
+
+def _log_survival(
+    cells: np.ndarray, remaining: np.ndarray, noise_variance: float, reasons: list[dict]
+) -> tuple[list[float], list[float], str | None]:
+    """log S at each interval's end, up to the first whose number at risk is withheld or
+    leaves no one, with the variance of each (Greenwood's plus the noise's, delta method), and
+    why it stopped early (None: it did not)."""
+    log_s, variances = [], []
+    total, greenwood = 0.0, 0.0
+    gradient = np.zeros_like(cells)  # of log S with respect to every cell
+    for j, r in enumerate(reasons):
+        n, d, c = remaining[2 * j], cells[2 * j], cells[2 * j + 1]
+        exposed = n - c / 2  # the life-table number at risk
+        if "at_risk" in r or exposed <= 0 or exposed - d <= 0:
+            return log_s, variances, r.get("at_risk", NO_ONE_LEFT)
+        total += math.log((exposed - d) / exposed)  # d unclipped: no bias from the noise
+        d = max(d, 0.0)
+        m = exposed - d
+        greenwood += d / (exposed * m)
+        # log S gains log m - log n': -1/n' through d, d/(n' m) through every later cell and
+        # half that through this interval's censored (at d = 0 too: the noise may hide events)
+        gradient[2 * j] -= 1 / exposed
+        gradient[2 * j + 1] += d / (exposed * m) / 2
+        gradient[2 * j + 2 :] += d / (exposed * m)
+        log_s.append(total)
+        variances.append(greenwood + noise_variance * float(gradient @ gradient))
+    return log_s, variances, None
 
 
 def _count_reasons(n: float, d: float, c: float, min_cell_count: int) -> dict[str, str]:
@@ -203,11 +225,3 @@ def _count_reasons(n: float, d: float, c: float, min_cell_count: int) -> dict[st
         for field, value in (("at_risk", n), ("events", d), ("censored", c))
         if is_disclosive(max(round(value), 0), min_cell_count)
     }
-
-
-def _interval(s: float, log_s: float, variance: float) -> tuple[float, float]:
-    """The 95% CI of S on the log(-log S) scale; at S = 1 (no events) on the log scale."""
-    if log_s == 0.0:
-        return (math.exp(-_Z95 * math.sqrt(variance)), 1.0)
-    half = _Z95 * math.sqrt(variance) / abs(log_s)
-    return (s ** math.exp(half), s ** math.exp(-half))

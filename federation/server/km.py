@@ -24,13 +24,13 @@ METHOD = {
     "estimator": (
         "life-table Kaplan-Meier: S at an interval's end is the product of 1 - d / n' over the "
         "intervals up to it, n' the number at risk at the interval's start less half those "
-        "censored in it; the hazard clipped into [0, 1]"
+        "censored in it; log S then made non-increasing and at most 0 (isotonic regression)"
     ),
     "at_risk": "the DP total of the stratum less the exits before the interval (no extra release)",
     "confidence": 0.95,
     "ci": (
-        "log(-log S) scale; variance of log S: Greenwood's (sampling) plus the DP noise's, "
-        "by the delta method through every cell"
+        "log scale; variance of log S: Greenwood's (sampling) plus the DP noise's, by the "
+        "delta method through every cell"
     ),
     "held_back": (
         "from the first interval where the noisy number at risk is a count from 1 to 20, or the "

@@ -85,9 +85,10 @@ def render_km(result: dict[str, Any]) -> str:
     )
     method = (
         "Life-table Kaplan-Meier estimate: the survival at an interval's end is the product of "
-        "1 - events / (at risk - censored / 2) over the intervals up to it. Its 95% CI includes "
-        "the sampling (Greenwood) and the DP noise. The curve is held back from the first "
-        "interval whose number at risk is withheld or whose CI spans more than half of [0, 1]."
+        "1 - events / (at risk - censored / 2) over the intervals up to it, made monotone "
+        "(isotonic regression of its logarithm). Its 95% CI includes the sampling (Greenwood) "
+        "and the DP noise. The curve is held back from the first interval whose number at "
+        "risk is withheld or whose CI spans more than half of [0, 1]."
     )
     return _PAGE.render(
         title=f"{result['study']}: Kaplan-Meier"
