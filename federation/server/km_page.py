@@ -19,7 +19,7 @@ from typing import Any
 from jinja2 import Environment
 
 from federation.server.outputs import clean_json
-from federation.server.report_figures import COLORS, new_figure
+from federation.server.report_figures import COLORS, POOLED_COLOR, new_figure
 from federation.server.style import NA, PAGE_CSS, WITHHELD
 from privacy.statistics import SMALL_COUNT
 
@@ -158,8 +158,9 @@ def _figure(result: dict[str, Any]) -> str | None:
         y = [1.0] + [p["survival"] for p in shown]
         low = [1.0] + [p["survival_ci"][0] for p in shown]
         high = [1.0] + [p["survival_ci"][1] for p in shown]
-        color = COLORS[i % len(COLORS)]
-        name = curve["level"] if curve["column"] is None else f"{curve['column']}: {curve['level']}"
+        pooled = curve["column"] is None
+        color = POOLED_COLOR if pooled else COLORS[i % len(COLORS)]
+        name = curve["level"] if pooled else f"{curve['column']}: {curve['level']}"
         axes.plot(x, y, marker="o", markersize=3, color=color, label=name)
         axes.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
     axes.set(xlabel="Days", ylabel="Survival", ylim=(0, 1.02), xlim=(0, result["cuts"][-1]))
