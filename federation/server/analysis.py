@@ -3,8 +3,9 @@
 Every site answers the same query (``federation.wire.queries``) with one noisy release; the
 aggregator checks each answer against the query (only its cells, whole non-negative counts, the
 planned noise), pools the released cells overall, per site and per stratum (``pooling``: consistent
-counts, uncertainties, what is n/a and why), and writes ``analysis.json`` (sites, privacy,
-pooled results), ``<kind>.json`` and ``<kind>.html`` (the table) and ``run.log``. A site
+counts, uncertainties, what is n/a and why; a km query's curves: ``km``), and writes
+``analysis.json`` (sites, privacy, pooled results), ``<kind>.json`` and ``<kind>.html`` (the
+table) and ``run.log``. A site
 that refuses or fails is named with its reason; the analysis completes on the others.
 """
 
