@@ -5,8 +5,8 @@ aggregator checks each answer against the query (only its cells, whole non-negat
 planned noise), pools the released cells overall, per site and per stratum (``pooling``: consistent
 counts, uncertainties, what is n/a and why; a km query's curves: ``km``), and writes
 ``analysis.json`` (sites, privacy, pooled results), ``<kind>.json`` and ``<kind>.html`` (the
-table) and ``run.log``. A site
-that refuses or fails is named with its reason; the analysis completes on the others.
+table) and ``run.log``. A site that refuses or fails is named with its reason; the analysis
+completes on the others.
 """
 
 from __future__ import annotations
