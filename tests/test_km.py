@@ -261,8 +261,11 @@ def test_analyze_km_across_simulated_sites_releases_only_their_admitted_noisy_co
     exact = _sksurv_at(frames["time"].to_numpy(float), frames["event"].to_numpy(bool), INTERVALS)
     overall = result["curves"][0]
     pairs = zip(overall["points"], exact, strict=True)
-    shown = [(point["survival"], e) for point, e in pairs if point["survival"] is not None]
-    assert len(shown) >= 4 and all(abs(s - e) < 0.05 for s, e in shown), shown
+    shown = [(point, e) for point, e in pairs if point["survival"] is not None]
+    assert len(shown) >= 4, overall["points"]
+    for point, e in shown:  # the noise is OpenDP's, unseeded: within twice the CI's half-width
+        low, high = point["survival_ci"]
+        assert abs(point["survival"] - e) < high - low, (point, e)
     assert set(overall["horizons"]) == {"365", "1095", "1825"}
     assert "Kaplan-Meier, sex: female (N = " in printed and "(1460, 1825]" in printed
     html = (out / "km.html").read_text()
