@@ -45,6 +45,13 @@ def analyze(
     bins: Annotated[
         str | None, typer.Option(help="histogram: bin edges, comma-separated: 18,40,65,90.")
     ] = None,
+    intervals: Annotated[
+        str | None,
+        typer.Option(
+            help="km: interval ends in days, comma-separated: 182,365,730 (default: the "
+            "study's intervals)."
+        ),
+    ] = None,
     delta: Annotated[
         float | None, typer.Option(help="Delta (default: the spec's privacy delta).")
     ] = None,
@@ -77,7 +84,8 @@ def analyze(
     OpenDP noise, checked by its policy and recorded in its ledger; small counts are withheld.
 
     KIND is table1 (every level's count and every bounded numeric column's mean and SD), count,
-    mean COLUMN..., histogram COLUMN --bins EDGES, or crosstab ROW COLUMN."""
+    mean COLUMN..., histogram COLUMN --bins EDGES, crosstab ROW COLUMN, or km (a survival
+    study's Kaplan-Meier curves, --by GROUP for one per level)."""
     from federation.simulation import analyze as run_analysis
     from federation.wire.queries import KINDS, AnalysisRequest, build_query
     from federation.wire.spec import load_spec
@@ -92,7 +100,8 @@ def analyze(
         accountant=accountant or spec.privacy.accountant,
         columns=tuple(columns or ()),
         by=by,
-        bins=_edges(bins) if bins is not None else (),
+        bins=_edges(bins, "--bins") if bins is not None else (),
+        intervals=_edges(intervals, "--intervals") if intervals is not None else (),
     )
     build_query(request, spec)  # a request the spec cannot answer fails here, not at the sites
     writable_directory(out, what="the analysis")
@@ -171,14 +180,58 @@ def _budget(target_epsilon: float | None, epsilon: float | None) -> float:
     return budget
 
 
-def _edges(text: str) -> tuple[float, ...]:
+def _edges(text: str, option: str) -> tuple[float, ...]:
     try:
         return tuple(float(edge) for edge in text.split(","))
     except ValueError:
-        raise AllfedError(f"--bins {text!r}: expected numbers separated by commas") from None
+        raise AllfedError(f"{option} {text!r}: expected numbers separated by commas") from None
 
 
 def _print(summary: dict[str, Any], out: Path, kind: str, recorded: str) -> None:
+    if kind == "km":
+        _print_km(summary)
+    else:
+        _print_table(summary, kind)
+    privacy = summary["privacy"]
+    out_console.print(
+        f"Each site spent epsilon {privacy['epsilon']:g} at delta {privacy['delta']:g} "
+        f"({privacy['accountant']}), recorded in {recorded}. "
+        f"Tables: {out / (kind + '.json')}, {out / (kind + '.html')}"
+    )
+
+
+def _print_km(summary: dict[str, Any]) -> None:
+    """One life table per curve: at risk, events, censored, survival (95% CI) per interval."""
+    from federation.server.km_page import curve_title
+
+    result = summary["result"]
+    for curve in result["curves"]:
+        table = Table(title=f"{summary['study']}: Kaplan-Meier, {curve_title(curve, result)}")
+        table.add_column("interval (days)")
+        for header in ("at risk", "events", "censored", "survival", "95% CI"):
+            table.add_column(header, justify="right")
+        for point in curve["points"]:
+            ci = point["survival_ci"]
+            table.add_row(
+                point["interval"],
+                *(_shown(point, f) for f in ("at_risk", "events", "censored", "survival")),
+                "" if ci is None else f"{ci[0]:.3f} to {ci[1]:.3f}",
+            )
+        out_console.print(table)
+
+
+def _shown(point: dict[str, Any], field: str) -> str:
+    """A life table's value, or withheld (the dissemination rule) or n/a (its reason in the
+    JSON)."""
+    from federation.server.style import NA, WITHHELD
+
+    value = point[field]
+    if value is None:
+        return WITHHELD if field in point["withheld_reason"] else NA
+    return f"{value:.3f}" if field == "survival" else str(value)
+
+
+def _print_table(summary: dict[str, Any], kind: str) -> None:
     result = summary["result"]
     table = Table(title=f"{summary['study']}: {kind} (N = {result['total']}, noisy)")
     means = any("mean" in row for row in result["rows"])
@@ -197,12 +250,6 @@ def _print(summary: dict[str, Any], out: Path, kind: str, recorded: str) -> None
         cells += [_value(row.get("groups", {}).get(level, {})) for level in result["groups"]]
         table.add_row(*cells)
     out_console.print(table)
-    privacy = summary["privacy"]
-    out_console.print(
-        f"Each site spent epsilon {privacy['epsilon']:g} at delta {privacy['delta']:g} "
-        f"({privacy['accountant']}), recorded in {recorded}. "
-        f"Tables: {out / (kind + '.json')}, {out / (kind + '.html')}"
-    )
 
 
 def _warn_about_left_out_columns(spec, kind: str) -> None:

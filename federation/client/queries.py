@@ -13,29 +13,38 @@ import numpy as np
 from federation.client.data import SiteTable
 from federation.wire.queries import ALL, AnalysisRequest, bin_of, level_names
 from federation.wire.spec import StudySpec
+from privacy import kaplan_meier
 from privacy.accounting import GaussianRelease, compute_epsilon
+from privacy.kaplan_meier import KmQuery
 from privacy.statistics import Cell, Query, exact_cells, release
 
 
 def answer(
     request: AnalysisRequest,
-    query: Query,
+    query: Query | KmQuery,
     table: SiteTable,
     spec: StudySpec,
     noise: GaussianRelease,
     min_cell_count: int,
 ) -> tuple[dict[Cell, float], float]:
-    """The released cells (withheld ones absent) and the epsilon the release spent."""
+    """The released cells (withheld ones absent) and the epsilon the release spent. A
+    Kaplan-Meier query's cells leave noisy and unrounded, none withheld: the aggregator applies
+    the dissemination rule to the counts it derives (``privacy.kaplan_meier``)."""
     exact = exact_answer(request, query, table, spec)
-    cells = release(query, exact, noise.noise_multiplier, min_cell_count)
+    if isinstance(query, KmQuery):
+        cells = kaplan_meier.release(query, exact, noise.noise_multiplier)
+    else:
+        cells = release(query, exact, noise.noise_multiplier, min_cell_count)
     return cells, compute_epsilon([noise], request.delta, request.accountant)
 
 
 def exact_answer(
-    request: AnalysisRequest, query: Query, table: SiteTable, spec: StudySpec
+    request: AnalysisRequest, query: Query | KmQuery, table: SiteTable, spec: StudySpec
 ) -> dict[Cell, float]:
     """The query's exact cells over the site's records: what the noise then protects."""
     strata = _strata_of(table, spec, request.strata_column)
+    if isinstance(query, KmQuery):  # a survival study's table has its time; its label is its event
+        return kaplan_meier.exact_counts(query, strata, table.time, table.label)
     return exact_cells(query, strata, _columns(table, spec, query, request))
 
 

@@ -3,9 +3,10 @@
 Every site answers the same query (``federation.wire.queries``) with one noisy release; the
 aggregator checks each answer against the query (only its cells, whole non-negative counts, the
 planned noise), pools the released cells overall, per site and per stratum (``pooling``: consistent
-counts, uncertainties, what is n/a and why), and writes ``analysis.json`` (sites, privacy,
-pooled results), ``<kind>.json`` and ``<kind>.html`` (the table) and ``run.log``. A site
-that refuses or fails is named with its reason; the analysis completes on the others.
+counts, uncertainties, what is n/a and why; a km query's curves: ``km``), and writes
+``analysis.json`` (sites, privacy, pooled results), ``<kind>.json`` and ``<kind>.html`` (the
+table) and ``run.log``. A site that refuses or fails is named with its reason; the analysis
+completes on the others.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from flwr.serverapp import Grid
 
 from federation.server.exchange import SiteExchange
 from federation.server.grid import wait_for_nodes
+from federation.server.km import pooled_km
+from federation.server.km_page import write_km
 from federation.server.outputs import RunDirectory
 from federation.server.pooling import pooled_tables
 from federation.server.sites import Roster, SiteRecord
@@ -30,6 +33,7 @@ from federation.wire import protocol as p
 from federation.wire.protocol import decode_name
 from federation.wire.queries import AnalysisRequest, build_query, planned_release
 from federation.wire.spec import StudySpec
+from privacy.kaplan_meier import KmQuery
 from privacy.statistics import COUNT, Cell, Query
 
 log = logging.getLogger("allfed.server")
@@ -70,8 +74,12 @@ class AnalysisRun:
         try:
             answers = self._ask()
             released = {a.name: a.cells for a in answers if a.status == p.OK}
-            result = pooled_tables(self.spec, self.request, self.query, released, self.noise)
-            write_tables(self.outputs.path, self.request.kind, result)
+            if isinstance(self.query, KmQuery):
+                result = pooled_km(self.spec, self.request, self.query, released, self.noise)
+                write_km(self.outputs.path, result)
+            else:
+                result = pooled_tables(self.spec, self.request, self.query, released, self.noise)
+                write_tables(self.outputs.path, self.request.kind, result)
             summary = _summary(self.spec, self.request, answers, result, self.run_key)
             self.outputs.write_json("analysis.json", summary)
             return summary
@@ -106,7 +114,9 @@ class AnalysisRun:
         return answers
 
 
-def read_answer(answer: SiteAnswer, content: RecordDict, query: Query, planned: float) -> None:
+def read_answer(
+    answer: SiteAnswer, content: RecordDict, query: Query | KmQuery, planned: float
+) -> None:
     """Fill ``answer`` from a reply, or mark it failed when the reply breaks the query."""
     status = content.config_records.get(p.STATUS)
     if status is None:
@@ -124,6 +134,8 @@ def read_answer(answer: SiteAnswer, content: RecordDict, query: Query, planned: 
         if not math.isclose(noise, planned, rel_tol=1e-9):
             raise ValueError("noise other than the request's")
         answer.cells = _cells(metrics, set(query.cells()))
+        if isinstance(query, KmQuery) and len(answer.cells) != len(query.cells()):
+            raise ValueError("a km answer holds every cell")  # none is withheld at a site
         answer.epsilon, answer.noise_multiplier = float(metrics[p.EPSILON]), noise
     except (KeyError, TypeError, ValueError) as error:
         answer.status, answer.reason = p.FAILED, f"answer rejected: {error}"

@@ -117,7 +117,8 @@ TRAIN_METRICS = (NUM_EXAMPLES, EPSILON, DELTA, NOISE_MULTIPLIER, SAMPLE_RATE, ST
 
 # Analyze reply metrics: EPSILON, DELTA, NOISE_MULTIPLIER and the released cells, keyed
 # "cell.<stratum>.<variable>.<level>.<statistic>" (names percent-encoded); a cell absent from
-# the reply was withheld at the site (a count at or under its min-cell-count).
+# the reply was withheld at the site (a count at or under its min-cell-count). A km analysis's
+# cells (statistics ``events`` and ``censored``) are noisy, unrounded and never withheld.
 CELL = "cell"
 
 
@@ -178,7 +179,12 @@ REPLY_KEYS = {
     },
     "analyze": {
         STATUS: _STATUS_KEYS,
-        METRICS: (EPSILON, DELTA, NOISE_MULTIPLIER, rf"{CELL}(\.{_NAME}){{3}}\.(count|sum|sumsq)"),
+        METRICS: (
+            EPSILON,
+            DELTA,
+            NOISE_MULTIPLIER,
+            rf"{CELL}(\.{_NAME}){{3}}\.(count|sum|sumsq|events|censored)",
+        ),
     },
     "refusal": {STATUS: _STATUS_KEYS},
 }

@@ -3,7 +3,9 @@
 The request travels in the run config (``analysis``, JSON text) and in every query message, so
 the server and each site derive the very same cells from it and the study spec: variables with
 their declared levels or bounds, strata by an optional group column, one noisy release per site
-(``privacy.statistics``). Like the spec, it is public: it says what is asked, never an answer.
+(``privacy.statistics``); for ``km``, a survival study's exit counts per stratum and public
+interval (``privacy.kaplan_meier``). Like the spec, it is public: it says what is asked, never an
+answer.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import numpy as np
 from federation.errors import SpecError
 from federation.wire.spec import StudySpec
 from privacy.accounting import ACCOUNTANTS, GaussianRelease, calibrate_noise
+from privacy.kaplan_meier import KmQuery
 from privacy.limits import EPSILON_RANGE
 from privacy.statistics import MISSING, Query, Variable
 
-KINDS = ("table1", "count", "mean", "histogram", "crosstab")
+KINDS = ("table1", "count", "mean", "histogram", "crosstab", "km")
+KM = "km"
+MAX_KM_INTERVALS = 100
 OTHER = "(other)"  # a group value outside its declared levels, or missing
 ALL = "(all)"  # the stratum of an unstratified query
 
@@ -37,6 +42,7 @@ class AnalysisRequest:
     columns: tuple[str, ...] = ()  # mean: numeric columns; histogram: one; crosstab: two
     by: str | None = None  # stratify by this group or categorical column
     bins: tuple[float, ...] = ()  # histogram edges
+    intervals: tuple[float, ...] = ()  # km: interval ends in days (default: the spec's)
 
     @property
     def strata_column(self) -> str | None:
@@ -52,16 +58,21 @@ class AnalysisRequest:
     def from_json(cls, text: str) -> AnalysisRequest:
         raw = json.loads(text)
         raw["columns"], raw["bins"] = tuple(raw["columns"]), tuple(raw["bins"])
+        raw["intervals"] = tuple(raw.get("intervals", ()))
         return cls(**raw)
 
 
-def build_query(request: AnalysisRequest, spec: StudySpec) -> Query:
+def build_query(request: AnalysisRequest, spec: StudySpec) -> Query | KmQuery:
     """The cells ``request`` asks for under ``spec``; SpecError names what cannot be asked."""
     _check_request(request)
-    if request.kind in ("table1", "count") and request.columns:
+    if request.kind in ("table1", "count", KM) and request.columns:
         raise SpecError(f"{request.kind} takes no columns")
     if request.bins and request.kind != "histogram":
         raise SpecError("--bins applies to histogram only")
+    if request.intervals and request.kind != KM:
+        raise SpecError("--intervals applies to km only")
+    if request.kind == KM:
+        return _km_query(request, spec)
     if len(set(request.columns)) != len(request.columns):
         raise SpecError("a column is named twice; name each once")
     variables = _variables(request, spec)
@@ -137,6 +148,31 @@ def level_names(spec: StudySpec, column: str) -> tuple[str, ...]:
             "(a DP table needs its cells fixed before any data is seen)"
         )
     raise SpecError(f"{column!r} is not the label, a categorical feature or a group column")
+
+
+def _km_query(request: AnalysisRequest, spec: StudySpec) -> KmQuery:
+    """Kaplan-Meier counts per level of ``by`` on the request's interval ends, or the spec's."""
+    if spec.study.task != "survival":
+        raise SpecError(
+            f'km needs a survival study (task = "survival", with time and event columns); '
+            f"this study's task is {spec.study.task!r}"
+        )
+    cuts = request.intervals or tuple(spec.study.intervals or ())
+    if (
+        not cuts
+        or not all(math.isfinite(c) and c > 0 for c in cuts)
+        or any(not b > a for a, b in pairwise(cuts))
+    ):
+        raise SpecError(
+            "--intervals must be increasing, positive, finite interval ends in days, e.g. "
+            "182,365,730 (the first interval starts at day 0)"
+        )
+    if len(cuts) > MAX_KM_INTERVALS:
+        raise SpecError(
+            f"--intervals: {len(cuts)} intervals, at most {MAX_KM_INTERVALS} (each adds noise "
+            "to the number at risk before it)"
+        )
+    return KmQuery(_strata(spec, request.by), tuple(float(c) for c in cuts))
 
 
 def _strata(spec: StudySpec, by: str | None) -> tuple[str, ...]:
