@@ -115,6 +115,19 @@ def test_node_time_shortens_the_idle_poll_and_the_reply_wait():
     assert node_time.monotonic() >= started and node_time.time() > 0
 
 
+def test_node_time_polls_less_often_while_idle_and_soon_again_after_a_message():
+    node_time = wake.NodeTime(poll=0.005, wait=0.005, cap=0.15)
+    for _ in range(25):  # 0.005 s x 1.25 per empty poll reaches the cap within 20
+        node_time.sleep(3)
+    started = time.monotonic()
+    node_time.sleep(3)
+    assert time.monotonic() - started >= 0.14
+    node_time.active()
+    started = time.monotonic()
+    node_time.sleep(3)
+    assert time.monotonic() - started < 0.1
+
+
 def test_patched_node_loop_wakes_the_executor_then_pushes():
     calls = []
     module = types.ModuleType("loop")
