@@ -14,6 +14,7 @@ server started) and say which internal moved.
 import ast
 import inspect
 import os
+import select
 import textwrap
 import threading
 import time
@@ -136,7 +137,9 @@ def test_patched_node_loop_wakes_the_executor_then_pushes():
     try:
         wake.patch_node_loop(module, 0.05, write)
         module._push_messages("state", send="send")
-        assert os.read(read, 16) == b"\0" and calls == [(("state",), {"send": "send"})]
+        woken, _, _ = select.select([read], [], [], 1.0)
+        assert woken and os.read(read, 16) == b"\0", "the executor was not woken"
+        assert calls == [(("state",), {"send": "send"})]
         assert isinstance(module.time, wake.NodeTime)
     finally:
         os.close(read)
