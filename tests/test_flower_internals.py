@@ -118,7 +118,7 @@ def test_node_time_shortens_the_idle_poll_and_the_reply_wait():
 
 def test_node_time_polls_less_often_while_idle_and_soon_again_after_a_message():
     node_time = wake.NodeTime(poll=0.005, wait=0.005, cap=0.15)
-    for _ in range(25):  # 0.005 s x 1.25 per empty poll reaches the cap within 20
+    for _ in range(17):  # 0.005 s x 1.25 per empty poll reaches the 0.15 s cap in 16
         node_time.sleep(3)
     started = time.monotonic()
     node_time.sleep(3)

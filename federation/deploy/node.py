@@ -87,8 +87,12 @@ class ForkExecutor:
         back, out = os.pipe()  # the child's cache entries come back on it (``deploy.warm``)
         pid = os.fork()
         if pid == 0:  # the child: run exactly one task, then leave without unwinding the parent
-            os.close(back)
-            os._exit(_child(spec, certificates, out))
+            code = 1
+            try:
+                os.close(back)
+                code = _child(spec, certificates, out)
+            finally:
+                os._exit(code)
         os.close(out)
         threading.Thread(target=warm.receive, args=(back,), daemon=True).start()
         self.children.add(pid)
