@@ -124,12 +124,28 @@ def merged(releases: Iterable[GaussianRelease]) -> tuple[GaussianRelease, ...]:
     return tuple(GaussianRelease(s, q, t) for (s, q), t in sorted(steps.items()))
 
 
-@lru_cache(maxsize=4096)
+EPSILONS: dict[tuple[tuple[GaussianRelease, ...], float, str], float] = {}
+"""``compute_epsilon``'s values in this process, by their (public) arguments: the noise
+calibration's search asks again for points it has seen, the sites that share a simulation's
+worker processes share plans (a sampling rate is one over a whole number of batches), and a
+deployment's warm executor hands the entries its forked tasks add to the tasks after them."""
+MAX_EPSILONS = 8192  # the oldest entry goes first beyond this
+
+
 def _epsilon(releases: tuple[GaussianRelease, ...], delta: float, accountant: str) -> float:
-    """``compute_epsilon``'s work, remembered per process: the noise calibration's search asks
-    again for points it has seen, and the sites that share a simulation's worker processes
-    share plans (a sampling rate is one over a whole number of batches). Only public quantities
-    go in; the value is Opacus's, bit for bit (``tests/test_accounting.py`` compares)."""
+    """``compute_epsilon``'s work, remembered in ``EPSILONS``. Only public quantities go in;
+    the value is Opacus's, bit for bit (``tests/test_accounting.py`` compares)."""
+    key = (releases, delta, accountant)
+    if key not in EPSILONS:
+        if len(EPSILONS) >= MAX_EPSILONS:
+            del EPSILONS[next(iter(EPSILONS))]
+        EPSILONS[key] = _composed_epsilon(releases, delta, accountant)
+    return EPSILONS[key]
+
+
+def _composed_epsilon(
+    releases: tuple[GaussianRelease, ...], delta: float, accountant: str
+) -> float:
     if accountant not in ACCOUNTANTS:
         raise ValueError(
             f"unknown accountant {accountant!r}; expected one of {', '.join(ACCOUNTANTS)}"

@@ -1,27 +1,41 @@
-"""The Flower internals ``federation.deploy.node`` patches, checked against the installed Flower.
+"""The Flower internals allfed patches, checked against the installed Flower.
 
-``allfed node start`` cuts the SuperNode's idle wait by replacing the ``time`` module that
-``flwr.supernode.start_client_internal`` sleeps with, and plugs its forking executor into
-``flwr.supercore.superexec.run_superexec`` through that module's ``get_executor`` global. Neither
-is a public API: a Flower release that renames them would leave a node that silently polls every
-3 s (or runs Flower's own executor). These tests read the installed modules (no server started)
-and say which internal moved.
+``allfed node start`` changes how the SuperNode waits by replacing the ``time`` module that
+``flwr.supernode.start_client_internal`` sleeps with and wrapping its ``_push_messages`` (which
+wakes the executor), plugs its forking executor into ``flwr.supercore.superexec.run_superexec``
+through that module's ``get_executor`` global and makes that loop sleep on a wake-up pipe
+(``federation.deploy.wake``); every allfed process shortens the retry of Flower's object pulls
+through the keyword defaults of two functions (``federation.wire.transfer``). None is a public
+API: a Flower release that renames them would leave a node that silently polls every 3 s, runs
+Flower's own executor, or waits a second per object. These tests read the installed modules (no
+server started) and say which internal moved.
 """
 
 import ast
 import inspect
+import os
+import select
+import textwrap
+import threading
 import time
 import tomllib
+import types
 from importlib.metadata import version
 from pathlib import Path
 
 import flwr.supercore.superexec.run_superexec as superexec
+import flwr.superlink.grid.http_grid as http_grid
+import flwr.supernode.runtime.run_clientapp as run_clientapp
 import flwr.supernode.start_client_internal as loop
+from flwr.supercore.inflatable import inflatable_utils
+from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 from flwr.supercore.superexec.executor import Executor, LaunchResult
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from federation.deploy.node import TASK_POLL_ENV, ForkExecutor, _FastTime, _patch_poll
+from federation.deploy import wake
+from federation.deploy.node import TASK_POLL_ENV, ForkExecutor
+from federation.wire import transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +57,7 @@ def _calls(tree: ast.AST, owner: str | None, name: str) -> list[ast.Call]:
 
 
 def _tree(function) -> ast.AST:
-    return ast.parse(inspect.getsource(function))
+    return ast.parse(textwrap.dedent(inspect.getsource(function)))
 
 
 def test_installed_flower_is_in_the_range_pyproject_declares():
@@ -60,7 +74,7 @@ def test_installed_flower_is_in_the_range_pyproject_declares():
 def test_supernode_loop_sleeps_through_its_module_time():
     assert getattr(loop, "time", None) is time, (
         "flwr.supernode.start_client_internal no longer imports the time module as `time`: "
-        "federation.deploy.node._patch_poll cannot shorten the SuperNode's idle poll"
+        "federation.deploy.wake.patch_node_loop cannot shorten the SuperNode's waits"
     )
     tree = _tree(loop.start_client_internal)
     sleeps = _calls(tree, "time", "sleep")
@@ -71,25 +85,140 @@ def test_supernode_loop_sleeps_through_its_module_time():
     ]
     assert idle, (
         "start_client_internal's idle wait is no longer a `time.sleep(N)` of a second or more: "
-        "federation.deploy.node._patch_poll patches nothing; find the new wait"
+        "federation.deploy.wake.NodeTime patches nothing; find the new wait"
     )
     loops = [n for n in ast.walk(tree) if isinstance(n, ast.While)]
     assert any(call in list(ast.walk(w)) for w in loops for call in idle), (
         "start_client_internal's idle `time.sleep` is no longer inside its polling loop"
     )
+    replies = _calls(_tree(loop._push_messages), "time", "sleep")
+    assert any(isinstance(c.args[0], ast.Constant) and c.args[0].value < 1 for c in replies), (
+        "_push_messages no longer waits for a task's reply with a `time.sleep` under a second"
+    )
 
 
-def test_patched_sleep_is_capped_and_the_rest_of_time_kept():
-    fast = _FastTime(0.01)
+def test_supernode_loop_calls_push_messages_after_it_stored_a_message():
+    """``patch_node_loop`` wakes the executor from ``_push_messages``: it must be the module
+    global that the loop calls once ``_pull_and_store_message`` returned a run."""
+    body = _tree(loop.start_client_internal)
+    (pulled,) = _calls(body, None, "_pull_and_store_message")
+    (pushed,) = _calls(body, None, "_push_messages")
+    assert (pulled.lineno, pulled.col_offset) < (pushed.lineno, pushed.col_offset)
+    assert callable(getattr(loop, "_push_messages", None))
+
+
+def test_node_time_shortens_the_idle_poll_and_the_reply_wait():
+    node_time = wake.NodeTime(poll=0.05, wait=0.01)
     started = time.monotonic()
-    fast.sleep(3)
-    assert time.monotonic() - started < 1.0
-    assert fast.monotonic() >= started and fast.time() > 0
+    node_time.sleep(3)  # the idle poll
+    node_time.sleep(0.5)  # the reply wait
+    assert time.monotonic() - started < 0.5
+    assert node_time.monotonic() >= started and node_time.time() > 0
+
+
+def test_node_time_polls_less_often_while_idle_and_soon_again_after_a_message():
+    node_time = wake.NodeTime(poll=0.005, wait=0.005, cap=0.15)
+    for _ in range(17):  # 0.005 s x 1.25 per empty poll reaches the 0.15 s cap in 16
+        node_time.sleep(3)
+    started = time.monotonic()
+    node_time.sleep(3)
+    assert time.monotonic() - started >= 0.14
+    node_time.active()
+    started = time.monotonic()
+    node_time.sleep(3)
+    assert time.monotonic() - started < 0.1
+
+
+def test_patched_node_loop_wakes_the_executor_then_pushes():
+    calls = []
+    module = types.ModuleType("loop")
+    module._push_messages = lambda *args, **kwargs: calls.append((args, kwargs))
+    read, write = wake.wake_pipe()
     try:
-        _patch_poll(loop, 0.01)
-        assert isinstance(loop.time, _FastTime)
+        wake.patch_node_loop(module, 0.05, write)
+        module._push_messages("state", send="send")
+        woken, _, _ = select.select([read], [], [], 1.0)
+        assert woken and os.read(read, 16) == b"\0", "the executor was not woken"
+        assert calls == [(("state",), {"send": "send"})]
+        assert isinstance(module.time, wake.NodeTime)
     finally:
-        loop.time = time
+        os.close(read)
+        os.close(write)
+
+
+def test_the_executors_sleep_ends_on_a_wake_up_and_survives_the_supernodes_end():
+    read, write = wake.wake_pipe()
+    clock = wake.WakeableTime(read)
+    threading.Timer(0.1, os.write, (write, b"\0")).start()
+    started = time.monotonic()
+    clock.sleep(5)
+    assert time.monotonic() - started < 2  # woken, not the 5 s poll
+    os.close(write)  # the SuperNode is gone: no busy loop on the closed pipe, plain sleeps
+    clock.sleep(0.01)
+    started = time.monotonic()
+    clock.sleep(0.2)
+    assert time.monotonic() - started >= 0.19
+
+
+def test_superexec_loop_sleeps_through_its_module_time():
+    assert getattr(superexec, "time", None) is time, (
+        "run_superexec no longer imports the time module as `time`: "
+        "federation.deploy.wake.patch_executor_loop cannot wake the executor"
+    )
+    loops = [n for n in ast.walk(_tree(superexec.run_superexec)) if isinstance(n, ast.While)]
+    assert any(_calls(w, "time", "sleep") for w in loops), (
+        "run_superexec's task loop no longer waits with `time.sleep`: nothing wakes it"
+    )
+
+
+def test_object_pulls_take_their_retry_waits_from_keyword_defaults():
+    """``wire.transfer`` sets the keyword defaults of Flower's two pull functions; the callers
+    that pull messages must leave them to those defaults."""
+    for function in (
+        inflatable_utils.pull_objects,
+        inflatable_utils.pull_and_inflate_object_from_tree,
+    ):
+        defaults = function.__kwdefaults__ or {}
+        assert {"initial_backoff", "backoff_cap"} <= set(defaults), (
+            f"{function.__name__} no longer takes initial_backoff and backoff_cap as keyword "
+            "defaults: federation.wire.transfer.fast_object_pulls changes nothing"
+        )
+    callers = (
+        (http_grid.HttpGrid.pull_messages, "pull_objects"),
+        (loop._pull_and_store_message, "pull_objects"),
+        (run_clientapp.pull_task_input, "pull_and_inflate_object_from_tree"),
+    )
+    for caller, name in callers:
+        calls = _calls(_tree(caller), None, name)
+        assert calls, f"{caller.__qualname__} no longer calls {name}"
+        for call in calls:
+            passed = {k.arg for k in call.keywords}
+            assert not passed & {"initial_backoff", "backoff_cap"}, (
+                f"{caller.__qualname__} passes its own pull backoff: fast_object_pulls is ignored"
+            )
+
+
+def test_fast_object_pulls_retry_an_object_on_its_way_within_milliseconds():
+    pending = {"head": 2}  # not there for the first two pulls: Flower waits 1 s, then 2 s
+
+    def pull(object_id: str) -> bytes:
+        if pending[object_id]:
+            pending[object_id] -= 1
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    saved = {
+        f: dict(f.__kwdefaults__)
+        for f in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
+    }
+    try:
+        transfer.fast_object_pulls()
+        started = time.monotonic()
+        assert inflatable_utils.pull_objects(["head"], pull) == {"head": b"content"}
+        assert time.monotonic() - started < 1.0
+    finally:
+        for function, defaults in saved.items():
+            function.__kwdefaults__ = defaults
 
 
 def test_superexec_takes_its_executor_from_the_module_global():

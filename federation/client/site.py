@@ -129,23 +129,32 @@ def site_partition(site: SiteSettings, ledger: Ledger) -> Partition:
     return Partition(definition, ledger.partition_secret())
 
 
-# path -> ((file identity and times, spec, partition, trainable check), table)
-_TABLES: dict[str, tuple[tuple, SiteTable]] = {}
+TABLES: dict[str, tuple[tuple, SiteTable]] = {}
+"""path -> ((file identity and content digest, spec, partition, trainable check), table): the
+site's checked tables in this process, one per file (a simulation's worker process serves many
+sites in turn; a deployment's warm executor hands the table a task read to the tasks after it)."""
 
 
 def site_table(site: SiteSettings, partition: Partition, trainable: bool = True) -> SiteTable:
     """The site's checked table, read once per file version, spec and partition in this process.
-    One entry per file: a simulation's worker process serves many sites in turn."""
+    A version is the file's identity, times and content digest: a file changed in place, or
+    replaced by a copy that keeps its times (cp -p, rsync -t), is read and checked again."""
     digest = hashlib.sha256(partition.secret).hexdigest()
     key = (site.spec.to_toml(), repr(sorted(partition.definition.items())), digest, trainable)
-    try:
-        stat = site.data.stat()
-        # ctime too: a copy that restores the old mtime (cp -p, rsync -t) cannot restore it.
-        file = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    except OSError:
-        file = None
-    version = (file, *key)
+    version = (_file_version(site.data), *key)
     path = str(site.data)
-    if path not in _TABLES or _TABLES[path][0] != version:
-        _TABLES[path] = (version, load_site_table(site.data, site.spec, partition, trainable))
-    return _TABLES[path][1]
+    if path not in TABLES or TABLES[path][0] != version:
+        TABLES[path] = (version, load_site_table(site.data, site.spec, partition, trainable))
+    return TABLES[path][1]
+
+
+def _file_version(path: Path) -> tuple | None:
+    """The file's inode, size, times and SHA-256 (None when it cannot be read: the load says
+    why)."""
+    try:
+        stat = path.stat()
+        with path.open("rb") as handle:
+            content = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, content)

@@ -72,7 +72,12 @@ def node_keygen(
 def node_start(
     ctx: typer.Context,
     poll_interval: Annotated[
-        float, typer.Option(min=0.05, help="Seconds between polls of the SuperLink when idle.")
+        float,
+        typer.Option(
+            min=0.05,
+            help="Seconds to the first poll of the SuperLink after a message; the polls slow "
+            "down to one a second while nothing comes.",
+        ),
     ] = 0.2,
 ) -> None:
     """Start Flower's SuperNode with a warm ClientApp executor; other options go to

@@ -84,7 +84,7 @@ class Process:
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM to the group, SIGKILL to whatever is left after ``grace`` seconds, and to
         descendants that moved to a group of their own (Flower's SuperExec does)."""
-        descendants = _descendants(self.popen.pid)
+        below = descendants(self.popen.pid)
         try:
             if self.alive():
                 with contextlib.suppress(ProcessLookupError):
@@ -95,14 +95,14 @@ class Process:
                 os.killpg(self.popen.pid, signal.SIGKILL)  # children left in the group
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=grace)
-            for pid in descendants:
+            for pid in below:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         finally:
             self.handle.close()
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Every live descendant of ``root`` (Linux ``/proc``; empty elsewhere)."""
     parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -14,8 +14,10 @@ task whose FAB names another ClientApp component. A site that pins its allfed ve
 runs exactly the code it vetted, whatever the central team sends.
 
 The SuperNode itself is Flower's ``flower-supernode``, run in this process with the operator's
-own arguments; only its idle wait between polls of the SuperLink (3 s, fixed in Flower) is cut to
-``--poll-interval`` so that a node sees the next message of a round quickly.
+own arguments; only how it and the executor wait is changed (``deploy.wake``): the SuperNode
+polls the SuperLink every ``--poll-interval`` seconds when idle (3 s in Flower) and wakes the
+executor as soon as a task is ready, and a forked task hands what it read and computed back to
+the executor for the tasks after it (``deploy.warm``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from federation.deploy import wake
+from federation.wire.transfer import fast_object_pulls
 
 # What a ClientApp task imports: loaded once in the executor, before it forks any child. Beside
 # the node's code: Flower's task input and output functions, and torch._dynamo, which torch
@@ -39,6 +43,7 @@ from typing import Any
 PRELOAD = (
     "federation.client.app",
     "federation.deploy.task",
+    "federation.deploy.warm",
     "torch._dynamo",
     "flwr.supernode.runtime.run_clientapp",
 )
@@ -70,6 +75,8 @@ class ForkExecutor:
     def launch(self, spec: Any) -> Any:
         from flwr.supercore.superexec.executor import LaunchResult
 
+        from federation.deploy import warm
+
         certificates = (
             Path(spec.root_certificates_path).read_bytes()
             if spec.root_certificates_path and not spec.insecure
@@ -77,10 +84,17 @@ class ForkExecutor:
         )
         sys.stdout.flush()
         sys.stderr.flush()
+        back, out = os.pipe()  # the child's cache entries come back on it (``deploy.warm``)
         pid = os.fork()
         if pid == 0:  # the child: run exactly one task, then leave without unwinding the parent
-            _reseed()
-            os._exit(_profiled(_run_task, spec, certificates))
+            code = 1
+            try:
+                os.close(back)
+                code = _child(spec, certificates, out)
+            finally:
+                os._exit(code)
+        os.close(out)
+        threading.Thread(target=warm.receive, args=(back,), daemon=True).start()
         self.children.add(pid)
         return LaunchResult.accepted()
 
@@ -98,6 +112,23 @@ class ForkExecutor:
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+
+def _child(spec: Any, certificates: bytes | None, pipe: int) -> int:
+    """A forked child's life: its task (its reply is pushed before anything else), then what
+    it added to the caches, sent back to the executor on ``pipe``; the exit code."""
+    from federation.deploy import warm
+
+    _reseed()
+    before = warm.marks()
+    code = _profiled(_run_task, spec, certificates)
+    try:
+        warm.send(pipe, warm.added(before))
+    except Exception:  # the next task reads and checks again: slower, never wrong
+        import traceback
+
+        traceback.print_exc()
+    return code
 
 
 PROFILE_ENV = "ALLFED_PROFILE_DIR"  # set to a folder: one cProfile file per task, for tuning
@@ -155,18 +186,23 @@ def run_executor(
     root_certificates: str | None,
     secret_file: str | None,
     parent_pid: int | None,
+    wake_fd: int | None = None,
 ) -> None:
-    """Preload the node's code, then serve the SuperNode's tasks with ``ForkExecutor``."""
+    """Preload the node's code, then serve the SuperNode's tasks with ``ForkExecutor``, asking
+    for the next one as soon as a byte arrives on ``wake_fd`` (``deploy.wake``)."""
     import importlib
 
     for module in PRELOAD:
         importlib.import_module(module)
-    os.environ.setdefault(TASK_POLL_ENV, "0.05")
+    os.environ.setdefault(TASK_POLL_ENV, str(wake.IDLE_POLL))  # woken sooner by the SuperNode
+    fast_object_pulls()  # a forked task pulls its message while the SuperNode still receives it
     from flwr.supercore.superexec import run_superexec as superexec
     from flwr.supercore.superexec.executor.config import ExecutorType
 
     executor = ForkExecutor()
     superexec.get_executor = lambda *_, **__: executor  # Flower offers no executor plug-in yet
+    if wake_fd is not None:
+        wake.patch_executor_loop(superexec, wake_fd)
     secret = Path(secret_file).read_bytes() if secret_file else None
     superexec.run_superexec(
         runtime_api_address=runtime_api_address,
@@ -189,28 +225,12 @@ def _option(args: Sequence[str], name: str) -> str | None:
     return None
 
 
-class _FastTime:
-    """``time`` with sleeps capped at the poll interval, for Flower's SuperNode loop only."""
-
-    def __init__(self, poll: float) -> None:
-        self._poll = poll
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self._poll))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
-def _patch_poll(module: ModuleType, poll: float) -> None:
-    module.time = _FastTime(poll)  # type: ignore[attr-defined]
-
-
 def start_node(supernode_args: list[str], poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
     """Run ``flower-supernode SUPERNODE_ARGS`` in process isolation with a warm executor child.
 
     The executor is a child process watching this one (``--parent-pid``); it talks to the
-    SuperNode's Runtime API on localhost, authenticated by a fresh random secret.
+    SuperNode's Runtime API on localhost, authenticated by a fresh random secret, and this
+    process wakes it through a pipe when a task is ready (``deploy.wake``).
     """
     args = [a for a in supernode_args if a not in ("--isolation=subprocess",)]
     if _option(args, "--isolation") not in (None, "process"):
@@ -243,16 +263,20 @@ def start_node(supernode_args: list[str], poll_interval: float = DEFAULT_POLL_IN
         "--parent-pid",
         str(os.getpid()),
     ]
+    wake_read, wake_write = wake.wake_pipe()
+    command += ["--wake-fd", str(wake_read)]
     if runtime_tls and runtime_ca:
         command += ["--root-certificates", runtime_ca]
     else:
         command += ["--insecure"]
-    executor = subprocess.Popen(command)
+    executor = subprocess.Popen(command, pass_fds=(wake_read,))
+    os.close(wake_read)
     try:
         import flwr.supernode.start_client_internal as loop
         from flwr.supernode.cli.flower_supernode import flower_supernode
 
-        _patch_poll(loop, poll_interval)
+        wake.patch_node_loop(loop, poll_interval, wake_write)
+        fast_object_pulls()  # the SuperNode pulls a message while the ServerApp still pushes it
         sys.argv = ["flower-supernode", *args]
         flower_supernode()
     finally:
@@ -275,6 +299,7 @@ def _executor_main(argv: list[str]) -> None:
     parser.add_argument("--root-certificates")
     parser.add_argument("--secret-file")
     parser.add_argument("--parent-pid", type=int)
+    parser.add_argument("--wake-fd", type=int)
     args = parser.parse_args(argv)
     run_executor(
         args.runtime_api_address,
@@ -282,6 +307,7 @@ def _executor_main(argv: list[str]) -> None:
         args.root_certificates,
         args.secret_file,
         args.parent_pid,
+        args.wake_fd,
     )
 
 
