@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> dict:
             for model in args.models.split(",")
             for scaling in args.scalings.split(",")
             for bounds in args.bounds.split(",")
-            for epsilon in EPSILONS
+            for epsilon in _epsilons(args.epsilons)
         ]
         for model, scaling, bounds, epsilon in settings:
             if bounds == "estimated" and (scaling != "federated" or epsilon is None):
@@ -223,6 +223,10 @@ def run(args: argparse.Namespace) -> dict:
             "split_sizes": {c: int((f["split"] == "train").sum()) for c, f in frames.items()},
         },
     }
+
+
+def _epsilons(text: str) -> list[float | None]:
+    return [None if word.strip() == "none" else float(word) for word in text.split(",")]
 
 
 def _in_process(spec, sites: dict[str, Path], repeats: int) -> list[dict]:
@@ -374,6 +378,11 @@ def main() -> None:
         "--scalings", default="federated", help="federated, site, or both (comma-separated)"
     )
     parser.add_argument("--models", default="logistic,mlp", help="logistic, mlp, or both")
+    parser.add_argument(
+        "--epsilons",
+        default=",".join("none" if e is None else f"{e:g}" for e in EPSILONS),
+        help="comma-separated target epsilons, none for no DP",
+    )
     parser.add_argument(
         "--form",
         default="categorical",

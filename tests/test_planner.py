@@ -63,7 +63,7 @@ def test_small_sites_take_a_larger_step_where_the_noise_allows_it():
         return default_training([80], epsilon)["learning_rate"]
 
     assert rate(None) == rate(1.0) == rate(STRICT_EPSILON) == 2.0
-    assert rate(2.5) == pytest.approx(2.5)
+    assert rate(3.0) == pytest.approx(2.5)
     assert rate(MODERATE_EPSILON) == rate(4.0) == 3.0
     assert rate(GENEROUS_EPSILON) == 2.0  # twice the rounds instead
     assert default_training([700], 3.0)["learning_rate"] == 1.0  # ten steps a round
