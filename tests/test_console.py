@@ -237,10 +237,9 @@ def check_the_run_page(page: Page, base: str, run: Path, shots: Path) -> None:
     for row in rows:
         if row["metrics"] is None:
             continue
-        auroc = row["metrics"]["pooled"]["auroc"]
-        assert auroc is not None, "the pooled AUROC was withheld: too few test records"
+        auroc = row["metrics"]["pooled"]["auroc"]  # None where the noise withheld it
         cell = page.locator(f'#rounds tr[data-round="{row["round"]}"] [data-field="auroc"]')
-        expect(cell).to_contain_text(f"{auroc:.3f}")
+        expect(cell).to_contain_text("n/a" if auroc is None else f"{auroc:.3f}")
     for name, site in summary["sites"].items():
         cell = page.locator(f'#run-sites tr[data-site="{name}"] [data-field="epsilon"]')
         expect(cell).to_have_text("n/a" if site["epsilon"] is None else f"{site['epsilon']:.4f}")
