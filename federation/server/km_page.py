@@ -3,36 +3,25 @@
 The page shows the curves in one plot (the survival at each interval's end with its 95% band,
 drawn only where shown) and, per curve, a life table: each interval's number at risk, events
 and censored (noisy, small counts withheld) and the survival at its end with its 95% CI; a
-value held back reads ``withheld`` or ``n/a`` with a numbered note giving the reason. Jinja2
-with autoescaping, the template in this module (a FAB carries no HTML files), the plot an
-embedded SVG.
+value held back reads ``withheld`` or ``n/a`` with a numbered note giving the reason. The page
+fills ``analysis_page``'s skeleton; the plot is an embedded SVG.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment
-
-from federation.server.outputs import clean_json
+from federation.server.analysis_page import note_number, page_template, render_page, write_analysis
 from federation.server.report_figures import COLORS, POOLED_COLOR, new_figure
-from federation.server.style import NA, PAGE_CSS, WITHHELD
+from federation.server.style import NA, WITHHELD
 from privacy.statistics import SMALL_COUNT
 
-_PAGE = Environment(autoescape=True).from_string(
-    """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }}</title><style>{{ css }}</style></head>
-<body>
-<h1>{{ title }}</h1>
-<p class="muted">{{ privacy }}</p>
-<p class="muted">{{ method }}</p>
-{% if figure %}<figure><img alt="Survival curves" src="data:image/svg+xml;base64,{{ figure }}">
+_BODY = page_template(
+    """{% if figure %}<figure>
+<img alt="Survival curves" src="data:image/svg+xml;base64,{{ figure }}">
 <figcaption>Survival at each interval's end (points) with its 95% CI (shaded: sampling and DP
 noise), up to where the curve is held back.</figcaption></figure>{% endif %}
 {% for table in tables %}
@@ -47,28 +36,13 @@ noise), up to where the curve is held back.</figcaption></figure>{% endif %}
 {% endfor %}
 </tbody></table>
 {% endfor %}
-{% if notes %}
-<ol class="muted">
-{% for note in notes %}<li>{{ note }}</li>
-{% endfor %}
-</ol>
-{% endif %}
-</body></html>
 """
 )
 
 
 def write_km(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``out/km.json`` and ``out/km.html``; return their paths."""
-    json_path, html_path = out / "km.json", out / "km.html"
-    for path, text in (
-        (json_path, json.dumps(clean_json(result), indent=2) + "\n"),
-        (html_path, render_km(result)),
-    ):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    return json_path, html_path
+    return write_analysis(out, "km", result, render_km(result))
 
 
 def render_km(result: dict[str, Any]) -> str:
@@ -90,15 +64,15 @@ def render_km(result: dict[str, Any]) -> str:
         "and the DP noise. The curve is held back from the first interval whose number at "
         "risk is withheld or whose CI spans more than half of [0, 1]."
     )
-    return _PAGE.render(
+    return render_page(
+        _BODY,
         title=f"{result['study']}: Kaplan-Meier"
         + (f" by {result['by']}" if result.get("by") else ""),
-        css=PAGE_CSS,
         privacy=privacy,
         method=method,
+        notes=notes,
         figure=_figure(result),
         tables=tables,
-        notes=notes,
     )
 
 
@@ -134,14 +108,8 @@ def _held(
 ) -> dict[str, Any]:
     """``withheld`` (the dissemination rule) or ``n/a``, with a note unless a small count."""
     withheld = field in point["withheld_reason"]
-    marks = [] if reasons[field] == SMALL_COUNT else [_note(notes, reasons[field])]
+    marks = [] if reasons[field] == SMALL_COUNT else [note_number(notes, reasons[field])]
     return {"text": WITHHELD if withheld else NA, "withheld": withheld, "notes": marks}
-
-
-def _note(notes: list[str], text: str) -> int:
-    if text not in notes:
-        notes.append(text)
-    return notes.index(text) + 1
 
 
 def _figure(result: dict[str, Any]) -> str | None:

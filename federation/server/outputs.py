@@ -124,10 +124,11 @@ class RunDirectory:
         self._write_text(MODEL_CARD_MD, render_model_card(card))
 
     def _write_text(self, name: str, text: str) -> None:
-        _write_atomic(self.path / name, text)
+        write_atomic(self.path / name, text)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path``, then rename: a reader never sees part."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -183,7 +184,7 @@ def write_report(path: Path, summary: dict[str, Any]) -> Path:
     from federation.server.report import render_report  # matplotlib only when a report is due
 
     report = Path(path) / REPORT
-    _write_atomic(report, render_report(clean_json(summary), read_rounds(path)))
+    write_atomic(report, render_report(clean_json(summary), read_rounds(path)))
     return report
 
 

@@ -4,35 +4,22 @@ The HTML reads like the first table of a clinical paper: one row per level (coun
 or per numeric variable (mean and SD), an overall column, then a column per site and per
 stratum, each value with its 95% CI underneath. A value the n/a rule holds back reads ``n/a``
 with a numbered note giving the reason; a small count reads ``withheld``; a count that includes
-cells some site withheld (estimated from that site's totals) says how many. The page is a
-Jinja2 template with autoescaping.
+cells some site withheld (estimated from that site's totals) says how many. The page fills
+``analysis_page``'s skeleton.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment
-
-from federation.server.outputs import clean_json
-from federation.server.style import NA, PAGE_CSS, WITHHELD
+from federation.server.analysis_page import note_number, page_template, render_page, write_analysis
+from federation.server.style import NA, WITHHELD
 from privacy.statistics import SMALL_COUNT
 
 _LABELS = {"count": "count", "percent": "percentage", "mean": "mean", "sd": "SD"}
-# The template lives in this module, not a file beside it: a Flower app bundle (FAB) carries
-# only Python, TOML, Markdown, YAML and JSON files, and the ServerApp may run from one.
-_PAGE = Environment(autoescape=True).from_string(
-    """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }}</title><style>{{ css }}</style></head>
-<body>
-<h1>{{ title }}</h1>
-<p class="muted">{{ privacy }}</p>
-<p class="muted">{{ method }}</p>
-{% for name, reason in left_out.items() %}
+_BODY = page_template(
+    """{% for name, reason in left_out.items() %}
 <p class="box">Site {{ name }} is left out of every column: {{ reason }}.</p>
 {% endfor %}
 <table><thead><tr>{% for h in header %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
@@ -45,28 +32,13 @@ _PAGE = Environment(autoescape=True).from_string(
 {%- endfor %}</tr>
 {% endfor %}
 </tbody></table>
-{% if notes %}
-<ol class="muted">
-{% for note in notes %}<li>{{ note }}</li>
-{% endfor %}
-</ol>
-{% endif %}
-</body></html>
 """
 )
 
 
 def write_tables(out: Path, kind: str, result: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``out/<kind>.json`` and ``out/<kind>.html``; return their paths."""
-    json_path, html_path = out / f"{kind}.json", out / f"{kind}.html"
-    for path, text in (
-        (json_path, json.dumps(clean_json(result), indent=2) + "\n"),
-        (html_path, render_table(result)),
-    ):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    return json_path, html_path
+    return write_analysis(out, kind, result, render_table(result))
 
 
 def render_table(result: dict[str, Any]) -> str:
@@ -100,15 +72,15 @@ def render_table(result: dict[str, Any]) -> str:
         f"{result['method']['max_ci_share']:.0%} of the range it can take is n/a (see the notes); "
         "a count from 1 to 20 is withheld."
     )
-    return _PAGE.render(
+    return render_page(
+        _BODY,
         title=f"{result['study']}: {result['analysis']}",
-        css=PAGE_CSS,
         privacy=privacy,
         method=method,
+        notes=notes,
         left_out=result.get("left_out", {}),
         header=header,
         rows=rows,
-        notes=notes,
     )
 
 
@@ -125,7 +97,7 @@ def _cell(entry: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:
         if "count" in reasons:  # its percent goes with it
             shown = ("count",)
     marks = [  # a small count is explained above the table; every other reason in a note
-        _note(notes, f"{_LABELS[field]}: {reasons[field]}")
+        note_number(notes, f"{_LABELS[field]}: {reasons[field]}")
         for field in shown
         if field in reasons and reasons[field] != SMALL_COUNT
     ]
@@ -164,12 +136,6 @@ def _left_out(entry: dict[str, Any], field: str) -> str:
 
 def _interval(ci: list[float] | None, fmt: str) -> str | None:
     return None if ci is None else f"{fmt.format(ci[0])} to {fmt.format(ci[1])}"
-
-
-def _note(notes: list[str], text: str) -> int:
-    if text not in notes:
-        notes.append(text)
-    return notes.index(text) + 1
 
 
 def _n(total: dict[str, Any] | None) -> str:
