@@ -36,14 +36,15 @@ def predict(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
 ) -> None:
     """Score a site's records with a run's model, encoded exactly as the site's node encodes
-    them: one risk per row, in input order.
+    them: one risk per row, in input order (a survival model's: its score and its risk by each
+    of the study's horizons).
 
     Run it at the site: the scores file holds a risk per participant, is no DP release and
     stays at the site. Every row that passes the node's feature checks is scored (consent and
     label are not read); a row a "drop" rule removes gets no risk and a reason. Features the
     run scaled by each site's own training rows need --site, --training-data and --ledger.
     """
-    from federation.client.predict import SITE_OPTIONS, TrainingSite
+    from federation.client.predict import REASON, SITE_OPTIONS, TrainingSite
     from federation.client.predict import predict as score
 
     given = [site is not None, training_data is not None, ledger is not None]
@@ -51,7 +52,7 @@ def predict(
         raise AllfedError(f"give {SITE_OPTIONS} together")
     training = TrainingSite(site, training_data, ledger) if all(given) else None
     scores = score(run, data, out, id_column=id_column, site=training, force=force)
-    unscored = int(scores["risk"].isna().sum())
+    unscored = int(scores[REASON].astype(bool).sum())
     out_console.print(
         f"{escape(str(out))}: {len(scores) - unscored} risks of {len(scores)} rows"
         + (f", {unscored} not scored (a missing value under a drop rule)" if unscored else "")

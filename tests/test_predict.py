@@ -25,6 +25,7 @@ from federation.client.scoring import risks
 from federation.client.site import SiteSettings, site_partition, site_table
 from federation.server.outputs import load_checkpoint
 from federation.server.run import StudyRun
+from federation.synth import write_cohort
 from federation.wire.spec import feature_names, load_spec
 from models.registry import build_model
 from privacy.ledger import Ledger
@@ -386,3 +387,60 @@ def test_the_id_column_is_copied_beside_each_risk_even_an_identifier(dp_run, tmp
     scores = pd.read_csv(out, dtype=str)
     assert list(scores.columns) == ["row", "mrn", "risk", "reason"]
     assert scores["mrn"].tolist() == ids
+
+
+@pytest.fixture(scope="module")
+def survival_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("survival-run")
+    files, spec_path = write_cohort(root / "data", 2, 300, seed=11, task="survival")
+    spec = load_spec(spec_path).with_overrides(training={"rounds": 2})
+    return finished_run(root, files, spec)
+
+
+def test_a_survival_model_scores_its_risk_by_each_horizon_as_its_baseline_hazards_give(
+    survival_run, tmp_path, capsys
+):
+    run, site = survival_run, survival_run["sites"][0]
+    spec = run["spec"]
+    out = tmp_path / "scores.csv"
+    args = ["predict", "--run", str(run["out"]), "--data", str(site.data), "--out", str(out)]
+    assert invoke(*args) == 0
+    scores = predicted(out)
+    horizons = [f"risk_{h:g}d" for h in spec.study.horizons]
+    assert list(scores.columns) == ["row", "score", *horizons, "reason"]
+
+    # The node's view: the final model as the aggregator sent it, the node's encoding.
+    checkpoint = load_checkpoint(run["out"], spec.to_toml())
+    cuts = list(spec.study.intervals)
+    model = build_model(spec.model.name, len(feature_names(spec)), spec.model.hidden, cuts)
+    model.load_state_dict(checkpoint["arrays"])
+    ledger = Ledger(site.ledger)
+    estimated = (ledger.runs()[-1]["settings"] or {}).get("bounds", {})
+    bounds = {**spec.features.bounds, **{c: tuple(b) for c, b in estimated.items()}}
+    table = site_table(site, site_partition(site, ledger))
+    center, scale = resolve_scaling(table, spec, *checkpoint["state"]["scaling"], bounds)
+    kept = node_rows(site.data, spec)
+    for test in (True, False):
+        x, _ = encode(table, spec, center, scale, test=test, bounds=bounds)
+        rows = scores[kept][table.is_test if test else ~table.is_test]
+        with torch.no_grad():
+            score = model(torch.from_numpy(x)).squeeze(-1).double().numpy()
+        np.testing.assert_allclose(rows["score"], score, rtol=0, atol=1e-6)
+        # S(h): the product over the intervals up to h of 1 - sigmoid(score + baseline_k).
+        baseline = model.baseline.detach().double().numpy()
+        for h, column in zip(spec.study.horizons, horizons, strict=True):
+            last = cuts.index(h)
+            hazard = 1 / (1 + np.exp(-(score[:, None] + baseline[None, : last + 1])))
+            expected = 1 - np.prod(1 - hazard, axis=1)
+            np.testing.assert_allclose(rows[column], expected, rtol=0, atol=1e-6)
+    risk = scores[horizons].dropna().to_numpy()
+    assert (np.diff(risk, axis=1) >= -1e-12).all()  # a later horizon is never less likely
+    assert "risks of" in capsys.readouterr().out
+
+    clash = tmp_path / "clash.csv"
+    pd.read_csv(site.data).assign(**{horizons[0]: 1}).to_csv(clash, index=False)
+    args[args.index(str(site.data))] = str(clash)
+    assert invoke(*args, "--force", "--id-column", horizons[0]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --id-column {horizons[0]}: clashes with a column of the scores"
+    )

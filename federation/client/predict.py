@@ -17,6 +17,9 @@ scaling of the run's model card. What scoring needs and training does not:
   node scaled it: from its training partition (its data file, the partition its ledger pinned),
   checked against the training-record count the site reported in the run. Never from the rows
   being scored: a batch of patients is not the training rows, and one row has no spread.
+- A survival model's line holds its risk score (``score``: higher is an earlier event) and
+  its chance of the event by each of the spec's horizons (``risk_<days>d``), from the
+  model's baseline hazards.
 - ``--id-column`` is copied beside each risk to link it back; it never enters the model, so the
   identifier check (direct identifiers such as an MRN) does not apply to that one column.
 """
@@ -42,15 +45,21 @@ from federation.client.data import (
 )
 from federation.client.features import encode_features, resolve_scaling
 from federation.client.partition import Partition
-from federation.client.scoring import risks
+from federation.client.scoring import risks, survival_risks
 from federation.errors import AllfedError, DataError
 from federation.omop import is_source
 from federation.wire.model_files import MODEL, MODEL_CARD, SITE_SCALED
-from federation.wire.spec import StudySpec, feature_names, federated_columns, parse_spec
+from federation.wire.spec import (
+    StudySpec,
+    feature_names,
+    federated_columns,
+    model_cuts,
+    parse_spec,
+)
 from models.registry import build_model
 from privacy.ledger import Ledger, LedgerError
 
-ROW, RISK, REASON = "row", "risk", "reason"
+ROW, RISK, SCORE, REASON = "row", "risk", "score", "reason"
 SITE_OPTIONS = "--site, --training-data and --ledger"
 
 
@@ -101,13 +110,11 @@ def load_run_model(run: Path) -> RunModel:
     if not isinstance(card, dict) or not isinstance(card.get("spec"), str):
         raise AllfedError(f"{card_path}: no study spec (not an allfed model card)")
     spec = parse_spec(card["spec"], source=f"{card_path} (spec)")
-    if spec.study.task == "survival":
-        raise AllfedError(f"{run}: allfed predict does not score survival models yet")
     names = feature_names(spec)
     scaled = [row.get("feature") for row in card.get("scaling", [])]
     if card.get("features") != names or scaled != list(spec.features.numeric):
         raise AllfedError(f"{card_path}: its features or scaling differ from its study spec")
-    model = build_model(spec.model.name, len(names), spec.model.hidden)
+    model = build_model(spec.model.name, len(names), spec.model.hidden, model_cuts(spec))
     try:
         model.load_state_dict(torch.load(run / MODEL, weights_only=True))
     except Exception:  # torch raises several types for a file that is not this model's
@@ -116,6 +123,18 @@ def load_run_model(run: Path) -> RunModel:
             f"of {len(names)} inputs"
         ) from None
     return RunModel(run, card, spec, model)
+
+
+def risk_columns(spec: StudySpec) -> list[str]:
+    """The scores file's columns of a model's output: a binary model's risk; a survival model's
+    score and its risk by each horizon."""
+    if spec.study.task == "survival":
+        return [SCORE, *(horizon_column(h) for h in spec.study.horizons)]
+    return [RISK]
+
+
+def horizon_column(horizon: float) -> str:
+    return f"{RISK}_{horizon:g}d"
 
 
 def run_scaling(run: RunModel, site: TrainingSite | None) -> tuple[np.ndarray, np.ndarray]:
@@ -185,8 +204,9 @@ def score_file(
     scale: np.ndarray,
     id_column: str | None = None,
 ) -> pd.DataFrame:
-    """One line per row of ``data``, in order: its row number, its ``id_column``, its risk
-    (empty when a "drop" rule leaves it unscored) and the reason it has none."""
+    """One line per row of ``data``, in order: its row number, its ``id_column``, its risk (or
+    a survival model's score and risks, ``risk_columns``; empty when a "drop" rule leaves it
+    unscored) and the reason it has none."""
     if is_source(data):
         raise DataError(f"{data}: an OMOP source; predict scores CSV or Parquet files")
     spec, source = run.spec, str(data)
@@ -194,7 +214,7 @@ def score_file(
     if id_column is not None:
         if id_column not in frame.columns:
             raise DataError(f"{data}: no column {id_column!r} (--id-column)", "missing-column")
-        if id_column in (ROW, RISK, REASON):
+        if id_column in (ROW, REASON, *risk_columns(spec)):
             raise AllfedError(f"--id-column {id_column}: clashes with a column of the scores")
     reject_identifiers(frame.drop(columns=[id_column]) if id_column else frame, source)
     require_columns(frame, list(spec.features.columns), source)
@@ -204,12 +224,17 @@ def score_file(
     x = encode_features(
         values.numeric[keep], values.categorical[keep], spec, center, scale, run.bounds()
     )
-    risk = np.full(len(frame), np.nan)
-    risk[keep] = risks(run.model, x)
+    outputs = np.full((len(frame), len(risk_columns(spec))), np.nan)
+    if spec.study.task == "survival":
+        score, by_horizon = survival_risks(run.model, x, spec.study.horizons)
+        outputs[keep] = np.column_stack([score, by_horizon])
+    else:
+        outputs[keep, 0] = risks(run.model, x)
     scores = pd.DataFrame({ROW: rows.to_numpy()})
     if id_column is not None:
         scores[id_column] = frame[id_column].to_numpy()
-    scores[RISK] = risk
+    for column, output in zip(risk_columns(spec), outputs.T, strict=True):
+        scores[column] = output
     scores[REASON] = [f"missing {c} (its rule is drop)" if c else "" for c in values.dropped_by]
     return scores
 

@@ -1,10 +1,12 @@
 """A model's risks for encoded rows: the one place the node (evaluation) and ``allfed predict``
-turn logits into risks, so that both give the same number for the same row."""
+turn a model's outputs into risks, so that both give the same number for the same row."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from models.survival import DiscreteTimeHazard, survival_at
 
 
 def risks(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -16,3 +18,20 @@ def risks(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         logits = model(torch.from_numpy(x)).squeeze(-1).double()
     logits = torch.nan_to_num(logits, nan=0.0)
     return torch.sigmoid(logits).numpy().astype(float)
+
+
+def survival_risks(
+    model: DiscreteTimeHazard, x: np.ndarray, horizons: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A survival model's risk score per row (higher: an earlier event) and its chance of the
+    event by each horizon (rows x horizons: one minus the survival at the end of the interval
+    the horizon closes; every horizon is one of the model's cuts). Non-finite outputs of crafted
+    weights become the nearer end, as ``risks`` does."""
+    model.eval()
+    cuts = [float(c) for c in model.cuts]
+    with torch.no_grad():
+        inputs = torch.from_numpy(x)
+        scores = torch.nan_to_num(model(inputs).squeeze(-1).double(), nan=0.0)
+        survival = torch.nan_to_num(survival_at(model, inputs).double(), nan=1.0)
+    at = [cuts.index(float(h)) for h in horizons]
+    return scores.numpy().astype(float), (1.0 - survival[:, at]).clamp(0, 1).numpy()
