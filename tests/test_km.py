@@ -14,6 +14,8 @@ from sksurv.nonparametric import kaplan_meier_estimator
 
 from federation.client.app import make_client_app
 from federation.client.site import SiteSettings
+from federation.server.km import pooled_km
+from federation.server.km_page import render_km
 from federation.synth import INTERVALS, write_cohort
 from federation.wire import protocol as p
 from federation.wire.queries import AnalysisRequest, build_query, planned_release
@@ -75,6 +77,29 @@ def test_without_noise_the_curve_is_scikit_survivals_kaplan_meier_at_the_interva
         shown = [p.survival for p in points if p.survival is not None]
         assert len(shown) > 100
         assert shown == pytest.approx(_sksurv_at(time, event, fine)[: len(shown)], abs=0.005)
+
+
+def test_each_sites_own_curve_is_its_records_kaplan_meier_and_the_pooled_one_theirs(cohort):
+    _, spec_path = cohort
+    spec = load_spec(spec_path)
+    strata = ("female", "male")
+    query, released, records = KmQuery(strata, CUTS), {}, {}
+    for seed, name in ((1, "a"), (2, "b")):
+        time, event = _records(seed, n=900, censor=False)
+        sex = np.where(np.random.default_rng(seed).random(len(time)) < 0.5, *strata)
+        released[name], records[name] = exact_counts(query, sex, time, event), (time, event)
+    request = AnalysisRequest("km", 1.0, 1e-6, by="sex")
+    result = pooled_km(spec, request, query, released, noise=1e-9)
+    assert [c["site"] for c in result["site_curves"]] == ["a", "b"]
+    for site_curve in result["site_curves"]:
+        exact = _sksurv_at(*records[site_curve["site"]], CUTS)
+        shown = [p["survival"] for p in site_curve["points"]]
+        assert shown == pytest.approx(exact, abs=1e-4)  # the result rounds to 4 places
+    pooled = _sksurv_at(*map(np.concatenate, zip(*records.values(), strict=True)), CUTS)
+    assert [p["survival"] for p in result["curves"][0]["points"]] == pytest.approx(pooled, abs=1e-4)
+    html = render_km(result)
+    assert "site a (N = 900)" in html and "site b (N = 900)" in html
+    assert html.count("<figure>") == 2
 
 
 def test_one_record_lies_in_exactly_one_cell():
@@ -269,4 +294,13 @@ def test_analyze_km_across_simulated_sites_releases_only_their_admitted_noisy_co
     assert set(overall["horizons"]) == {"365", "1095", "1825"}
     assert "Kaplan-Meier, sex: female (N = " in printed and "(1460, 1825]" in printed
     html = (out / "km.html").read_text()
-    assert html.count("<table>") == 3 and "data:image/svg+xml;base64," in html
+    assert html.count("<table>") == 3 + len(files) and html.count("<figure>") == 2
+    for site_curve in result["site_curves"]:  # each site's own curve, near its own records'
+        frame = pd.read_csv(files[site_curve["site"]])
+        frame = frame[frame[spec.study.consent] == 1]
+        time, event = frame["time"].to_numpy(float), frame["event"].to_numpy(bool)
+        pairs = zip(site_curve["points"], _sksurv_at(time, event, INTERVALS), strict=True)
+        for point, e in pairs:
+            if point["survival"] is not None:
+                low, high = point["survival_ci"]
+                assert abs(point["survival"] - e) < high - low, (point, e)

@@ -4,7 +4,9 @@ Every answering site released each cell of the query once with the request's Gau
 (``privacy.kaplan_meier``), so a pooled cell is the sum of the sites' and its noise variance
 is the number of sites times the noise multiplier squared (the aggregator knows the noise from
 the request alone). One curve per stratum, and with ``--by`` an overall curve from the strata's
-sums. What is shown and what is held back follows ``privacy.kaplan_meier.curve``.
+sums; beside them one curve per site, from that site's own cells summed over its strata (the
+same release, post-processed: a site's noise variance is its strata times the multiplier
+squared). What is shown and what is held back follows ``privacy.kaplan_meier.curve``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def pooled_km(
     released: Mapping[str, Mapping[Cell, float]],
     noise: float,
 ) -> dict[str, Any]:
-    """The analysis's result (``km.json``): one curve per stratum, and overall when stratified."""
+    """The analysis's result (``km.json``): one curve per stratum, and overall when stratified;
+    one curve per site (``site_curves``)."""
     variance, cuts = len(released) * noise**2, query.cuts  # variance: of each pooled cell
     pooled = {
         stratum: np.array(
@@ -61,6 +64,13 @@ def pooled_km(
     for stratum, cells in pooled.items():
         label = OVERALL if stratum == ALL else stratum
         curves.append(_curve(label, request.by, cells, query, variance, spec))
+    site_curves = []
+    for name, site in released.items():
+        cells = np.sum(
+            [[site[c] for c in stratum_cells(stratum, cuts)] for stratum in query.strata], axis=0
+        )
+        site_variance = len(query.strata) * noise**2
+        site_curves.append({"site": name, **_curve(name, None, cells, query, site_variance, spec)})
     return {
         "study": spec.study.name,
         "analysis": "km",
@@ -73,6 +83,7 @@ def pooled_km(
         "intervals": interval_labels(query.cuts),
         "total": curves[0]["points"][0]["at_risk"] if curves else None,
         "curves": curves,
+        "site_curves": site_curves,
         "method": METHOD,
     }
 

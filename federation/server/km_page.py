@@ -1,10 +1,11 @@
 """A DP Kaplan-Meier analysis as ``km.json`` and ``km.html``.
 
-The page shows the curves in one plot (the survival at each interval's end with its 95% band,
-drawn only where shown) and, per curve, a life table: each interval's number at risk, events
-and censored (noisy, small counts withheld) and the survival at its end with its 95% CI; a
-value held back reads ``withheld`` or ``n/a`` with a numbered note giving the reason. The page
-fills ``analysis_page``'s skeleton; the plot is an embedded SVG.
+The page shows the pooled curves in one plot and the sites' own curves in another (the survival
+at each interval's end with its 95% band, drawn only where shown) and, per curve, a life table:
+each interval's number at risk, events and censored (noisy, small counts withheld) and the
+survival at its end with its 95% CI; a value held back reads ``withheld`` or ``n/a`` with a
+numbered note giving the reason. The page fills ``analysis_page``'s skeleton; the plots are
+embedded SVGs.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from federation.server.style import NA, WITHHELD
 from privacy.statistics import SMALL_COUNT
 
 _BODY = page_template(
-    """{% if figure %}<figure>
-<img alt="Survival curves" src="data:image/svg+xml;base64,{{ figure }}">
-<figcaption>Survival at each interval's end (points) with its 95% CI (shaded: sampling and DP
-noise), up to where the curve is held back.</figcaption></figure>{% endif %}
+    """{% for figure in figures %}<figure>
+<img alt="{{ figure.title }}" src="data:image/svg+xml;base64,{{ figure.svg }}">
+<figcaption>{{ figure.title }}: survival at each interval's end (points) with its 95% CI
+(shaded: sampling and DP noise), up to where the curve is held back.</figcaption></figure>
+{% endfor %}
 {% for table in tables %}
 <h2>{{ table.title }}</h2>
 <table><thead><tr><th>Interval (days)</th><th>At risk</th><th>Events</th><th>Censored</th>
@@ -47,9 +49,15 @@ def write_km(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
 
 def render_km(result: dict[str, Any]) -> str:
     notes: list[str] = []
+    curves = [*result["curves"], *result.get("site_curves", [])]
     tables = [
         {"title": curve_title(curve, result), "rows": [_row(p, notes) for p in curve["points"]]}
-        for curve in result["curves"]
+        for curve in curves
+    ]
+    figures = [
+        {"title": title, "svg": svg}
+        for title, shown in (("Pooled", result["curves"]), ("Per site", result.get("site_curves")))
+        if shown and (svg := _figure(shown, result["cuts"])) is not None
     ]
     privacy = (
         "Differentially private: every site released its counts of events and of censored "
@@ -71,14 +79,14 @@ def render_km(result: dict[str, Any]) -> str:
         privacy=privacy,
         method=method,
         notes=notes,
-        figure=_figure(result),
+        figures=figures,
         tables=tables,
     )
 
 
 def curve_title(curve: dict[str, Any], result: dict[str, Any]) -> str:
-    """``overall`` or ``COLUMN: LEVEL``, with the number at the start."""
-    name = curve["level"] if curve["column"] is None else f"{curve['column']}: {curve['level']}"
+    """``overall``, ``COLUMN: LEVEL`` or ``site NAME``, with the number at the start."""
+    name = _name(curve)
     first = curve["points"][0]
     n = WITHHELD if first["at_risk"] is None else str(first["at_risk"])
     return f"{name} (N = {n})"
@@ -112,10 +120,16 @@ def _held(
     return {"text": WITHHELD if withheld else NA, "withheld": withheld, "notes": marks}
 
 
-def _figure(result: dict[str, Any]) -> str | None:
-    """The shown part of every curve as steps with shaded CIs (base64 SVG); None when no curve
+def _name(curve: dict[str, Any]) -> str:
+    if "site" in curve:
+        return f"site {curve['site']}"
+    return curve["level"] if curve["column"] is None else f"{curve['column']}: {curve['level']}"
+
+
+def _figure(curves: list[dict[str, Any]], cuts: list[float]) -> str | None:
+    """The shown part of ``curves`` as steps with shaded CIs (base64 SVG); None when no curve
     shows a single point."""
-    curves = [c for c in result["curves"] if c["points"][0]["survival"] is not None]
+    curves = [c for c in curves if c["points"][0]["survival"] is not None]
     if not curves:
         return None
     figure = new_figure(7.5, 4.0, left=0.7, top=0.2)
@@ -126,12 +140,11 @@ def _figure(result: dict[str, Any]) -> str | None:
         y = [1.0] + [p["survival"] for p in shown]
         low = [1.0] + [p["survival_ci"][0] for p in shown]
         high = [1.0] + [p["survival_ci"][1] for p in shown]
-        pooled = curve["column"] is None
+        pooled = curve["column"] is None and "site" not in curve
         color = POOLED_COLOR if pooled else COLORS[i % len(COLORS)]
-        name = curve["level"] if pooled else f"{curve['column']}: {curve['level']}"
-        axes.plot(x, y, marker="o", markersize=3, color=color, label=name)
+        axes.plot(x, y, marker="o", markersize=3, color=color, label=_name(curve))
         axes.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
-    axes.set(xlabel="Days", ylabel="Survival", ylim=(0, 1.02), xlim=(0, result["cuts"][-1]))
+    axes.set(xlabel="Days", ylabel="Survival", ylim=(0, 1.02), xlim=(0, cuts[-1]))
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", frameon=False, fontsize="small")
     buffer = io.BytesIO()
