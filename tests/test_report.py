@@ -294,3 +294,59 @@ def test_a_simulated_run_publishes_dp_metrics_with_intervals_and_a_report(
     html = (tmp_path / "run" / REPORT).read_text(encoding="utf-8")
     assert len(images(html)) >= 4
     assert "report.html in" in (tmp_path / "run" / "run.log").read_text()
+
+
+def _survival_pooled() -> dict:
+    """A survival cell's metrics in the shape ``server.survival_evaluation`` releases them."""
+    groups = [
+        {"mean_predicted": 0.05, "observed": 0.04, "observed_ci": [0.02, 0.07]},
+        {"mean_predicted": 0.12, "observed": 0.15, "observed_ci": [0.10, 0.20]},
+        {"mean_predicted": 0.30, "observed": None, "observed_ci": None},  # too uncertain
+    ]
+    later = [{**g, "mean_predicted": 2 * g["mean_predicted"]} for g in groups[:2]]
+    return {
+        "n": 400,
+        "cindex": 0.71,
+        "cindex_ci": [0.66, 0.76],
+        "calibration": [{"horizon": 365, "groups": groups}, {"horizon": 1095, "groups": later}],
+    }
+
+
+def test_a_survival_report_plots_calibration_by_horizon_and_the_c_index_by_group() -> None:
+    pooled = _survival_pooled()
+    figure = report_figures.survival_calibration_figure(pooled)
+    drawn = [c.lines[0].get_data() for c in figure.axes[0].containers]
+    assert len(drawn) == 2  # one series per horizon, the n/a group left out
+    np.testing.assert_allclose(drawn[0][0], [0.05, 0.12])
+    np.testing.assert_allclose(drawn[0][1], [0.04, 0.15])
+    np.testing.assert_allclose(drawn[1][0], [0.10, 0.24])
+    assert report_figures.survival_calibration_figure({"calibration": []}) is None
+
+    per_group = {
+        "sex": {
+            "female": {"metrics": {"cindex": 0.74, "cindex_ci": [0.68, 0.8], "n": 210}},
+            "male": {"metrics": None, "withheld_reason": "20 or fewer records"},
+        }
+    }
+    forest = report_figures.forest_figure(per_group, ["sex"], pooled, metric="cindex", label="C")
+    texts = [t.get_text() for t in forest.axes[0].texts]
+    assert texts == ["withheld"] and forest.axes[0].get_xlabel() == "C (95% interval)"
+    marks = [line.get_xdata() for line in forest.axes[0].lines if line.get_marker() == "s"]
+    assert [list(m) for m in marks] == [[0.74]]
+
+    rounds = [{"round": n, "metrics": {"pooled": {"cindex": c, "cindex_ci": [c - 0.05, c + 0.05]}}}
+              for n, c in ((5, 0.65), (10, 0.71))]  # fmt: skip
+    line = report_figures.rounds_figure(rounds, "cindex", "C-index").axes[0].lines[0]
+    assert list(line.get_ydata()) == [0.65, 0.71]
+    assert report_figures.rounds_figure(rounds) is None  # no AUROC in a survival run's rounds
+
+    summary = {
+        "study": "s", "status": "completed", "task": "survival", "rounds": 10,
+        "horizons": [365, 1095], "groups": ["sex"], "sites": {},
+        "metrics": {"pooled": pooled, "per_site": {}, "per_group": per_group},
+    }  # fmt: skip
+    html = report.render_report(summary, rounds)
+    for title in ("Calibration by horizon", "Pooled C-index over the evaluated rounds",
+                  "C-index by group"):  # fmt: skip
+        assert f">{title}<" in html, title
+    assert "ROC curve" not in html

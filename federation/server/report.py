@@ -325,6 +325,32 @@ def _metric_row(
     }
 
 
+def _survival_figures(
+    rounds: list[dict[str, Any]], metrics: dict[str, Any], pooled: dict, groups: list[str]
+) -> list[tuple[str, Callable[[], Figure | None], str]]:
+    """A survival run's own plots: calibration by horizon, the C-index over rounds and by
+    group."""
+    per_group, per_intersection = metrics.get("per_group") or {}, metrics.get("per_intersection")
+    c_index = {"metric": "cindex", "label": "C-index"}
+    return [
+        ("Calibration by horizon", lambda: plots.survival_calibration_figure(pooled),
+         "Observed risk (1 − Kaplan-Meier of the pooled test participants, with its 95% "
+         "interval: DP noise and sampling) against the mean predicted risk, in risk groups of "
+         "neighbouring score bins, at each horizon; a group whose interval is too wide is left "
+         "out. The diagonal is perfect calibration; above it, the model under-predicts."),
+        ("Pooled C-index over the evaluated rounds",
+         lambda: plots.rounds_figure(rounds, **c_index),
+         "Pooled test C-index (Harrell; shaded: its 95% interval) at each evaluation."),
+        ("C-index by group",
+         lambda: plots.forest_figure(per_group, groups, pooled, **c_index),
+         "Harrell's C-index with its 95% interval per group level; dashed: the pooled one, "
+         "dotted: chance."),
+        ("C-index by intersection of two groups",
+         lambda: plots.forest_figure(per_intersection or {}, groups, pooled, True, **c_index),
+         "As above, for the intersections with enough records."),
+    ]  # fmt: skip
+
+
 def _figures(
     summary: dict[str, Any],
     rounds: list[dict[str, Any]],
@@ -361,7 +387,9 @@ def _figures(
     ]  # fmt: skip
     if survival:
         shown = ("Privacy budget spent per site", "Whom the model was evaluated on")
-        candidates = [c for c in candidates if c[0] in shown]
+        candidates = _survival_figures(rounds, metrics, pooled, groups) + [
+            c for c in candidates if c[0] in shown
+        ]
     figures = []
     for title, build, caption in candidates:
         try:

@@ -22,20 +22,23 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 POOLED_COLOR = "#222222"
 
 
-def rounds_figure(rounds: list[dict[str, Any]]) -> Figure | None:
-    """Pooled AUROC (shaded: its 95% interval) after each evaluated round; None with fewer
-    than two evaluations (the default evaluates the final model only)."""
+def rounds_figure(
+    rounds: list[dict[str, Any]], metric: str = "auroc", label: str = "AUROC"
+) -> Figure | None:
+    """The pooled ``metric`` (AUROC, or a survival run's C-index; shaded: its 95% interval)
+    after each evaluated round; None with fewer than two evaluations (the default evaluates
+    the final model only)."""
     points = [(r["round"], (r.get("metrics") or {}).get("pooled") or {}) for r in rounds]
-    points = [(n, m) for n, m in points if m.get("auroc") is not None]
+    points = [(n, m) for n, m in points if m.get(metric) is not None]
     if len(points) < 2:
         return None
     figure = new_figure(7.5, 3.6, left=0.7, top=0.45)
     axes = figure.subplots()
     x = [n for n, _ in points]
-    ci = [m.get("auroc_ci") or [m["auroc"], m["auroc"]] for _, m in points]
+    ci = [m.get(f"{metric}_ci") or [m[metric], m[metric]] for _, m in points]
     axes.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], color=COLORS[0], alpha=0.15)
-    axes.plot(x, [m["auroc"] for _, m in points], marker="o", color=COLORS[0], label="AUROC")
-    axes.set(xlabel="Round", ylabel="Pooled test AUROC", ylim=(0.4, 1))
+    axes.plot(x, [m[metric] for _, m in points], marker="o", color=COLORS[0], label=label)
+    axes.set(xlabel="Round", ylabel=f"Pooled test {label}", ylim=(0.4, 1))
     integer_ticks(axes, x)
     figure.legend(loc="upper center", ncols=3, frameon=False)
     axes.grid(alpha=0.3)
@@ -147,17 +150,66 @@ def calibration_figure(pooled: dict[str, Any]) -> Figure | None:
     return figure
 
 
+def survival_calibration_figure(pooled: dict[str, Any]) -> Figure | None:
+    """A survival model's calibration: at each horizon, the observed risk (1 - Kaplan-Meier,
+    with its 95% interval) against the mean predicted risk per risk group of score bins."""
+
+    def shown(group: dict[str, Any]) -> bool:
+        return group.get("observed") is not None and group.get("mean_predicted") is not None
+
+    horizons = [
+        (entry["horizon"], [g for g in entry["groups"] if shown(g)])
+        for entry in pooled.get("calibration") or []
+    ]
+    horizons = [(h, groups) for h, groups in horizons if groups]
+    if not horizons:
+        return None
+    figure = new_figure(5.2, 5.0, left=0.75)
+    axes = figure.subplots()
+    tops = [max(g["mean_predicted"], g["observed_ci"][1]) for _, gs in horizons for g in gs]
+    limit = min(1.0, np.ceil(max([0.1, *tops]) * 10 + 0.5) / 10)
+    axes.plot([0, limit], [0, limit], color="#999", linestyle=":", label="perfect calibration")
+    for i, (horizon, groups) in enumerate(horizons):
+        predicted = np.array([g["mean_predicted"] for g in groups])
+        observed = np.array([g["observed"] for g in groups])
+        low = observed - np.array([g["observed_ci"][0] for g in groups])
+        high = np.array([g["observed_ci"][1] for g in groups]) - observed
+        axes.errorbar(
+            predicted,
+            observed,
+            yerr=np.vstack([np.maximum(low, 0), np.maximum(high, 0)]),
+            fmt=MARKERS[i % len(MARKERS)] + "-",
+            color=COLORS[i % len(COLORS)],
+            capsize=3,
+            zorder=3,
+            label=f"by day {horizon:g}",
+        )
+    axes.set(
+        xlabel="Predicted risk", ylabel="Observed risk (1 − Kaplan-Meier)", xlim=(0, limit),
+        ylim=(0, limit), aspect="equal",
+    )  # fmt: skip
+    axes.legend(loc="upper left", frameon=False, fontsize="small")
+    axes.grid(alpha=0.3)
+    return figure
+
+
 def forest_figure(
-    table: dict[str, Any], groups: list[str], pooled: dict[str, Any], released_only: bool = False
+    table: dict[str, Any],
+    groups: list[str],
+    pooled: dict[str, Any],
+    released_only: bool = False,
+    metric: str = "auroc",
+    label: str = "AUROC",
 ) -> Figure | None:
-    """One row per level: AUROC with its 95% interval, "withheld" for a level the dissemination
-    rule holds back, "n/a" for an AUROC the noise makes meaningless."""
+    """One row per level: ``metric`` (AUROC, or a survival run's C-index) with its 95%
+    interval, "withheld" for a level the dissemination rule holds back, "n/a" for a value the
+    noise makes meaningless."""
     rows: list[tuple[str, dict[str, Any] | None, bool]] = []  # label, metrics, is a heading
     for column in ordered_columns(table, groups):
         levels = [
             (level, entry.get("metrics"))
             for level, entry in table[column].items()
-            if not released_only or (entry.get("metrics") or {}).get("auroc") is not None
+            if not released_only or (entry.get("metrics") or {}).get(metric) is not None
         ]
         if levels:
             rows.append((column, None, True))
@@ -168,25 +220,25 @@ def forest_figure(
     axes = figure.subplots()
     y = np.arange(len(rows))[::-1]
     labels = []
-    for position, (label, m, heading) in zip(y, rows, strict=True):
+    for position, (name, m, heading) in zip(y, rows, strict=True):
         if heading:
-            labels.append(label)
-        elif m is None or m.get("auroc") is None:
-            labels.append(f"   {label}")
+            labels.append(name)
+        elif m is None or m.get(metric) is None:
+            labels.append(f"   {name}")
             word = WITHHELD if m is None else NA
             axes.text(0.505, position, word, va="center", color="#8a5a00", fontsize=8.5)
         else:
-            labels.append(f"   {label} (n≈{m['n']})")
-            low, high = m.get("auroc_ci") or (m["auroc"], m["auroc"])
+            labels.append(f"   {name} (n≈{m['n']})")
+            low, high = m.get(f"{metric}_ci") or (m[metric], m[metric])
             axes.plot([low, high], [position, position], color=COLORS[0], lw=1.6)
-            axes.plot(m["auroc"], position, "s", color=COLORS[0], ms=5)
+            axes.plot(m[metric], position, "s", color=COLORS[0], ms=5)
     axes.set_yticks(y, labels, fontsize=8.5)
     for tick, (_, _, heading) in zip(axes.get_yticklabels(), rows, strict=True):
         tick.set_fontweight("bold" if heading else "normal")
-    if pooled.get("auroc") is not None:
-        axes.axvline(pooled["auroc"], color=POOLED_COLOR, linestyle="--", lw=1, label="pooled")
+    if pooled.get(metric) is not None:
+        axes.axvline(pooled[metric], color=POOLED_COLOR, linestyle="--", lw=1, label="pooled")
     axes.axvline(0.5, color="#999", linestyle=":", lw=1)
-    axes.set(xlim=(0.3, 1.0), ylim=(-0.7, len(rows) - 0.3), xlabel="AUROC (95% interval)")
+    axes.set(xlim=(0.3, 1.0), ylim=(-0.7, len(rows) - 0.3), xlabel=f"{label} (95% interval)")
     axes.grid(axis="x", alpha=0.3)
     return figure
 
