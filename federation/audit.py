@@ -1,14 +1,15 @@
 """Empirical privacy audit of a federated run: membership inference on canaries.
 
 The audit crafts ``m`` canary records for one site (feature vectors drawn across the declared
-bounds, away from the site's real records, with random labels), includes each in that site's
+bounds, away from the site's real records, with random labels: in a survival study, random
+follow-up times up to the last interval's end and random events), includes each in that site's
 training file independently with probability 1/2, and runs the study with ``simulate`` exactly
 as users do. A Flower client mod copies what the audited site sends the server each round (its
 trained weights, and the global weights and scaling it started from), so the attacks see exactly
 the server's view. Three attacks score every canary (higher: more likely a member):
 
 - ``loss``: minus the canary's loss under the final global model (what anyone given the model
-  can do);
+  can do; a survival model's loss is the record's hazard loss, ``models.survival``);
 - ``update``: the drop in the canary's loss from the global model the site received to the
   weights it returned, summed over rounds (each canary calibrated against itself);
 - ``joint``: each canary's share of the site's round update, fitted by least squares on all
@@ -43,8 +44,9 @@ from federation.errors import AllfedError
 from federation.server.outputs import clean_json
 from federation.simulation import simulate
 from federation.wire import protocol as p
-from federation.wire.spec import StudySpec
+from federation.wire.spec import StudySpec, model_cuts
 from models.registry import build_model
+from models.survival import DiscreteTimeHazard, hazard_loss, interval_targets
 from privacy.audit import CONFIDENCE, attack_roc, one_run_bound, verdict
 
 AUDIT_SPLIT = "audit-split"  # the split column the audit adds when the study has none
@@ -94,8 +96,6 @@ def run_audit(
     """Audit ``audit_site`` in a run of ``spec`` over ``sites``; write and return
     ``out/audit.json``. ``client_mods`` go around every site's handlers after the tap (tests
     use them to break a site's DP)."""
-    if spec.study.task == "survival":
-        raise AllfedError("privacy mia audits binary studies only; this study is a survival one")
     if audit_site not in sites:
         raise AllfedError(f"--audit-site {audit_site}: no --site of that name")
     if canaries < MIN_CANARIES:
@@ -132,14 +132,20 @@ def craft_canaries(
 ) -> pd.DataFrame:
     """``count`` canary rows shaped like ``frame`` (the site's file, as text cells): every
     numeric feature uniform over its bounds (the observed range without bounds), categorical
-    levels and the label uniform, consent given; other columns copied from random rows."""
+    levels and the label uniform (a survival study's time uniform up to its last interval's end,
+    its event 0 or 1), consent given; other columns copied from random rows."""
     canaries = frame.iloc[rng.integers(0, len(frame), count)].reset_index(drop=True)
     for column in spec.features.numeric:
         low, high = spec.features.bounds.get(column) or _observed_range(frame[column], column)
         canaries[column] = [f"{v:.4g}" for v in rng.uniform(low, high, count)]
     for column, levels in spec.features.categorical.items():
         canaries[column] = rng.choice(levels, count)
-    canaries[spec.study.label] = rng.integers(0, 2, count).astype(str)
+    if spec.study.task == "survival":
+        last = max(spec.study.intervals)
+        canaries[spec.study.time] = rng.integers(1, int(last) + 1, count).astype(str)
+        canaries[spec.study.event] = rng.integers(0, 2, count).astype(str)
+    else:
+        canaries[spec.study.label] = rng.integers(0, 2, count).astype(str)
     if spec.study.consent:
         canaries[spec.study.consent] = "1"
     return canaries
@@ -196,7 +202,7 @@ def _attack_scores(
         raise AllfedError("the audited site sent no update to the server")
     first = torch.load(rounds[0], weights_only=True)
     x, y = _canary_inputs(spec, site_file, canary_file, first["center"], first["scale"])
-    model = build_model(spec.model.name, x.shape[1], spec.model.hidden)
+    model = build_model(spec.model.name, x.shape[1], spec.model.hidden, model_cuts(spec))
     model.load_state_dict(torch.load(out / "run" / "model.pt", weights_only=True))
     names = [name for name, _ in model.named_parameters()]  # the gradients' order
     scores = {"loss": -_losses(model, x, y), "update": np.zeros(len(y)), "joint": np.zeros(len(y))}
@@ -234,7 +240,11 @@ def _canary_inputs(
 
 
 def _losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Each canary's loss: a survival model's hazard loss (``y``: time and event), else the
+    binary cross-entropy of its label."""
     with torch.no_grad():
+        if isinstance(model, DiscreteTimeHazard):
+            return hazard_loss(model, x, y).numpy()
         logits = model(x).squeeze(-1)
         return F.binary_cross_entropy_with_logits(logits, y, reduction="none").numpy()
 
@@ -247,8 +257,13 @@ def _clipped_gradients(
     params = {name: param.detach() for name, param in model.named_parameters()}
 
     def loss(weights, features, label):
-        logit = functional_call(model, weights, (features.unsqueeze(0),)).reshape(())
-        return F.binary_cross_entropy_with_logits(logit, label)
+        score = functional_call(model, weights, (features.unsqueeze(0),))
+        if isinstance(model, DiscreteTimeHazard):  # the record's hazard loss, as in training
+            at_risk, happened = interval_targets(label.unsqueeze(0), model.cuts)
+            logits = score + weights["baseline"]
+            terms = F.binary_cross_entropy_with_logits(logits, happened, reduction="none")
+            return (terms * at_risk).sum()
+        return F.binary_cross_entropy_with_logits(score.reshape(()), label)
 
     per_example = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
     flat = torch.cat([per_example[name].reshape(len(y), -1) for name in params], dim=1)

@@ -12,11 +12,12 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.app import Context, Message
 from scipy import stats
 
-from federation.audit import run_audit
+from federation.audit import craft_canaries, run_audit
 from federation.synth import write_cohort
 from federation.wire.spec import load_spec
 from privacy.audit import (
@@ -151,3 +152,40 @@ def test_mia_mistakes_are_one_line_and_exit_2(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1 and message in err
+
+
+@pytest.fixture(scope="module")
+def tiny_survival_cohort(tmp_path_factory):
+    files, spec_path = write_cohort(tmp_path_factory.mktemp("audit-surv"), 2, 150, seed=4,
+                                    task="survival")  # fmt: skip
+    spec = load_spec(spec_path).with_overrides(
+        model={"hidden": (256,), "name": "mlp"},
+        training={"rounds": 5, "local_epochs": 5},
+        privacy={"target_epsilon": 0.5, "accountant": "rdp"},
+    )
+    return spec, files
+
+
+def test_survival_canaries_have_follow_up_within_the_intervals_and_random_events(
+    tiny_survival_cohort,
+):
+    spec, files = tiny_survival_cohort
+    frame = pd.read_csv(next(iter(files.values())), dtype=str)
+    canaries = craft_canaries(frame, spec, 400, np.random.default_rng(0))
+    time = canaries[spec.study.time].astype(int)
+    assert time.between(1, max(spec.study.intervals)).all() and time.nunique() > 300
+    assert set(canaries[spec.study.event]) == {"0", "1"}
+    assert abs(canaries[spec.study.event].astype(int).mean() - 0.5) < 0.1
+
+
+@pytest.mark.slow
+def test_audit_flags_a_survival_site_whose_noise_is_off(tiny_survival_cohort, tmp_path):
+    spec, files = tiny_survival_cohort
+    site = next(iter(files))
+    report = run_audit(
+        spec, files, site, tmp_path / "audit", 200, seed=1, client_mods=[NoiseOff(0)]
+    )
+    print(json.dumps({k: report[k] for k in ("attacks", "empirical_epsilon", "verdict")}))
+    assert report["claimed_epsilon"] == pytest.approx(0.5, abs=0.01)
+    assert report["empirical_epsilon_lower"] > report["claimed_epsilon"]
+    assert report["verdict"].startswith("VIOLATION")
