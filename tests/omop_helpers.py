@@ -85,40 +85,107 @@ def duckdb_source(path: Path, database: Path) -> Path:
     return write(path, f'[omop]\nengine = "duckdb"\npath = "{database}"\n')
 
 
-def oracle(database: Path) -> pd.DataFrame:
-    """The test study's first-event cohort computed in pandas, without any of the SQL: label
-    and the condition and drug flags by person and index date."""
+def _tables(database: Path, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """Raw CDM tables with lower-case column names, dates as timestamps."""
     import duckdb
 
     with duckdb.connect(str(database), read_only=True) as con:
-
-        def table(name: str) -> pd.DataFrame:
+        tables = {}
+        for name in names:
             frame = con.execute(f"SELECT * FROM {name}").df()
             frame.columns = [c.lower() for c in frame.columns]
-            return frame
+            for column in frame.columns:
+                if column.endswith("_date"):
+                    frame[column] = pd.to_datetime(frame[column])
+            tables[name] = frame
+    tables["concept_ancestor"] = tables["concept_ancestor"].astype({"ancestor_concept_id": "int64"})
+    return tables
 
-        person, op = table("person"), table("observation_period")
-        drugs, conditions = table("drug_exposure"), table("condition_occurrence")
-        ancestor = table("concept_ancestor").astype({"ancestor_concept_id": "int64"})
-    for frame, column in (
-        (drugs, "drug_exposure_start_date"),
-        (conditions, "condition_start_date"),
-    ):
-        frame[column] = pd.to_datetime(frame[column])
-    op["start"] = pd.to_datetime(op["observation_period_start_date"])
-    op["end"] = pd.to_datetime(op["observation_period_end_date"])
 
-    def below(concepts: list[int]) -> set[int]:
-        found = ancestor[ancestor.ancestor_concept_id.isin(concepts)].descendant_concept_id
-        return set(concepts) | set(found.astype(int))
+def _below(ancestor: pd.DataFrame, concepts: list[int]) -> set[int]:
+    found = ancestor[ancestor.ancestor_concept_id.isin(concepts)].descendant_concept_id
+    return set(concepts) | set(found.astype(int))
 
-    target = drugs[drugs.drug_concept_id.isin(below([1118084, 1124300]))]
+
+def _entries(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The test study's first-event target cohort: person, index date, its observation period's
+    start and end, and year of birth."""
+    person, op, drugs = tables["person"], tables["observation_period"], tables["drug_exposure"]
+    op = op.assign(start=op.observation_period_start_date, end=op.observation_period_end_date)
+    target = drugs[
+        drugs.drug_concept_id.isin(_below(tables["concept_ancestor"], [1118084, 1124300]))
+    ]
     index = target.groupby("person_id").drug_exposure_start_date.min().rename("index_date")
     entries = index.reset_index().merge(op[["person_id", "start", "end"]], on="person_id")
     entries = entries[(entries.index_date >= entries.start) & (entries.index_date <= entries.end)]
     entries = entries[entries.index_date >= entries.start + pd.Timedelta(days=365)]
     entries = entries.merge(person[["person_id", "year_of_birth"]], on="person_id")
-    entries = entries[(entries.index_date.dt.year - entries.year_of_birth).between(18, 120)]
+    return entries[(entries.index_date.dt.year - entries.year_of_birth).between(18, 120)]
+
+
+def survival_oracle(
+    database: Path, outcome: str, window: tuple[int, int] | None = None
+) -> pd.DataFrame:
+    """The survival test study's cohort in pandas, without any of the SQL: ``outcome`` is
+    ``"death"`` or ``"gi_bleed"`` (the condition concept set 192671 with descendants); time is
+    days from index to the first event in the window, else to the earlier of the observation
+    period's end and the window's end; entries without follow-up are left out."""
+    names = ("person", "observation_period", "drug_exposure", "concept_ancestor")
+    tables = _tables(database, (*names, "death" if outcome == "death" else "condition_occurrence"))
+    entries = _entries(tables).reset_index(drop=True)
+    start = 1 if window is None else window[0]
+    censor = entries.end
+    if window is not None:
+        censor = censor.where(
+            censor <= entries.index_date + pd.Timedelta(days=window[1]),
+            entries.index_date + pd.Timedelta(days=window[1]),
+        )
+    if outcome == "death":
+        events = tables["death"].rename(columns={"death_date": "date"})
+    else:
+        conditions = tables["condition_occurrence"]
+        events = conditions[
+            conditions.condition_concept_id.isin(_below(tables["concept_ancestor"], [192671]))
+        ].rename(columns={"condition_start_date": "date"})
+    first_event, dead_early = [], []
+    for person, index, last in zip(entries.person_id, entries.index_date, censor, strict=True):
+        dates = events.date[events.person_id == person]
+        in_window = dates[(dates >= index + pd.Timedelta(days=start)) & (dates <= last)]
+        first_event.append(in_window.min() if len(in_window) else pd.NaT)
+        early = dates < index + pd.Timedelta(days=start)
+        dead_early.append(outcome == "death" and bool(early.any()))
+    event_date = pd.Series(first_event, index=entries.index, dtype="datetime64[ns]")
+    has_event = event_date.notna()
+    followed = (censor >= entries.index_date + pd.Timedelta(days=max(start, 1))) & ~pd.Series(
+        dead_early, index=entries.index
+    )
+    entries = entries.assign(
+        event=has_event.astype(int),
+        time=(event_date.where(has_event, censor) - entries.index_date).dt.days,
+    )[has_event | followed]
+    return entries.sort_values(["person_id", "index_date"]).reset_index(drop=True)
+
+
+def oracle(database: Path) -> pd.DataFrame:
+    """The test study's first-event cohort computed in pandas, without any of the SQL: label
+    and the condition and drug flags by person and index date."""
+    tables = _tables(
+        database,
+        (
+            "person",
+            "observation_period",
+            "drug_exposure",
+            "condition_occurrence",
+            "concept_ancestor",
+        ),
+    )
+    drugs, conditions = tables["drug_exposure"], tables["condition_occurrence"]
+    ancestor = tables["concept_ancestor"]
+
+    def below(concepts: list[int]) -> set[int]:
+        return _below(ancestor, concepts)
+
+    entries = _entries(tables)
 
     def flag(events, date, concepts, lo, hi) -> np.ndarray:
         hits = entries[["person_id", "index_date"]].merge(
