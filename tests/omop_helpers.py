@@ -85,7 +85,7 @@ def duckdb_source(path: Path, database: Path) -> Path:
     return write(path, f'[omop]\nengine = "duckdb"\npath = "{database}"\n')
 
 
-def _tables(database: Path, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+def cdm_tables(database: Path, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     """Raw CDM tables with lower-case column names, dates as timestamps."""
     import duckdb
 
@@ -102,18 +102,18 @@ def _tables(database: Path, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def _below(ancestor: pd.DataFrame, concepts: list[int]) -> set[int]:
+def below_concepts(ancestor: pd.DataFrame, concepts: list[int]) -> set[int]:
     found = ancestor[ancestor.ancestor_concept_id.isin(concepts)].descendant_concept_id
     return set(concepts) | set(found.astype(int))
 
 
-def _entries(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def target_entries(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The test study's first-event target cohort: person, index date, its observation period's
     start and end, and year of birth."""
     person, op, drugs = tables["person"], tables["observation_period"], tables["drug_exposure"]
     op = op.assign(start=op.observation_period_start_date, end=op.observation_period_end_date)
     target = drugs[
-        drugs.drug_concept_id.isin(_below(tables["concept_ancestor"], [1118084, 1124300]))
+        drugs.drug_concept_id.isin(below_concepts(tables["concept_ancestor"], [1118084, 1124300]))
     ]
     index = target.groupby("person_id").drug_exposure_start_date.min().rename("index_date")
     entries = index.reset_index().merge(op[["person_id", "start", "end"]], on="person_id")
@@ -131,8 +131,10 @@ def survival_oracle(
     days from index to the first event in the window, else to the earlier of the observation
     period's end and the window's end; entries without follow-up are left out."""
     names = ("person", "observation_period", "drug_exposure", "concept_ancestor")
-    tables = _tables(database, (*names, "death" if outcome == "death" else "condition_occurrence"))
-    entries = _entries(tables).reset_index(drop=True)
+    tables = cdm_tables(
+        database, (*names, "death" if outcome == "death" else "condition_occurrence")
+    )
+    entries = target_entries(tables).reset_index(drop=True)
     start = 1 if window is None else window[0]
     censor = entries.end
     if window is not None:
@@ -145,20 +147,23 @@ def survival_oracle(
     else:
         conditions = tables["condition_occurrence"]
         events = conditions[
-            conditions.condition_concept_id.isin(_below(tables["concept_ancestor"], [192671]))
+            conditions.condition_concept_id.isin(
+                below_concepts(tables["concept_ancestor"], [192671])
+            )
         ].rename(columns={"condition_start_date": "date"})
-    first_event, dead_early = [], []
-    for person, index, last in zip(entries.person_id, entries.index_date, censor, strict=True):
-        dates = events.date[events.person_id == person]
-        in_window = dates[(dates >= index + pd.Timedelta(days=start)) & (dates <= last)]
-        first_event.append(in_window.min() if len(in_window) else pd.NaT)
-        early = dates < index + pd.Timedelta(days=start)
-        dead_early.append(outcome == "death" and bool(early.any()))
-    event_date = pd.Series(first_event, index=entries.index, dtype="datetime64[ns]")
-    has_event = event_date.notna()
-    followed = (censor >= entries.index_date + pd.Timedelta(days=max(start, 1))) & ~pd.Series(
-        dead_early, index=entries.index
+    start_day = entries.index_date + pd.Timedelta(days=start)
+    pairs = (
+        entries[["person_id"]]
+        .assign(start_day=start_day, censor=censor)
+        .reset_index()
+        .merge(events[["person_id", "date"]], on="person_id")
     )
+    in_window = pairs[(pairs.date >= pairs.start_day) & (pairs.date <= pairs.censor)]
+    event_date = in_window.groupby("index").date.min().reindex(entries.index)
+    early = pairs[pairs.date < pairs.start_day]["index"].unique()
+    dead_early = entries.index.isin(early) & (outcome == "death")
+    has_event = event_date.notna()
+    followed = (censor >= entries.index_date + pd.Timedelta(days=max(start, 1))) & ~dead_early
     entries = entries.assign(
         event=has_event.astype(int),
         time=(event_date.where(has_event, censor) - entries.index_date).dt.days,
@@ -169,7 +174,7 @@ def survival_oracle(
 def oracle(database: Path) -> pd.DataFrame:
     """The test study's first-event cohort computed in pandas, without any of the SQL: label
     and the condition and drug flags by person and index date."""
-    tables = _tables(
+    tables = cdm_tables(
         database,
         (
             "person",
@@ -183,9 +188,9 @@ def oracle(database: Path) -> pd.DataFrame:
     ancestor = tables["concept_ancestor"]
 
     def below(concepts: list[int]) -> set[int]:
-        return _below(ancestor, concepts)
+        return below_concepts(ancestor, concepts)
 
-    entries = _entries(tables)
+    entries = target_entries(tables)
 
     def flag(events, date, concepts, lo, hi) -> np.ndarray:
         hits = entries[["person_id", "index_date"]].merge(
@@ -211,3 +216,42 @@ def oracle(database: Path) -> pd.DataFrame:
     at_risk = entries.end >= entries.index_date + pd.Timedelta(days=1 + 364)
     entries = entries[(entries.label == 1) | at_risk]
     return entries.sort_values(["person_id", "index_date"]).reset_index(drop=True)
+
+
+def survival_text(outcome: str = "death", window: tuple[int, int] | None = None) -> str:
+    """The test study as a survival study: time ``days``, event ``died`` (death) or
+    ``gi_bleed`` (the GI-bleed concept set), in ``window`` or to the end of observation."""
+    event = "died" if outcome == "death" else "gi_bleed"
+    declared = (
+        'domain = "death"' if outcome == "death" else 'domain = "condition"\nconcepts = [192671]'
+    )
+    if window is not None:
+        declared += f"\nwindow = [{window[0]}, {window[1]}]"
+    text = study_text().replace(
+        'label = "gi_bleed"',
+        f'task = "survival"\ntime = "days"\nevent = "{event}"\nhorizons = [365, 730]',
+    )
+    binary = '[cohort.outcome]\ndomain = "condition"\nconcepts = [192671]\nwindow = [1, 365]'
+    return text.replace(binary, f"[cohort.survival]\n{declared}")
+
+
+def plant_deaths(database: Path) -> None:
+    """A death table for a CDM copy (Eunomia's is empty): a quarter of the persons die on the
+    last day of their observation, as Synthea's do; a quarter 60 days after it (a death the
+    observation did not see, which censoring ignores; none after the source's last day); and a
+    quarter 400 days before it, after their last drug exposure (so after any index date)."""
+    import duckdb
+
+    end = "observation_period_end_date"
+    last_drug = (
+        "(SELECT max(drug_exposure_start_date) FROM drug_exposure d "
+        "WHERE d.person_id = o.person_id)"
+    )
+    with duckdb.connect(str(database)) as con:
+        con.execute(
+            f"CREATE TABLE death AS SELECT person_id, CASE person_id % 4 WHEN 0 THEN {end} "
+            f"WHEN 1 THEN {end} + 60 ELSE {end} - 400 END AS death_date, "
+            f"32817 AS death_type_concept_id FROM observation_period o WHERE person_id % 4 = 0 "
+            f"OR (person_id % 4 = 1 AND {end} < DATE '2019-01-01') "
+            f"OR (person_id % 4 = 2 AND {end} - 400 > {last_drug})"
+        )
