@@ -290,3 +290,27 @@ def test_the_follow_up_window_is_a_bound_parameter(dead_site):
         assert "4321" not in str(compiled)
     values = query.rows.compile().params.values()
     assert {17, 4321} <= {v for v in values if isinstance(v, int)}
+
+
+@pytest.mark.slow
+def test_a_survival_run_from_omop_sources_completes(tmp_path):
+    """Two DuckDB sites, time to death within ten years, two DP rounds: the node's survival
+    path takes the cohort's time and event as it takes a file's."""
+    from federation.simulation import simulate
+
+    sites, _ = write_sites(tmp_path / "data", n_sites=2)
+    for source in sites.values():
+        plant_deaths(source.with_suffix(".duckdb"))
+    spec = parse_spec(survival_text("death", (1, 3650))).with_overrides(training={"rounds": 2})
+    summary = simulate(spec, sites, tmp_path / "run")
+    assert summary["status"] == "completed", summary["error"]
+    assert (summary["time"], summary["event"]) == ("days", "died")
+    entries = sum(
+        len(survival_oracle(s.with_suffix(".duckdb"), "death", (1, 3650))) for s in sites.values()
+    )
+    assert [s["status"] for s in summary["sites"].values()] == ["ok", "ok"]
+    # n_train is exact, n_test a DP release (its noise is a few records)
+    counted = sum(s["n_train"] + s["n_test"] for s in summary["sites"].values())
+    assert abs(counted - entries) < 0.05 * entries
+    assert 0.6 * entries < sum(s["n_train"] for s in summary["sites"].values()) < 0.8 * entries
+    assert "cindex_ci" in summary["metrics"]["pooled"]
