@@ -81,6 +81,11 @@ _NATIVE = {
 }
 
 
+def integer(n: int) -> sa.ColumnElement:
+    """An integer as a typed bound parameter: both engines add it to a date as days."""
+    return sa.cast(sa.literal(n, sa.Integer), sa.Integer)
+
+
 @dataclass(frozen=True)
 class CdmTable:
     """One bound table: ``column(name)`` gives the CDM column, cast where the stored type is

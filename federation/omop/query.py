@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from federation.omop.cdm import COLUMNS, DOMAINS, Cdm
+from federation.omop.cdm import COLUMNS, DOMAINS, Cdm, integer
 from federation.omop.survival import TIME, follow_up
 from federation.wire.cohort import (
     AgeCovariate,
@@ -62,10 +62,6 @@ def needed_columns(cohort: Cohort) -> dict[str, set[str]]:
     if any(isinstance(c, MeasurementCovariate) for c in cohort.covariates.values()):
         needed["measurement"].update({"value_as_number", "unit_concept_id"})
     return needed
-
-
-def _int(n: int) -> sa.ColumnElement:
-    return sa.cast(sa.literal(n, sa.Integer), sa.Integer)
 
 
 def codeset(cdm: Cdm, concepts: ConceptSet) -> sa.Select:
@@ -150,12 +146,12 @@ def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
             ),
         )
         .join(person.table, person.column("person_id") == events.c.person_id)
-        .where(events.c.index_date >= start + _int(target.prior_observation))
+        .where(events.c.index_date >= start + integer(target.prior_observation))
         .cte("observed")
     )
     aged = sa.select(observed)
     if target.age is not None:
-        aged = aged.where(observed.c.age.between(_int(target.age[0]), _int(target.age[1])))
+        aged = aged.where(observed.c.age.between(integer(target.age[0]), integer(target.age[1])))
     aged = aged.cte("aged")
 
     fresh = sa.select(aged)
@@ -231,7 +227,7 @@ def _at_risk(cdm: Cdm, fresh: sa.CTE, outcome: Outcome) -> sa.CTE:
     needs the time at risk."""
     label = _flag(cdm, fresh, outcome.domain, outcome, outcome.window).cte("outcome")
     has_outcome = label.c.person_id.is_not(None)
-    at_risk = fresh.c.observation_end >= fresh.c.index_date + _int(
+    at_risk = fresh.c.observation_end >= fresh.c.index_date + integer(
         outcome.window[0] + outcome.required_time_at_risk
     )
     return (
@@ -266,9 +262,9 @@ def _presence(cdm: Cdm, entries, domain: str, covariates: dict[str, PresenceCova
     tagged = sa.union_all(
         *(
             sa.select(
-                _int(i).label("covariate"),
-                _int(c.window[0]).label("window_start"),
-                _int(c.window[1]).label("window_end"),
+                integer(i).label("covariate"),
+                integer(c.window[0]).label("window_start"),
+                integer(c.window[1]).label("window_end"),
                 codeset(cdm, c).subquery().c.concept_id,
             )
             for i, c in enumerate(covariates.values())
@@ -289,7 +285,7 @@ def _presence(cdm: Cdm, entries, domain: str, covariates: dict[str, PresenceCova
         hits.c.person_id,
         hits.c.index_date,
         *(
-            sa.func.max(sa.case((hits.c.covariate == _int(i), 1), else_=0)).label(label)
+            sa.func.max(sa.case((hits.c.covariate == integer(i), 1), else_=0)).label(label)
             for i, label in enumerate(covariates)
         ),
     ).group_by(hits.c.person_id, hits.c.index_date)
@@ -304,8 +300,8 @@ def _flag(cdm: Cdm, entries, domain: str, concepts: ConceptSet, window) -> sa.Se
             table.table,
             sa.and_(
                 person_id == entries.c.person_id,
-                date >= entries.c.index_date + _int(window[0]),
-                date <= entries.c.index_date + _int(window[1]),
+                date >= entries.c.index_date + integer(window[0]),
+                date <= entries.c.index_date + integer(window[1]),
             ),
         )
         .where(in_set)
@@ -334,8 +330,8 @@ def _latest(cdm: Cdm, entries, covariate: MeasurementCovariate) -> sa.Select:
             table.table,
             sa.and_(
                 person_id == entries.c.person_id,
-                date >= entries.c.index_date + _int(covariate.window[0]),
-                date <= entries.c.index_date + _int(covariate.window[1]),
+                date >= entries.c.index_date + integer(covariate.window[0]),
+                date <= entries.c.index_date + integer(covariate.window[1]),
             ),
         )
         .where(in_set)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from federation.omop.cdm import DOMAINS, Cdm, CdmTable
+from federation.omop.cdm import DOMAINS, Cdm, CdmTable, integer
 from federation.omop.errors import SourceError
 from federation.wire.cohort import DEATH, SurvivalOutcome
 
@@ -48,10 +48,6 @@ class FollowUp:
     checks: sa.Select
 
 
-def _int(n: int) -> sa.ColumnElement:
-    return sa.cast(sa.literal(n, sa.Integer), sa.Integer)
-
-
 def follow_up(
     cdm: Cdm,
     survival: SurvivalOutcome,
@@ -66,10 +62,10 @@ def follow_up(
     index = fresh.c.index_date
     censor = fresh.c.observation_end
     if survival.end is not None:
-        censor = sa.func.least(censor, index + _int(survival.end))
+        censor = sa.func.least(censor, index + integer(survival.end))
     table, date = _outcome_table(cdm, survival)
     death = in_set is None
-    in_window = sa.and_(date >= index + _int(survival.start), date <= censor)
+    in_window = sa.and_(date >= index + integer(survival.start), date <= censor)
     # Death is looked at from the start of time (one before the index is an error); a concept
     # set's events from the index on (earlier ones are the person's history).
     on = table.column("person_id") == fresh.c.person_id
@@ -89,9 +85,9 @@ def follow_up(
     same_entry = sa.and_(dates.c.person_id == fresh.c.person_id, dates.c.index_date == index)
     joined = fresh.outerjoin(dates, same_entry)
     has_event = dates.c.event_date.is_not(None)
-    followed = censor >= index + _int(max(survival.start, 1))
+    followed = censor >= index + integer(max(survival.start, 1))
     if death:  # dead before the window opens: no follow-up, whatever the observation says
-        dead = dates.c.earliest < index + _int(survival.start)
+        dead = dates.c.earliest < index + integer(survival.start)
         followed = sa.and_(followed, sa.not_(sa.func.coalesce(dead, False)))
     time = sa.cast(sa.func.coalesce(dates.c.event_date, censor) - index, sa.Integer)
     entries = (
