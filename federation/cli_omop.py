@@ -62,11 +62,19 @@ def print_report(report: SiteReport, spec: StudySpec, console: Console) -> None:
     if not report.entries:
         return
     share = report.outcomes / report.entries
+    role = "event" if spec.study.task == "survival" else "outcome"
     console.print(
-        f"{report.entries} entries of {report.persons} persons; outcome "
-        f"{spec.study.label!r} in {report.outcomes} ({share:.1%})",
+        f"{report.entries} entries of {report.persons} persons; {role} "
+        f"{spec.study.outcome!r} in {report.outcomes} ({share:.1%})",
         highlight=False,
     )
+    if spec.study.task == "survival":
+        days = report.frame[spec.study.time].astype(int)
+        console.print(
+            f"{report.entries - report.outcomes} censored; time {spec.study.time!r}: median "
+            f"{days.median():g} days (from {days.min()} to {days.max()})",
+            highlight=False,
+        )
     covariates = Table(title="covariates", title_justify="left")
     for column in ("column", "kind", "present", "missing", "levels"):
         covariates.add_column(

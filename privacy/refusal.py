@@ -63,6 +63,7 @@ CHECKS = {
     "cdm-version": "the site's CDM version is not one the study accepts",
     "unknown-concept": "a concept of the study is not in the site's vocabulary",
     "bad-value": "a database column holds values of the wrong type at the site",
+    "bad-dates": "the site's database has dates a survival cohort cannot have",
     "empty-cohort": "the study's cohort is empty at the site",
     "database-error": "the site's database refused a query",
     "internal-error": "the site node failed; see the site's log",

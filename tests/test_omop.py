@@ -14,7 +14,16 @@ import pytest
 import sqlalchemy as sa
 import wire
 from cli_helpers import invoke, run_allfed
-from omop_helpers import TABLES, duckdb_source, oracle, study_text, write
+from omop_helpers import (
+    TABLES,
+    duckdb_source,
+    oracle,
+    plant_deaths,
+    study_text,
+    survival_oracle,
+    survival_text,
+    write,
+)
 from pgserver import load_cdm, pg_bin, postgres_server
 
 from federation.client.data import PERSON_COLUMN, check_table, load_site_table
@@ -155,6 +164,65 @@ def test_latest_measurement_in_a_declared_unit_on_both_engines(
     values = duck.frame["temperature"]
     assert values.iloc[0] == "38.2" and values.iloc[1] == "37.9"
     assert values.iloc[2:].isna().all()
+
+
+@pytest.fixture(scope="session")
+def dead_site(clean_site, tmp_path_factory, postgres):
+    """The clean site with planted deaths (``omop_helpers.plant_deaths``), in DuckDB and as
+    schema ``dead`` of the server."""
+    database = tmp_path_factory.mktemp("dead") / "dead.duckdb"
+    shutil.copy(clean_site, database)
+    plant_deaths(database)
+    load_cdm(database, postgres.url(), "dead", [*TABLES, "death"])
+    import psycopg
+
+    with psycopg.connect(postgres.url(), autocommit=True) as pg:
+        pg.execute("GRANT USAGE ON SCHEMA dead TO reader")
+        pg.execute("GRANT SELECT ON ALL TABLES IN SCHEMA dead TO reader")
+    return database
+
+
+@pytest.mark.parametrize(("outcome", "window"), [("death", (400, 36500)), ("gi_bleed", None)])
+def test_duckdb_and_postgresql_give_identical_survival_tables(
+    tmp_path, postgres, reader_env, dead_site, outcome, window
+):
+    spec = parse_spec(survival_text(outcome, window))
+    duck = read_source(duckdb_source(tmp_path / "a.toml", dead_site), spec)
+    pg = read_source(pg_source(tmp_path / "b.toml", postgres, schema="dead"), spec)
+    pd.testing.assert_frame_equal(duck.frame, pg.frame)
+    pd.testing.assert_series_equal(duck.records, pg.records)
+    expected = survival_oracle(dead_site, outcome, window)
+    assert pg.frame["days"].astype(int).tolist() == expected.time.tolist()
+    assert pg.frame[spec.study.event].astype(int).tolist() == expected.event.tolist()
+    table = check_table(pg.frame, spec, "pg", whole_rows(pg.frame, spec))
+    assert table.n_train + table.n_test == len(expected)
+
+
+def test_a_future_date_in_postgresql_gets_the_same_one_line(
+    tmp_path, postgres, reader_env, dead_site, capsys
+):
+    import psycopg
+
+    with psycopg.connect(postgres.url(), autocommit=True) as pg:
+        pg.execute("CREATE SCHEMA future")
+        for table in [*TABLES, "death"]:
+            pg.execute(f"CREATE TABLE future.{table} AS SELECT * FROM dead.{table}")
+        pg.execute(
+            "UPDATE future.observation_period SET observation_period_end_date = '2999-12-31' "
+            "WHERE person_id = (SELECT min(person_id) FROM future.death)"
+        )
+        pg.execute("GRANT USAGE ON SCHEMA future TO reader")
+        pg.execute("GRANT SELECT ON ALL TABLES IN SCHEMA future TO reader")
+    text = survival_text("death")
+    source = pg_source(tmp_path / "pg.toml", postgres, schema="future")
+    with pytest.raises(SourceError) as caught:
+        load_site_table(source, parse_spec(text), PERSONS)
+    assert caught.value.reason == "bad-dates"
+    assert (
+        invoke("site", "check", "--study", str(write(tmp_path / "s.toml", text)), str(source)) == 2
+    )
+    err = " ".join(capsys.readouterr().err.split())
+    assert "end after today" in err and "2999" not in err and "Traceback" not in err
 
 
 def test_consent_is_the_presence_of_a_consent_observation(tmp_path, clean_site):

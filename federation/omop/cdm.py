@@ -53,6 +53,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "observation_period_start_date": DATE,
         "observation_period_end_date": DATE,
     },
+    "death": {"person_id": ID, "death_date": DATE},  # a survival study's event
     "cdm_source": {"cdm_version": TEXT},
     "concept": {"concept_id": ID, "invalid_reason": TEXT},
     "concept_ancestor": {"ancestor_concept_id": ID, "descendant_concept_id": ID},
@@ -78,6 +79,11 @@ _NATIVE = {
     NUMBER: ("double", "double precision", "float", "real"),
     TEXT: ("varchar", "text", "character varying", "character"),
 }
+
+
+def integer(n: int) -> sa.ColumnElement:
+    """An integer as a typed bound parameter: both engines add it to a date as days."""
+    return sa.cast(sa.literal(n, sa.Integer), sa.Integer)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ REASONS = (
     "cdm-version",  # a CDM version the study does not accept, or none recorded
     "unknown-concept",  # a concept id of the cohort is not in the vocabulary
     "bad-value",  # a column holds values of the wrong type (e.g. text in value_as_number)
+    "bad-dates",  # survival dates no cohort can have (a death before the index, a future date)
     "empty-cohort",
     "database-error",  # anything else the database refused
 )

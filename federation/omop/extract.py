@@ -21,6 +21,7 @@ from federation.omop.errors import SourceError
 from federation.omop.failures import translate
 from federation.omop.query import LABEL, CohortQuery, build, needed_columns
 from federation.omop.source import Source, connect, load_source
+from federation.omop.survival import TIME, check_dates
 from federation.wire.cohort import (
     OTHER,
     AgeCovariate,
@@ -46,7 +47,9 @@ def read_source(path: str | Path, spec: StudySpec) -> SiteRows:
     cohort = cohort_of(spec, where)
     with connect(source, where) as conn:
         cdm = prepare(conn, source, cohort, where)
-        rows = run(conn, build(cdm, cohort), where)
+        query = build(cdm, cohort)
+        check(conn, query, where)
+        rows = run(conn, query, where)
     if rows.empty:
         raise SourceError(
             where,
@@ -121,6 +124,16 @@ def unknown_concepts(conn: sa.Connection, cdm: Cdm, cohort: Cohort) -> dict[str,
     return {place: ids for place, ids in missing.items() if ids}
 
 
+def check(conn: sa.Connection, query: CohortQuery, where: str) -> None:
+    """Refuse the dates a survival cohort cannot have (``federation.omop.survival``)."""
+    if query.checks is None:
+        return
+    try:
+        check_dates(conn, query.checks, where)
+    except sa.exc.DBAPIError as exc:
+        raise translate(exc, where) from None
+
+
 def run(conn: sa.Connection, query: CohortQuery, where: str) -> pd.DataFrame:
     """The cohort's rows, one column per covariate under its name."""
     try:
@@ -143,7 +156,9 @@ def to_frame(rows: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
     cohort = spec.cohort
     assert cohort is not None
     frame = pd.DataFrame(index=rows.index)
-    frame[spec.study.label] = _integers(rows[LABEL])
+    frame[spec.study.outcome] = _integers(rows[LABEL])
+    if spec.study.task == "survival":
+        frame[spec.study.time] = _integers(rows[TIME])
     for name, covariate in cohort.covariates.items():
         values = rows[name]
         if isinstance(covariate, MeasurementCovariate):

@@ -7,7 +7,8 @@ site check can count each step (the attrition) with the very query the node runs
     events -> observed (in an observation period, enough prior observation)
            -> aged (age at index) -> new (no prior outcome) -> entries (time at risk)
 
-and then one pass per domain table over its rows whose concept is in a covariate's concept set,
+(a survival study's last step is ``followed``, the entries with follow-up: ``survival``), and
+then one pass per domain table over its rows whose concept is in a covariate's concept set,
 as FeatureExtraction does: the cost grows with those rows, not with covariates times table size.
 """
 
@@ -17,17 +18,20 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from federation.omop.cdm import COLUMNS, DOMAINS, Cdm
+from federation.omop.cdm import COLUMNS, DOMAINS, Cdm, integer
+from federation.omop.survival import TIME, follow_up
 from federation.wire.cohort import (
     AgeCovariate,
     Cohort,
     ConceptSet,
     DemographicCovariate,
     MeasurementCovariate,
+    Outcome,
     PresenceCovariate,
+    SurvivalOutcome,
 )
 
-LABEL = "label"  # the outcome's column in the result; the extraction renames it
+LABEL = "label"  # the outcome's (a survival study's event) column in the result; renamed later
 
 
 def needed_columns(cohort: Cohort) -> dict[str, set[str]]:
@@ -41,7 +45,12 @@ def needed_columns(cohort: Cohort) -> dict[str, set[str]]:
     sets = cohort.concept_sets().values()
     if any(s.descendants for s in sets):
         needed["concept_ancestor"] = set(COLUMNS["concept_ancestor"])
-    domains = {cohort.target.domain, cohort.outcome.domain}
+    outcome = _outcome(cohort)
+    domains = {cohort.target.domain}
+    if outcome.domain in DOMAINS:
+        domains.add(outcome.domain)
+    else:
+        needed["death"] = set(COLUMNS["death"])
     for covariate in cohort.covariates.values():
         if isinstance(covariate, DemographicCovariate):
             needed["person"].add(f"{covariate.kind}_concept_id")
@@ -53,10 +62,6 @@ def needed_columns(cohort: Cohort) -> dict[str, set[str]]:
     if any(isinstance(c, MeasurementCovariate) for c in cohort.covariates.values()):
         needed["measurement"].update({"value_as_number", "unit_concept_id"})
     return needed
-
-
-def _int(n: int) -> sa.ColumnElement:
-    return sa.cast(sa.literal(n, sa.Integer), sa.Integer)
 
 
 def codeset(cdm: Cdm, concepts: ConceptSet) -> sa.Select:
@@ -92,10 +97,17 @@ class CohortQuery:
     steps: tuple[tuple[str, sa.CTE], ...]
     rows: sa.Select
     labels: dict[str, str]  # covariate name -> its column in ``rows`` (names are not SQL)
+    checks: sa.Select | None = None  # a survival cohort's date checks (``survival.check_dates``)
+
+
+def _outcome(cohort: Cohort) -> Outcome | SurvivalOutcome:
+    outcome = cohort.outcome or cohort.survival
+    assert outcome is not None  # the cohort's validator wants one
+    return outcome
 
 
 def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
-    target, outcome = cohort.target, cohort.outcome
+    target, outcome = cohort.target, _outcome(cohort)
     _, person_id, date, in_set = _events(cdm, target.domain, target)
     if target.events == "first":
         events = sa.select(person_id.label("person_id"), sa.func.min(date).label("index_date"))
@@ -134,16 +146,17 @@ def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
             ),
         )
         .join(person.table, person.column("person_id") == events.c.person_id)
-        .where(events.c.index_date >= start + _int(target.prior_observation))
+        .where(events.c.index_date >= start + integer(target.prior_observation))
         .cte("observed")
     )
     aged = sa.select(observed)
     if target.age is not None:
-        aged = aged.where(observed.c.age.between(_int(target.age[0]), _int(target.age[1])))
+        aged = aged.where(observed.c.age.between(integer(target.age[0]), integer(target.age[1])))
     aged = aged.cte("aged")
 
     fresh = sa.select(aged)
     if outcome.prior_outcome_lookback is not None:
+        assert isinstance(outcome, ConceptSet) and outcome.concepts
         prior = _flag(
             cdm, aged, outcome.domain, outcome, (-outcome.prior_outcome_lookback, -1)
         ).cte("prior_outcome")
@@ -154,29 +167,18 @@ def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
         )
     fresh = fresh.cte("new")
 
-    label = _flag(cdm, fresh, outcome.domain, outcome, outcome.window).cte("outcome")
-    has_outcome = label.c.person_id.is_not(None)
-    at_risk = fresh.c.observation_end >= fresh.c.index_date + _int(
-        outcome.window[0] + outcome.required_time_at_risk
-    )
-    entries = (
-        sa.select(
-            fresh,
-            sa.case((has_outcome, 1), else_=0).label(LABEL),
-        )
-        .outerjoin(
-            label,
-            sa.and_(
-                label.c.person_id == fresh.c.person_id, label.c.index_date == fresh.c.index_date
-            ),
-        )
-        .where(sa.or_(has_outcome, at_risk))
-        .cte("entries")
-    )
+    checks = None
+    if isinstance(outcome, SurvivalOutcome):
+        in_set = None if outcome.domain not in DOMAINS else _events(cdm, outcome.domain, outcome)[3]
+        survival = follow_up(cdm, outcome, events, fresh, LABEL, in_set)
+        entries, checks, last_step = survival.entries, survival.checks, "followed"
+    else:
+        entries, last_step = _at_risk(cdm, fresh, outcome), "entries"
     columns: list[sa.ColumnElement] = [
         entries.c.person_id,
         entries.c.index_date,
         entries.c[LABEL],
+        *([entries.c[TIME]] if checks is not None else []),
     ]
     labels = {name: f"covariate_{i}" for i, name in enumerate(cohort.covariates)}
     query_from = entries
@@ -215,9 +217,33 @@ def build(cdm: Cdm, cohort: Cohort) -> CohortQuery:
         ("observed", observed),
         ("aged", aged),
         ("new", fresh),
-        ("entries", entries),
+        (last_step, entries),
     )
-    return CohortQuery(steps, rows, labels)
+    return CohortQuery(steps, rows, labels, checks)
+
+
+def _at_risk(cdm: Cdm, fresh: sa.CTE, outcome: Outcome) -> sa.CTE:
+    """A binary study's entries: the label is the outcome in the window, and an entry without it
+    needs the time at risk."""
+    label = _flag(cdm, fresh, outcome.domain, outcome, outcome.window).cte("outcome")
+    has_outcome = label.c.person_id.is_not(None)
+    at_risk = fresh.c.observation_end >= fresh.c.index_date + integer(
+        outcome.window[0] + outcome.required_time_at_risk
+    )
+    return (
+        sa.select(
+            fresh,
+            sa.case((has_outcome, 1), else_=0).label(LABEL),
+        )
+        .outerjoin(
+            label,
+            sa.and_(
+                label.c.person_id == fresh.c.person_id, label.c.index_date == fresh.c.index_date
+            ),
+        )
+        .where(sa.or_(has_outcome, at_risk))
+        .cte("entries")
+    )
 
 
 def _same_entry(part, entries) -> sa.ColumnElement:
@@ -236,9 +262,9 @@ def _presence(cdm: Cdm, entries, domain: str, covariates: dict[str, PresenceCova
     tagged = sa.union_all(
         *(
             sa.select(
-                _int(i).label("covariate"),
-                _int(c.window[0]).label("window_start"),
-                _int(c.window[1]).label("window_end"),
+                integer(i).label("covariate"),
+                integer(c.window[0]).label("window_start"),
+                integer(c.window[1]).label("window_end"),
                 codeset(cdm, c).subquery().c.concept_id,
             )
             for i, c in enumerate(covariates.values())
@@ -259,7 +285,7 @@ def _presence(cdm: Cdm, entries, domain: str, covariates: dict[str, PresenceCova
         hits.c.person_id,
         hits.c.index_date,
         *(
-            sa.func.max(sa.case((hits.c.covariate == _int(i), 1), else_=0)).label(label)
+            sa.func.max(sa.case((hits.c.covariate == integer(i), 1), else_=0)).label(label)
             for i, label in enumerate(covariates)
         ),
     ).group_by(hits.c.person_id, hits.c.index_date)
@@ -274,8 +300,8 @@ def _flag(cdm: Cdm, entries, domain: str, concepts: ConceptSet, window) -> sa.Se
             table.table,
             sa.and_(
                 person_id == entries.c.person_id,
-                date >= entries.c.index_date + _int(window[0]),
-                date <= entries.c.index_date + _int(window[1]),
+                date >= entries.c.index_date + integer(window[0]),
+                date <= entries.c.index_date + integer(window[1]),
             ),
         )
         .where(in_set)
@@ -304,8 +330,8 @@ def _latest(cdm: Cdm, entries, covariate: MeasurementCovariate) -> sa.Select:
             table.table,
             sa.and_(
                 person_id == entries.c.person_id,
-                date >= entries.c.index_date + _int(covariate.window[0]),
-                date <= entries.c.index_date + _int(covariate.window[1]),
+                date >= entries.c.index_date + integer(covariate.window[0]),
+                date <= entries.c.index_date + integer(covariate.window[1]),
             ),
         )
         .where(in_set)

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from federation.omop.cdm import DOMAINS, bind
 from federation.omop.errors import SourceError
 from federation.omop.extract import (
+    check,
     check_version,
     cohort_of,
     record_ids,
@@ -39,6 +40,7 @@ STEP_NAMES = {
     "aged": "in the age range at index",
     "new": "without a prior outcome",
     "entries": "with the time at risk (the cohort)",
+    "followed": "with follow-up after index (the cohort)",
 }
 
 
@@ -107,6 +109,7 @@ def site_report(path: str | Path, spec: StudySpec) -> SiteReport:
                     pd.Series(dtype=str),
                 )
             query = build(cdm, cohort)
+            check(conn, query, where)
             steps = [
                 (name, conn.execute(sa.select(sa.func.count()).select_from(cte)).scalar_one())
                 for name, cte in query.steps
@@ -127,7 +130,7 @@ def site_report(path: str | Path, spec: StudySpec) -> SiteReport:
         steps=steps,
         entries=len(rows),
         persons=int(rows["person_id"].nunique()) if not rows.empty else 0,
-        outcomes=int(frame[spec.study.label].eq("1").sum()) if not rows.empty else 0,
+        outcomes=int(frame[spec.study.outcome].eq("1").sum()) if not rows.empty else 0,
         covariates=covariates,
         frame=frame,
         records=record_ids(rows) if not rows.empty else pd.Series(dtype=str),

@@ -5,7 +5,9 @@ with ``descendants`` every valid concept below them in ``concept_ancestor``); th
 criterion's first occurrence in the person's history (Circe's "first time in the person's
 history", a new-user design) or every occurrence; the time at risk and the prior-outcome exclusion
 are PatientLevelPrediction's (``riskWindowStart``/``End`` relative to index, ``minTimeAtRisk``
-with ``includeAllOutcomes``, ``priorOutcomeLookback``); covariates are FeatureExtraction's
+with ``includeAllOutcomes``, ``priorOutcomeLookback``); a survival study's time to event is
+CohortMethod's (the first outcome in the time at risk, censored at the end of the observation
+period or of the window, whichever comes first); covariates are FeatureExtraction's
 (demographics at index, binary presence of a concept set in a window ending at index, age as
 year of index minus year of birth).
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from federation.wire.spec import StudySpec
 
 DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "visit")
+DEATH = "death"  # the death table: a survival outcome without a concept set
 DEMOGRAPHICS = ("gender", "race", "ethnicity")  # person.<kind>_concept_id, categorical
 PRESENCE = ("condition", "drug", "procedure", "observation", "visit")  # binary 0/1
 OTHER = "other"  # a declared level that takes every concept id not declared
@@ -66,7 +69,7 @@ class ConceptSet(_Model):
 
     @model_validator(mode="after")
     def _distinct(self):
-        if len(set(self.concepts)) != len(self.concepts):
+        if self.concepts and len(set(self.concepts)) != len(self.concepts):
             raise ValueError("concepts lists a concept id twice")
         return self
 
@@ -104,6 +107,43 @@ class Outcome(ConceptSet):
         if self.min_time_at_risk is not None:
             return self.min_time_at_risk
         return self.window[1] - self.window[0]
+
+
+class SurvivalOutcome(ConceptSet):
+    """A survival study's event: death, or the first event of a concept set after index, in
+    the follow-up ``window`` (days from index; without one, from day 1 to the end of the
+    observation period). Censoring is at the earlier of the observation period's end and the
+    window's end."""
+
+    domain: Literal[(DEATH, *DOMAINS)]  # type: ignore[valid-type]
+    concepts: tuple[Annotated[StrictInt, Field(gt=0)], ...] | None = None  # type: ignore[assignment]
+    window: Window | None = None
+    prior_outcome_lookback: Annotated[StrictInt, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _event(self):
+        if self.window is not None:
+            _check_window(self.window, "window")
+            if self.window[0] < 0:
+                raise ValueError("window must start on or after the index day (0)")
+        if self.domain == DEATH:
+            if self.concepts is not None:
+                raise ValueError('concepts: death (domain = "death") has no concept set')
+            if self.prior_outcome_lookback is not None:
+                raise ValueError("prior-outcome-lookback: a death cannot precede the index")
+        elif not self.concepts:
+            raise ValueError(f"concepts: required for domain = {self.domain!r} (a concept set)")
+        return self
+
+    @property
+    def start(self) -> int:
+        """The first day of follow-up that an event counts on (day 1 unless the window says)."""
+        return 1 if self.window is None else self.window[0]
+
+    @property
+    def end(self) -> int | None:
+        """The window's last day, or None: follow-up to the end of the observation period."""
+        return None if self.window is None else self.window[1]
 
 
 class AgeCovariate(_Model):
@@ -154,11 +194,22 @@ Covariate = Annotated[
 class Cohort(_Model):
     cdm_versions: Annotated[tuple[str, ...], Field(min_length=1)] = ("5.3", "5.4")
     target: Target
-    outcome: Outcome
+    outcome: Outcome | None = None  # a binary study's
+    survival: SurvivalOutcome | None = None  # a survival study's
     covariates: Annotated[dict[str, Covariate], Field(min_length=1)]
 
     @model_validator(mode="after")
     def _names(self):
+        if self.outcome is None and self.survival is None:
+            raise ValueError(
+                "needs an outcome: [cohort.outcome] for a binary study, [cohort.survival] for "
+                'task = "survival"'
+            )
+        if self.outcome is not None and self.survival is not None:
+            raise ValueError(
+                "declares both [cohort.outcome] and [cohort.survival]; keep the one of the "
+                "study's task"
+            )
         for name in self.covariates:
             if not _NAME.match(name):
                 raise ValueError(f"covariate name {name!r} must be letters, digits and underscores")
@@ -169,7 +220,11 @@ class Cohort(_Model):
 
     def concept_sets(self) -> dict[str, ConceptSet]:
         """Every concept set, by where the spec names it."""
-        sets: dict[str, ConceptSet] = {"target": self.target, "outcome": self.outcome}
+        sets: dict[str, ConceptSet] = {"target": self.target}
+        if self.outcome is not None:
+            sets["outcome"] = self.outcome
+        if self.survival is not None and self.survival.domain != DEATH:
+            sets["survival"] = self.survival
         for name, covariate in self.covariates.items():
             if isinstance(covariate, ConceptSet):
                 sets[f"covariates.{name}"] = covariate
@@ -219,15 +274,18 @@ def _location(loc: tuple) -> str:
 
 
 def check_cohort_columns(spec: StudySpec, source: str) -> None:
-    """The study's columns and the cohort's must agree: the label is the outcome, every feature
-    and group column is a covariate of a fitting kind, and every covariate is used."""
+    """The study's columns and the cohort's must agree: the outcome is the task's (the label of
+    a binary study, time and event of a survival one), every feature and group column is a
+    covariate of a fitting kind, and every covariate is used."""
     cohort, study, features = spec.cohort, spec.study, spec.features
     assert cohort is not None
-    if study.label in cohort.covariates:
-        raise SpecError(
-            f"{source}: [cohort] covariates.{study.label}: the label column {study.label!r} is "
-            "the outcome; a covariate cannot have its name"
-        )
+    _check_task(spec, source)
+    for column in study.outcome_columns:
+        if column in cohort.covariates:
+            raise SpecError(
+                f"{source}: [cohort] covariates.{column}: the column {column!r} is the outcome; "
+                "a covariate cannot have its name"
+            )
     if study.split:
         raise SpecError(
             f"{source}: [study] split: a cohort has no split column; leave it out (the site "
@@ -247,6 +305,23 @@ def check_cohort_columns(spec: StudySpec, source: str) -> None:
                 "of the study; declare it in [features] or remove it"
             )
         _check_kind(name, covariate, spec, source)
+
+
+def _check_task(spec: StudySpec, source: str) -> None:
+    """A binary study's outcome is a label in a window, a survival study's a time to event:
+    the cohort declares the one of the study's task."""
+    cohort = spec.cohort
+    assert cohort is not None
+    if spec.study.task == "survival" and cohort.outcome is not None:
+        raise SpecError(
+            f"{source}: [cohort] outcome: a survival study's outcome is a time to event; "
+            "declare it as [cohort.survival] (domain, concepts, window)"
+        )
+    if spec.study.task == "binary" and cohort.survival is not None:
+        raise SpecError(
+            f"{source}: [cohort] survival: a binary study's outcome is [cohort.outcome]; "
+            'for a time to event set [study] task = "survival"'
+        )
 
 
 def _check_kind(name: str, covariate, spec: StudySpec, source: str) -> None:

@@ -448,12 +448,6 @@ class StudySpec(BaseModel):
         roles = {"label": study.label, "consent": study.consent, "split": study.split}
         if study.task == "survival":
             roles = {"time": study.time, "event": study.event, **roles}
-            if self.cohort is not None:
-                raise _problem(
-                    'task = "survival" does not read OMOP sources yet; give the sites files '
-                    "with the time and event columns",
-                    "cohort",
-                )
         for role, column in roles.items():
             if column and column in features.columns:
                 raise _problem(
