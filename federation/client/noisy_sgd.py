@@ -12,7 +12,7 @@ each) cost more than the rest of a small model's step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from opacus.optimizers.optimizer import _generate_noise
@@ -41,7 +41,7 @@ class NoisySGD:
         self.scale = -learning_rate / expected_batch_size
         self.steps_ahead = max(1, steps_ahead)
         self.generator = generator
-        self._noise: list[tuple[torch.Tensor, ...]] = []  # per step to come, one per parameter
+        self._noise: Iterator[tuple[torch.Tensor, ...]] = iter(())  # steps to come, per param
 
     def zero_grad(self) -> None:
         for param in self.params:
@@ -50,14 +50,15 @@ class NoisySGD:
     def step(self) -> None:
         """``param -= learning_rate * (grad + noise) / expected_batch_size`` for each parameter,
         with fresh noise at every step."""
-        if not self._noise:
+        noise = next(self._noise, None)
+        if noise is None:
             self._noise = self._draw_noise()
-        noise = self._noise.pop()
+            noise = next(self._noise)
         with torch.no_grad():
             torch._foreach_add_(self.params, [p.grad for p in self.params], alpha=self.scale)
             torch._foreach_add_(self.params, noise)
 
-    def _draw_noise(self) -> list[tuple[torch.Tensor, ...]]:
+    def _draw_noise(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """The scaled noise of the next steps (up to ``steps_ahead``), each step's a view per
         parameter into one block drawn by one call of Opacus's secure sampler."""
         sizes = [param.numel() for param in self.params]
@@ -70,4 +71,4 @@ class NoisySGD:
             chunk.unflatten(1, param.shape).unbind(0)
             for chunk, param in zip(block.split(sizes, dim=1), self.params, strict=True)
         ]
-        return list(zip(*per_param, strict=True))
+        return zip(*per_param, strict=True)
