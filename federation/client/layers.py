@@ -33,8 +33,8 @@ def logit_gradients(
 
     Worked out by hand for a stack of Linear and ReLU layers (``clipping.check_supported``), with
     no autograd graph: at these sizes building and walking the graph costs more than the
-    arithmetic. Going back through a Linear layer multiplies by its weight; through a ReLU, masks
-    the records whose input to it was not positive (torch's own ReLU gradient)."""
+    arithmetic. Going back through a Linear layer multiplies by its weight; through a ReLU, zeroes
+    the entries whose input to it was not positive (torch's own ReLU gradient)."""
     trace: list[tuple[nn.Module, torch.Tensor]] = []
     hidden = features
     with torch.no_grad():
@@ -48,7 +48,10 @@ def logit_gradients(
         grad = torch.ones_like(hidden)  # of each record's logit at the last layer's output
         # Back through every layer but the first (its input's gradient is of no use).
         for (layer, a), (before, _) in zip(reversed(trace[1:]), reversed(trace[:-1]), strict=True):
-            grad = grad @ layer.weight if isinstance(layer, nn.Linear) else grad * (a > 0)
+            if isinstance(layer, nn.Linear):
+                grad = grad @ layer.weight
+            else:  # what autograd runs for a ReLU, without a float copy of a boolean mask
+                grad = torch.ops.aten.threshold_backward(grad, a, 0.0)
             if isinstance(before, nn.Linear):
                 grads.append(grad)
     grads.reverse()
