@@ -171,3 +171,14 @@ def test_poisson_batches_drawn_at_once_are_opacus_sampler_draw_for_draw(cap, mon
     )
     assert ours == theirs
     assert len({len(b) for b in ours}) > 1  # Poisson: batch sizes vary
+
+
+def test_zero_grad_clears_as_torch_optimizers_do():
+    params = [nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2, 2))]
+    optimizer = NoisySGD(params, 0.1, 1.0, 1.0, expected_batch_size=4, steps_ahead=1)
+    for param in params:
+        param.grad = torch.ones_like(param)
+    optimizer.zero_grad(set_to_none=False)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in params)
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in params)

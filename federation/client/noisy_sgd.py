@@ -43,9 +43,13 @@ class NoisySGD:
         self.generator = generator
         self._noise: Iterator[tuple[torch.Tensor, ...]] = iter(())  # steps to come, per param
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients, as ``torch.optim.Optimizer.zero_grad`` does."""
         for param in self.params:
-            param.grad = None
+            if set_to_none:
+                param.grad = None
+            elif param.grad is not None:
+                param.grad.zero_()
 
     def step(self) -> None:
         """``param -= learning_rate * (grad + noise) / expected_batch_size`` for each parameter,
