@@ -6,15 +6,9 @@ any earlier releases (the standardization sums). The site's ledger records each 
 release before it runs, so the epsilon reported after round r is the true epsilon of everything
 released so far and the last round lands at (not above) the target.
 
-Per-record clipping costs one backward pass. The models are stacks of Linear layers on tabular
-rows, and a record's gradient of a Linear layer is the outer product of the gradient at the
-layer's output (``g``) and the layer's input (``a``): its squared norm is ``|g|^2 (|a|^2 + 1)``
-with the bias, and the sum of the clipped gradients is one matrix product per layer. Opacus's
-per-sample hooks materialize every record's gradient and cost several times a non-private step.
-The clip factor is taken from the norm of the record's logit gradient, so it does not depend on
-the label (``clipped_gradient_sum`` says why: flat clipping of the loss gradient under-predicts
-the rare class); the clipped sum goes to Opacus's optimizer, which adds the noise, divides by
-the expected batch size exactly as ``make_private`` would set it up.
+A step costs about what a non-private one does: the per-record clipping is in closed form
+(``clipping``), the noise is Opacus's secure-mode noise drawn for the round's steps at once
+(``noisy_sgd``), and the round's Poisson batches are drawn at once too.
 """
 
 from __future__ import annotations
@@ -26,17 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import nn
 
+from federation.client.clipping import check_supported, clipped_gradient_sum
 from federation.client.hazard import hazard_gradient_sum, mean_hazard_loss
-from federation.client.layers import forward_through_linears
+from federation.client.noisy_sgd import NoisySGD
 from models.survival import DiscreteTimeHazard
 from privacy.accounting import GaussianRelease
 from privacy.planner import SitePlan, plan_site
 
-# Share of the clip norm's square kept for the output bias, which every record then moves alike.
-BIAS_SHARE = 0.25
+# Most Poisson draws (one per record and step) held at once: 16 MB of float32.
+MAX_SAMPLING_DRAWS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -123,8 +117,13 @@ def train_dp(
     model.train()
     for batch in poisson_batches(len(y), plan.sample_rate, plan.steps_per_round, rng):
         # An empty batch is a step like any other: a zero sum plus the same noise.
-        optimizer.zero_grad(set_to_none=True)
-        clipped_sum(model, features[batch], labels[batch], settings.max_grad_norm)
+        optimizer.zero_grad()
+        clipped_sum(
+            model,
+            features.index_select(0, batch),
+            labels.index_select(0, batch),
+            settings.max_grad_norm,
+        )
         optimizer.step()
         _proximal_step(model, anchor, settings)
 
@@ -165,44 +164,14 @@ def poisson_batches(
     n_records: int, sample_rate: float, steps: int, generator: torch.Generator | None = None
 ) -> Iterator[torch.Tensor]:
     """Index tensors of ``steps`` batches, each record in each independently with probability
-    ``sample_rate``: Opacus's ``UniformWithReplacementSampler``, draw for draw, without its
-    round trip through Python lists."""
-    for _ in range(steps):
-        yield (torch.rand(n_records, generator=generator) < sample_rate).nonzero().reshape(-1)
-
-
-def check_supported(model: nn.Module) -> None:
-    """Refuse a model outside the shape the closed-form per-record norms hold for: a Sequential
-    whose parameters all belong to its Linear layers, each used once (other layers
-    parameter-free, and, like Opacus, none may mix the records of a batch)."""
-    layers = list(model.children())
-    linears = [m for m in layers if isinstance(m, nn.Linear)]
-    owned = {id(p) for layer in linears for p in layer.parameters()}
-    if (
-        not isinstance(model, nn.Sequential)
-        or not linears
-        or len(layers) != len(model)
-        or any(id(p) not in owned for p in model.parameters())
-    ):
-        raise ValueError(
-            "DP training needs a Sequential model of Linear layers and parameter-free "
-            f"activations; got {type(model).__name__}"
-        )
-
-
-class ClippedSumOptimizer(DPOptimizerFastGradientClipping):
-    """Opacus's optimizer for gradients that already are sums of clipped per-record gradients:
-    it adds Gaussian noise of std ``noise_multiplier * max_grad_norm`` to the sum, divides by the
-    expected batch size. Unchanged but for one copy: Opacus
-    deep-copies ``.grad`` into the sum (a fifth of a small model's step), and here the clipped sum
-    is a fresh tensor every step, so it is taken as it is."""
-
-    def accumulate(self) -> None:
-        for p in self.params:
-            if p.summed_grad is None:
-                p.summed_grad = p.grad.detach()
-            else:
-                p.summed_grad.add_(p.grad)
+    ``sample_rate``: Opacus's ``UniformWithReplacementSampler``, draw for draw, but many steps'
+    draws in one call (``MAX_SAMPLING_DRAWS`` at most) and without its round trip through
+    Python lists."""
+    steps_at_once = max(1, MAX_SAMPLING_DRAWS // max(1, n_records))
+    for first in range(0, steps, steps_at_once):
+        taken = torch.rand(min(steps_at_once, steps - first), n_records, generator=generator)
+        taken = taken < sample_rate
+        yield from taken.nonzero()[:, 1].split(taken.sum(1).tolist())
 
 
 def dp_optimizer(
@@ -211,63 +180,19 @@ def dp_optimizer(
     plan: DPPlan,
     n_records: int,
     generator: torch.Generator | None = None,
-) -> ClippedSumOptimizer:
+) -> NoisySGD:
     """SGD with DP noise as ``make_private`` sets it up: ``expected_batch_size`` is
-    ``int(n_records * sample_rate)``. Opacus's ``secure_mode`` noise (each draw the scaled sum
-    of four Gaussians) resists the floating-point attacks on naive Gaussian samples; the
-    generator is the round's own (``noise_generator``)."""
-    return ClippedSumOptimizer(
-        torch.optim.SGD(model.parameters(), lr=settings.learning_rate),
+    ``int(n_records * sample_rate)``; the round's noise drawn ahead (``noisy_sgd``) from the
+    round's own generator (``noise_generator``)."""
+    return NoisySGD(
+        model.parameters(),
+        learning_rate=settings.learning_rate,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=settings.max_grad_norm,
         expected_batch_size=int(n_records * plan.sample_rate),
+        steps_ahead=plan.steps_per_round,
         generator=generator,
-        secure_mode=True,
     )
-
-
-def clipped_gradient_sum(
-    model: nn.Sequential, features: torch.Tensor, labels: torch.Tensor, max_grad_norm: float
-) -> None:
-    """Set each parameter's ``.grad`` to the sum over the batch of the records' logistic-loss
-    gradients, clipped by factors that depend on the record's features, never on its label.
-
-    A record's loss gradient is ``(p - y) J``, where ``J`` is the gradient of its logit, and
-    ``|p - y| < 1``. Its output-bias entry (1 in ``J``) is scaled by ``min(1, a C)`` with
-    ``a^2 = BIAS_SHARE``, the rest of ``J`` to norm at most ``sqrt(1 - a^2) C``, so the clipped
-    gradient has norm at most ``C = max_grad_norm``: the sensitivity Opacus's noise is
-    calibrated to, as with flat clipping. Flat clipping scales by ``C / |(p - y) J|`` instead,
-    which depends on the label: under class imbalance the rare class has the large residuals,
-    its gradients are the ones cut, and the model under-predicts it (the demo at its defaults:
-    mean risk 14% where 21% have the outcome). Here the expected clipped gradient at the true
-    risk is zero for every weight (a weighted maximum-likelihood fit), and the intercept's
-    factor is the same for every record, so at convergence the training rows' mean predicted
-    risk is their observed risk.
-    """
-    logits, linears, inputs, outputs = forward_through_linears(model, features)
-    logits = logits.squeeze(-1)
-    logit_grads = torch.autograd.grad(logits.sum(), outputs)
-    output = linears[-1]
-    squared_norms = sum(
-        g.square().sum(1) * (a.square().sum(1) + int(layer.bias is not None))
-        for layer, a, g in zip(linears, inputs, logit_grads, strict=True)
-    )
-    if output.bias is not None:
-        squared_norms = squared_norms - 1.0  # the output bias's entry of J is 1: apart
-        bias_factor = min(1.0, math.sqrt(BIAS_SHARE) * max_grad_norm)
-        rest = math.sqrt(1 - BIAS_SHARE) * max_grad_norm
-    else:
-        bias_factor, rest = 0.0, max_grad_norm
-    factor = (rest / (squared_norms.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
-    residuals = (torch.sigmoid(logits) - labels).detach()
-    weight = (residuals * factor).unsqueeze(1)
-    for layer, a, g in zip(linears, inputs, logit_grads, strict=True):
-        clipped = g * weight
-        layer.weight.grad = clipped.T @ a
-        if layer.bias is not None:
-            layer.bias.grad = clipped.sum(0)
-    if output.bias is not None:
-        output.bias.grad = (residuals.sum() * bias_factor).reshape(output.bias.shape)
 
 
 def _proximal_step(model: nn.Module, anchor: list[torch.Tensor], settings: LocalSettings) -> None:
