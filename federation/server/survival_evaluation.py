@@ -29,16 +29,13 @@ from federation.server import survival_metrics as sm
 from federation.server.evaluation import (
     BOOTSTRAP_DRAWS,
     DEGENERATE_SHARE,
-    INTERSECTION,
     MAX_CI_WIDTH,
     MIN_CALIBRATION_RECORDS,
-    MIN_PUBLISHED_COUNT,
-    POOLED_CELL,
     Interval,
     Metrics,
     bootstrap_interval,
     histogram,
-    is_publishable,
+    metric_tables,
 )
 from federation.wire.evaluation import EVAL_PREFIX, Cell, Layout
 from federation.wire.spec import StudySpec
@@ -46,7 +43,6 @@ from federation.wire.survival_evaluation import (
     EVENTS,
     HISTOGRAM,
     RECORDS,
-    SCORE_EDGES,
     STAT_SHARES,
     bin_scores,
     histogram_keys,
@@ -123,16 +119,18 @@ def clean(noisy: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Horizons:
     """What the metrics read from the study and the model: the hazard intervals' cuts, the
-    horizons' positions among them, and every score bin's predicted survival at every cut."""
+    horizons' positions among them, the score bins' edges and every score bin's predicted
+    survival at every cut."""
 
     cuts: tuple[float, ...]
     horizons: tuple[float, ...]
+    edges: np.ndarray  # the score bins' inner edges (``score_edges``)
     survival: np.ndarray  # (score bins, cuts)
 
     @classmethod
-    def of(cls, spec: StudySpec, baseline: np.ndarray) -> Horizons:
-        study = spec.study
-        return cls(study.intervals, study.horizons, sm.predicted_survival(bin_scores(), baseline))
+    def of(cls, spec: StudySpec, baseline: np.ndarray, edges: np.ndarray) -> Horizons:
+        survival = sm.predicted_survival(bin_scores(edges), baseline)
+        return cls(spec.study.intervals, spec.study.horizons, edges, survival)
 
     def index(self, horizon: float) -> int:
         return self.cuts.index(horizon)
@@ -234,8 +232,8 @@ def _calibration_groups(hists: np.ndarray, horizons: Horizons, index: int) -> li
         value, ci, _ = _interval(observed).published()
         rows.append(
             {
-                "score_low": _edge(low),
-                "score_high": _edge(high),
+                "score_low": _edge(horizons.edges, low),
+                "score_high": _edge(horizons.edges, high),
                 "count": round(float(records[low:high].sum())),
                 "mean_predicted": None if math.isnan(predicted[0]) else float(predicted[0]),
                 "observed": value,
@@ -245,11 +243,11 @@ def _calibration_groups(hists: np.ndarray, horizons: Horizons, index: int) -> li
     return rows
 
 
-def _edge(index: int) -> float | None:
+def _edge(edges: np.ndarray, index: int) -> float | None:
     """The score at the lower edge of bin ``index`` (None at the open ends)."""
-    if index == 0 or index > len(SCORE_EDGES):
+    if index == 0 or index > len(edges):
         return None
-    return float(SCORE_EDGES[index - 1])
+    return float(edges[index - 1])
 
 
 def score_diagnostics(hist: np.ndarray) -> list[str]:
@@ -263,7 +261,9 @@ def score_diagnostics(hist: np.ndarray) -> list[str]:
     if records.max() / total >= DEGENERATE_SHARE:
         findings.append("the model gives (nearly) every record the same score")
     if (records[0] + records[-1]) / total >= DEGENERATE_SHARE:
-        findings.append("the risk scores fall outside the score bins: the model diverged")
+        findings.append(
+            "the risk scores fall beyond the model's probe range (the two open score bins)"
+        )
     return findings
 
 
@@ -276,33 +276,4 @@ def survival_tables(
     """``summary.json``'s ``metrics`` of a survival run: pooled, per site, per group level and
     per intersection level; a level or site below the dissemination threshold is withheld with
     its reason."""
-
-    def published(release: SurvivalCell | None) -> dict[str, Any]:
-        if release is None:
-            return {"withheld_reason": "no site released it"}
-        if not is_publishable(release):
-            return {
-                "withheld_reason": (
-                    f"{MIN_PUBLISHED_COUNT} or fewer records, events or non-events (after DP noise)"
-                )
-            }
-        return cell_metrics(release, horizons)
-
-    result: dict[str, Any] = {
-        "pooled": published(pooled.get(POOLED_CELL)),
-        "per_site": {name: published(cells.get(POOLED_CELL)) for name, cells in sites.items()},
-        "per_group": {},
-        "per_intersection": {},
-    }
-    for (kind, column), levels in layout.tables.items():
-        if kind == POOLED_CELL[0]:
-            continue
-        table = result["per_group" if kind != INTERSECTION else "per_intersection"]
-        table[column] = {}
-        for level in levels:
-            metrics = published(pooled.get((kind, column, level)))
-            table[column][level] = {
-                "metrics": None if "withheld_reason" in metrics else metrics,
-                "withheld_reason": metrics.get("withheld_reason"),
-            }
-    return result
+    return metric_tables(sites, pooled, layout, lambda release: cell_metrics(release, horizons))
