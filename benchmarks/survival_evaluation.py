@@ -5,8 +5,8 @@ data is there) a model is fitted (a Cox model on the pooled training rows, sciki
 as the discrete-time hazard model's linear risk score: the evaluation does not care how a model
 was trained), once at its fitted spread and once shrunk to 0.3 of it (the narrow scores of a
 DP-trained model, whose weights DP-SGD's clipping and noise keep small). It is then evaluated
-over and over exactly as a run does: each site's real release (``client.survival_evaluation``,
-OpenDP noise) on its own test partition, pooled and read by the aggregator's real code
+over and over as a run does: each site's release statistics (``client.survival_evaluation``,
+noise at the release's SD) on its own test partition, pooled and read by the aggregator's real code
 (``server.survival_evaluation``). The benchmark holds the data, so it also scores the same
 model record by record on the same test rows (scikit-survival: Harrell's C-index, the
 cumulative/dynamic AUC at each horizon, the integrated Brier score) and reports, per epsilon
@@ -46,7 +46,7 @@ from tcga_brca import study_text as tcga_study_text
 
 from federation.client.evaluation import members_of
 from federation.client.features import encode
-from federation.client.survival_evaluation import survival_release
+from federation.client.survival_evaluation import survival_statistics
 from federation.server import evaluation as ev
 from federation.server import survival_evaluation as sev
 from federation.server import survival_metrics as sm
@@ -87,7 +87,8 @@ def cohorts(names: list[str], root: Path) -> dict[str, tuple[Path, dict[str, Pat
             for region, frame in frames.items():
                 files[region] = folder / f"{region}.csv"
                 frame.to_csv(files[region], index=False)
-            features = [c for c in next(iter(frames.values())).columns if c not in ("T", "E", "split")]
+            columns = next(iter(frames.values())).columns
+            features = [c for c in columns if c not in ("T", "E", "split")]
             spec_path = folder / "study.toml"
             spec_path.write_text(tcga_study_text(features, 3.0, TCGA_INTERVALS), encoding="utf-8")
             out[name] = (spec_path, files)
@@ -147,13 +148,23 @@ def exact_metrics(spec, sites, model) -> dict[str, float]:
     return exact
 
 
-def released(spec, sites, edges, horizons, noise: float | None) -> dict:
-    """One evaluation as the run does it (``noise`` None: exact counts): the pooled metrics."""
+def released(spec, sites, edges, horizons, noise: float | None, rng) -> dict:
+    """One evaluation as the run does it (``noise`` None: exact counts): the pooled metrics.
+    Each site's statistics are the release's (``survival_statistics``, the same weights); their
+    noise is drawn here at the release's SD, seeded (OpenDP's exact sampler, which the sites
+    use, takes about 1.5 s per site release, too slow for hundreds of draws)."""
     cells = layout(spec)
     cuts = model_cuts(spec)
     per_site = []
     for y, score, members in sites.values():
-        record = survival_release(y, score, members, cells, cuts, edges, noise or 1e-9)
+        names, values, weights = survival_statistics(y, score, members, cells, cuts, edges)
+        if noise is not None:
+            values = values + rng.normal(0.0, noise, len(values)) / weights
+        record, start = {}, 0
+        for name, length in names:
+            record[name] = [float(v) for v in values[start : start + length]]
+            record[name] = record[name] if length > 1 else record[name][0]
+            start += length
         per_site.append(sev.read_release(record, spec, cells, noise or 1e-9))
     pooled = ev.reconcile(ev.pool(per_site), cells)
     return sev.cell_metrics(pooled[POOLED_CELL], horizons)
@@ -176,7 +187,8 @@ def summarize(triples: list[tuple[float | None, list[float] | None, float]]) -> 
     }
 
 
-def benchmark(spec, files, epsilons, repeats) -> dict:
+def benchmark(spec, files, epsilons, repeats, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
     tables, center, scale = cohort_tables(spec, files)
     result: dict = {"sites": len(files)}
     for shrink in SHRINKS:
@@ -195,22 +207,32 @@ def benchmark(spec, files, epsilons, repeats) -> dict:
         for design in DESIGNS:
             edges = score_edges(spec, model) if design == "probe edges" else FIXED_EDGES
             horizons = sev.Horizons.of(spec, baseline, edges)
-            no_noise = released(spec, sites, edges, horizons, None)
+            no_noise = released(spec, sites, edges, horizons, None, rng)
             rows = {"binning_error": {n: _error(no_noise.get(n), exact[n]) for n in names}}
             for epsilon in epsilons:
                 noise = survival_evaluation_noise(
                     epsilon, spec.privacy.delta, spec.privacy.accountant, 1
                 )
                 started = time.process_time()
-                runs = [released(spec, sites, edges, horizons, noise) for _ in range(repeats)]
+                runs = [released(spec, sites, edges, horizons, noise, rng) for _ in range(repeats)]
                 rows[f"epsilon {epsilon:g}"] = {
                     n: summarize([(r.get(n), r.get(f"{n}_ci"), exact[n]) for r in runs])
                     for n in names
                 }
-                rows[f"epsilon {epsilon:g}"]["cpu_seconds"] = round(time.process_time() - started, 1)
+                seconds = round(time.process_time() - started, 1)
+                rows[f"epsilon {epsilon:g}"]["cpu_seconds"] = seconds
             part["designs"][design] = rows
+        part["cindex_rmse_ratio_fixed_over_probe"] = {
+            f"epsilon {e:g}": _ratio(part["designs"], f"epsilon {e:g}") for e in epsilons
+        }
         result[f"shrink {shrink:g}"] = part
     return result
+
+
+def _ratio(designs: dict, setting: str) -> float | None:
+    fixed = designs["fixed edges"][setting]["cindex"].get("rmse")
+    probe = designs["probe edges"][setting]["cindex"].get("rmse")
+    return None if not fixed or not probe else round(fixed / probe, 2)
 
 
 def _error(value: float | None, exact: float) -> float | None:
@@ -241,6 +263,7 @@ def report(name: str, result: dict, epsilons) -> None:
                         f"{_show(s.get('within_0.01')):>7} {_show(s.get('coverage')):>6} "
                         f"{s['na']:>4}"
                     )
+        print(f"C-index RMSE, fixed over probe edges: {part['cindex_rmse_ratio_fixed_over_probe']}")
 
 
 def _show(value: float | None) -> str:

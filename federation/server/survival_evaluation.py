@@ -2,14 +2,17 @@
 the DP noise as well as sampling, and n/a where that interval is too wide to mean anything.
 
 The sites' releases (``federation.wire.survival_evaluation``) are pooled by summing; every
-entry's noise variance is known from the layout and the noise multiplier. Post-processing (free
-of privacy cost) makes the noisy histogram consistent before anything is read from it: each row
-of score bins (one status, one interval) becomes the isotonic fit of its noisy cumulative counts
-(``evaluation.histogram``: non-negative bins without the upward bias of clipping each at 0).
-The metrics (``survival_metrics``) are then read from the cleaned histogram, and their intervals
-come from a parametric bootstrap: Poisson sampling of the cleaned bins plus a fresh draw of the
-release's noise at its known SD, post-processed alike (seeded: the same release always gives the
-same intervals), the percentile and basic intervals joined (``evaluation.bootstrap_interval``).
+entry's noise variance is known from the layout and the noise multiplier, and the score bins'
+edges from the model the aggregator sent (``score_edges``). The concordance metrics (Harrell's
+and Uno's C-index, the time-dependent AUC) are bilinear in the counts, so they are read from the
+noisy bins themselves with the noise's own product taken off (unbiased). The others need
+non-negative counts: post-processing (free of privacy cost) makes each row of score bins (one
+status, one interval) the isotonic fit of its noisy cumulative counts (``evaluation.histogram``:
+non-negative bins without the upward bias of clipping each at 0), and the Kaplan-Meier based
+metrics (``survival_metrics``) read that. Every interval comes from a parametric bootstrap:
+Poisson sampling of the cleaned bins plus a fresh draw of the release's noise at its known SD,
+post-processed alike (seeded: the same release always gives the same intervals), the percentile
+and basic intervals joined (``evaluation.bootstrap_interval``).
 
 The rules are the binary release's: a site, group or intersection level is published only when
 its noisy records, events and non-events each exceed the dissemination threshold, and a metric
