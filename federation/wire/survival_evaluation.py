@@ -18,9 +18,10 @@ column, every level of every intersection of two of them) it holds
 - the cell's records and its events.
 
 The score bins' edges (``score_edges``) are the deciles of the model's scores on a probe of
-public inputs drawn from the spec alone (standard normal numeric columns, as the federation's
-standardization makes them, and uniformly drawn categorical levels): a function of the message's
-model, the same at every site and at the aggregator, so they carry nothing of any site's data.
+public inputs drawn from the spec alone (``probe_inputs``: standard normal numeric columns, as
+the federation's standardization makes them, and categorical levels from a reference level to
+uniform): a function of the message's model, the same at every site and at the aggregator, so
+they carry nothing of any site's data.
 Edges fixed in advance put a DP-trained model's narrow scores in two or three bins, where every
 pair is a tie (1/2) and the C-index is pulled towards 0.5, and leave the other bins empty while
 their noise still counts; bins that follow the model's own spread avoid both.
@@ -81,15 +82,16 @@ GROUPS_SHARE, INTERSECTIONS_SHARE = 0.15, 0.05
 
 def probe_inputs(spec: StudySpec) -> np.ndarray:
     """Public model inputs of the spec's encoding (``client.features.encode_features``): numeric
-    columns standard normal; categorical columns, one-hot, at their first declared level in half
-    the probe and at uniformly drawn levels in the other half, so the probe spans the cohorts
-    whose records mostly sit at one reference level (rare one-hot conditions) as well as those
-    spread over every level."""
+    columns standard normal; categorical columns one-hot, each probe record at a column's first
+    declared level with its own chance (uniform from 0 to 1) and at a uniformly drawn level
+    otherwise, so the probe spans cohorts whose records mostly sit at one reference level (rare
+    one-hot conditions) as well as those spread over every level."""
     rng = np.random.default_rng(PROBE_SEED)
     blocks = [rng.standard_normal((PROBE_RECORDS, len(spec.features.numeric)))]
-    reference = np.arange(PROBE_RECORDS) < PROBE_RECORDS // 2
+    reference_chance = rng.uniform(0.0, 1.0, PROBE_RECORDS)
     for levels in spec.features.categorical.values():
-        drawn = np.where(reference, 0, rng.integers(0, len(levels), PROBE_RECORDS))
+        at_reference = rng.uniform(0.0, 1.0, PROBE_RECORDS) < reference_chance
+        drawn = np.where(at_reference, 0, rng.integers(0, len(levels), PROBE_RECORDS))
         blocks.append(np.eye(len(levels))[drawn])
     return np.hstack(blocks).astype(np.float32)
 
