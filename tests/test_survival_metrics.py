@@ -85,9 +85,9 @@ def test_harrell_c_index_matches_scikit_survival(cohort):
     score, time, event, _, hist = cohort
     harrell = concordance_index_censored(event, time, score)[0]
     assert abs(float(sm.harrell_cindex(hist)) - harrell) < 0.01
-    # binned scores only: the histogram's reading is what the tie rule gives on binned scores
+    # pairs within a score bin read from their neighbours come closer than counting them as ties
     binned = concordance_index_censored(event, time, score_bins(score, EDGES).astype(float))[0]
-    assert abs(float(sm.harrell_cindex(hist)) - binned) < 0.005
+    assert abs(float(sm.harrell_cindex(hist)) - harrell) < abs(binned - harrell)
 
 
 def test_uno_c_index_matches_scikit_survival_where_censoring_weights_matter():
