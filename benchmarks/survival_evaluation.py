@@ -14,7 +14,7 @@ and design, the released value's mean error (bias), SD and RMSE, how often its 9
 covers the exact value, how often it is n/a, and the error with no noise at all (the binning
 alone). Designs (the same bin count):
 
-- ``probe edges``: the score bins the release uses, the deciles of the model's scores on the
+- ``probe edges``: the score bins the release uses, quantiles of the model's scores on the
   spec's public probe (``wire.survival_evaluation.score_edges``);
 - ``fixed edges``: edges fixed in advance, evenly from -4 to 4 on the linear predictor: the
   baseline.

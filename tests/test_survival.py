@@ -465,7 +465,7 @@ def _released_metrics() -> dict:
     from a noise-free histogram of a small synthetic cohort."""
     from federation.server.survival_evaluation import Horizons, SurvivalCell, cell_metrics
     from federation.wire.survival_evaluation import (
-        N_SCORE_BINS,
+        PROBE_LEVELS,
         histogram_shape,
         score_bins,
         time_bins,
@@ -478,7 +478,7 @@ def _released_metrics() -> dict:
     event = (rng.random(400) < 0.7).astype(int)
     shape = histogram_shape(spec)
     hist = np.zeros(shape)
-    edges = np.quantile(score, np.arange(1, N_SCORE_BINS) / N_SCORE_BINS)
+    edges = np.quantile(score, PROBE_LEVELS)
     np.add.at(hist, (event, time_bins(time, spec.study.intervals), score_bins(score, edges)), 1)
     release = SurvivalCell(
         hist, 400.0, float(event.sum()), dict.fromkeys(("hist", "records", "events"), 1e-6)

@@ -35,6 +35,7 @@ from federation.wire.spec import feature_names, model_cuts, parse_spec
 from federation.wire.survival_evaluation import (
     HISTOGRAM,
     N_SCORE_BINS,
+    PROBE_LEVELS,
     STAT_SHARES,
     bin_scores,
     histogram_shape,
@@ -46,7 +47,7 @@ from federation.wire.survival_evaluation import (
 from models.registry import build_model
 
 # The score bins of a model whose scores are standard normal (``score_edges`` gives a model's).
-EDGES = norm.ppf(np.arange(1, N_SCORE_BINS) / N_SCORE_BINS)
+EDGES = norm.ppf(PROBE_LEVELS)
 
 CUTS = (182.0, 365.0, 730.0, 1095.0, 1460.0, 1825.0)
 HORIZONS = (365.0, 1095.0, 1825.0)
@@ -226,7 +227,7 @@ def _linear_hazard_model(spec, weight: float) -> torch.nn.Module:
 
 
 def test_score_edges_follow_the_models_spread_from_the_spec_and_model_alone():
-    """The bins are the deciles of the model's scores on the spec's public probe: a model ten
+    """The bins are quantiles of the model's scores on the spec's public probe: a model ten
     times narrower gets edges ten times closer, and a constant or NaN-scoring model still gets a
     fixed layout of rising edges."""
     spec = parse_spec(study_toml(task="survival"))
