@@ -67,8 +67,8 @@ from privacy.accounting import calibrate_noise
 # pairs far apart that the within-bin reading undercounts: with no noise the synthetic cohorts'
 # C-index came 0.005-0.011 below the exact one on deciles, within 0.0012 on these). More bins
 # cut the within-bin error but add noise (every bin's counts are noised): on the 3 synthetic
-# sites of benchmarks/survival_evaluation.py at epsilon 3, 6, 8 and 10 bins gave about the same
-# RMSE (0.023-0.034 over 30 draws), 10 the least bias.
+# sites of benchmarks/survival_evaluation.py at epsilon 3 (decile edges, ties at 1/2), 6, 8 and
+# 10 bins gave about the same RMSE (0.023-0.034 over 30 draws), 10 the least bias.
 N_SCORE_BINS = 10
 PROBE_LEVELS = np.linspace(0.03, 0.97, N_SCORE_BINS - 1)
 PROBE_RECORDS = 4096
