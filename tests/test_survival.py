@@ -464,7 +464,12 @@ def _released_metrics() -> dict:
     """A survival cell's metrics as ``server.survival_evaluation.cell_metrics`` gives them,
     from a noise-free histogram of a small synthetic cohort."""
     from federation.server.survival_evaluation import Horizons, SurvivalCell, cell_metrics
-    from federation.wire.survival_evaluation import histogram_shape, score_bins, time_bins
+    from federation.wire.survival_evaluation import (
+        PROBE_LEVELS,
+        histogram_shape,
+        score_bins,
+        time_bins,
+    )
 
     spec = parse_spec(SURVIVAL)
     rng = np.random.default_rng(0)
@@ -473,8 +478,9 @@ def _released_metrics() -> dict:
     event = (rng.random(400) < 0.7).astype(int)
     shape = histogram_shape(spec)
     hist = np.zeros(shape)
-    np.add.at(hist, (event, time_bins(time, spec.study.intervals), score_bins(score)), 1)
+    edges = np.quantile(score, PROBE_LEVELS)
+    np.add.at(hist, (event, time_bins(time, spec.study.intervals), score_bins(score, edges)), 1)
     release = SurvivalCell(
         hist, 400.0, float(event.sum()), dict.fromkeys(("hist", "records", "events"), 1e-6)
     )
-    return cell_metrics(release, Horizons.of(spec, np.log([0.2, 0.3])))
+    return cell_metrics(release, Horizons.of(spec, np.log([0.2, 0.3]), edges))

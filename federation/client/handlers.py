@@ -42,13 +42,14 @@ from federation.client.plan import (
 from federation.client.queries import answer
 from federation.client.scoring import risks
 from federation.client.site import SiteSettings, site_partition, site_table
-from federation.client.survival_evaluation import linear_predictors, survival_release
+from federation.client.survival_evaluation import survival_release
 from federation.client.training import LocalSettings, train_dp, train_plain
 from federation.errors import AllfedError, SpecError
 from federation.wire import protocol as p
 from federation.wire.evaluation import layout, rank_requests_from_config
 from federation.wire.queries import AnalysisRequest, build_query, planned_release
 from federation.wire.spec import StudySpec, estimated_columns, federated_columns, model_cuts
+from federation.wire.survival_evaluation import linear_predictors, score_edges
 from models.registry import build_model
 from privacy.bounds import release_histograms
 from privacy.ledger import ALL, TEST, TRAIN, Ledger, PlannedRelease, RunPlan
@@ -462,8 +463,8 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     members = members_of(run.table, spec)
     noise = planned.release.noise_multiplier
     if survival:
-        scores = linear_predictors(model, x)
-        released = survival_release(y, scores, members, cells, model_cuts(spec), noise)
+        scores, edges = linear_predictors(model, x), score_edges(spec, model)
+        released = survival_release(y, scores, members, cells, model_cuts(spec), edges, noise)
     elif ranks:
         released = rank_release(y, risks(model, x), members, cells, requests, noise)
     else:

@@ -1,15 +1,10 @@
-"""A site's evaluation release of a survival model on its test partition (layout and
-sensitivity: ``federation.wire.survival_evaluation``).
-
-The exact histograms are computed here and leave only through one OpenDP Gaussian release per
-message, after the ledger has admitted it. Scores come from whatever model the message carries:
-the release is private for any model, so a crafted one learns no more than noise allows.
-"""
+"""The survival release's statistics on the site's test partition: each record's status, time
+interval and score bin (``federation.wire.survival_evaluation``), counted per cell and released
+through ``client.evaluation.noisy_release`` as the binary release is."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from federation.client.evaluation import Members, Statistics, noisy_release
 from federation.wire.evaluation import EVAL_PREFIX, Layout, key
@@ -20,17 +15,9 @@ from federation.wire.survival_evaluation import (
     RECORDS,
     STAT_SHARES,
     score_bins,
+    table_shares,
     time_bins,
 )
-
-
-def linear_predictors(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """The model's risk scores ``s(x)`` for any weights, also crafted ones (non-finite scores
-    become 0 or the nearer end, never an error that would depend on the data)."""
-    model.eval()
-    with torch.no_grad():
-        scores = model(torch.from_numpy(x)).squeeze(-1).double()
-    return torch.nan_to_num(scores, nan=0.0).numpy().astype(float)
 
 
 def survival_statistics(
@@ -39,13 +26,16 @@ def survival_statistics(
     members: Members,
     layout: Layout,
     cuts: tuple[float, ...],
+    edges: np.ndarray,
 ) -> Statistics:
-    """The release's exact statistics (``outcome``: rows of time in days and event 0/1), and each
-    entry's weight (the square root of its share): the weighted vector has L2 sensitivity 1."""
+    """The release's exact statistics (``outcome``: rows of time in days and event 0/1; ``edges``
+    the score bins' from ``score_edges``), and each entry's weight (the square root of its
+    share): the weighted vector has L2 sensitivity 1."""
     event = np.asarray(outcome[:, 1] > 0.5, dtype=np.int64)
     intervals = len(cuts) + 1
-    flat = (event * intervals + time_bins(outcome[:, 0], cuts)) * N_SCORE_BINS + score_bins(score)
-    shares = layout.table_shares()
+    flat = (event * intervals + time_bins(outcome[:, 0], cuts)) * N_SCORE_BINS
+    flat += score_bins(score, edges)
+    shares = table_shares(layout)
     names, values, weights = [], [], []
     for table, levels in layout.tables.items():
         for level in levels:
@@ -68,10 +58,11 @@ def survival_release(
     members: Members,
     layout: Layout,
     cuts: tuple[float, ...],
+    edges: np.ndarray,
     noise_multiplier: float,
 ) -> dict[str, float | list[float]]:
     """The release: every cell's histogram, records and events, with Gaussian noise of
     ``noise_multiplier`` on the unit-sensitivity weighted vector."""
     return noisy_release(
-        *survival_statistics(outcome, score, members, layout, cuts), noise_multiplier
+        *survival_statistics(outcome, score, members, layout, cuts, edges), noise_multiplier
     )

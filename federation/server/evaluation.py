@@ -31,7 +31,7 @@ level's ``withheld_reason``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
@@ -665,9 +665,33 @@ def evaluation_tables(
     """``summary.json``'s ``metrics``: pooled (with its rank release), per site, per group level
     and per intersection level; a level or site below the dissemination threshold is withheld
     with its reason. ``pooled`` holds the reconciled cells with their rank sums."""
+    return metric_tables(sites, pooled, layout, cell_metrics)
+
+
+def metric_tables(
+    sites: Mapping[str, Mapping[Cell, Any]],
+    pooled: Mapping[Cell, Any],
+    layout: Layout,
+    metrics_of: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """Any task's metrics tables: ``metrics_of`` of the pooled cell, of each site's and of each
+    group and intersection level, each withheld with its reason where no site released it or
+    where it is below the dissemination threshold."""
+
+    def published(release: Any) -> dict[str, Any]:
+        if release is None:
+            return {"withheld_reason": "no site released it"}
+        if not is_publishable(release):
+            return {
+                "withheld_reason": (
+                    f"{MIN_PUBLISHED_COUNT} or fewer records, events or non-events (after DP noise)"
+                )
+            }
+        return metrics_of(release)
+
     result: dict[str, Any] = {
-        "pooled": _published(pooled.get(POOLED_CELL)),
-        "per_site": {name: _published(cells.get(POOLED_CELL)) for name, cells in sites.items()},
+        "pooled": published(pooled.get(POOLED_CELL)),
+        "per_site": {name: published(cells.get(POOLED_CELL)) for name, cells in sites.items()},
         "per_group": {},
         "per_intersection": {},
     }
@@ -677,25 +701,12 @@ def evaluation_tables(
         table = result["per_group" if kind != INTERSECTION else "per_intersection"]
         table[column] = {}
         for level in levels:
-            release = pooled.get((kind, column, level))
-            metrics = _published(release)
+            metrics = published(pooled.get((kind, column, level)))
             table[column][level] = {
                 "metrics": None if "withheld_reason" in metrics else metrics,
                 "withheld_reason": metrics.get("withheld_reason"),
             }
     return result
-
-
-def _published(release: CellRelease | None) -> dict[str, Any]:
-    if release is None:
-        return {"withheld_reason": "no site released it"}
-    if not is_publishable(release):
-        return {
-            "withheld_reason": (
-                f"{MIN_PUBLISHED_COUNT} or fewer records, events or non-events (after DP noise)"
-            )
-        }
-    return cell_metrics(release)
 
 
 def representation(

@@ -11,7 +11,7 @@ come from the histograms (wider intervals).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from federation.server import evaluation as ev
 from federation.wire import protocol as p
-from federation.wire.evaluation import evaluation_noise, layout, rank_requests_to_config
+from federation.wire.evaluation import Cell, evaluation_noise, layout, rank_requests_to_config
 from federation.wire.spec import StudySpec
 
 log = logging.getLogger("allfed.server")
@@ -39,19 +39,76 @@ class EvaluationResult:
     epsilon: dict[int, float] = field(default_factory=dict)
 
 
-class Evaluator:
-    """Evaluates models of ``spec`` over the sites ``exchange`` reaches."""
+class SiteEvaluator:
+    """What every task's evaluator shares: the study's cells and budget, sending a message to
+    the sites, and reading their replies (a bad reply is the site's failure, not the run's)."""
 
     def __init__(self, spec: StudySpec, exchange: Exchange, reject: Reject) -> None:
         self.spec, self.exchange, self.reject = spec, exchange, reject
         self.layout = layout(spec)
-        privacy = spec.privacy
-        self.histogram_noise, self.rank_noise = evaluation_noise(
-            privacy.evaluation_budget,
-            privacy.delta,
-            privacy.accountant,
-            len(spec.training.evaluation_rounds()),
+
+    def budget(self) -> tuple[float, float, str, int]:
+        """The test partition's epsilon, delta, accountant and the run's evaluations, which
+        each task's noise is calibrated to."""
+        privacy = self.spec.privacy
+        evaluations = len(self.spec.training.evaluation_rounds())
+        return privacy.evaluation_budget, privacy.delta, privacy.accountant, evaluations
+
+    def _send(
+        self, message_type: str, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int]
+    ) -> dict[int, Any]:
+        content = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
+        kind = MessageType.EVALUATE if message_type == p.EVALUATE else message_type
+        messages = [Message(content=content, message_type=kind, dst_node_id=node) for node in nodes]
+        return {
+            reply.metadata.src_node_id: reply.content[p.METRICS]
+            for reply in self.exchange(messages)
+            if p.METRICS in reply.content
+        }
+
+    def _read_releases(
+        self, replies: dict[int, Any], noise: float, read: Callable[[Any], Any]
+    ) -> tuple[dict[int, Any], dict[int, float]]:
+        """Each reply's release (``read``: its metrics to cells) and epsilon so far, the replies
+        with another noise or a malformed release rejected."""
+        sites: dict[int, Any] = {}
+        epsilon: dict[int, float] = {}
+        for node, metrics in replies.items():
+            try:
+                check_noise(metrics, noise)
+                sites[node] = read(metrics)
+                epsilon[node] = float(metrics[p.EPSILON])
+            except (KeyError, TypeError, ValueError) as error:
+                self.reject(node, f"evaluation reply rejected: {error}")
+        return sites, epsilon
+
+    def _result(
+        self,
+        metrics: dict[str, Any],
+        by_name: Mapping[str, Mapping[Cell, Any]],
+        cells: Mapping[Cell, Any],
+        sites: Mapping[int, Mapping[Cell, Any]],
+        epsilon: dict[int, float],
+    ) -> EvaluationResult:
+        """The evaluation's result: its metrics tables, the representation table and every
+        site's noisy test-record count, read from the pooled (``cells``) and per-site cells."""
+        return EvaluationResult(
+            metrics=metrics,
+            representation=ev.representation(by_name, cells, self.layout),
+            n_test={
+                node: ev.published_count(released[ev.POOLED_CELL].records)
+                for node, released in sites.items()
+            },
+            epsilon=epsilon,
         )
+
+
+class Evaluator(SiteEvaluator):
+    """Evaluates models of ``spec`` over the sites ``exchange`` reaches."""
+
+    def __init__(self, spec: StudySpec, exchange: Exchange, reject: Reject) -> None:
+        super().__init__(spec, exchange, reject)
+        self.histogram_noise, self.rank_noise = evaluation_noise(*self.budget())
 
     def evaluate(
         self,
@@ -60,16 +117,11 @@ class Evaluator:
         nodes: list[int],
         names: dict[int, str],
     ) -> EvaluationResult:
-        replies = self._send(p.EVALUATE, arrays, config, nodes)
-        sites: dict[int, dict] = {}
-        epsilon: dict[int, float] = {}
-        for node, metrics in replies.items():
-            try:
-                check_noise(metrics, self.histogram_noise)
-                sites[node] = ev.read_histograms(metrics, self.layout, self.histogram_noise)
-                epsilon[node] = float(metrics[p.EPSILON])
-            except (KeyError, TypeError, ValueError) as error:
-                self.reject(node, f"evaluation reply rejected: {error}")
+        sites, epsilon = self._read_releases(
+            self._send(p.EVALUATE, arrays, config, nodes),
+            self.histogram_noise,
+            lambda metrics: ev.read_histograms(metrics, self.layout, self.histogram_noise),
+        )
         pooled = ev.pool(sites.values())
         requests = {
             cell: request
@@ -91,27 +143,8 @@ class Evaluator:
             names[node]: ev.with_ranks(released, [ranks[node]] if node in ranks else [])
             for node, released in sites.items()
         }
-        return EvaluationResult(
-            metrics=ev.evaluation_tables(by_name, cells, self.layout),
-            representation=ev.representation(by_name, cells, self.layout),
-            n_test={
-                node: ev.published_count(released[ev.POOLED_CELL].records)
-                for node, released in sites.items()
-            },
-            epsilon=epsilon,
-        )
-
-    def _send(
-        self, message_type: str, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int]
-    ) -> dict[int, Any]:
-        content = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
-        kind = MessageType.EVALUATE if message_type == p.EVALUATE else message_type
-        messages = [Message(content=content, message_type=kind, dst_node_id=node) for node in nodes]
-        return {
-            reply.metadata.src_node_id: reply.content[p.METRICS]
-            for reply in self.exchange(messages)
-            if p.METRICS in reply.content
-        }
+        metrics = ev.evaluation_tables(by_name, cells, self.layout)
+        return self._result(metrics, by_name, cells, sites, epsilon)
 
 
 def check_noise(metrics: Any, planned: float) -> None:

@@ -2,14 +2,17 @@
 the DP noise as well as sampling, and n/a where that interval is too wide to mean anything.
 
 The sites' releases (``federation.wire.survival_evaluation``) are pooled by summing; every
-entry's noise variance is known from the layout and the noise multiplier. Post-processing (free
-of privacy cost) makes the noisy histogram consistent before anything is read from it: each row
-of score bins (one status, one interval) becomes the isotonic fit of its noisy cumulative counts
-(``evaluation.histogram``: non-negative bins without the upward bias of clipping each at 0).
-The metrics (``survival_metrics``) are then read from the cleaned histogram, and their intervals
-come from a parametric bootstrap: Poisson sampling of the cleaned bins plus a fresh draw of the
-release's noise at its known SD, post-processed alike (seeded: the same release always gives the
-same intervals), the percentile and basic intervals joined (``evaluation.bootstrap_interval``).
+entry's noise variance is known from the layout and the noise multiplier, and the score bins'
+edges from the model the aggregator sent (``score_edges``). The concordance metrics (Harrell's
+and Uno's C-index, the time-dependent AUC) are bilinear in the counts, so they are read from the
+noisy bins themselves with the noise's own product taken off (unbiased). The others need
+non-negative counts: post-processing (free of privacy cost) makes each row of score bins (one
+status, one interval) the isotonic fit of its noisy cumulative counts (``evaluation.histogram``:
+non-negative bins without the upward bias of clipping each at 0), and the Kaplan-Meier based
+metrics (``survival_metrics``) read that. Every interval comes from a parametric bootstrap:
+Poisson sampling of the cleaned bins plus a fresh draw of the release's noise at its known SD,
+post-processed alike (seeded: the same release always gives the same intervals), the percentile
+and basic intervals joined (``evaluation.bootstrap_interval``).
 
 The rules are the binary release's: a site, group or intersection level is published only when
 its noisy records, events and non-events each exceed the dissemination threshold, and a metric
@@ -29,16 +32,13 @@ from federation.server import survival_metrics as sm
 from federation.server.evaluation import (
     BOOTSTRAP_DRAWS,
     DEGENERATE_SHARE,
-    INTERSECTION,
     MAX_CI_WIDTH,
     MIN_CALIBRATION_RECORDS,
-    MIN_PUBLISHED_COUNT,
-    POOLED_CELL,
     Interval,
     Metrics,
     bootstrap_interval,
     histogram,
-    is_publishable,
+    metric_tables,
 )
 from federation.wire.evaluation import EVAL_PREFIX, Cell, Layout
 from federation.wire.spec import StudySpec
@@ -46,7 +46,6 @@ from federation.wire.survival_evaluation import (
     EVENTS,
     HISTOGRAM,
     RECORDS,
-    SCORE_EDGES,
     STAT_SHARES,
     bin_scores,
     histogram_keys,
@@ -123,16 +122,18 @@ def clean(noisy: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Horizons:
     """What the metrics read from the study and the model: the hazard intervals' cuts, the
-    horizons' positions among them, and every score bin's predicted survival at every cut."""
+    horizons' positions among them, the score bins' edges and every score bin's predicted
+    survival at every cut."""
 
     cuts: tuple[float, ...]
     horizons: tuple[float, ...]
+    edges: np.ndarray  # the score bins' inner edges (``score_edges``)
     survival: np.ndarray  # (score bins, cuts)
 
     @classmethod
-    def of(cls, spec: StudySpec, baseline: np.ndarray) -> Horizons:
-        study = spec.study
-        return cls(study.intervals, study.horizons, sm.predicted_survival(bin_scores(), baseline))
+    def of(cls, spec: StudySpec, baseline: np.ndarray, edges: np.ndarray) -> Horizons:
+        survival = sm.predicted_survival(bin_scores(edges), baseline)
+        return cls(spec.study.intervals, spec.study.horizons, edges, survival)
 
     def index(self, horizon: float) -> int:
         return self.cuts.index(horizon)
@@ -234,8 +235,8 @@ def _calibration_groups(hists: np.ndarray, horizons: Horizons, index: int) -> li
         value, ci, _ = _interval(observed).published()
         rows.append(
             {
-                "score_low": _edge(low),
-                "score_high": _edge(high),
+                "score_low": _edge(horizons.edges, low),
+                "score_high": _edge(horizons.edges, high),
                 "count": round(float(records[low:high].sum())),
                 "mean_predicted": None if math.isnan(predicted[0]) else float(predicted[0]),
                 "observed": value,
@@ -245,11 +246,11 @@ def _calibration_groups(hists: np.ndarray, horizons: Horizons, index: int) -> li
     return rows
 
 
-def _edge(index: int) -> float | None:
+def _edge(edges: np.ndarray, index: int) -> float | None:
     """The score at the lower edge of bin ``index`` (None at the open ends)."""
-    if index == 0 or index > len(SCORE_EDGES):
+    if index == 0 or index > len(edges):
         return None
-    return float(SCORE_EDGES[index - 1])
+    return float(edges[index - 1])
 
 
 def score_diagnostics(hist: np.ndarray) -> list[str]:
@@ -263,7 +264,9 @@ def score_diagnostics(hist: np.ndarray) -> list[str]:
     if records.max() / total >= DEGENERATE_SHARE:
         findings.append("the model gives (nearly) every record the same score")
     if (records[0] + records[-1]) / total >= DEGENERATE_SHARE:
-        findings.append("the risk scores fall outside the score bins: the model diverged")
+        findings.append(
+            "the risk scores fall beyond the model's probe range (the two open score bins)"
+        )
     return findings
 
 
@@ -276,33 +279,4 @@ def survival_tables(
     """``summary.json``'s ``metrics`` of a survival run: pooled, per site, per group level and
     per intersection level; a level or site below the dissemination threshold is withheld with
     its reason."""
-
-    def published(release: SurvivalCell | None) -> dict[str, Any]:
-        if release is None:
-            return {"withheld_reason": "no site released it"}
-        if not is_publishable(release):
-            return {
-                "withheld_reason": (
-                    f"{MIN_PUBLISHED_COUNT} or fewer records, events or non-events (after DP noise)"
-                )
-            }
-        return cell_metrics(release, horizons)
-
-    result: dict[str, Any] = {
-        "pooled": published(pooled.get(POOLED_CELL)),
-        "per_site": {name: published(cells.get(POOLED_CELL)) for name, cells in sites.items()},
-        "per_group": {},
-        "per_intersection": {},
-    }
-    for (kind, column), levels in layout.tables.items():
-        if kind == POOLED_CELL[0]:
-            continue
-        table = result["per_group" if kind != INTERSECTION else "per_intersection"]
-        table[column] = {}
-        for level in levels:
-            metrics = published(pooled.get((kind, column, level)))
-            table[column][level] = {
-                "metrics": None if "withheld_reason" in metrics else metrics,
-                "withheld_reason": metrics.get("withheld_reason"),
-            }
-    return result
+    return metric_tables(sites, pooled, layout, lambda release: cell_metrics(release, horizons))

@@ -5,7 +5,12 @@ index at once, so a bootstrap's draws are one call.
 
 What the binning loses, and how each metric reads it:
 
-- two records in one score bin are a tie in risk (1/2, as scikit-survival counts ties);
+- two records in one score bin are ordered by their scores more often than not: their pair is
+  given the concordance ``1/2 + (c - 1/2) / 3``, ``c`` that of the pairs one bin apart (scores
+  spread evenly in a bin are a third of a bin apart on average, a bin apart across neighbouring
+  bins, and the concordance's excess over 1/2 grows about linearly with the distance); counted
+  as ties (1/2, as scikit-survival counts tied scores) they pulled a C-index of 0.75 down by
+  about 0.006 at 10 bins, by 0.003 this way;
 - within one time interval the order of two times is unknown: an event and another record of
   its interval make a comparable pair half the time (an event-event pair is comparable in
   exactly one direction, so it counts once, at 1/2);
@@ -68,22 +73,35 @@ def censoring_curve(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return end, start * (1.0 - hazard / 2)
 
 
+def _within_bin(cases: np.ndarray, partners: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """The concordance given a pair within one score bin: ``1/2 + (c - 1/2) / 3``, ``c`` the
+    concordance of the pairs one bin apart (``cases`` and ``partners`` by score bin, last axis;
+    summed over ``axes``); 1/2 where the counts leave no such pairs."""
+    below = np.sum(cases[..., 1:] * partners[..., :-1], axes)
+    above = np.sum(cases[..., :-1] * partners[..., 1:], axes)
+    adjacent = np.clip(np.nan_to_num(_ratio(below, below + above), nan=0.5), 0.0, 1.0)
+    return 0.5 + (adjacent - 0.5) / 3
+
+
 def _concordance(hist: np.ndarray, weights: np.ndarray, variance: float) -> np.ndarray:
     """The C-index with a weight per event interval (``(..., intervals)``): over comparable
     pairs (an event, and a record of a later interval or, half the time, of its own), the share
-    where the event's score is higher, score ties 1/2; an event is never paired with itself.
+    where the event's score is higher, pairs within a score bin as ``_within_bin`` reads them;
+    an event is never paired with itself.
 
     An event bin's count multiplies itself (its records are partners of its events), so noise
-    of ``variance`` per bin adds ``variance / 4`` concordant and ``variance / 2`` pairs per bin
-    on average: taken off, the pairs' counts are unbiased."""
+    of ``variance`` per bin adds ``variance / 2`` pairs per bin on average, all within the bin:
+    taken off, the pairs' counts are unbiased."""
     _, events, records = _parts(hist)
     partners = _later(records) + records / 2  # per interval and score bin
     lower = np.cumsum(partners, -1) - partners  # of them, those in lower score bins
     w = weights[..., None]
-    concordant = np.sum(w * events * (lower + partners / 2), (-2, -1))
+    own = np.sum(w * (events + variance), (-2, -1))  # self-pairs: 1/2 a pair, within its bin
+    tied = np.sum(w * events * partners, (-2, -1)) - own / 2
+    concordant = np.sum(w * events * lower, (-2, -1))
+    concordant = concordant + tied * _within_bin(w * events, partners, (-2, -1))
     pairs = np.sum(w * events * partners.sum(-1, keepdims=True), (-2, -1))
-    own = np.sum(w * (events + variance), (-2, -1))  # self-pairs: 1/2 a pair, tied
-    return _ratio(concordant - own / 4, pairs - own / 2)
+    return _ratio(concordant, pairs - own / 2)
 
 
 def harrell_cindex(hist: np.ndarray, variance: float = 0.0) -> np.ndarray:
@@ -105,14 +123,16 @@ def uno_cindex(hist: np.ndarray, tau_index: int, variance: float = 0.0) -> np.nd
 def time_auc(hist: np.ndarray, horizon_index: int) -> np.ndarray:
     """The cumulative/dynamic AUC at the end of interval ``horizon_index``: cases are the events
     by then, weighted by the inverse censoring curve, controls the records still followed after
-    it (scikit-survival's ``cumulative_dynamic_auc``); score ties 1/2."""
+    it (scikit-survival's ``cumulative_dynamic_auc``); pairs within a score bin as
+    ``_within_bin`` reads them."""
     _, events, records = _parts(hist)
     _, middle = censoring_curve(hist)
     weight = np.nan_to_num(_ratio(1.0, middle))[..., : horizon_index + 1, None]
     cases = np.sum(weight * events[..., : horizon_index + 1, :], -2)
     controls = records[..., horizon_index + 1 :, :].sum(-2)
-    below = np.cumsum(controls, -1) - controls / 2
-    return _ratio(np.sum(cases * below, -1), cases.sum(-1) * controls.sum(-1))
+    lower = np.sum(cases * (np.cumsum(controls, -1) - controls), -1)
+    tied = np.sum(cases * controls, -1) * _within_bin(cases, controls, (-1,))
+    return _ratio(lower + tied, cases.sum(-1) * controls.sum(-1))
 
 
 def predicted_survival(scores: np.ndarray, baseline: np.ndarray) -> np.ndarray:
