@@ -8,6 +8,15 @@ A record's loss is the sum, over the intervals it is at risk in, of the binary c
 "the event happened in this interval". A batch's loss is therefore a sum of per-record terms (no
 risk sets coupling the records, as a Cox partial likelihood has), so clipping each record's
 gradient bounds what one record can change: the sensitivity DP-SGD's noise is calibrated to.
+
+The baseline logits are learned as deviations from a prior: a constant hazard of
+``PRIOR_HAZARD_PER_YEAR`` over each interval's width (public, fixed by the spec's cuts). Started
+from logit 0 (a hazard of one half in every interval), every censored record's residuals sum to
+about half its intervals, every record is clipped hard, and DP-SGD's first rounds go to pulling
+the baseline down under full noise: on Fed-TCGA-BRCA at epsilon 3 (``benchmarks/survival_sweep.py``)
+the prior lifts the pooled-test C-index from 0.766 (SD 0.073, 8 runs) to 0.799 (SD 0.020), and
+without DP from 0.832 to 0.857. The prior's level matters little (0.796, 0.799 and 0.784 at 1%,
+3% and 10% a year).
 """
 
 from __future__ import annotations
@@ -17,24 +26,41 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+PRIOR_HAZARD_PER_YEAR = 0.03  # the baseline's starting point, not a fitted value
+DAYS_PER_YEAR = 365.25
+
+
+def prior_logits(cuts: torch.Tensor) -> torch.Tensor:
+    """Per interval, the logit of the chance of an event in it at a constant hazard of
+    ``PRIOR_HAZARD_PER_YEAR``: a public function of the interval widths alone."""
+    widths = torch.diff(cuts, prepend=torch.zeros(1)) / DAYS_PER_YEAR
+    chance = -torch.expm1(-PRIOR_HAZARD_PER_YEAR * widths)
+    return torch.log(chance) - torch.log1p(-chance)
+
 
 class DiscreteTimeHazard(nn.Module):
     """``forward`` gives the risk score (rows x 1): higher is an earlier event. ``cuts`` (the
     intervals' upper ends, days) is fixed by the spec and is not a weight: it is not in the
-    state dict, so it never travels and no aggregator can change it."""
+    state dict, so it never travels and no aggregator can change it; nor is the prior the
+    ``baseline`` weights are deviations from (``prior_logits`` of the cuts)."""
 
     def __init__(self, score: nn.Sequential, cuts: Sequence[float]) -> None:
         super().__init__()
         self.score = score
         self.baseline = nn.Parameter(torch.zeros(len(cuts)))
         self.register_buffer("cuts", torch.tensor(list(cuts), dtype=torch.float32), False)
+        self.register_buffer("prior", prior_logits(self.cuts), False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.score(x)
 
     def hazard_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Rows x intervals: the logit of each interval's hazard."""
-        return self.score(x) + self.baseline
+        return self.score(x) + self.baseline_logits()
+
+    def baseline_logits(self) -> torch.Tensor:
+        """Per interval, the baseline hazard's logit: the prior plus the learned deviation."""
+        return self.prior + self.baseline
 
 
 def interval_targets(

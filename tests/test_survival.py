@@ -121,7 +121,7 @@ def _per_record_gradients(model, x, outcome):
         logits = functional_call(model.score, _score_weights(weights), (row[None],))
         at_risk, happened = interval_targets(target[None], model.cuts)
         terms = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits + weights["baseline"], happened, reduction="none"
+            logits + model.prior + weights["baseline"], happened, reduction="none"
         )
         return (terms * at_risk).sum()
 
@@ -150,7 +150,7 @@ def test_each_records_gradient_is_clipped_to_the_norm_and_is_its_own(name):
         for param in model.parameters():
             param.normal_()
     x, outcome = _batch(1)
-    c = 0.5
+    c = 0.3
     per_record = _per_record_gradients(model, x, outcome)
     norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in per_record.values()))
     factor = hazard_gradient_sum(model, x, outcome, c)
