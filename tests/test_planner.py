@@ -14,6 +14,7 @@ from privacy.planner import (
     GENEROUS_EPSILON,
     MODERATE_EPSILON,
     STRICT_EPSILON,
+    SURVIVAL_STRICT_LEARNING_RATE,
     default_training,
     plan_study,
     share_noise,
@@ -72,6 +73,23 @@ def test_small_sites_take_a_larger_step_where_the_noise_allows_it():
     assert parse_spec(text + "target-epsilon = 8.0\n").planned(80).training.rounds == 40
     assert parse_spec(text + "target-epsilon = 3.0\n").planned(80).training.rounds == 20
     assert parse_spec(text + "enabled = false\n").planned(80).training.rounds == 20
+
+
+def test_small_survival_sites_take_a_smaller_step_under_a_strict_budget():
+    def rate(epsilon, task="survival"):
+        return default_training([40], epsilon, task)["learning_rate"]
+
+    assert rate(1.0) == rate(3.0) == SURVIVAL_STRICT_LEARNING_RATE == 1.5
+    assert rate(3.0, "binary") == pytest.approx(2.5)  # the binary rule is unchanged
+    assert rate(None) == rate(GENEROUS_EPSILON) == rate(8.0) == 2.0
+    assert default_training([40], 8.0, "survival")["rounds"] == 40  # as a binary study's
+    assert default_training([700], 3.0, "survival")["learning_rate"] == 1.0  # ten steps a round
+    text = (
+        '[study]\nname = "s"\ntask = "survival"\ntime = "t"\nevent = "e"\nhorizons = [365]\n'
+        '[features]\nnumeric = ["x"]\n[privacy]\n'
+    )
+    assert parse_spec(text + "target-epsilon = 3.0\n").planned(40).training.learning_rate == 1.5
+    assert parse_spec(text + "target-epsilon = 8.0\n").planned(40).training.learning_rate == 2.0
 
 
 def test_given_settings_are_kept():

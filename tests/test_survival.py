@@ -31,7 +31,7 @@ from federation.wire.evaluation import layout
 from federation.wire.spec import feature_names, load_spec, model_cuts, parse_spec
 from federation.wire.survival_evaluation import histogram_keys as survival_keys
 from models.registry import build_model
-from models.survival import hazard_loss, interval_targets
+from models.survival import PRIOR_HAZARD_PER_YEAR, hazard_loss, interval_targets, survival_at
 from privacy.ledger import Ledger
 
 SURVIVAL = """\
@@ -167,6 +167,21 @@ def test_each_records_gradient_is_clipped_to_the_norm_and_is_its_own(name):
     hazard_gradient_sum(model, x[keep], outcome[keep], c)
     for k, param in model.named_parameters():
         assert torch.allclose(full[k] - param.grad, clipped[k][drop], atol=1e-5), k
+
+
+def test_a_fresh_model_starts_at_the_prior_hazard_and_the_prior_never_travels():
+    """Before any training, every record's chance of surviving each interval is the prior's
+    constant hazard over the interval ends (public), not one half per interval; the weights
+    that travel are the deviations from it (zero) and the risk score alone."""
+    cuts = (182.0, 365.0, 1095.0)
+    model = build_model("logistic", 3, (), cuts=cuts)
+    with torch.no_grad():
+        model.score[0].weight.zero_()
+    survival = survival_at(model, torch.randn(4, 3))
+    expected = np.exp(-PRIOR_HAZARD_PER_YEAR * np.array(cuts) / 365.25)
+    assert np.allclose(survival.detach().numpy(), expected[None], atol=1e-6)
+    assert set(model.state_dict()) == {"baseline", "score.0.weight"}
+    assert not model.baseline.detach().any()
 
 
 def test_the_loss_of_a_batch_is_the_sum_of_its_records_losses():
