@@ -226,7 +226,7 @@ def _plan_study(
     if not privacy.enabled:
         raise AllfedError(f"{path}: [privacy] enabled = false: there is no DP plan to make")
     # The spec's settings are kept; the planner chooses the rest, as every node will.
-    training = spec.training.planned(min(records), epsilon, spec.study.task)
+    training = spec.training.planned(min(records), epsilon)
     explicit = {
         name: getattr(training, name)
         for name in ("rounds", "local_epochs", "batch_size", "steps_per_round", "learning_rate")

@@ -361,14 +361,14 @@ class TrainingSection(_Section):
         )
 
     def planned(
-        self, smallest_n_train: int, target_epsilon: float | None = None, task: str = "binary"
+        self, smallest_n_train: int, target_epsilon: float | None = None
     ) -> TrainingSection:
-        """The settings the spec leaves out, chosen for a ``task`` study whose smallest site
-        has ``smallest_n_train`` training records (public) and a budget of ``target_epsilon``
+        """The settings the spec leaves out, chosen for a federation whose smallest site has
+        ``smallest_n_train`` training records (public) and a budget of ``target_epsilon``
         (None: without DP); those it gives are kept."""
         from privacy.planner import default_training  # the accountant's imports are heavy
 
-        chosen = default_training([smallest_n_train], target_epsilon, task)
+        chosen = default_training([smallest_n_train], target_epsilon)
         batches = {}
         if self.batch_size is None and self.steps_per_round is None:
             batches["steps_per_round"] = chosen["steps_per_round"]
@@ -491,7 +491,7 @@ class StudySpec(BaseModel):
         """This spec with its training settings planned (``TrainingSection.planned``) for its
         budget."""
         epsilon = self.privacy.target_epsilon if self.privacy.enabled else None
-        training = self.training.planned(smallest_n_train, epsilon, self.study.task)
+        training = self.training.planned(smallest_n_train, epsilon)
         return self.model_copy(update={"training": training})
 
     def with_overrides(
