@@ -9,8 +9,8 @@ A record's loss is the sum, over the intervals it is at risk in, of the binary c
 risk sets coupling the records, as a Cox partial likelihood has), so clipping each record's
 gradient bounds what one record can change: the sensitivity DP-SGD's noise is calibrated to.
 
-The baseline logits are learned as deviations from a prior: a constant hazard of
-``PRIOR_HAZARD_PER_YEAR`` over each interval's width (public, fixed by the spec's cuts). Started
+The baseline logits start at a prior: a constant hazard of ``PRIOR_HAZARD_PER_YEAR`` over
+each interval's width (public, fixed by the spec's cuts). Started
 from logit 0 (a hazard of one half in every interval), every censored record's residuals sum to
 about half its intervals, every record is clipped hard, and DP-SGD's first rounds go to pulling
 the baseline down under full noise. On Fed-TCGA-BRCA (``benchmarks/survival_sweep.py
@@ -43,26 +43,21 @@ def prior_logits(cuts: torch.Tensor) -> torch.Tensor:
 class DiscreteTimeHazard(nn.Module):
     """``forward`` gives the risk score (rows x 1): higher is an earlier event. ``cuts`` (the
     intervals' upper ends, days) is fixed by the spec and is not a weight: it is not in the
-    state dict, so it never travels and no aggregator can change it; nor is the prior the
-    ``baseline`` weights are deviations from (``prior_logits`` of the cuts)."""
+    state dict, so it never travels and no aggregator can change it. The ``baseline`` logits
+    start at the prior (``prior_logits`` of the cuts)."""
 
     def __init__(self, score: nn.Sequential, cuts: Sequence[float]) -> None:
         super().__init__()
         self.score = score
-        self.baseline = nn.Parameter(torch.zeros(len(cuts)))
         self.register_buffer("cuts", torch.tensor(list(cuts), dtype=torch.float32), False)
-        self.register_buffer("prior", prior_logits(self.cuts), False)
+        self.baseline = nn.Parameter(prior_logits(self.cuts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.score(x)
 
     def hazard_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Rows x intervals: the logit of each interval's hazard."""
-        return self.score(x) + self.baseline_logits()
-
-    def baseline_logits(self) -> torch.Tensor:
-        """Per interval, the baseline hazard's logit: the prior plus the learned deviation."""
-        return self.prior + self.baseline
+        return self.score(x) + self.baseline
 
 
 def interval_targets(

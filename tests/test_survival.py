@@ -25,6 +25,7 @@ from federation.client.hazard import hazard_gradient_sum
 from federation.client.partition import Partition, fresh_partition
 from federation.client.training import LocalSettings, train_plain
 from federation.errors import DataError, SpecError
+from federation.server.rounds import initial_model
 from federation.synth import study_toml, synthesize_cohort, write_cohort
 from federation.wire import protocol as p
 from federation.wire.evaluation import layout
@@ -121,7 +122,7 @@ def _per_record_gradients(model, x, outcome):
         logits = functional_call(model.score, _score_weights(weights), (row[None],))
         at_risk, happened = interval_targets(target[None], model.cuts)
         terms = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits + model.prior + weights["baseline"], happened, reduction="none"
+            logits + weights["baseline"], happened, reduction="none"
         )
         return (terms * at_risk).sum()
 
@@ -169,19 +170,17 @@ def test_each_records_gradient_is_clipped_to_the_norm_and_is_its_own(name):
         assert torch.allclose(full[k] - param.grad, clipped[k][drop], atol=1e-5), k
 
 
-def test_a_fresh_model_starts_at_the_prior_hazard_and_the_prior_never_travels():
+def test_a_fresh_model_starts_at_the_prior_hazard():
     """Before any training, every record's chance of surviving each interval is the prior's
-    constant hazard over the interval ends (public), not one half per interval; the weights
-    that travel are the deviations from it (zero) and the risk score alone."""
-    cuts = (182.0, 365.0, 1095.0)
-    model = build_model("logistic", 3, (), cuts=cuts)
-    with torch.no_grad():
-        model.score[0].weight.zero_()
-    survival = survival_at(model, torch.randn(4, 3))
-    expected = np.exp(-PRIOR_HAZARD_PER_YEAR * np.array(cuts) / 365.25)
-    assert np.allclose(survival.detach().numpy(), expected[None], atol=1e-6)
-    assert set(model.state_dict()) == {"baseline", "score.0.weight"}
-    assert not model.baseline.detach().any()
+    constant hazard over the interval ends (public), not one half per interval: for the model
+    the server starts a run from, whose risk score starts at zero."""
+    spec = parse_spec(SURVIVAL)
+    model = initial_model(spec, 1)
+    assert not model.score[0].weight.detach().any()
+    survival = survival_at(model, torch.randn(4, 1)).detach().numpy()
+    expected = np.exp(-PRIOR_HAZARD_PER_YEAR * np.array(spec.study.intervals) / 365.25)
+    assert np.allclose(survival, expected[None], atol=1e-6)
+    assert set(model.state_dict()) == {"baseline", "score.0.weight"}  # the cuts never travel
 
 
 def test_the_loss_of_a_batch_is_the_sum_of_its_records_losses():

@@ -37,7 +37,7 @@ def hazard_gradient_sum(
     score_grads = torch.autograd.grad(scores.sum(), outputs)
     at_risk, happened = interval_targets(outcome, model.cuts)
     with torch.no_grad():
-        hazards = torch.sigmoid(scores.detach() + model.baseline_logits())
+        hazards = torch.sigmoid(scores.detach() + model.baseline)
         residuals = (hazards - happened) * at_risk
         total = residuals.sum(1)
         score_norms = sum(
