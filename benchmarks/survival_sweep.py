@@ -46,7 +46,8 @@ from federation.client.data import SiteTable
 from federation.synth import study_toml, synthesize_cohort
 from federation.wire.spec import StudySpec, parse_spec
 
-# The synthetic cohort: five sites of about 150 records (0.8 to 1.2 times), 30% held out.
+# The synthetic cohort: five sites of about 150 records (0.8 to 1.2 times), 30% held out;
+# ``--synthetic-records`` changes the sites' size.
 SYNTHETIC_SITES, SYNTHETIC_RECORDS, SYNTHETIC_SEED = 5, 150, 11
 
 
@@ -125,9 +126,11 @@ def tcga_cohort(folder: Path) -> tuple[StudySpec, dict[str, Path]]:
     return parse_spec(study_text(features, 3.0, INTERVALS)), paths
 
 
-def synthetic_cohort(folder: Path) -> tuple[StudySpec, dict[str, Path]]:
+def synthetic_cohort(
+    folder: Path, records: int = SYNTHETIC_RECORDS
+) -> tuple[StudySpec, dict[str, Path]]:
     """``allfed synth``'s survival cohort (known proportional hazards, non-IID sites)."""
-    sites = synthesize_cohort(SYNTHETIC_SITES, SYNTHETIC_RECORDS, SYNTHETIC_SEED, "survival")
+    sites = synthesize_cohort(SYNTHETIC_SITES, records, SYNTHETIC_SEED, "survival")
     paths = {}
     for name, frame in sites.items():
         paths[name] = folder / f"{name}.csv"
@@ -219,10 +222,19 @@ def main() -> None:
     parser.add_argument(
         "--level-one-only", action="store_true", help="compare with reference-level coding"
     )
+    parser.add_argument(
+        "--synthetic-records",
+        type=int,
+        default=SYNTHETIC_RECORDS,
+        help="the synthetic sites' records (each 0.8 to 1.2 times this)",
+    )
     args = parser.parse_args()
     epsilons = [None if e == "none" else float(e) for e in args.epsilons.split(",")]
     vary = _vary(args.vary)
-    cohorts = {"tcga": tcga_cohort, "synthetic": synthetic_cohort}
+    cohorts = {
+        "tcga": tcga_cohort,
+        "synthetic": lambda folder: synthetic_cohort(folder, args.synthetic_records),
+    }
     chosen = list(cohorts) if args.cohort == "both" else [args.cohort]
     report = {}
     with tempfile.TemporaryDirectory(prefix="allfed-survival-") as tmp:
