@@ -10,10 +10,10 @@ risk sets coupling the records, as a Cox partial likelihood has), so clipping ea
 gradient bounds what one record can change: the sensitivity DP-SGD's noise is calibrated to.
 
 The baseline logits start at a prior: a constant hazard of ``PRIOR_HAZARD_PER_YEAR`` over
-each interval's width (public, fixed by the spec's cuts). Started
-from logit 0 (a hazard of one half in every interval), every censored record's residuals sum to
-about half its intervals, every record is clipped hard, and DP-SGD's first rounds go to pulling
-the baseline down under full noise. On Fed-TCGA-BRCA (``benchmarks/survival_sweep.py
+each interval's width (public, fixed by the spec's cuts). Started from logit 0 (a hazard of one
+half in every interval), every censored record's residuals sum to about half its intervals,
+every record is clipped hard, and DP-SGD's first rounds go to pulling the baseline down under
+full noise. On Fed-TCGA-BRCA (``benchmarks/survival_sweep.py
 --zero-start``, pooled-test C-index, mean (SD) of 8 runs) the prior against logit 0 reaches
 0.799 (0.025) against 0.753 (0.027) at epsilon 3, 0.825 against 0.812 at epsilon 8, 0.699
 against 0.642 at epsilon 1 (SD 0.1) and 0.861 against 0.832 without DP. On the synthetic
