@@ -31,7 +31,7 @@ from federation.client.training import (
 )
 from federation.server.rounds import initial_model
 from federation.server.standardization import pooled_scaling
-from federation.wire.spec import StudySpec, federated_columns
+from federation.wire.spec import StudySpec, federated_columns, model_cuts
 from models.registry import build_model
 from privacy.accounting import GaussianRelease
 from privacy.planner import share_noise
@@ -180,7 +180,7 @@ def fedavg(
     for _ in range(rounds):
         states, weights = [], []
         for site in federation.sites:
-            local = build_model(spec.model.name, n_features, spec.model.hidden)
+            local = build_model(spec.model.name, n_features, spec.model.hidden, model_cuts(spec))
             local.load_state_dict(model.state_dict())
             run = runs[site.name]
             trainer(local, site.x_train, site.y_train, run.settings, run.plan)

@@ -8,6 +8,17 @@ A record's loss is the sum, over the intervals it is at risk in, of the binary c
 "the event happened in this interval". A batch's loss is therefore a sum of per-record terms (no
 risk sets coupling the records, as a Cox partial likelihood has), so clipping each record's
 gradient bounds what one record can change: the sensitivity DP-SGD's noise is calibrated to.
+
+The baseline logits start at a prior: a constant hazard of ``PRIOR_HAZARD_PER_YEAR`` over
+each interval's width (public, fixed by the spec's cuts). Started from logit 0 (a hazard of one
+half in every interval), every censored record's residuals sum to about half its intervals,
+every record is clipped hard, and DP-SGD's first rounds go to pulling the baseline down under
+full noise. On Fed-TCGA-BRCA (``benchmarks/survival_sweep.py
+--zero-start``, pooled-test C-index, mean (SD) of 8 runs) the prior against logit 0 reaches
+0.799 (0.025) against 0.753 (0.027) at epsilon 3, 0.825 against 0.812 at epsilon 8, 0.699
+against 0.642 at epsilon 1 (SD 0.1) and 0.861 against 0.832 without DP. On the synthetic
+survival cohort it changes little (0.762 against 0.760 at epsilon 3), and at epsilon 1 logit 0
+did better there (0.737 against 0.702).
 """
 
 from __future__ import annotations
@@ -17,17 +28,29 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+PRIOR_HAZARD_PER_YEAR = 0.03  # the baseline's starting point, not a fitted value
+DAYS_PER_YEAR = 365.25
+
+
+def prior_logits(cuts: torch.Tensor) -> torch.Tensor:
+    """Per interval, the logit of the chance of an event in it at a constant hazard of
+    ``PRIOR_HAZARD_PER_YEAR``: a public function of the interval widths alone."""
+    widths = torch.diff(cuts, prepend=torch.zeros(1)) / DAYS_PER_YEAR
+    chance = -torch.expm1(-PRIOR_HAZARD_PER_YEAR * widths)
+    return torch.log(chance) - torch.log1p(-chance)
+
 
 class DiscreteTimeHazard(nn.Module):
     """``forward`` gives the risk score (rows x 1): higher is an earlier event. ``cuts`` (the
     intervals' upper ends, days) is fixed by the spec and is not a weight: it is not in the
-    state dict, so it never travels and no aggregator can change it."""
+    state dict, so it never travels and no aggregator can change it. The ``baseline`` logits
+    start at the prior (``prior_logits`` of the cuts)."""
 
     def __init__(self, score: nn.Sequential, cuts: Sequence[float]) -> None:
         super().__init__()
         self.score = score
-        self.baseline = nn.Parameter(torch.zeros(len(cuts)))
         self.register_buffer("cuts", torch.tensor(list(cuts), dtype=torch.float32), False)
+        self.baseline = nn.Parameter(prior_logits(self.cuts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.score(x)

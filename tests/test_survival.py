@@ -25,13 +25,14 @@ from federation.client.hazard import hazard_gradient_sum
 from federation.client.partition import Partition, fresh_partition
 from federation.client.training import LocalSettings, train_plain
 from federation.errors import DataError, SpecError
+from federation.server.rounds import initial_model
 from federation.synth import study_toml, synthesize_cohort, write_cohort
 from federation.wire import protocol as p
 from federation.wire.evaluation import layout
 from federation.wire.spec import feature_names, load_spec, model_cuts, parse_spec
 from federation.wire.survival_evaluation import histogram_keys as survival_keys
 from models.registry import build_model
-from models.survival import hazard_loss, interval_targets
+from models.survival import PRIOR_HAZARD_PER_YEAR, hazard_loss, interval_targets, survival_at
 from privacy.ledger import Ledger
 
 SURVIVAL = """\
@@ -150,7 +151,7 @@ def test_each_records_gradient_is_clipped_to_the_norm_and_is_its_own(name):
         for param in model.parameters():
             param.normal_()
     x, outcome = _batch(1)
-    c = 0.5
+    c = 0.3
     per_record = _per_record_gradients(model, x, outcome)
     norms = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in per_record.values()))
     factor = hazard_gradient_sum(model, x, outcome, c)
@@ -167,6 +168,19 @@ def test_each_records_gradient_is_clipped_to_the_norm_and_is_its_own(name):
     hazard_gradient_sum(model, x[keep], outcome[keep], c)
     for k, param in model.named_parameters():
         assert torch.allclose(full[k] - param.grad, clipped[k][drop], atol=1e-5), k
+
+
+def test_a_fresh_model_starts_at_the_prior_hazard():
+    """Before any training, every record's chance of surviving each interval is the prior's
+    constant hazard over the interval ends (public), not one half per interval: for the model
+    the server starts a run from, whose risk score starts at zero."""
+    spec = parse_spec(SURVIVAL)
+    model = initial_model(spec, 1)
+    assert not model.score[0].weight.detach().any()
+    survival = survival_at(model, torch.randn(4, 1)).detach().numpy()
+    expected = np.exp(-PRIOR_HAZARD_PER_YEAR * np.array(spec.study.intervals) / 365.25)
+    assert np.allclose(survival, expected[None], atol=1e-6)
+    assert set(model.state_dict()) == {"baseline", "score.0.weight"}  # the cuts never travel
 
 
 def test_the_loss_of_a_batch_is_the_sum_of_its_records_losses():

@@ -38,13 +38,14 @@ DIVERGED_WEIGHT = 100.0  # on standardized inputs, a weight this large saturates
 
 
 def initial_model(spec: StudySpec, n_features: int) -> torch.nn.Module:
-    """Deterministic start: zeros for logistic regression, seeded weights for an MLP."""
+    """Deterministic start: zeros for logistic regression, seeded weights for an MLP (a
+    survival model's baseline hazards at their prior, ``models.survival``)."""
     with torch.random.fork_rng():  # the seed stays here, out of the process's global RNG
         torch.manual_seed(spec.study.seed)
         model = build_model(spec.model.name, n_features, spec.model.hidden, model_cuts(spec))
     if spec.model.name == "logistic":
         with torch.no_grad():
-            for param in model.parameters():
+            for param in getattr(model, "score", model).parameters():
                 param.zero_()
     return model
 
