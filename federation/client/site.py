@@ -54,12 +54,41 @@ class SiteSettings:
 
     def open_ledger(self) -> Ledger:
         try:
-            return Ledger(self.ledger)
+            return checked_ledger(self.ledger)
         except (LedgerError, OSError) as error:
             raise AllfedError(f"site {self.name}: {error}", "node-config", "ledger") from None
 
 
 Resolver = Callable[[Context], SiteSettings]
+
+LEDGERS: dict[str, tuple[tuple[int, int], Ledger]] = {}
+"""path -> (the file's device and inode, its Ledger): the ledgers whose schema this process has
+checked. A simulation's worker serves many sites' messages in turn, and checking the schema
+(three connections, a migration check) cost more than the message's own ledger work."""
+
+
+def checked_ledger(path: Path) -> Ledger:
+    """The ledger at ``path``, its file checked (an allfed ledger, schema up to date) once per
+    file in this process: a ledger file removed, replaced or not there yet is checked again. Each
+    of the Ledger's methods still opens its own connection, so every admission and record is
+    read from and written to the file itself."""
+    key = str(path)
+    known = LEDGERS.get(key)
+    if known is not None and known[0] == _file_identity(path):
+        return known[1]
+    ledger = Ledger(path)
+    identity = _file_identity(path)
+    if identity is not None:
+        LEDGERS[key] = (identity, ledger)
+    return ledger
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def default_ledger(site: str, data: Path) -> Path:
