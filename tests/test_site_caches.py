@@ -1,6 +1,7 @@
-"""The site node's per-process ledger cache (``client.site.checked_ledger``): a ledger file is
-checked once per file, one site's ledger is never served for another's, and a ledger file that
-was removed or replaced is checked again."""
+"""The ledgers a site node process holds open (``client.ledgers``) and the partition pinned in
+each (``client.site.site_partition``): each file checked and read once, one site's never served
+for another's, a ledger file that was removed or replaced checked and read again, and every
+record on the file at once for any other reader."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ import sqlite3
 
 import pytest
 
-from federation.client import site as site_module
-from federation.client.site import SiteSettings, checked_ledger
+from federation.client import ledgers
+from federation.client.ledgers import checked_ledger
+from federation.client.site import SiteSettings, site_partition
 from federation.errors import AllfedError
-from federation.synth import study_toml
-from federation.wire.spec import parse_spec
+from federation.synth import study_toml, write_cohort
+from federation.wire.spec import load_spec, parse_spec
 from privacy import ledger as ledger_module
 from privacy.ledger import Ledger, LedgerError
 
 
 @pytest.fixture(autouse=True)
-def _empty_cache(monkeypatch):
-    monkeypatch.setattr(site_module, "LEDGERS", {})
+def _none_held(monkeypatch):
+    monkeypatch.setattr(ledgers, "OPEN", {})
 
 
 @pytest.fixture
@@ -87,4 +89,70 @@ def test_the_cache_holds_no_ledger_the_process_could_not_check(tmp_path, monkeyp
     monkeypatch.setattr(ledger_module.Ledger, "_refuse_another_database", refuse)
     with pytest.raises(LedgerError):
         checked_ledger(tmp_path / "a.sqlite")
-    assert site_module.LEDGERS == {}
+    assert ledgers.OPEN == {}
+
+
+def test_a_record_is_on_the_file_for_any_other_reader(tmp_path):
+    """The held connection changes when SQLite checkpoints, not what a commit makes durable:
+    another connection (another process: the privacy officer's CLI) reads the record at once."""
+    path = tmp_path / "a.sqlite"
+    checked_ledger(path).pin_partition({"test_fraction": 0.3})
+    with sqlite3.connect(path) as other:
+        rows = other.execute("SELECT key FROM partition").fetchall()
+    assert sorted(r[0] for r in rows) == ["definition", "secret"]
+    assert Ledger(path).partition_definition() == {"test_fraction": 0.3}
+
+
+def test_at_most_max_open_ledgers_are_held(tmp_path, monkeypatch, schema_checks):
+    monkeypatch.setattr(ledgers, "MAX_OPEN", 2)
+    a, b, c = (tmp_path / f"{name}.sqlite" for name in "abc")
+    first = checked_ledger(a)
+    checked_ledger(b)
+    checked_ledger(c)  # lets a go, the least recently used
+    assert list(ledgers.OPEN) == [str(b), str(c)]
+    assert checked_ledger(a) is not first and schema_checks == [a, b, c, a]
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    files, spec_path = write_cohort(tmp_path / "data", 2, 200, seed=3)
+    return files, load_spec(spec_path)
+
+
+def _site(name, files, spec, tmp_path):
+    return SiteSettings(name, files[name], spec, ledger=tmp_path / "ledgers" / f"{name}.sqlite")
+
+
+def test_a_pinned_partition_is_read_once_per_ledger_file(cohort, tmp_path, monkeypatch):
+    files, spec = cohort
+    site = _site(next(iter(files)), files, spec, tmp_path)
+    reads = []
+    definition = Ledger.partition_definition
+    monkeypatch.setattr(
+        Ledger, "partition_definition", lambda self: reads.append(1) or definition(self)
+    )
+    first = site_partition(site, site.open_ledger())
+    assert site_partition(site, site.open_ledger()) is first
+    assert len(reads) == 1
+    assert first.secret == site.open_ledger().partition_secret()  # what the ledger pinned
+
+
+def test_one_sites_partition_is_never_served_for_another(cohort, tmp_path, monkeypatch):
+    files, spec = cohort
+    a, b = (_site(name, files, spec, tmp_path) for name in files)
+    partition_a = site_partition(a, a.open_ledger())
+    partition_b = site_partition(b, b.open_ledger())
+    assert partition_a.secret != partition_b.secret
+    assert partition_b.secret == b.open_ledger().partition_secret()
+    assert site_partition(a, a.open_ledger()) is partition_a
+
+
+def test_a_new_ledger_file_pins_and_serves_its_own_partition(cohort, tmp_path, monkeypatch):
+    files, spec = cohort
+    site = _site(next(iter(files)), files, spec, tmp_path)
+    first = site_partition(site, site.open_ledger())
+    for leftover in (tmp_path / "ledgers").glob(f"{site.name}.sqlite*"):
+        leftover.unlink()
+    again = site_partition(site, site.open_ledger())
+    assert again.secret != first.secret  # a fresh ledger pinned a fresh secret
+    assert again.secret == site.open_ledger().partition_secret()

@@ -24,6 +24,7 @@ from pathlib import Path
 from flwr.app import Context
 
 from federation.client.data import SiteTable, identity_columns, load_site_table
+from federation.client.ledgers import checked_ledger, held
 from federation.client.partition import Partition, requested_definition
 from federation.errors import AllfedError
 from federation.wire import protocol as p
@@ -60,35 +61,6 @@ class SiteSettings:
 
 
 Resolver = Callable[[Context], SiteSettings]
-
-LEDGERS: dict[str, tuple[tuple[int, int], Ledger]] = {}
-"""path -> (the file's device and inode, its Ledger): the ledgers whose schema this process has
-checked. A simulation's worker serves many sites' messages in turn, and checking the schema
-(three connections, a migration check) cost more than the message's own ledger work."""
-
-
-def checked_ledger(path: Path) -> Ledger:
-    """The ledger at ``path``, its file checked (an allfed ledger, schema up to date) once per
-    file in this process: a ledger file removed, replaced or not there yet is checked again. Each
-    of the Ledger's methods still opens its own connection, so every admission and record is
-    read from and written to the file itself."""
-    key = str(path)
-    known = LEDGERS.get(key)
-    if known is not None and known[0] == _file_identity(path):
-        return known[1]
-    ledger = Ledger(path)
-    identity = _file_identity(path)
-    if identity is not None:
-        LEDGERS[key] = (identity, ledger)
-    return ledger
-
-
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return (stat.st_dev, stat.st_ino)
 
 
 def default_ledger(site: str, data: Path) -> Path:
@@ -151,11 +123,17 @@ def _site_of_partition(entries: list[tuple[str, str]], partition: int) -> tuple[
 def site_partition(site: SiteSettings, ledger: Ledger) -> Partition:
     """The site's fixed partition: pinned in its ledger by its first run, from its policy (or,
     at that first run only, the spec's split column or test fraction)."""
+    entry = held(ledger)  # read once per ledger file this process holds open
+    if entry is not None and entry.partition is not None:
+        return entry.partition
     definition = ledger.partition_definition()
     if definition is None:
         columns = identity_columns(site.data, site.spec.features.na_values)
         definition = ledger.pin_partition(requested_definition(site.policy, site.spec, columns))
-    return Partition(definition, ledger.partition_secret())
+    partition = Partition(definition, ledger.partition_secret())
+    if entry is not None:
+        entry.partition = partition
+    return partition
 
 
 TABLES: dict[str, tuple[tuple, SiteTable]] = {}
