@@ -242,6 +242,69 @@ def in_process(files: dict[str, Path], spec: StudySpec, work: Path) -> dict:
     return {"cpu_seconds": round(seconds, 2)}
 
 
+def dispatch_tick(sites: int) -> dict:
+    """CPU seconds of one tick of the simulation engine's message dispatch with a message
+    pending for each of ``sites`` nodes: Flower's own (each node asked in turn) against
+    ``simulation_dispatch.deliver_pending``, on two LinkStates set up as ``run_simulation``
+    sets one up."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.proto.task_pb2 import Task
+    from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.superlink.federation import NoOpFederationManager
+    from flwr.superlink.grid import InMemoryGrid
+
+    def pending():
+        factory = LinkStateFactory(
+            FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()
+        )
+        run = Run.create_empty(run_id=1)
+        run.primary_task_id, run.federation_id = 1, NOOP_FEDERATION_ID
+        state = factory.state()
+        state.run_ids[1] = RunRecord(run=run)
+        state.task_store[1] = Task(task_id=1, run_id=1)
+        nodes = list(_register_nodes(num_nodes=sites, state_factory=factory))
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+        grid = InMemoryGrid(state_factory=factory)
+        grid.set_run(run)
+        content = RecordDict({"config": ConfigRecord({"round": 1})})
+        grid.push_messages([Message(content, message_type="train", dst_node_id=n) for n in nodes])
+        return state, nodes
+
+    def ticks(tick) -> tuple[list[float], int]:
+        """CPU seconds of the tick that hands the messages out and of the next (each one until
+        the replies are in), and how many messages the first handed out."""
+        state, nodes = pending()
+        seconds, handed = [], 0
+        for _ in range(2):
+            started = time.process_time()
+            found = tick(state, nodes)
+            seconds.append(round(time.process_time() - started, 4))
+            handed = handed or len(found)
+        return seconds, handed
+
+    ours, ours_handed = ticks(
+        lambda state, nodes: simulation_dispatch.deliver_pending(state, frozenset(nodes))
+    )
+    flowers, flowers_handed = ticks(
+        lambda state, nodes: [m for n in nodes for m in state.get_message_ins(node_id=n, limit=1)]
+    )
+    if not ours_handed == flowers_handed == sites:
+        raise RuntimeError("the two dispatches handed out different messages")
+    return {
+        "sites": sites,
+        "cpu_seconds": ours,
+        "flower_cpu_seconds": flowers,
+        "ratio_waiting": round(flowers[1] / max(ours[1], 1e-6), 1),
+    }
+
+
 def flower_dispatch() -> None:
     """Leave Flower's own message dispatch in place for the next ``simulate``."""
     from flwr.server.superlink.fleet.vce import vce_api
@@ -316,6 +379,13 @@ def report(result: dict) -> None:
         f"rounds {detail['round_seconds']}; CPU s {detail['cpu_seconds_by_process']}",
         flush=True,
     )
+    if tick := result.get("dispatch_tick"):
+        print(
+            f"       a dispatch tick (10 a second) with a message per site, handing them out / "
+            f"while the replies are awaited: {tick['cpu_seconds']} CPU s; Flower's own "
+            f"{tick['flower_cpu_seconds']} ({tick['ratio_waiting']}x while awaited)",
+            flush=True,
+        )
     if base := result.get("in_process"):
         print(
             f"       in one process without Flower or Ray: {base['cpu_seconds']} CPU s "
@@ -335,6 +405,9 @@ def main() -> None:
         "--no-baseline", action="store_true", help="skip the in-process run of the smallest"
     )
     parser.add_argument(
+        "--no-tick", action="store_true", help="skip timing one dispatch tick at each --sites"
+    )
+    parser.add_argument(
         "--flower-dispatch",
         action="store_true",
         help="also run the smallest federation with Flower's own message dispatch",
@@ -350,6 +423,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="allfed-scale-") as work:
             baseline = sites == smallest and not args.no_baseline
             result = run_scale(sites, args.rounds, args.records, Path(work), baseline)
+        if not args.no_tick:
+            result["dispatch_tick"] = dispatch_tick(sites)
         results.append(result)
         report(result)
     if args.flower_dispatch:
