@@ -5,6 +5,7 @@ record on the file at once for any other reader."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -156,3 +157,22 @@ def test_a_new_ledger_file_pins_and_serves_its_own_partition(cohort, tmp_path, m
     again = site_partition(site, site.open_ledger())
     assert again.secret != first.secret  # a fresh ledger pinned a fresh secret
     assert again.secret == site.open_ledger().partition_secret()
+
+
+def test_a_forked_child_checks_the_ledger_again_and_leaves_the_parents_alone(
+    tmp_path, schema_checks
+):
+    """SQLite connections must not cross a fork: a child opens its own, and the parent's
+    held connection keeps working after the child exits."""
+    path = tmp_path / "a.sqlite"
+    parent = checked_ledger(path)
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh check (its own connection), then a record
+        child = checked_ledger(path)
+        fresh = child is not parent and len(schema_checks) == 2
+        child.pin_partition({"test_fraction": 0.3})
+        os._exit(0 if fresh else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert checked_ledger(path) is parent and schema_checks == [path]
+    assert parent.partition_definition() == {"test_fraction": 0.3}

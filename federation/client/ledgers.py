@@ -19,6 +19,7 @@ descriptors, three each), the least recently used let go first.
 
 from __future__ import annotations
 
+import os
 import resource
 import sqlite3
 from dataclasses import dataclass
@@ -51,11 +52,18 @@ class OpenLedger:
 
 OPEN: dict[str, OpenLedger] = {}
 """path -> the ledger held open there, least recently used first."""
+_OWNER = os.getpid()
+_INHERITED: list[OpenLedger] = []  # a forked child's from its parent: kept, never used or closed
 
 
 def checked_ledger(path: Path) -> Ledger:
     """The ledger at ``path``: checked when this process has not held this very file open (a
     file removed, replaced or not there yet is checked again), then held open."""
+    global _OWNER
+    if os.getpid() != _OWNER:  # SQLite connections must not cross a fork: start afresh
+        _INHERITED.extend(OPEN.values())
+        OPEN.clear()
+        _OWNER = os.getpid()
     key = str(path)
     known = OPEN.pop(key, None)
     if known is not None:
