@@ -72,19 +72,18 @@ def checked_ledger(path: Path) -> Ledger:
             return known.ledger
         known.held.close()
     ledger = Ledger(path)
-    held = sqlite3.connect(path, timeout=120, check_same_thread=False)
+    connection = sqlite3.connect(path, timeout=120, check_same_thread=False)
     try:
-        held.execute("SELECT count(*) FROM meta").fetchall()  # opens the WAL, as a reader does
+        connection.execute("SELECT count(*) FROM meta").fetchall()  # opens the WAL, as reads do
         identity = _identity(path)
     except sqlite3.Error:
-        held.close()
-        return ledger
+        identity = None
     if identity is None:
-        held.close()
+        connection.close()
         return ledger
     while len(OPEN) >= MAX_OPEN:
         OPEN.pop(next(iter(OPEN))).held.close()
-    OPEN[key] = OpenLedger(identity, ledger, held)
+    OPEN[key] = OpenLedger(identity, ledger, connection)
     return ledger
 
 
