@@ -114,7 +114,11 @@ def process_kind(pid: int) -> str:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return "ray services"
-    return "ray workers" if b"default_worker.py" in command else "ray services"
+    # A worker renames itself (``ray::ClientAppActor``, ``ray::IDLE``) once it has started.
+    worker = b"default_worker.py" in command or command.startswith(
+        (b"ray::ClientApp", b"ray::IDLE")
+    )
+    return "ray workers" if worker else "ray services"
 
 
 class PeakMemory:
