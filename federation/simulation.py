@@ -124,6 +124,7 @@ def simulate(
     from federation.server.app import RunSettings, make_server_app
     from federation.server.outputs import load_checkpoint
     from federation.server.sites import RunFailed
+    from federation.simulation_dispatch import fast_message_dispatch
 
     checkpoint = load_checkpoint(Path(out), spec.to_toml()) if resume else None
 
@@ -153,6 +154,7 @@ def simulate(
     # reach run.log, and Flower's own console handler in verbose mode).
     logging.getLogger("flwr").propagate = False
     logging.getLogger("allfed").propagate = verbose
+    fast_message_dispatch()  # Flower's own asks every site in turn, each walk over every message
     with contextlib.suppress(RunFailed):  # the summary written by the run says why
         run_simulation(
             server_app=server_app,

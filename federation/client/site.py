@@ -24,6 +24,7 @@ from pathlib import Path
 from flwr.app import Context
 
 from federation.client.data import SiteTable, identity_columns, load_site_table
+from federation.client.ledgers import checked_ledger, held
 from federation.client.partition import Partition, requested_definition
 from federation.errors import AllfedError
 from federation.wire import protocol as p
@@ -54,7 +55,7 @@ class SiteSettings:
 
     def open_ledger(self) -> Ledger:
         try:
-            return Ledger(self.ledger)
+            return checked_ledger(self.ledger)
         except (LedgerError, OSError) as error:
             raise AllfedError(f"site {self.name}: {error}", "node-config", "ledger") from None
 
@@ -122,11 +123,17 @@ def _site_of_partition(entries: list[tuple[str, str]], partition: int) -> tuple[
 def site_partition(site: SiteSettings, ledger: Ledger) -> Partition:
     """The site's fixed partition: pinned in its ledger by its first run, from its policy (or,
     at that first run only, the spec's split column or test fraction)."""
+    entry = held(ledger)  # read once per ledger file this process holds open
+    if entry is not None and entry.partition is not None:
+        return entry.partition
     definition = ledger.partition_definition()
     if definition is None:
         columns = identity_columns(site.data, site.spec.features.na_values)
         definition = ledger.pin_partition(requested_definition(site.policy, site.spec, columns))
-    return Partition(definition, ledger.partition_secret())
+    partition = Partition(definition, ledger.partition_secret())
+    if entry is not None:
+        entry.partition = partition
+    return partition
 
 
 TABLES: dict[str, tuple[tuple, SiteTable]] = {}
