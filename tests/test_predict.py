@@ -26,7 +26,7 @@ from federation.client.site import SiteSettings, site_partition, site_table
 from federation.server.outputs import load_checkpoint
 from federation.server.run import StudyRun
 from federation.synth import write_cohort
-from federation.wire.spec import feature_names, load_spec
+from federation.wire.spec import feature_names, load_spec, model_cuts
 from models.registry import build_model
 from privacy.ledger import Ledger
 from privacy.policy import simulation_policy
@@ -84,7 +84,8 @@ def node_view(run, site):
     site's ledger kept for the run, encoded by the node's own functions."""
     spec = run["spec"]
     checkpoint = load_checkpoint(run["out"], spec.to_toml())
-    model = build_model(spec.model.name, len(feature_names(spec)), spec.model.hidden)
+    cuts = model_cuts(spec)
+    model = build_model(spec.model.name, len(feature_names(spec)), spec.model.hidden, cuts)
     model.load_state_dict(checkpoint["arrays"])
     ledger = Ledger(site.ledger)
     estimated = (ledger.runs()[-1]["settings"] or {}).get("bounds", {})
@@ -409,16 +410,8 @@ def test_a_survival_model_scores_its_risk_by_each_horizon_as_its_baseline_hazard
     horizons = [f"risk_{h:g}d" for h in spec.study.horizons]
     assert list(scores.columns) == ["row", "score", *horizons, "reason"]
 
-    # The node's view: the final model as the aggregator sent it, the node's encoding.
-    checkpoint = load_checkpoint(run["out"], spec.to_toml())
+    table, model, center, scale, bounds = node_view(run, site)
     cuts = list(spec.study.intervals)
-    model = build_model(spec.model.name, len(feature_names(spec)), spec.model.hidden, cuts)
-    model.load_state_dict(checkpoint["arrays"])
-    ledger = Ledger(site.ledger)
-    estimated = (ledger.runs()[-1]["settings"] or {}).get("bounds", {})
-    bounds = {**spec.features.bounds, **{c: tuple(b) for c, b in estimated.items()}}
-    table = site_table(site, site_partition(site, ledger))
-    center, scale = resolve_scaling(table, spec, *checkpoint["state"]["scaling"], bounds)
     kept = node_rows(site.data, spec)
     for test in (True, False):
         x, _ = encode(table, spec, center, scale, test=test, bounds=bounds)

@@ -111,24 +111,9 @@ def calibration_figure(pooled: dict[str, Any]) -> Figure | None:
     bins = [b for b in pooled.get("calibration") or [] if b.get("observed") is not None]
     if not bins:
         return None
-    figure = new_figure(5.2, 5.0, left=0.75)
-    axes = figure.subplots()
-    top = max([0.1] + [max(b["mean_predicted"], b["observed_ci"][1]) for b in bins])
-    limit = min(1.0, np.ceil(top * 10 + 0.5) / 10)
-    axes.plot([0, limit], [0, limit], color="#999", linestyle=":", label="perfect calibration")
-    predicted = np.array([b["mean_predicted"] for b in bins])
-    observed = np.array([b["observed"] for b in bins])
-    low = observed - np.array([b["observed_ci"][0] for b in bins])
-    high = np.array([b["observed_ci"][1] for b in bins]) - observed
-    axes.errorbar(
-        predicted,
-        observed,
-        yerr=np.vstack([np.maximum(low, 0), np.maximum(high, 0)]),
-        fmt="o",
-        color=COLORS[1],
-        capsize=3,
-        zorder=3,
-        label="observed risk per score group (95% interval)",
+    figure, axes, limit = _calibration_axes(bins)
+    predicted = _observed_with_intervals(
+        axes, bins, fmt="o", color=COLORS[1], label="observed risk per score group (95% interval)"
     )
     a, b = pooled.get("calibration_line_intercept"), pooled.get("calibration_slope")
     if a is not None and b is not None:
@@ -164,24 +149,13 @@ def survival_calibration_figure(pooled: dict[str, Any]) -> Figure | None:
     horizons = [(h, groups) for h, groups in horizons if groups]
     if not horizons:
         return None
-    figure = new_figure(5.2, 5.0, left=0.75)
-    axes = figure.subplots()
-    tops = [max(g["mean_predicted"], g["observed_ci"][1]) for _, gs in horizons for g in gs]
-    limit = min(1.0, np.ceil(max([0.1, *tops]) * 10 + 0.5) / 10)
-    axes.plot([0, limit], [0, limit], color="#999", linestyle=":", label="perfect calibration")
+    figure, axes, limit = _calibration_axes([g for _, groups in horizons for g in groups])
     for i, (horizon, groups) in enumerate(horizons):
-        predicted = np.array([g["mean_predicted"] for g in groups])
-        observed = np.array([g["observed"] for g in groups])
-        low = observed - np.array([g["observed_ci"][0] for g in groups])
-        high = np.array([g["observed_ci"][1] for g in groups]) - observed
-        axes.errorbar(
-            predicted,
-            observed,
-            yerr=np.vstack([np.maximum(low, 0), np.maximum(high, 0)]),
+        _observed_with_intervals(
+            axes,
+            groups,
             fmt=MARKERS[i % len(MARKERS)] + "-",
             color=COLORS[i % len(COLORS)],
-            capsize=3,
-            zorder=3,
             label=f"by day {horizon:g}",
         )
     axes.set(
@@ -191,6 +165,29 @@ def survival_calibration_figure(pooled: dict[str, Any]) -> Figure | None:
     axes.legend(loc="upper left", frameon=False, fontsize="small")
     axes.grid(alpha=0.3)
     return figure
+
+
+def _calibration_axes(points: list[dict[str, Any]]) -> tuple[Figure, Any, float]:
+    """A calibration plot's square axes, up to the largest predicted risk or interval end
+    (rounded up to a tenth), with the diagonal of perfect calibration."""
+    figure = new_figure(5.2, 5.0, left=0.75)
+    axes = figure.subplots()
+    top = max([0.1] + [max(p["mean_predicted"], p["observed_ci"][1]) for p in points])
+    limit = min(1.0, np.ceil(top * 10 + 0.5) / 10)
+    axes.plot([0, limit], [0, limit], color="#999", linestyle=":", label="perfect calibration")
+    return figure, axes, limit
+
+
+def _observed_with_intervals(axes, points: list[dict[str, Any]], **style: Any) -> np.ndarray:
+    """Observed against mean predicted risk with the observed risk's 95% interval; returns the
+    predicted risks."""
+    predicted = np.array([p["mean_predicted"] for p in points])
+    observed = np.array([p["observed"] for p in points])
+    low = observed - np.array([p["observed_ci"][0] for p in points])
+    high = np.array([p["observed_ci"][1] for p in points]) - observed
+    yerr = np.vstack([np.maximum(low, 0), np.maximum(high, 0)])
+    axes.errorbar(predicted, observed, yerr=yerr, capsize=3, zorder=3, **style)
+    return predicted
 
 
 def forest_figure(
