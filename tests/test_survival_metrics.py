@@ -23,10 +23,12 @@ from federation.client.survival_evaluation import survival_release, survival_sta
 from federation.server import survival_metrics as sm
 from federation.server.evaluation import MAX_CI_WIDTH, pool
 from federation.server.survival_evaluation import (
+    SWAMPED,
     UNDEFINED,
     Horizons,
     SurvivalCell,
     cell_metrics,
+    noise_swamps_records,
     read_release,
 )
 from federation.synth import study_toml
@@ -300,3 +302,34 @@ def test_the_released_c_index_agrees_with_the_exact_one_under_seeded_noise():
         covered.append(metrics["cindex_ci"][0] <= exact <= metrics["cindex_ci"][1])
     assert abs(np.mean(errors)) < 0.01 and np.std(errors) < 0.03, (np.mean(errors), np.std(errors))
     assert np.mean(covered) >= 0.9
+
+
+@pytest.mark.parametrize(("records", "swamped"), [(4000, False), (150, True)])
+def test_metrics_read_from_cleaned_bins_are_withheld_where_the_noise_outweighs_the_records(
+    records, swamped
+):
+    """The same noise (sd 2 a bin) on a histogram of 4,000 records and of 150: on the few,
+    the positive part a non-negative fit keeps from the noise outweighs them, so the integrated
+    Brier score, the observed and predicted risks and the calibration groups are withheld with
+    the reason; the concordance metrics, read from the noisy bins, are not."""
+    spec = parse_spec(study_toml(task="survival"))
+    score, time, event = _cohort(records, seed=4)
+    shape = histogram_shape(spec)
+    hist = _histogram(score, time, event).reshape(shape)
+    noisy = hist + np.random.default_rng(0).normal(0, 2.0, shape)
+    variance = dict.fromkeys(STAT_SHARES, 4.0)
+    release = SurvivalCell(noisy, float(records), float(event.sum()), variance)
+    assert noise_swamps_records(release) is swamped
+    metrics = cell_metrics(release, Horizons.of(spec, BASELINE[: len(spec.study.intervals)], EDGES))
+    read_from_cleaned = ["integrated_brier", "observed_risk_365", "observed_risk_1825"]
+    if swamped:
+        for name in read_from_cleaned:
+            assert metrics[name] is None and metrics[f"{name}_ci"] is None
+            assert metrics["na_reason"][name] == SWAMPED
+        assert metrics["predicted_risk_1825"] is None
+        assert all(entry["groups"] == [] for entry in metrics["calibration"])
+        assert metrics["cindex_ci"] is not None  # the concordance is still read
+    else:
+        assert all(metrics[name] is not None for name in read_from_cleaned)
+        assert metrics["predicted_risk_1825"] is not None
+        assert all(entry["groups"] for entry in metrics["calibration"])

@@ -332,6 +332,14 @@ class Metrics:
         if reason:
             self.na_reason[name] = reason
 
+    def put_or_withhold(self, name: str, interval: Interval, withheld: str | None) -> None:
+        """``put``, or the metric n/a with the reason ``withheld`` when that is given."""
+        if withheld is None:
+            self.put(name, interval)
+            return
+        self.values[name] = self.values[f"{name}_ci"] = None
+        self.na_reason[name] = withheld
+
     def as_dict(self) -> dict[str, Any]:
         return {**self.values, "na_reason": dict(self.na_reason)}
 
