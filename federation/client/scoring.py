@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from federation.wire.survival_evaluation import linear_predictors
 from models.survival import DiscreteTimeHazard, survival_at
 
 
@@ -23,15 +24,14 @@ def risks(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 def survival_risks(
     model: DiscreteTimeHazard, x: np.ndarray, horizons: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A survival model's risk score per row (higher: an earlier event) and its chance of the
-    event by each horizon (rows x horizons: one minus the survival at the end of the interval
-    the horizon closes; every horizon is one of the model's cuts). Non-finite outputs of crafted
-    weights become the nearer end, as ``risks`` does."""
-    model.eval()
+    """A survival model's risk score per row (``linear_predictors``, as the node's evaluation
+    bins it; higher: an earlier event) and its chance of the event by each horizon (rows x
+    horizons: one minus the survival at the end of the interval the horizon closes; every
+    horizon is one of the model's cuts). Non-finite outputs of crafted weights become the
+    nearer end, as ``risks`` does."""
     cuts = [float(c) for c in model.cuts]
+    scores = linear_predictors(model, x)  # also sets eval mode
     with torch.no_grad():
-        inputs = torch.from_numpy(x)
-        scores = torch.nan_to_num(model(inputs).squeeze(-1).double(), nan=0.0)
-        survival = torch.nan_to_num(survival_at(model, inputs).double(), nan=1.0)
+        survival = torch.nan_to_num(survival_at(model, torch.from_numpy(x)).double(), nan=1.0)
     at = [cuts.index(float(h)) for h in horizons]
-    return scores.numpy().astype(float), (1.0 - survival[:, at]).clamp(0, 1).numpy()
+    return scores, (1.0 - survival[:, at]).clamp(0, 1).numpy()
