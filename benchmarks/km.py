@@ -8,14 +8,15 @@ repeat) on theirs. Each repeat runs what ``allfed analyze km`` runs, without Flo
 every site's exact counts and its OpenDP release (``federation.client.queries.exact_answer``,
 ``privacy.kaplan_meier.release``), then the aggregator's pooling (``federation.server.km``).
 
-Reported per epsilon (and without noise: the estimator alone) and horizon: the exact
-Kaplan-Meier estimate from the same records (scikit-survival, raw times), the released survival's
-mean, bias and RMSE against it, the mean 95% CI width, how often the CI covers the exact estimate,
-and how often the horizon was shown at all (not held back). For the synthetic cohorts also the
-coverage of the population's survival (the generator's: per-site Kaplan-Meier estimates of
-200,000 records each, weighted by the repeat's records per site, whose sizes the generator
-draws), which is what a CI of noise and sampling is for; the exact estimate of the same records
-moves with them, so its coverage is conservative.
+Reported per epsilon (and without noise: the estimator alone) and horizon, for the pooled curve
+and, on Fed-TCGA-BRCA, for each region's own curve (``site_curves``) against its own records:
+the exact Kaplan-Meier estimate from the same records (scikit-survival, raw times), the released
+survival's mean, bias and RMSE against it, the mean 95% CI width, how often the CI covers the
+exact estimate, and how often the horizon was shown at all (not held back). For the synthetic
+cohorts also the coverage of the population's survival (the generator's: per-site Kaplan-Meier
+estimates of 200,000 records each, weighted by the repeat's records per site, whose sizes the
+generator draws), which is what a CI of noise and sampling is for; the exact estimate of the
+same records moves with them, so its coverage is conservative.
 
     python benchmarks/km.py --json km.json [--repeats K] [--synthetic-repeats K] [--data DIR]
 """
@@ -51,15 +52,16 @@ def kaplan_meier_at(time: np.ndarray, event: np.ndarray, days) -> list[float]:
     return [float(s[x <= d][-1]) if (x <= d).any() else 1.0 for d in days]
 
 
-def released_curve(spec, exact: dict, epsilon: float | None) -> dict:
-    """The overall curve one analysis releases (``epsilon`` None: the exact counts, no noise)."""
+def released_curves(spec, exact: dict, epsilon: float | None) -> dict:
+    """The result one analysis releases (``epsilon`` None: the exact counts, no noise): its
+    overall curve first in ``curves``, one curve per site in ``site_curves``."""
     request = AnalysisRequest("km", epsilon or 1.0, DELTA)
     query = build_query(request, spec)
     if epsilon is None:
-        return pooled_km(spec, request, query, exact, 0.0)["curves"][0]
+        return pooled_km(spec, request, query, exact, 0.0)
     noise = planned_release(request).noise_multiplier
     released = {site: release(query, cells, noise) for site, cells in exact.items()}
-    return pooled_km(spec, request, query, released, noise)["curves"][0]
+    return pooled_km(spec, request, query, released, noise)
 
 
 def horizon_rows(curves: list[dict], exact: list[float], horizons) -> list[dict]:
@@ -111,20 +113,30 @@ def tcga(data: Path, repeats: int, tmp: Path) -> dict:
     event = np.concatenate([t.label for t in tables.values()])
     horizons = list(spec.study.horizons)
     exact = kaplan_meier_at(time_, event, horizons)
+    exact_by_site = {n: kaplan_meier_at(t.time, t.label, horizons) for n, t in tables.items()}
     results = []
     for epsilon in (None, *EPSILONS):
         started = time.perf_counter()
         k = 1 if epsilon is None else repeats
-        curves = [released_curve(spec, exact_cells, epsilon) for _ in range(k)]
+        released = [released_curves(spec, exact_cells, epsilon) for _ in range(k)]
+        seconds = round((time.perf_counter() - started) / k, 4)
         results.append(
             {
                 "epsilon": epsilon,
                 "repeats": k,
-                "seconds_per_analysis": round((time.perf_counter() - started) / k, 4),
-                "horizons": horizon_rows(curves, exact, horizons),
+                "seconds_per_analysis": seconds,
+                "horizons": horizon_rows([r["curves"][0] for r in released], exact, horizons),
+                "per_site": {  # each region's own curve against its own records' estimate
+                    name: horizon_rows(
+                        [r["site_curves"][i] for r in released], exact_by_site[name], horizons
+                    )
+                    for i, name in enumerate(tables)
+                },
             }
         )
         _print("tcga-brca", results[-1])
+        for name, rows in results[-1]["per_site"].items():
+            _print(f"  region {name}", {"epsilon": epsilon, "horizons": rows})
     return {
         "records": len(time_),
         "events": int(event.sum()),
@@ -157,7 +169,7 @@ def synthetic(repeats: int, tmp: Path, n_sites: int = 4, records: int = 1500) ->
         weights = np.array([len(tables[name].time) for name in site_truth], dtype=float)
         truths.append(weights @ np.array(list(site_truth.values())) / weights.sum())
         for epsilon in by_epsilon:
-            by_epsilon[epsilon].append(released_curve(spec, cells, epsilon))
+            by_epsilon[epsilon].append(released_curves(spec, cells, epsilon)["curves"][0])
     results = []
     for epsilon, curves in by_epsilon.items():
         rows = []
@@ -191,6 +203,9 @@ def _print(name: str, result: dict) -> None:
     parts = []
     for row in result["horizons"]:
         exact = row.get("exact", row.get("exact_mean"))
+        if row["bias"] is None:
+            parts.append(f"{row['horizon']}d exact {exact:.3f} held back in every draw")
+            continue
         text = (
             f"{row['horizon']}d exact {exact:.3f} bias {row['bias']:+.4f} rmse {row['rmse']:.4f} "
             f"ci {row['ci_width']:.3f} covers {row['covers_exact']:.2f}"
