@@ -14,20 +14,17 @@ unseeded (the node's noise comes from the OS), so each setting is the mean and S
 Variants, each beside the default in the same run: ``--vary KEY=V1,V2`` (a ``[training]``
 setting, or ``max-grad-norm``), ``--zero-start`` (the baseline hazards started at logit 0, a
 hazard of one half per interval, instead of the model's public prior,
-``models.survival.prior_logits``: the model as it was before the prior) and
-``--level-one-only`` (a what-if of the encoding, not what a node does: each categorical feature
-of two levels keeps only its second level's one-hot column, its first being the reference).
+``models.survival.prior_logits``: the model as it was before the prior).
 
     python benchmarks/survival_sweep.py --json sweep.json [--cohort tcga|synthetic|both]
         [--epsilons none,8,3,1] [--repeats 8] [--vary learning-rate=1.5,2.5 --vary rounds=40]
-        [--zero-start] [--level-one-only]
+        [--zero-start]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import tempfile
 import time
@@ -37,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from heart import shared_data
-from inprocess import Federation, fedavg, federate, load_tables, with_privacy
+from inprocess import fedavg, federate, load_tables, with_privacy
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from tcga_brca import INTERVALS, region_frames, study_text
 
@@ -84,35 +81,15 @@ def zero_start() -> Iterator[None]:
         models.survival.prior_logits = prior
 
 
-def federated_cindex(
-    spec: StudySpec, tables: dict[str, SiteTable], level_one_only: bool = False
-) -> float:
+def federated_cindex(spec: StudySpec, tables: dict[str, SiteTable]) -> float:
     """Pooled-test C-index of one in-process federated run of ``spec``."""
     federation = federate(spec, tables)
-    if level_one_only:
-        federation = without_reference_levels(federation)
     model = fedavg(federation, spec=spec)
     x, y = federation.test_rows()
     model.eval()
     with torch.no_grad():
         risk = model(torch.from_numpy(x)).squeeze(-1).numpy()
     return harrell(y, risk)
-
-
-def without_reference_levels(federation: Federation) -> Federation:
-    """The federation's rows without the first level's column of each two-level categorical
-    feature (the encoding puts the numeric columns first, then each feature's levels)."""
-    features = federation.spec.features
-    keep, start = list(range(len(features.numeric))), len(features.numeric)
-    for levels in features.categorical.values():
-        columns = range(start, start + len(levels))
-        keep += list(columns[1:] if len(levels) == 2 else columns)
-        start += len(levels)
-    sites = tuple(
-        dataclasses.replace(site, x_train=site.x_train[:, keep], x_test=site.x_test[:, keep])
-        for site in federation.sites
-    )
-    return dataclasses.replace(federation, sites=sites)
 
 
 def tcga_cohort(folder: Path) -> tuple[StudySpec, dict[str, Path]]:
@@ -138,10 +115,10 @@ def synthetic_cohort(
     return parse_spec(study_toml("synthetic-survival", task="survival")), paths
 
 
-def variants(spec, epsilon, vary: dict[str, list[float]], zero: bool, level_one: bool):
-    """Name -> (spec, start context, level-one-only) of the default and each variant."""
+def variants(spec, epsilon, vary: dict[str, list[float]], zero: bool):
+    """Name -> (spec, start context) of the default and each variant."""
     base = with_privacy(spec, epsilon)
-    chosen = {"default": (base, contextlib.nullcontext, False)}
+    chosen = {"default": (base, contextlib.nullcontext)}
     for key, values in vary.items():
         for value in values:
             if key == "max-grad-norm":
@@ -149,27 +126,23 @@ def variants(spec, epsilon, vary: dict[str, list[float]], zero: bool, level_one:
             else:
                 number = int(value) if value.is_integer() else value
                 changed = with_privacy(spec, epsilon, **{key.replace("-", "_"): number})
-            chosen[f"{key} {value:g}"] = (changed, contextlib.nullcontext, False)
+            chosen[f"{key} {value:g}"] = (changed, contextlib.nullcontext)
     if zero:
-        chosen["zero start"] = (base, zero_start, False)
-    if level_one:
-        chosen["level-one only"] = (base, contextlib.nullcontext, True)
+        chosen["zero start"] = (base, zero_start)
     return chosen
 
 
-def sweep(spec, tables, epsilons, repeats, vary, zero, level_one) -> list[dict]:
+def sweep(spec, tables, epsilons, repeats, vary, zero) -> list[dict]:
     """Per epsilon: the planner's defaults and each variant, mean and SD of the runs."""
     rows = []
     smallest = min(table.n_train for table in tables.values())
     for epsilon in epsilons:
-        for name, (variant, start, level_one_only) in variants(
-            spec, epsilon, vary, zero, level_one
-        ).items():
+        for name, (variant, start) in variants(spec, epsilon, vary, zero).items():
             planned = variant.planned(smallest).training
             runs = 1 if epsilon is None else repeats  # without DP a run is deterministic
             started = time.process_time()
             with start():
-                values = [federated_cindex(variant, tables, level_one_only) for _ in range(runs)]
+                values = [federated_cindex(variant, tables) for _ in range(runs)]
             rows.append(
                 {
                     "epsilon": epsilon,
@@ -220,9 +193,6 @@ def main() -> None:
         "--zero-start", action="store_true", help="compare with baselines started at logit 0"
     )
     parser.add_argument(
-        "--level-one-only", action="store_true", help="compare with reference-level coding"
-    )
-    parser.add_argument(
         "--synthetic-records",
         type=int,
         default=SYNTHETIC_RECORDS,
@@ -245,9 +215,7 @@ def main() -> None:
             tables = load_tables(spec, paths)  # one split for every run and the reference
             reference = centralized_cox(spec, tables)
             print(f"{name}: centralized Cox (no DP) pooled-test C-index {reference:.3f}")
-            rows = sweep(
-                spec, tables, epsilons, args.repeats, vary, args.zero_start, args.level_one_only
-            )
+            rows = sweep(spec, tables, epsilons, args.repeats, vary, args.zero_start)
             for row in rows:
                 row["minus_centralized_cox"] = row["cindex"] - reference
             report[name] = {"centralized_cox": reference, "results": rows}

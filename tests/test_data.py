@@ -15,7 +15,7 @@ import pytest
 
 from federation.client import data as site_data
 from federation.client.data import read_table, table_warnings
-from federation.client.features import encode, scaling_sums, site_scaling
+from federation.client.features import categorical_inputs, encode, scaling_sums, site_scaling
 from federation.client.partition import Partition, requested_definition
 from federation.client.site import SiteSettings, site_table
 from federation.errors import DataError, SpecError
@@ -254,7 +254,7 @@ def test_missing_file_and_directory(tmp_path):
         load_site_table(tmp_path, SPEC)
 
 
-def test_encoding_is_standardized_one_hot_and_imputed(tmp_path):
+def test_encoding_is_standardized_reference_coded_and_imputed(tmp_path):
     df = frame()
     df.loc[0, "bmi"] = np.nan
     table = load_site_table(write(df, tmp_path), SPEC)
@@ -263,9 +263,17 @@ def test_encoding_is_standardized_one_hot_and_imputed(tmp_path):
     assert x.shape == (table.n_train, len(feature_names(SPEC)))
     assert np.allclose(x[:, 0].mean(), 0, atol=1e-5) and np.allclose(x[:, 0].std(), 1, atol=1e-3)
     assert np.isfinite(x).all()
-    one_hot = x[:, 2:4]
-    assert set(one_hot.sum(axis=1)) == {1.0}
+    train = df[~table.is_test]
+    assert feature_names(SPEC)[2:] == ["sex=male", "smoking=current"]  # the first: reference
+    np.testing.assert_array_equal(x[:, 2], train["sex"] == "male")
+    np.testing.assert_array_equal(x[:, 3], train["smoking"] == "current")
     assert set(np.unique(y)) <= {0.0, 1.0}
+
+
+def test_a_missing_level_is_the_mean_of_its_columns_levels():
+    codes = np.array([-1, 0, 1, 2])  # missing, the reference, the second and third levels
+    expected = [[1 / 3, 1 / 3], [0, 0], [1, 0], [0, 1]]
+    np.testing.assert_allclose(categorical_inputs(codes, 3), expected)
 
 
 def test_scaling_sums_are_bounded_per_record(tmp_path):

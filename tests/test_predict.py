@@ -207,17 +207,21 @@ def test_the_cards_coefficients_on_the_original_scale_give_the_models_risks(dp_r
     card = json.loads((dp_run["out"] / "model_card.json").read_text())
     coefficients = card["coefficients"]
     assert coefficients["available"] and not coefficients["site_scaled"]
-    by_input = {row["input"]: row["per_unit"] for row in coefficients["rows"]}
-    assert list(by_input) == card["features"]
+    rows = coefficients["rows"]
+    assert [row["input"] for row in rows if not row["reference"]] == card["features"]
+    per_unit = {(row["feature"], row["level"]): row["per_unit"] for row in rows}
     raw = pd.read_csv(site.data)
-    raw = raw[raw["smoking"].notna()]
+    assert raw["smoking"].isna().any()  # a missing level counts as the mean of its column's
     logit = np.full(len(raw), coefficients["intercept"])
     for row in card["scaling"]:  # clipped to the bounds; a missing value counts as the center
         values = raw[row["feature"]].clip(*row["bounds"]).fillna(row["center"])
-        logit += by_input[row["feature"]] * values.to_numpy()
+        logit += per_unit[row["feature"], None] * values.to_numpy()
     for column, levels in spec.features.categorical.items():
+        assert per_unit[column, levels[0]] == 0.0  # the reference level
+        mean = np.mean([per_unit[column, level] for level in levels])
+        logit += np.where(raw[column].isna(), mean, 0.0)
         for level in levels:
-            logit += by_input[f"{column}={level}"] * (raw[column] == level).to_numpy()
+            logit += per_unit[column, level] * (raw[column] == level).to_numpy()
     center = np.array([row["center"] for row in card["scaling"]])
     scale = np.array([row["scale"] for row in card["scaling"]])
     numeric = raw[list(spec.features.numeric)].to_numpy(dtype=float)

@@ -54,7 +54,7 @@ def test_synthetic_study_round_trips_through_toml():
     spec = parse_spec(study_toml())
     assert parse_spec(spec.to_toml()) == spec
     assert feature_names(spec)[: len(spec.features.numeric)] == list(spec.features.numeric)
-    assert "sex=female" in feature_names(spec)
+    assert "sex=male" in feature_names(spec) and "sex=female" not in feature_names(spec)
 
 
 # What a name or level may hold that TOML must escape or carry as is: quotes, backslashes, the
@@ -81,7 +81,7 @@ def specs(draw) -> StudySpec:
     (time, event, consent, split), names = names[:4], names[4:]
     features, others = _split(draw, names, low=1)
     numeric, categorical = _split(draw, features)
-    levels = _lists(draw, st.lists(TEXT, min_size=1, max_size=3, unique=True), len(categorical))
+    levels = _lists(draw, st.lists(TEXT, min_size=2, max_size=3, unique=True), len(categorical))
     bounded = _split(draw, numeric)[0]
     pairs = _lists(draw, st.tuples(NUMBER, st.floats(1e-3, 1e6)), len(bounded))
     bounds = {c: (low, low + width) for c, (low, width) in zip(bounded, pairs, strict=True)}
@@ -233,6 +233,7 @@ def test_pooled_scaling_needs_bounds_under_dp():
         (MINIMAL + "missing = { age = 'mean' }", r"missing.age: expected \"impute\" or \"drop\""),
         (MINIMAL + "bounds = { age = [90, 18] }", r"bounds.age: expected \[LOW, HIGH\]"),
         (MINIMAL + "categorical = { sex = [] }", "non-empty list of allowed levels"),
+        (MINIMAL + "categorical = { sex = ['f'] }", r"categorical.sex: declares one level"),
         (
             MINIMAL.replace('["age"]', '["outcome"]'),
             "label column 'outcome' cannot also be a feature",

@@ -186,8 +186,9 @@ def coefficients(
 ) -> dict[str, Any]:
     """A logistic model on each feature's own scale. The model sees ``z = (clip(x) - c) / s``,
     so a coefficient ``b`` is ``b / s`` per unit of the clipped ``x`` and the intercept moves by
-    ``-sum(b * c / s)``; a missing (imputed) numeric value counts as ``c``. A one-hot level's
-    coefficient applies as it is; a missing (imputed) level is all zeros. A column scaled by
+    ``-sum(b * c / s)``; a missing (imputed) numeric value counts as ``c``. A categorical
+    level's coefficient applies as it is, against the column's first level (the reference, 0);
+    a missing (imputed) level counts as the mean of its column's L coefficients. A column scaled by
     each site's own rows has no single per-unit coefficient, nor has the intercept then."""
     if spec.model.name != "logistic":
         reason = f"the {spec.model.name} model has no per-feature coefficients"
@@ -201,6 +202,7 @@ def coefficients(
     for i, row in enumerate(scaling):
         b = weight[i]
         entry = {"input": row["feature"], "feature": row["feature"], "level": None}
+        entry["reference"] = False
         entry["standardized"] = b
         if row["center"] is None:
             entry["per_unit"] = entry["odds_ratio_per_unit"] = None
@@ -213,14 +215,16 @@ def coefficients(
         rows.append(entry)
     offset = len(scaling)
     for column, levels in spec.features.categorical.items():
-        for level in levels:
-            b = weight[offset]
-            offset += 1
+        for k, level in enumerate(levels):
+            b = 0.0  # the first level is the reference, which has no input
+            if k > 0:
+                b, offset = weight[offset], offset + 1
             rows.append(
                 {
-                    "input": f"{column}={level}",
+                    "input": f"{column}={level}" + (" (reference)" if k == 0 else ""),
                     "feature": column,
                     "level": level,
+                    "reference": k == 0,
                     "standardized": b,
                     "per_unit": b,
                     "odds_ratio_per_unit": _exp(b),
@@ -235,8 +239,10 @@ def coefficients(
         "rows": rows,
         "formula": (
             "logit(risk) = intercept + sum of per_unit * value, with each numeric value first "
-            "clipped to its bounds (a missing one counts as its center) and each categorical "
-            "level 1 if the record has it (a missing level: all 0); risk = 1 / (1 + exp(-logit))"
+            "clipped to its bounds (a missing one counts as its center), and the coefficient of "
+            "each categorical level the record has (a column's first level, its reference, has "
+            "0; a missing level counts 1/L of each of its column's L levels); "
+            "risk = 1 / (1 + exp(-logit))"
         ),
     }
 
@@ -295,7 +301,7 @@ def data_section(spec: StudySpec, sites: Mapping[str, Mapping[str, Any]]) -> dic
         elif rule == "impute" and column in features.numeric:
             missing[column] = "imputed at the center (the federation's mean, or the site's)"
         elif rule == "impute":
-            missing[column] = "imputed as no level (all one-hot inputs 0)"
+            missing[column] = "imputed as the average of its levels (each level's input 1/L)"
         else:
             missing[column] = "none allowed (a site with a missing value is refused)"
     return {

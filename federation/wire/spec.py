@@ -265,10 +265,17 @@ class FeatureSection(_Section):
         """A column is numeric or categorical, and the rules name declared columns."""
         if not self.columns:
             raise _problem("declares no numeric or categorical column")
-        for column in self.categorical:
+        for column, levels in self.categorical.items():
             if column in self.numeric:
                 raise _problem(
                     f"{column!r} is also numeric; a feature has one kind", "categorical", column
+                )
+            if len(levels) < 2:
+                raise _problem(
+                    "declares one level, which tells records nothing apart; declare every "
+                    "level it takes (the first is the model's reference)",
+                    "categorical",
+                    column,
                 )
         for table in ("missing", "bounds", "plausible"):
             for column in getattr(self, table):
@@ -654,8 +661,9 @@ def estimated_columns(spec: StudySpec) -> list[str]:
 
 
 def feature_names(spec: StudySpec) -> list[str]:
-    """Names of the model's input columns, in order."""
+    """Names of the model's input columns, in order: the numeric columns, then an indicator per
+    categorical level but each column's first, its reference (``client.features``)."""
     names = list(spec.features.numeric)
     for column, levels in spec.features.categorical.items():
-        names += [f"{column}={level}" for level in levels]
+        names += [f"{column}={level}" for level in levels[1:]]
     return names
