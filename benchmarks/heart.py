@@ -11,9 +11,15 @@ pooled metrics are recorded beside. ``--scalings federated,site`` runs every set
 scaling, to show what the federated standardization (its noisy sums are part of each site's
 epsilon) gives over every center scaling by its own statistics.
 
+``--form missing`` is a harder cohort, what a partner site's records look like: all 920 rows
+with their missing values (slope, ca and thal are missing for most of three centers, and
+cholesterol at Switzerland), 13 features of which 7 categorical, missing values imputed, and
+(with ``--bounds estimated``) no bounds declared.
+
     python benchmarks/heart.py --json heart.json [--data DIR] [--repeats K] [--models logistic]
         [--scalings federated,site] [--bounds declared,estimated] [--rounds R --batch-size B
         --learning-rate L: default the planner's settings, as allfed's]
+        [--form categorical|flamby|missing]
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ FEATURES = [
 BOUNDS = {
     "age": [20, 90], "sex": [0, 1], "trestbps": [80, 220], "chol": [0, 600], "fbs": [0, 1],
     "thalach": [60, 220], "exang": [0, 1], "oldpeak": [-3, 7], "cp_2": [0, 1], "cp_3": [0, 1],
-    "cp_4": [0, 1], "restecg_1": [0, 1], "restecg_2": [0, 1],
+    "cp_4": [0, 1], "restecg_1": [0, 1], "restecg_2": [0, 1], "ca": [0, 3],
 }  # fmt: skip
 FLAMBY = {
     "source": "FLamby results_benchmark_fed_heart_disease, mean of seeds 42-46 (accuracy)",
@@ -118,6 +124,53 @@ def categorical_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
     return frames
 
 
+MISSING_NUMERIC = ["age", "trestbps", "chol", "thalach", "oldpeak", "ca"]
+MISSING_CATEGORICAL = {
+    **CATEGORICAL, "slope": ["1", "2", "3"], "thal": ["3", "6", "7"],
+}  # fmt: skip
+
+
+def missing_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
+    """Every row of the four files with their missing values (920 records; FLamby keeps the
+    740 without one) and all 13 features, the 7 categorical ones as categorical columns; a
+    cholesterol of 0 (not recorded at Switzerland and some of VA) is missing. Split per center
+    66/34 as FLamby splits (random_state 43, stratified where both classes have 3 rows)."""
+    frames = {}
+    for center, filename in CENTERS.items():
+        frame = pd.read_csv(raw_dir / filename, header=None, names=RAW_COLUMNS, na_values="?")
+        frame["chol"] = frame["chol"].replace(0, np.nan)
+        labels = (frame["num"] > 0).astype(int).to_numpy()
+        stratify = labels if np.bincount(labels, minlength=2).min() > 2 else None
+        train, _ = train_test_split(
+            np.arange(len(frame)), train_size=0.66, test_size=0.34, random_state=43,
+            shuffle=True, stratify=stratify,
+        )  # fmt: skip
+        out = frame[MISSING_NUMERIC].astype(float)
+        for column in MISSING_CATEGORICAL:
+            out[column] = frame[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
+        out = out.replace({"": None})
+        out["disease"] = labels
+        out["split"] = "test"
+        out.iloc[train, out.columns.get_loc("split")] = "train"
+        frames[center] = out
+    return frames
+
+
+def missing_study_text(
+    epsilon: float | None,
+    training: dict[str, float | int | None],
+    scaling: str = "federated",
+    bounds: str = "estimated",
+) -> str:
+    """The study of ``missing_frames``: every column but age and sex imputed where missing,
+    declared bounds for the numeric columns or none (the sites estimate them privately)."""
+    levels = ", ".join(f"{k} = {json.dumps(v)}" for k, v in MISSING_CATEGORICAL.items())
+    imputed = [c for c in [*MISSING_NUMERIC, *MISSING_CATEGORICAL] if c not in ("age", "sex")]
+    rules = ", ".join(f'{c} = "impute"' for c in imputed)
+    categorical = f"categorical = {{ {levels} }}\nmissing = {{ {rules} }}\n"
+    return _study(MISSING_NUMERIC, categorical, epsilon, training, scaling, bounds)
+
+
 def categorical_study_text(
     epsilon: float | None,
     training: dict[str, float | int | None],
@@ -169,9 +222,8 @@ delta = 1e-5
 
 
 def run(args: argparse.Namespace) -> dict:
-    categorical = args.form == "categorical"
-    frames = (categorical_frames if categorical else flamby_frames)(Path(args.data))
-    text_of = categorical_study_text if categorical else study_text
+    frames_of, text_of = FORMS[args.form]
+    frames = frames_of(Path(args.data))
     results = []
     with tempfile.TemporaryDirectory(prefix="allfed-heart-") as tmp:
         sites = {}
@@ -223,6 +275,13 @@ def run(args: argparse.Namespace) -> dict:
             "split_sizes": {c: int((f["split"] == "train").sum()) for c, f in frames.items()},
         },
     }
+
+
+FORMS = {
+    "categorical": (categorical_frames, categorical_study_text),
+    "flamby": (flamby_frames, study_text),
+    "missing": (missing_frames, missing_study_text),
+}
 
 
 def _epsilons(text: str) -> list[float | None]:
@@ -386,8 +445,9 @@ def main() -> None:
     parser.add_argument(
         "--form",
         default="categorical",
-        choices=("categorical", "flamby"),
-        help="binary and one-hot columns as categorical columns, or FLamby's 13 numeric ones",
+        choices=tuple(FORMS),
+        help="FLamby's rows with its binary and one-hot columns as categorical columns, or its "
+        "13 numeric ones; or every row with its missing values (13 features, 7 categorical)",
     )
     parser.add_argument(
         "--inprocess",

@@ -15,10 +15,11 @@ import pytest
 
 from federation.client import data as site_data
 from federation.client.data import read_table, table_warnings
-from federation.client.features import categorical_inputs, encode, scaling_sums, site_scaling
+from federation.client.features import encode, scaling_sums, site_scaling
 from federation.client.partition import Partition, requested_definition
 from federation.client.site import SiteSettings, site_table
 from federation.errors import DataError, SpecError
+from federation.wire.encoding import categorical_inputs
 from federation.wire.spec import feature_names, parse_spec
 from privacy.policy import SitePolicy
 
@@ -265,14 +266,15 @@ def test_encoding_is_standardized_reference_coded_and_imputed(tmp_path):
     assert np.isfinite(x).all()
     train = df[~table.is_test]
     assert feature_names(SPEC)[2:] == ["sex=male", "smoking=current"]  # the first: reference
-    np.testing.assert_array_equal(x[:, 2], train["sex"] == "male")
-    np.testing.assert_array_equal(x[:, 3], train["smoking"] == "current")
+    np.testing.assert_array_equal(x[:, 2], (train["sex"] == "male") - 0.5)  # centred: - 1/L
+    np.testing.assert_array_equal(x[:, 3], (train["smoking"] == "current") - 0.5)
     assert set(np.unique(y)) <= {0.0, 1.0}
 
 
 def test_a_missing_level_is_the_mean_of_its_columns_levels():
     codes = np.array([-1, 0, 1, 2])  # missing, the reference, the second and third levels
-    expected = [[1 / 3, 1 / 3], [0, 0], [1, 0], [0, 1]]
+    third = 1 / 3
+    expected = [[0, 0], [-third, -third], [1 - third, -third], [-third, 1 - third]]
     np.testing.assert_allclose(categorical_inputs(codes, 3), expected)
 
 

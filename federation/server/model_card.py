@@ -188,8 +188,10 @@ def coefficients(
     so a coefficient ``b`` is ``b / s`` per unit of the clipped ``x`` and the intercept moves by
     ``-sum(b * c / s)``; a missing (imputed) numeric value counts as ``c``. A categorical
     level's coefficient applies as it is, against the column's first level (the reference, 0);
-    a missing (imputed) level counts as the mean of its column's L coefficients. A column scaled by
-    each site's own rows has no single per-unit coefficient, nor has the intercept then."""
+    its input is centred (indicator minus 1/L, ``client.features.categorical_inputs``), which
+    moves the intercept by ``-sum(b) / L``, and a missing (imputed) level counts as the mean of
+    its column's L coefficients. A column scaled by each site's own rows has no single
+    per-unit coefficient, nor has the intercept then."""
     if spec.model.name != "logistic":
         reason = f"the {spec.model.name} model has no per-feature coefficients"
         return {"available": False, "reason": reason}
@@ -219,6 +221,7 @@ def coefficients(
             b = 0.0  # the first level is the reference, which has no input
             if k > 0:
                 b, offset = weight[offset], offset + 1
+                shift += b / len(levels)  # the input is the indicator minus 1/L
             rows.append(
                 {
                     "input": f"{column}={level}" + (" (reference)" if k == 0 else ""),

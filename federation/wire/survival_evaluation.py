@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from federation.wire.encoding import categorical_inputs
 from federation.wire.evaluation import (
     EVAL_PREFIX,
     GROUP,
@@ -86,17 +87,18 @@ GROUPS_SHARE, INTERSECTIONS_SHARE = 0.15, 0.05
 
 def probe_inputs(spec: StudySpec) -> np.ndarray:
     """Public model inputs of the spec's encoding (``client.features.encode_features``): numeric
-    columns standard normal; categorical columns in reference coding, each probe record at a
-    column's first declared level (all zeros) with its own chance (uniform from 0 to 1) and at a
-    uniformly drawn level otherwise, so the probe spans cohorts whose records mostly sit at one
-    reference level (rare conditions) as well as those spread over every level."""
+    columns standard normal; categorical columns as the node codes them
+    (``categorical_inputs``), each probe record at a column's first declared level with its own
+    chance (uniform from 0 to 1) and at a uniformly drawn level otherwise, so the probe spans
+    cohorts whose records mostly sit at one reference level (rare conditions) as well as those
+    spread over every level."""
     rng = np.random.default_rng(PROBE_SEED)
     blocks = [rng.standard_normal((PROBE_RECORDS, len(spec.features.numeric)))]
     reference_chance = rng.uniform(0.0, 1.0, PROBE_RECORDS)
     for levels in spec.features.categorical.values():
         at_reference = rng.uniform(0.0, 1.0, PROBE_RECORDS) < reference_chance
         drawn = np.where(at_reference, 0, rng.integers(0, len(levels), PROBE_RECORDS))
-        blocks.append(np.eye(len(levels))[drawn][:, 1:])
+        blocks.append(categorical_inputs(drawn, len(levels)))
     return np.hstack(blocks).astype(np.float32)
 
 
