@@ -74,6 +74,19 @@ FLAMBY = {
 EPSILONS = (None, 1.0, 3.0, 8.0)
 
 
+def flamby_split(labels: np.ndarray) -> np.ndarray:
+    """FLamby's per-center split of a center's rows: "train" or "test", 66/34 with
+    random_state 43, stratified by label where both classes have more than 2 rows."""
+    stratify = labels if np.bincount(labels, minlength=2).min() > 2 else None
+    train, _ = train_test_split(
+        np.arange(len(labels)), train_size=0.66, test_size=0.34, random_state=43,
+        shuffle=True, stratify=stratify,
+    )  # fmt: skip
+    split = np.full(len(labels), "test", dtype=object)
+    split[train] = "train"
+    return split
+
+
 def flamby_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
     """FLamby's preprocessing and split, one frame per center with a `split` column."""
     frames = []
@@ -81,14 +94,7 @@ def flamby_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
         frame = pd.read_csv(raw_dir / filename, header=None, names=RAW_COLUMNS, na_values="?")
         frame = frame.drop(columns=["slope", "ca", "thal"]).dropna(axis=0).astype(float)
         frame["disease"] = (frame["num"] > 0).astype(int)
-        labels = frame["disease"].to_numpy()
-        stratify = labels if np.bincount(labels, minlength=2).min() > 2 else None
-        train, _ = train_test_split(
-            np.arange(len(frame)), train_size=0.66, test_size=0.34, random_state=43,
-            shuffle=True, stratify=stratify,
-        )  # fmt: skip
-        frame["split"] = "test"
-        frame.iloc[train, frame.columns.get_loc("split")] = "train"
+        frame["split"] = flamby_split(frame["disease"].to_numpy())
         frame["center"] = center
         frames.append(frame)
     pooled = pd.concat(frames, ignore_index=True)
@@ -134,24 +140,16 @@ def missing_frames(raw_dir: Path) -> dict[str, pd.DataFrame]:
     """Every row of the four files with their missing values (920 records; FLamby keeps the
     740 without one) and all 13 features, the 7 categorical ones as categorical columns; a
     cholesterol of 0 (not recorded at Switzerland and some of VA) is missing. Split per center
-    66/34 as FLamby splits (random_state 43, stratified where both classes have 3 rows)."""
+    as FLamby splits (``flamby_split``)."""
     frames = {}
     for center, filename in CENTERS.items():
         frame = pd.read_csv(raw_dir / filename, header=None, names=RAW_COLUMNS, na_values="?")
         frame["chol"] = frame["chol"].replace(0, np.nan)
-        labels = (frame["num"] > 0).astype(int).to_numpy()
-        stratify = labels if np.bincount(labels, minlength=2).min() > 2 else None
-        train, _ = train_test_split(
-            np.arange(len(frame)), train_size=0.66, test_size=0.34, random_state=43,
-            shuffle=True, stratify=stratify,
-        )  # fmt: skip
         out = frame[MISSING_NUMERIC].astype(float)
         for column in MISSING_CATEGORICAL:
-            out[column] = frame[column].map(lambda v: "" if pd.isna(v) else str(int(v)))
-        out = out.replace({"": None})
-        out["disease"] = labels
-        out["split"] = "test"
-        out.iloc[train, out.columns.get_loc("split")] = "train"
+            out[column] = frame[column].map(lambda v: None if pd.isna(v) else str(int(v)))
+        out["disease"] = (frame["num"] > 0).astype(int)
+        out["split"] = flamby_split(out["disease"].to_numpy())
         frames[center] = out
     return frames
 
@@ -160,7 +158,7 @@ def missing_study_text(
     epsilon: float | None,
     training: dict[str, float | int | None],
     scaling: str = "federated",
-    bounds: str = "estimated",
+    bounds: str = "declared",
 ) -> str:
     """The study of ``missing_frames``: every column but age and sex imputed where missing,
     declared bounds for the numeric columns or none (the sites estimate them privately)."""

@@ -188,7 +188,7 @@ def coefficients(
     so a coefficient ``b`` is ``b / s`` per unit of the clipped ``x`` and the intercept moves by
     ``-sum(b * c / s)``; a missing (imputed) numeric value counts as ``c``. A categorical
     level's coefficient applies as it is, against the column's first level (the reference, 0);
-    its input is centred (indicator minus 1/L, ``client.features.categorical_inputs``), which
+    its input is centred (indicator minus 1/L, ``wire.encoding.categorical_inputs``), which
     moves the intercept by ``-sum(b) / L``, and a missing (imputed) level counts as the mean of
     its column's L coefficients. A column scaled by each site's own rows has no single
     per-unit coefficient, nor has the intercept then."""
@@ -304,7 +304,7 @@ def data_section(spec: StudySpec, sites: Mapping[str, Mapping[str, Any]]) -> dic
         elif rule == "impute" and column in features.numeric:
             missing[column] = "imputed at the center (the federation's mean, or the site's)"
         elif rule == "impute":
-            missing[column] = "imputed as the average of its levels (each level's input 1/L)"
+            missing[column] = "imputed as the average of its levels (all its inputs 0)"
         else:
             missing[column] = "none allowed (a site with a missing value is refused)"
     return {

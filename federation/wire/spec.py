@@ -661,8 +661,8 @@ def estimated_columns(spec: StudySpec) -> list[str]:
 
 
 def feature_names(spec: StudySpec) -> list[str]:
-    """Names of the model's input columns, in order: the numeric columns, then an indicator per
-    categorical level but each column's first, its reference (``client.features``)."""
+    """Names of the model's input columns, in order: the numeric columns, then an input per
+    categorical level but each column's first, its reference (``wire.encoding``)."""
     names = list(spec.features.numeric)
     for column, levels in spec.features.categorical.items():
         names += [f"{column}={level}" for level in levels[1:]]
