@@ -167,14 +167,13 @@ def test_the_aggregators_smallest_count_resizes_the_plan_never_the_budget(study,
     meets its budget; a count above the site's own is capped by it; a malformed one refused."""
     spec, data = study
     spec = spec.with_overrides(training={"rounds": None})  # rounds planned too
-    n_train = None
-    plans = {}
+    plans, n_trains = {}, {}
     for lie in (1, 10**9, None):
         context = context_for(spec, data, tmp_path / str(lie))
         config = {} if lie is None else {p.SMALLEST_N_TRAIN: lie}
         reply = setup(context, **config)
         assert state_of(reply) == p.OK
-        n_train = reply[p.METRICS][p.N_TRAIN]
+        n_trains[lie] = reply[p.METRICS][p.N_TRAIN]  # each context's site draws its partition
         run = ledger_of(context).run("run-1")
         plans[lie] = run["settings"], run["planned"]
         trained = train(context, spec)
@@ -185,8 +184,10 @@ def test_the_aggregators_smallest_count_resizes_the_plan_never_the_budget(study,
     assert (
         settings[1]["training"]["steps_per_round"] == 1 and settings[1]["training"]["rounds"] == 20
     )
-    assert settings[None]["training"] == planned_settings(spec.planned(n_train))  # the site alone
-    assert plans[10**9] == plans[None]  # capped at the site's own count
+    alone = planned_settings(spec.planned(n_trains[None]))
+    assert settings[None]["training"] == alone  # the site alone
+    capped = planned_settings(spec.planned(n_trains[10**9]))
+    assert settings[10**9]["training"] == capped  # capped at the site's own count
     for bad in (0, -3, "700", True, 2.5):
         context = context_for(spec, data, tmp_path / f"bad-{bad!r}")
         reply = setup(context, **{p.SMALLEST_N_TRAIN: bad})
