@@ -8,6 +8,7 @@ process polls), so the module keeps one; the test that kills a node runs last.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -272,6 +273,14 @@ def wait_for_rounds(out: Path, rounds: int, timeout: float) -> None:
     raise TimeoutError(f"fewer than {rounds} rounds in {out} after {timeout:g} s")
 
 
+def stop_quietly(fed, *run_ids: str | None) -> None:
+    """After a failure: stop the test's runs so that the next test's rounds do not wait behind
+    them at the shared nodes."""
+    for run_id in filter(None, run_ids):
+        with contextlib.suppress(Exception):
+            fed.stop_run(run_id)
+
+
 def test_a_stopped_server_resumes_from_its_checkpoint(federation, tmp_path):
     """The aggregator dies after a round (``flwr stop``); a new run with ``resume`` continues
     from the checkpoint and completes every round once."""
@@ -290,6 +299,7 @@ def test_a_stopped_server_resumes_from_its_checkpoint(federation, tmp_path):
         assert fed.wait_for_run(second, timeout=240) == "finished:completed"
     except BaseException:
         print(fed.logs())
+        stop_quietly(fed, first, locals().get("second"))
         raise
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 6
@@ -319,6 +329,7 @@ def test_a_site_killed_mid_run_is_marked_failed_and_the_run_goes_on(federation, 
         assert fed.wait_for_run(run_id, timeout=240) == "finished:completed"
     except BaseException:
         print(fed.logs())
+        stop_quietly(fed, run_id)
         raise
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 2

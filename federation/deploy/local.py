@@ -54,6 +54,21 @@ def _tool(name: str) -> str:
     return str(local) if local.exists() else name
 
 
+NOISE = ("uvicorn.access", "ControlServicer.ListRuns", "Received successfully", "Sent successfully")
+
+
+def log_digest(text: str, problems: int = 30, tail: int = 60) -> str:
+    """The last ``problems`` error and warning lines of a log, then its last ``tail`` lines,
+    leaving out access-log and polling lines and blank INFO lines."""
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.strip() and not any(n in line for n in NOISE) and line.rstrip()[-1:] != ":"
+    ]
+    flagged = [line for line in lines if "ERROR" in line or "WARNING" in line]
+    return "\n".join(["-- errors and warnings", *flagged[-problems:], "-- last", *lines[-tail:]])
+
+
 @dataclass
 class Process:
     """A started process, its log file and how to stop its whole process group."""
@@ -314,7 +329,9 @@ class LocalFederation:
         raise TimeoutError(f"run {run_id} still {status!r} after {timeout:g} s")
 
     def logs(self) -> str:
-        return "\n".join(f"==== {p.name}\n{p.output()[-4000:]}" for p in self.processes)
+        """What each process logged, for a failed test: its errors and warnings, then its last
+        lines, without the request-by-request access log and status polls that bury them."""
+        return "\n".join(f"==== {p.name}\n{log_digest(p.output())}" for p in self.processes)
 
     def stop(self) -> None:
         """Stop every process started here: nodes first, the SuperLink last."""
