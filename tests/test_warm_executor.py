@@ -4,6 +4,8 @@ only while the file they came from is unchanged. Real forks, a real site file an
 accountant: nothing here is simulated but the Flower task around the child."""
 
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -133,3 +135,26 @@ def test_a_child_that_dies_before_it_sends_adds_nothing(site_file):
     warm.receive(back)
     os.waitpid(pid, 0)
     assert site.TABLES == {} and accounting.EPSILONS == {}
+
+
+def test_a_forked_task_that_closes_its_executor_stops_none_of_its_siblings(monkeypatch):
+    """Flower's signal handlers, inherited by every forked task, close the executor on the
+    way out (a task whose token was revoked signals itself): the task's copy of the executor
+    must not stop the tasks started before it."""
+    from types import SimpleNamespace
+
+    from federation.deploy import node
+
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    executor = node.ForkExecutor()
+    try:
+        executor.children.add(sibling.pid)
+        monkeypatch.setattr(node, "_child", lambda *_: executor.close() or 0)
+        executor.launch(SimpleNamespace(root_certificates_path=None, insecure=True))
+        (child,) = executor.children - {sibling.pid}
+        _, code = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(code) == 0
+        assert sibling.poll() is None
+    finally:
+        sibling.kill()
+        sibling.wait()

@@ -89,6 +89,9 @@ class ForkExecutor:
         if pid == 0:  # the child: run exactly one task, then leave without unwinding the parent
             code = 1
             try:
+                # Flower's signal handlers, inherited, close this executor on the way out: the
+                # copy in the child must not stop the tasks its parent started before it.
+                self.children.clear()
                 os.close(back)
                 code = _child(spec, certificates, out)
             finally:

@@ -50,7 +50,14 @@ def run_site_task(
     parent_pid: int | None,
 ) -> int:
     """Pull the task for ``token``, answer it with the site node (or refuse an untrusted FAB),
-    push the reply and the node state back; the process exit code."""
+    push the reply and the node state back; the process exit code.
+
+    The SuperNode waits for a reply to every message it hands out, and Flower replies for a
+    task only when its token expires: a task that failed and then reported itself finished
+    without a reply would leave the node waiting for ever (every later run stuck behind it).
+    So a task that pulled its message always answers it (a failure reply naming no detail when
+    the node could not), and one whose reply may not have arrived leaves its token to expire.
+    """
     from flwr.common.constant import SubStatus
     from flwr.supercore.app_utils import start_parent_process_monitor
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
@@ -80,21 +87,44 @@ def run_site_task(
     )
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
-    context, status, details = None, SubStatus.FAILED, "the site node failed"
+    context, finished = None, None  # finished: the status to report once a reply is in
     try:
         message, context, _run, fab = pull_task_input(client)
-        push_message(client, _answer(message, context, fab.content), context)
-        status, details = SubStatus.COMPLETED, ""
-        return 0
-    except Exception:
+        try:
+            reply, outcome = _answer(message, context, fab.content), SubStatus.COMPLETED
+        except Exception:
+            log.exception("site node task failed")
+            reply, outcome = _failure(message, context), SubStatus.FAILED
+        push_message(client, reply, context)
+        finished = outcome
+        return 0 if outcome == SubStatus.COMPLETED else 1
+    except Exception:  # no reply, or one that may not have arrived
         log.exception("site node task failed")
         return 1
     finally:
         try:
-            push_task_output(client=client, context=context, sub_status=status, details=details)
+            if finished is not None:  # otherwise the token expires and Flower replies for us
+                details = "" if finished == SubStatus.COMPLETED else "the site node failed"
+                push_task_output(
+                    client=client, context=context, sub_status=finished, details=details
+                )
         finally:
             heartbeat.stop()
             client.close()
+
+
+def _failure(message: Message, context: Any) -> Message:
+    """The reply to a message the site node could not answer: failed, with no detail (the
+    site's log has the traceback)."""
+    from federation.client.handlers import status
+
+    refusal = Refusal("internal-error", None, "the site node failed")
+    content = RecordDict({p.STATUS: status(_site_name(context), p.FAILED, refusal.public())})
+    return Message(content=content, reply_to=message)
+
+
+def _site_name(context: Any) -> str:
+    return str(context.node_config.get(p.NODE_SITE) or f"node-{context.node_id}")
 
 
 def _answer(message: Message, context: Any, fab: bytes) -> Message:
@@ -106,10 +136,9 @@ def _answer(message: Message, context: Any, fab: bytes) -> Message:
             component,
             SITE_NODE,
         )
-        name = str(context.node_config.get(p.NODE_SITE) or f"node-{context.node_id}")
         from federation.client.handlers import status
 
-        content = RecordDict({p.STATUS: status(name, p.REFUSED, refusal.public())})
+        content = RecordDict({p.STATUS: status(_site_name(context), p.REFUSED, refusal.public())})
         return Message(content=content, reply_to=message)
     from federation.client.app import app
 
