@@ -288,7 +288,7 @@ def test_a_stopped_server_resumes_from_its_checkpoint(federation, tmp_path):
     spec = tmp_path / "study.toml"  # under DP: each node's default ledger holds what it spent
     spec.write_text(study.read_text().replace("rounds = 1", "rounds = 6"))
     out = tmp_path / "run"
-    first = fed.launch(spec, out, expected_sites=len(files))
+    first, second = fed.launch(spec, out, expected_sites=len(files)), None
     try:
         wait_for_rounds(out, 1, timeout=120)
         fed.stop_run(first)
@@ -299,7 +299,7 @@ def test_a_stopped_server_resumes_from_its_checkpoint(federation, tmp_path):
         assert fed.wait_for_run(second, timeout=240) == "finished:completed"
     except BaseException:
         print(fed.logs())
-        stop_quietly(fed, first, locals().get("second"))
+        stop_quietly(fed, first, second)
         raise
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 6

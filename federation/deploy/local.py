@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,6 +56,7 @@ def _tool(name: str) -> str:
 
 
 NOISE = ("uvicorn.access", "ControlServicer.ListRuns", "Received successfully", "Sent successfully")
+EMPTY_INFO = re.compile(r"^(\x1b\[\d+m)?INFO\s*(\x1b\[0m)?\s*:\s*$")  # Flower's blank log line
 
 
 def log_digest(text: str, problems: int = 30, tail: int = 60) -> str:
@@ -63,7 +65,7 @@ def log_digest(text: str, problems: int = 30, tail: int = 60) -> str:
     lines = [
         line
         for line in text.splitlines()
-        if line.strip() and not any(n in line for n in NOISE) and line.rstrip()[-1:] != ":"
+        if line.strip() and not any(n in line for n in NOISE) and not EMPTY_INFO.match(line)
     ]
     flagged = [line for line in lines if "ERROR" in line or "WARNING" in line]
     return "\n".join(["-- errors and warnings", *flagged[-problems:], "-- last", *lines[-tail:]])
