@@ -287,13 +287,13 @@ def _epsilons(text: str) -> list[float | None]:
 
 
 def _in_process(spec, sites: dict[str, Path], repeats: int) -> list[dict]:
-    """The node's functions in one process with the planner's settings (``inprocess.py``):
-    what the node runs once the spec's training keys are optional."""
+    """The node's functions in one process (``inprocess.py``), with the spec's training settings
+    and the planner's where it leaves them out, as the node runs them."""
     tables = load_tables(spec, sites)
     runs = []
     for _ in range(repeats):
         federation = federate(spec, tables)
-        final = fedavg(federation, planned=True)
+        final = fedavg(federation)
         pooled = np.concatenate([risks(final, s.x_test) for s in federation.sites])
         labels = np.concatenate([s.y_test for s in federation.sites])
         client = {

@@ -208,8 +208,9 @@ def _plan_study(
     as_json: bool,
 ) -> None:
     """``plan --study``: the planner's plan for sites of ``records`` training records."""
-    from federation.wire.spec import federated_columns, load_spec
+    from federation.wire.spec import estimated_columns, federated_columns, load_spec
     from privacy.accounting import GaussianRelease
+    from privacy.bounds import BOUNDS_SHARE
     from privacy.planner import plan_study, share_noise
 
     spec = load_spec(path)
@@ -226,15 +227,17 @@ def _plan_study(
     if not privacy.enabled:
         raise AllfedError(f"{path}: [privacy] enabled = false: there is no DP plan to make")
     # The spec's settings are kept; the planner chooses the rest, as every node will.
-    training = spec.training.planned(min(records), epsilon)
+    training = spec.planned(min(records), epsilon).training
     explicit = {
         name: getattr(training, name)
         for name in ("rounds", "local_epochs", "batch_size", "steps_per_round", "learning_rate")
     }
-    noise = None
+    noise = bounds_noise = None  # the releases every site makes before training, as it plans
     if spec.features.scaling == "federated" and federated_columns(spec):
         noise = share_noise(privacy.standardization_share, epsilon, delta)
-    prior = [GaussianRelease(noise, 1.0, 1)] if noise else []
+        if estimated_columns(spec):
+            bounds_noise = share_noise(BOUNDS_SHARE, epsilon, delta)
+    prior = [GaussianRelease(z, 1.0, 1) for z in (bounds_noise, noise) if z]
     longest = (
         training.rounds
         * training.local_epochs
@@ -258,7 +261,7 @@ def _plan_study(
     chosen = [k for k in explicit if k != "steps_per_round" and getattr(spec.training, k) is None]
     if spec.training.steps_per_round is not None:
         chosen.remove("batch_size")
-    report = {**result.as_dict(), "chosen_by_planner": sorted(chosen)}
+    report = {**result.as_dict(), "bounds_noise": bounds_noise, "chosen_by_planner": sorted(chosen)}
     if as_json:
         print(json.dumps(report))
         return
@@ -272,6 +275,12 @@ def _plan_study(
         f"{', '.join(report['chosen_by_planner']) or 'none'})",
         highlight=False,
     )
+    if bounds_noise:
+        _out.print(
+            f"bounds histograms first (columns without declared bounds): noise multiplier "
+            f"{bounds_noise:.3f}",
+            highlight=False,
+        )
     if noise:
         _out.print(f"standardization sums first: noise multiplier {noise:.3f}", highlight=False)
     view = Table(title="per site")

@@ -12,20 +12,37 @@ rules here are what those measurements support (Fed-Heart-Disease's four hospita
   and 1.01. So each site's batch is its records divided by a common ``steps_per_round``: one for
   federations with a small site, up to ten when every site has hundreds of records.
 - **Moderate noisy steps.** Noise grows with the square root of the number of steps: 10 rounds
-  of 10 steps (demo) or 20 rounds of one step (small sites) at learning rates 1 and 2 to 3 fit
-  within the budget, where many rounds of many steps force noise that costs AUROC and makes
+  of 10 steps (demo) or 20 rounds of one step (small sites) at the rates below fit within
+  the budget, where many rounds of many steps force noise that costs AUROC and makes
   the model over-confident (slope below 1).
 - **More rounds where the budget allows them.** Twenty clipped full-batch steps leave small
-  sites' model short of the optimum (calibration slope 1.18 and 1.21 at epsilon 5 and 8 on
-  Fed-Heart-Disease): from ``GENEROUS_EPSILON`` on, such federations train 40 rounds (slope
-  1.03 at both, AUROC the same or 0.003 higher); at epsilon 3, 40 rounds cost 0.01 AUROC. The
-  demo's sites of hundreds of records, at ten steps a round, gain nothing from more rounds.
-- **A larger step where the noise allows it.** At epsilon 3, small sites' 20 steps at learning
-  rate 2 leave the model short (calibration slope 1.14 with declared bounds, 1.13 with
-  estimated ones), and at rate 3 estimated bounds make it over-confident (0.86); at 2.5 the
-  slope is 1.00 (Fed-Heart-Disease, 3 to 10 runs each). Below epsilon 2 the noise dominates
-  and a larger step costs AUROC, and from ``GENEROUS_EPSILON`` the rounds double instead, so
-  the rate rises from 2 at epsilon 2 towards 3 at epsilon 4.
+  sites' model short of the optimum: from ``GENEROUS_EPSILON`` on, such federations train 40
+  rounds, and so does a logistic model without DP (no noise to pay for them: Fed-Heart-Disease's
+  calibration slope 1.04 against 1.11 at 20, AUROC 0.884 against 0.887). The demo's sites of
+  hundreds of records, at ten steps a round, gain nothing from more rounds.
+- **A logistic model's step grows with the budget and with how little its inputs vary.** Where
+  every record's gradient is clipped, the step a coefficient takes is its input's share of the
+  record's norm: a standardized column has variance 1, a centred indicator of a level about
+  ``(1/L)(1 - 1/L)`` (a quarter for a 0/1 column, ``wire.encoding.mean_input_variance``), so
+  categorical coefficients are the ones left short (calibration slope above 1: predictions
+  pulled towards the mean). The noise moves every coefficient alike and costs more at a larger
+  step (slope below 1). So a small federation's rate is 0.8 at epsilon 1 rising by 0.5 per
+  unit of epsilon (1.8 at 3, 2.3 from ``MODERATE_EPSILON``; 1.7 over 40 rounds from
+  ``GENEROUS_EPSILON``), divided by the inputs' mean variance (at least
+  ``MIN_INPUT_VARIANCE``). Fed-Heart-Disease in process,
+  declared bounds, mean of 24 runs at epsilon 3 (``benchmarks/heart.py --inprocess``): its 5
+  numeric and 5 categorical columns (variance 0.52) at rates 2.5, 3, 3.5, 4.6 reach slope 1.15,
+  1.10, 1.00, 0.98 and AUROC 0.874, 0.874, 0.873, 0.865 (centralized 0.882); with every row's
+  missing values and 7 categorical columns (0.48), the planned 3.8 reaches AUROC 0.892 and slope
+  1.08 where 2.5 left 1.29 (centralized 0.897, slope 0.97); the 13 standardized columns (1.0) at
+  the planned 1.8 reach 0.864 and 0.98, where 3.5 and 5 make the model over-confident (0.79,
+  0.69). At epsilon 8 (40 rounds) the categorical form at 2 and 4 reaches slope 1.06 and 0.96.
+  At epsilon 1 the noise dominates: the planned rates reach AUROC 0.844 and 0.870 on the two
+  categorical forms with slope 1.14 and 1.18 (SD about 0.18); a lower rate ranks slightly better
+  and predicts everyone nearer the mean (0.5: AUROC 0.863, slope 2.4). Other models keep the
+  rule below: an MLP's hidden layers do not step as one coefficient per input (the categorical
+  form at epsilon 3, 12 runs: rate 3.5 slope 0.74, AUROC 0.846; 2.5 slope 0.98, AUROC 0.857),
+  and a survival model's C-index needs only the ranking, which a larger step cost.
 - **Clip norm 1**, with clipping by the logit gradient (``federation.client.training``), which
   does not depend on the label. It still weights each record by the inverse of its features'
   norm, nearly every record being clipped: with no noise at all, clip norm 1 costs
@@ -33,7 +50,11 @@ rules here are what those measurements support (Fed-Heart-Disease's four hospita
   rounds). A larger clip norm raises the noise in proportion and costs more: at epsilon 3,
   clip norms 3 and 6 lose 0.001 and 0.05 AUROC against 1.
 
-**A survival study follows the same rules**, measured on its own data
+**An MLP and a survival model follow the same rules but another rate**: 2 up to
+``STRICT_EPSILON``, rising to 3 at ``MODERATE_EPSILON`` (2.5 at 3), and 2 over 40 rounds from
+``GENEROUS_EPSILON`` (20 rounds without DP), whatever their inputs. A survival model at epsilon
+3 on Fed-TCGA-BRCA, whose 38 of 39 inputs are 0/1 columns: rates 5 and 9 reach C-index 0.781
+and 0.774 against 0.814 at 2.5. Measured on its own data
 (``benchmarks/survival_sweep.py``, in process, pooled-test C-index, mean (SD) of 8 runs, each
 variant beside the default in the same run; Fed-TCGA-BRCA's six regions of 40 to 248 training
 records, centralized Cox 0.838; the default's 8-run mean itself moved from 0.766 to 0.799
@@ -41,7 +62,7 @@ between invocations). At one full-batch step a round the sampling rate is 1 and 
 noise grows with the square root of the steps, so over a run the noise grows as fast as the
 signal: at epsilon 3, 10, 20 and 40 rounds reach 0.785 (0.040), 0.766 (0.043) and 0.769
 (0.050), two steps a round 0.726 (0.072), clip norms 0.5 and 2 reach 0.770 and 0.768. A rate
-below the binary rule's costs: 1.5 against 2.5 at epsilon 3, 0.764 (0.071) against 0.799
+below this rule's costs: 1.5 against 2.5 at epsilon 3, 0.764 (0.071) against 0.799
 (0.025); 1.5 against 2 at epsilon 1, 0.661 against 0.699 (SD 0.1); the same 0.825 at epsilon
 8; without DP, rate 2 reaches 0.861 and 2.5 diverges. What limits a survival study at these
 sizes is DP-SGD's noise on its 77 encoded columns (each 0/1 feature is two one-hot levels, so
@@ -66,7 +87,14 @@ from privacy.limits import delta_too_weak
 
 MAX_STEPS_PER_ROUND = 10
 GENEROUS_EPSILON = 5.0  # from here on, small sites' few clipped steps a round get more rounds
-# Small sites' learning rate: 2 up to STRICT_EPSILON, rising to 3 at MODERATE_EPSILON (2.5 at 3).
+# A binary logistic model's learning rate at small sites, per unit of its inputs' mean variance:
+# 0.8 at epsilon 1, rising by 0.5 per unit of epsilon up to MODERATE_EPSILON (1.8 at 3), and
+# GENEROUS_LOGISTIC_RATE over twice the rounds from GENEROUS_EPSILON on.
+LOGISTIC_RATE_AT_1, LOGISTIC_RATE_PER_EPSILON, GENEROUS_LOGISTIC_RATE = 0.8, 0.5, 1.7
+# Below this mean variance the rate rises no further: measured down to 0.48, and a column of
+# many rare levels would otherwise make the standardized columns' step unstable.
+MIN_INPUT_VARIANCE = 0.4
+# Any other model's: 2 up to STRICT_EPSILON, rising to 3 at MODERATE_EPSILON (2.5 at 3).
 STRICT_EPSILON, MODERATE_EPSILON = 2.0, 4.0
 RECORDS_PER_STEP = 64  # the smallest site's records per step before a second step is planned
 
@@ -140,25 +168,48 @@ def steps_per_round_for(n_train: Sequence[int]) -> int:
 
 
 def default_training(
-    n_train: Sequence[int], target_epsilon: float | None = None
+    n_train: Sequence[int],
+    target_epsilon: float | None = None,
+    input_variance: float | None = None,
 ) -> dict[str, float | int]:
     """The settings the module docstring's rules choose for sites of ``n_train`` records at
-    ``target_epsilon`` (None: without DP, the same algorithm as at a strict budget)."""
+    ``target_epsilon`` (None: without DP). ``input_variance``: the mean variance of a binary
+    logistic model's inputs (``wire.encoding.mean_input_variance``), whose rate is planned per
+    unit of it; None for any other model (an MLP, a survival model)."""
     steps = steps_per_round_for(n_train)
     few = steps < 5  # a small site: one or a few steps a round, more rounds, a larger rate
-    generous = target_epsilon is not None and target_epsilon >= GENEROUS_EPSILON
+    logistic = input_variance is not None
+    if target_epsilon is None:
+        rounds = 40 if logistic else 20  # no noise to pay for more steps
+    else:
+        rounds = 40 if target_epsilon >= GENEROUS_EPSILON else 20
+    if logistic:
+        rate = logistic_learning_rate(target_epsilon, input_variance)
+    else:
+        rate = small_site_learning_rate(target_epsilon)
     return {
         "steps_per_round": steps,
-        "rounds": (40 if generous else 20) if few else 10,
+        "rounds": rounds if few else 10,
         "local_epochs": 1,
-        "learning_rate": small_site_learning_rate(target_epsilon) if few else 1.0,
+        "learning_rate": rate if few else 1.0,
         "max_grad_norm": 1.0,
     }
 
 
+def logistic_learning_rate(target_epsilon: float | None, input_variance: float) -> float:
+    """A binary logistic model's learning rate at small sites (the module docstring: a step in
+    proportion to the budget, per unit of the inputs' mean variance)."""
+    input_variance = max(input_variance, MIN_INPUT_VARIANCE)
+    if target_epsilon is None:
+        return 2.0  # unclipped full-batch steps: a larger one is not stable on every cohort
+    if target_epsilon >= GENEROUS_EPSILON:
+        return GENEROUS_LOGISTIC_RATE / input_variance
+    rise = LOGISTIC_RATE_PER_EPSILON * (min(target_epsilon, MODERATE_EPSILON) - 1.0)
+    return (LOGISTIC_RATE_AT_1 + rise) / input_variance
+
+
 def small_site_learning_rate(target_epsilon: float | None) -> float:
-    """The learning rate of a federation whose smallest site takes one or a few steps a round
-    (the module docstring: a larger step where the noise allows it)."""
+    """Any other model's learning rate at small sites (the module docstring)."""
     if target_epsilon is None or target_epsilon >= GENEROUS_EPSILON:
         return 2.0
     share = (target_epsilon - STRICT_EPSILON) / (MODERATE_EPSILON - STRICT_EPSILON)
@@ -204,6 +255,7 @@ def plan_study(
     learning_rate: float | None = None,
     max_grad_norm: float | None = None,
     standardization_noise: float | None = None,
+    input_variance: float | None = None,
 ) -> StudyPlan:
     """The study's plan for sites of ``n_train`` training records each (public), after the
     ``prior`` releases every site makes first (the standardization sums).
@@ -221,7 +273,7 @@ def plan_study(
             f"delta {delta:g} is too weak for a site of {max(n_train)} records: keep it well "
             "below 1/records"
         )
-    chosen = default_training(n_train, target_epsilon)
+    chosen = default_training(n_train, target_epsilon, input_variance)
     steps = steps_per_round or chosen["steps_per_round"]
     rounds = rounds or chosen["rounds"]
     local_epochs = local_epochs or chosen["local_epochs"]

@@ -8,12 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from federation.cli import app
+from federation.wire.encoding import mean_input_variance
 from federation.wire.spec import parse_spec
 from privacy.accounting import GaussianRelease, compute_epsilon
 from privacy.planner import (
     GENEROUS_EPSILON,
+    MIN_INPUT_VARIANCE,
     MODERATE_EPSILON,
-    STRICT_EPSILON,
     default_training,
     plan_study,
     share_noise,
@@ -52,40 +53,63 @@ def test_each_site_meets_the_target_after_the_standardization(accountant):
 
 
 def test_small_sites_train_more_rounds_where_the_budget_is_generous():
-    assert default_training([80])["rounds"] == 20  # without DP: as at a strict budget
-    assert default_training([80], 3.0)["rounds"] == 20
-    assert default_training([80], GENEROUS_EPSILON)["rounds"] == 40
-    assert default_training([700], 8.0)["rounds"] == 10  # ten steps a round: no more rounds
+    assert default_training([80])["rounds"] == 20  # any model but a logistic one, without DP
+    assert default_training([80], None, 1.0)["rounds"] == 40  # logistic: no noise to pay for
+    for variance in (None, 1.0):
+        assert default_training([80], 3.0, variance)["rounds"] == 20
+        assert default_training([80], GENEROUS_EPSILON, variance)["rounds"] == 40
+        assert default_training([700], 8.0, variance)["rounds"] == 10  # ten steps a round
 
 
-def test_small_sites_take_a_larger_step_where_the_noise_allows_it():
-    def rate(epsilon):
-        return default_training([80], epsilon)["learning_rate"]
+def test_a_logistic_model_steps_in_proportion_to_the_budget_per_unit_of_input_variance():
+    def rate(epsilon, variance=1.0):
+        return default_training([80], epsilon, variance)["learning_rate"]
 
-    assert rate(None) == rate(1.0) == rate(STRICT_EPSILON) == 2.0
-    assert rate(3.0) == pytest.approx(2.5)
-    assert rate(MODERATE_EPSILON) == rate(4.0) == 3.0
-    assert rate(GENEROUS_EPSILON) == 2.0  # twice the rounds instead
-    assert default_training([700], 3.0)["learning_rate"] == 1.0  # ten steps a round
+    assert rate(None) == rate(None, 0.5) == 2.0  # no clipping: no larger unclipped step
+    assert rate(1.0) == pytest.approx(0.8)
+    assert rate(3.0) == pytest.approx(1.8)
+    assert rate(MODERATE_EPSILON) == rate(4.5) == pytest.approx(2.3)
+    assert rate(GENEROUS_EPSILON) == pytest.approx(1.7)  # twice the rounds instead
+    assert rate(3.0, 0.5) == pytest.approx(3.6)  # inputs of half the variance: twice the step
+    assert rate(3.0, 0.01) == rate(3.0, MIN_INPUT_VARIANCE)  # many rare levels: no further
+    assert default_training([700], 3.0, 0.5)["learning_rate"] == 1.0  # ten steps a round
     assert plan_study(8.0, 1e-5, "rdp", [80, 200]).rounds == 40
     text = '[study]\nname = "s"\nlabel = "y"\n[features]\nnumeric = ["x"]\n[privacy]\n'
     assert parse_spec(text + "target-epsilon = 8.0\n").planned(80).training.rounds == 40
     assert parse_spec(text + "target-epsilon = 3.0\n").planned(80).training.rounds == 20
-    assert parse_spec(text + "enabled = false\n").planned(80).training.rounds == 20
+    assert parse_spec(text + "enabled = false\n").planned(80).training.rounds == 40
 
 
-def test_a_survival_study_is_planned_by_the_same_rules():
-    """The discrete-time hazard model of Fed-TCGA-BRCA's small sites was measured at the
-    binary rule's settings and at others (the planner's docstring): none did better."""
-    binary = '[study]\nname = "s"\nlabel = "y"\n'
-    survival = '[study]\nname = "s"\ntask = "survival"\ntime = "t"\nevent = "e"\nhorizons = [365]\n'
-    rest = '[features]\nnumeric = ["x"]\n[privacy]\n'
-    for privacy in ("target-epsilon = 3.0\n", "target-epsilon = 8.0\n", "enabled = false\n"):
+def test_a_specs_categorical_inputs_raise_a_logistic_models_planned_rate():
+    """Centred indicators vary less than standardized columns: Fed-Heart-Disease's 5 numeric
+    and 5 categorical columns (13 inputs) have a mean variance of 0.52."""
+    text = '[study]\nname = "s"\nlabel = "y"\n[features]\nnumeric = ["x", "z"]\n'
+    privacy = "[privacy]\ntarget-epsilon = 3.0\n"
+    numeric = parse_spec(text + privacy).planned(80).training.learning_rate
+    levels = 'categorical = { sex = ["0", "1"], cp = ["1", "2", "3", "4"] }\n'
+    mixed = parse_spec(text + levels + privacy).planned(80).training.learning_rate
+    variance = mean_input_variance(2, [2, 4])
+    assert variance == pytest.approx((2 + 0.25 + 3 * 0.1875) / 6)
+    assert numeric == pytest.approx(1.8) and mixed == pytest.approx(1.8 / variance)
+    assert mean_input_variance(0, []) == 1.0
+    mlp = parse_spec(text + levels + '[model]\nname = "mlp"\n' + privacy).planned(80)
+    assert mlp.training.learning_rate == pytest.approx(2.5)  # the rule of other models
+
+
+def test_a_survival_study_keeps_the_rule_of_other_models():
+    """The discrete-time hazard model of Fed-TCGA-BRCA's small sites was measured at this rule's
+    settings and at others (the planner's docstring): none did better, and a rate raised by its
+    inputs' variance lost C-index."""
+    survival = '[study]\nname = "s"\ntask = "survival"\ntime = "t"\nevent = "e"\n'
+    survival += "horizons = [365]\n"
+    rest = '[features]\nnumeric = ["x"]\ncategorical = { g = ["0", "1"] }\n[privacy]\n'
+    expected = {"target-epsilon = 1.0\n": 2.0, "target-epsilon = 3.0\n": 2.5}
+    expected |= {"target-epsilon = 8.0\n": 2.0, "enabled = false\n": 2.0}
+    for privacy, rate in expected.items():
         planned = parse_spec(survival + rest + privacy).planned(40).training
-        assert planned == parse_spec(binary + rest + privacy).planned(40).training
+        assert planned.learning_rate == pytest.approx(rate)
     at_three = parse_spec(survival + rest + "target-epsilon = 3.0\n").planned(40).training
     assert (at_three.rounds, at_three.steps_per_round) == (20, 1)
-    assert at_three.learning_rate == pytest.approx(2.5)
 
 
 def test_given_settings_are_kept():
@@ -129,6 +153,27 @@ def test_cli_shows_the_study_plan(tmp_path):
     assert plan["standardization_noise"] == pytest.approx(share_noise(0.1, 2.0, DELTA))
     text = " ".join(run("--study", str(path), "--records", "30", "--records", "700").split())
     assert "noise multiplier" in text and "per site" in text
+
+
+def test_cli_plans_what_every_site_will_run(tmp_path):
+    """Columns without declared bounds: the sites release their bounds histograms before the
+    sums, and the privacy officer's plan counts them as the node's does."""
+    from federation.client.plan import site_plan
+    from federation.wire.spec import load_spec
+
+    path = tmp_path / "study.toml"
+    path.write_text(
+        '[study]\nlabel = "y"\n[features]\nnumeric = ["a", "b"]\nbounds = { a = [0, 1] }\n'
+        'categorical = { c = ["x", "y"] }\n[privacy]\ntarget-epsilon = 3.0\n'
+    )
+    plan = json.loads(run("--study", str(path), "--records", "30", "--records", "700", "--json"))
+    spec = load_spec(path).planned(30)
+    assert plan["learning_rate"] == spec.training.learning_rate
+    assert plan["bounds_noise"] == pytest.approx(share_noise(0.05, 3.0, DELTA))
+    for site in plan["sites"]:
+        node = site_plan(spec, site["n_train"], with_sums=True).dp
+        assert site["noise_multiplier"] == pytest.approx(node.noise_multiplier)
+        assert site["epsilon_by_round"] == pytest.approx(list(node.epsilon_by_round))
 
 
 def test_cli_plan_is_fast_on_extreme_inputs(tmp_path):

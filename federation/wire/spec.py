@@ -38,6 +38,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from federation.errors import SpecError
 from federation.wire.cohort import Cohort, check_cohort_columns, parse_cohort
+from federation.wire.encoding import mean_input_variance
 from federation.wire.protocol import RUN_STUDY, RUN_STUDY_FILE
 from models import MODEL_NAMES
 from privacy.limits import epsilon_range_error
@@ -368,14 +369,18 @@ class TrainingSection(_Section):
         )
 
     def planned(
-        self, smallest_n_train: int, target_epsilon: float | None = None
+        self,
+        smallest_n_train: int,
+        target_epsilon: float | None = None,
+        input_variance: float | None = None,
     ) -> TrainingSection:
         """The settings the spec leaves out, chosen for a federation whose smallest site has
         ``smallest_n_train`` training records (public) and a budget of ``target_epsilon``
-        (None: without DP); those it gives are kept."""
+        (None: without DP), for a binary logistic model of inputs of mean variance
+        ``input_variance`` (None: any other model); those it gives are kept."""
         from privacy.planner import default_training  # the accountant's imports are heavy
 
-        chosen = default_training([smallest_n_train], target_epsilon)
+        chosen = default_training([smallest_n_train], target_epsilon, input_variance)
         batches = {}
         if self.batch_size is None and self.steps_per_round is None:
             batches["steps_per_round"] = chosen["steps_per_round"]
@@ -488,11 +493,15 @@ class StudySpec(BaseModel):
         escapes quotes, backslashes and control characters as TOML wants)."""
         return tomli_w.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
 
-    def planned(self, smallest_n_train: int) -> StudySpec:
+    def planned(self, smallest_n_train: int, target_epsilon: float | None = None) -> StudySpec:
         """This spec with its training settings planned (``TrainingSection.planned``) for its
-        budget."""
+        budget, or for ``target_epsilon`` where given (a privacy officer's what-if)."""
         epsilon = self.privacy.target_epsilon if self.privacy.enabled else None
-        training = self.training.planned(smallest_n_train, epsilon)
+        features, variance = self.features, None
+        if self.study.task == "binary" and self.model.name == "logistic":
+            levels = [len(levels) for levels in features.categorical.values()]
+            variance = mean_input_variance(len(features.numeric), levels)
+        training = self.training.planned(smallest_n_train, target_epsilon or epsilon, variance)
         return self.model_copy(update={"training": training})
 
     def with_overrides(
