@@ -1,14 +1,16 @@
 """The Flower internals allfed patches, checked against the installed Flower.
 
 ``allfed node start`` changes how the SuperNode waits by replacing the ``time`` module that
-``flwr.supernode.start_client_internal`` sleeps with and wrapping its ``_push_messages`` (which
-wakes the executor), plugs its forking executor into ``flwr.supercore.superexec.run_superexec``
-through that module's ``get_executor`` global and makes that loop sleep on a wake-up pipe
-(``federation.deploy.wake``); every allfed process shortens the retry of Flower's object pulls
-through the keyword defaults of two functions (``federation.wire.transfer``). None is a public
-API: a Flower release that renames them would leave a node that silently polls every 3 s, runs
-Flower's own executor, or waits a second per object. These tests read the installed modules (no
-server started) and say which internal moved.
+``flwr.supernode.start_client_internal`` sleeps with, wrapping its ``_push_messages`` (which
+wakes the executor) and its ``_pull_and_store_message`` (which, when it pulled nothing, has a
+reply left in the in-memory node state pushed), plugs its forking executor into
+``flwr.supercore.superexec.run_superexec`` through that module's ``get_executor`` global and
+makes that loop sleep on a wake-up pipe (``federation.deploy.wake``); every allfed process
+shortens the retry of Flower's object pulls through the keyword defaults of two functions
+(``federation.wire.transfer``). None is a public API: a Flower release that renames them would
+leave a node that silently polls every 3 s, runs Flower's own executor, waits a second per
+object, or leaves a late reply unsent. These tests read the installed modules (no server
+started) and say which internal moved.
 """
 
 import ast
@@ -27,9 +29,12 @@ import flwr.supercore.superexec.run_superexec as superexec
 import flwr.superlink.grid.http_grid as http_grid
 import flwr.supernode.runtime.run_clientapp as run_clientapp
 import flwr.supernode.start_client_internal as loop
+from flwr.app import Message, Metadata, RecordDict
 from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.superexec.executor import Executor, LaunchResult
+from flwr.supernode.nodestate import NodeStateFactory
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
@@ -107,6 +112,71 @@ def test_supernode_loop_calls_push_messages_after_it_stored_a_message():
     assert callable(getattr(loop, "_push_messages", None))
 
 
+def test_supernode_loop_pulls_with_its_state_as_a_keyword_and_pushes_on_a_run():
+    """``patch_node_loop`` reads the node state from ``_pull_and_store_message``'s ``state``
+    keyword, and the loop pushes whenever that returns a run (it skips the push on None)."""
+    body = _tree(loop.start_client_internal)
+    (pulled,) = _calls(body, None, "_pull_and_store_message")
+    assert "state" in {k.arg for k in pulled.keywords}, (
+        "start_client_internal no longer passes `state=` to _pull_and_store_message"
+    )
+    skips = [
+        n
+        for n in ast.walk(body)
+        if isinstance(n, ast.If)
+        and isinstance(n.test, ast.Compare)
+        and isinstance(n.test.ops[0], ast.Is)
+        and any(isinstance(s, ast.Continue) for s in n.body)
+    ]
+    assert skips, "start_client_internal no longer skips the push only when nothing was pulled"
+
+
+def _node_message(run_id: int, reply_to: str = "") -> Message:
+    """A message (a reply where ``reply_to`` names one) as the node state stores it."""
+    metadata = Metadata(
+        run_id=run_id, message_id="", src_node_id=1, dst_node_id=5, reply_to_message_id=reply_to,
+        group_id="", created_at=time.time(), ttl=60.0, message_type="train",
+    )  # fmt: skip
+    message = Message(RecordDict(), metadata=metadata)
+    message.metadata.__dict__["_message_id"] = message.object_id
+    return message
+
+
+def test_a_reply_left_waiting_is_pushed_at_the_next_empty_poll():
+    """A reply stored after the push that followed its run's message (the stale reply of a
+    stopped run took that push) is pushed by Flower's own ``_push_messages`` at the next poll
+    that brings nothing, and a poll that brings a message is left as it was."""
+    stores = ObjectStoreFactory()
+    state, store = NodeStateFactory(stores).state(), stores.store()  # as the SuperNode's
+    module = types.ModuleType("loop")
+    module._push_messages = loop._push_messages
+    module._pull_and_store_message = lambda **kwargs: None  # the poll brings nothing
+    read, write = wake.wake_pipe()
+    try:
+        wake.patch_node_loop(module, 0.05, write)
+        assert module._pull_and_store_message(state=state) is None  # nothing waits
+        census = _node_message(42)
+        state.store_message(census)
+        assert module._pull_and_store_message(state=state) is None  # not a reply
+        loop._insert_message(_node_message(42, census.metadata.message_id), state, store)
+        sent = []
+        run_id = module._pull_and_store_message(state=state)
+        assert run_id == 42
+        module._push_messages(
+            state=state,
+            object_store=store,
+            send=lambda message, tree, runtime: sent.append(message) or (set(), "session"),
+            push_object=lambda *args: None,
+        )
+        assert [m.metadata.reply_to_message_id for m in sent] == [census.metadata.message_id]
+        assert module._pull_and_store_message(state=state) is None  # pushed: nothing waits
+        module._pull_and_store_message = wake._with_waiting_replies(lambda **kwargs: 7)
+        assert module._pull_and_store_message(state=state) == 7
+    finally:
+        os.close(read)
+        os.close(write)
+
+
 def test_node_time_shortens_the_idle_poll_and_the_reply_wait():
     node_time = wake.NodeTime(poll=0.05, wait=0.01)
     started = time.monotonic()
@@ -133,6 +203,7 @@ def test_patched_node_loop_wakes_the_executor_then_pushes():
     calls = []
     module = types.ModuleType("loop")
     module._push_messages = lambda *args, **kwargs: calls.append((args, kwargs))
+    module._pull_and_store_message = lambda **kwargs: None
     read, write = wake.wake_pipe()
     try:
         wake.patch_node_loop(module, 0.05, write)

@@ -11,9 +11,18 @@ So the SuperNode's idle poll (a request to the SuperLink) starts at ``poll`` sec
 message and slows down while nothing comes, its look at its own state (no request at all) takes
 ``STATE_WAIT`` seconds, and the executor sleeps on a pipe that the SuperNode writes a byte to as
 soon as it has stored a message and created its task: the task is acquired at once, and an idle
-executor asks only every ``IDLE_POLL`` seconds. Flower has no hook for any of it;
-``tests/test_flower_internals.py`` checks that the module globals replaced here are still what
-Flower's loops call.
+executor asks only every ``IDLE_POLL`` seconds.
+
+The same loop pushes replies only right after it pulled a message, and only those ready by then.
+A reply that is stored later waits in the node's state for the next message: a message of a
+stopped run that Flower stored (with its task) before it ignored it is still answered, that
+stale reply takes the push after the next run's first message, and the next run's own reply is
+left behind while that run waits for it, so the run stays ``running`` for ever (seen when a
+stopped run is resumed at once). So whenever a poll brings nothing, a reply waiting in the
+node's state is pushed as after a message.
+
+Flower has no hook for any of it; ``tests/test_flower_internals.py`` checks that the module
+globals replaced here, and the node state read here, are still what Flower's loops use.
 """
 
 from __future__ import annotations
@@ -88,11 +97,40 @@ def wake_pipe() -> tuple[int, int]:
 
 
 def patch_node_loop(loop: ModuleType, poll: float, wake_fd: int) -> None:
-    """Make ``flwr.supernode.start_client_internal`` (``loop``) wait as ``NodeTime`` says and
-    write a byte to ``wake_fd`` every time it has a message's task ready to run."""
+    """Make ``flwr.supernode.start_client_internal`` (``loop``) wait as ``NodeTime`` says,
+    write a byte to ``wake_fd`` every time it has a message's task ready to run, and push a
+    reply left waiting at its next empty poll."""
     clock = NodeTime(poll)
     loop.time = clock  # type: ignore[attr-defined]
     loop._push_messages = _waking(loop._push_messages, wake_fd, clock)  # type: ignore[attr-defined]
+    pull = loop._pull_and_store_message  # type: ignore[attr-defined]
+    loop._pull_and_store_message = _with_waiting_replies(pull)  # type: ignore[attr-defined]
+
+
+def _with_waiting_replies(pull: Callable[..., int | None]) -> Callable[..., int | None]:
+    """``pull``, which returns the run of the message it stored or None (nothing pulled, or a
+    message ignored), returning the run of a reply still waiting in the node's state where it
+    pulled nothing: Flower's loop then pushes it."""
+
+    def pull_and_store_message(*args: Any, **kwargs: Any) -> int | None:
+        run_id = pull(*args, **kwargs)
+        if run_id is None:
+            return waiting_reply_run(kwargs["state"])
+        return run_id
+
+    pull_and_store_message.__wrapped__ = pull  # type: ignore[attr-defined]
+    return pull_and_store_message
+
+
+def waiting_reply_run(state: Any) -> int | None:
+    """The run of a reply in Flower's in-memory node state that no push has taken yet, if any
+    (read without taking it: the push that follows takes it)."""
+    with state.lock_msg_store:
+        for entry in state.msg_store.values():
+            metadata = entry.message.metadata
+            if not entry.is_retrieved and metadata.reply_to_message_id:
+                return metadata.run_id
+    return None
 
 
 def _waking(push: Callable[..., None], wake_fd: int, clock: NodeTime) -> Callable[..., None]:
