@@ -112,17 +112,17 @@ def _with_waiting_replies(pull: Callable[..., int | None]) -> Callable[..., int 
     message ignored), returning the run of a reply still waiting in the node's state where it
     pulled nothing: Flower's loop then pushes it."""
 
-    def pull_and_store_message(*args: Any, **kwargs: Any) -> int | None:
-        run_id = pull(*args, **kwargs)
+    def pull_and_store_message(**kwargs: Any) -> int | None:  # the loop passes keywords
+        run_id = pull(**kwargs)
         if run_id is None:
-            return waiting_reply_run(kwargs["state"])
+            return _waiting_reply_run(kwargs["state"])
         return run_id
 
     pull_and_store_message.__wrapped__ = pull  # type: ignore[attr-defined]
     return pull_and_store_message
 
 
-def waiting_reply_run(state: Any) -> int | None:
+def _waiting_reply_run(state: Any) -> int | None:
     """The run of a reply in Flower's in-memory node state that no push has taken yet, if any
     (read without taking it: the push that follows takes it)."""
     with state.lock_msg_store:
