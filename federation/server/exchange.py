@@ -28,14 +28,17 @@ class SiteExchange:
         if not messages:
             return []
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        answered = {r.metadata.src_node_id for r in replies}
+        # A reply is the site's whose message it answers: Flower answers for a site itself,
+        # from the ServerApp's own node, when it could not fetch the site's reply.
+        addressed = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        answered = {addressed.get(r.metadata.reply_to_message_id) for r in replies}
         for message in messages:
             node = message.metadata.dst_node_id
             if node not in answered and node in self.roster:
                 self.roster[node].fail(p.FAILED, f"no reply within {self.timeout:g} s")
         usable = []
         for reply in replies:
-            site = self.roster.get(reply.metadata.src_node_id)
+            site = self.roster.get(addressed.get(reply.metadata.reply_to_message_id))
             if site is None:
                 continue
             if reply.has_error():
