@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import write_checkpoint
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.supercore.run import RunNotRunningException
 from wire import LocalGrid, global_arrays, model_config, reason_of, send, state_of
 
 from federation.client.app import make_client_app
@@ -22,6 +23,7 @@ from federation.server.checkpoint import restore
 from federation.server.checkpoint import write_checkpoint as write_run_checkpoint
 from federation.server.outputs import RunDirectory, load_checkpoint
 from federation.server.run import StudyRun
+from federation.server.sites import RunFailed
 from federation.server.state import RunState
 from federation.server.strategy import build_strategy
 from federation.simulation import simulate
@@ -120,6 +122,56 @@ def test_a_stopped_run_resumes_and_every_site_spends_exactly_its_plan(small, tmp
         assert site["participant_epsilon"] == max(site["epsilon"], site["evaluation_epsilon"])
         assert site["epsilon"] <= privacy.target_epsilon * 1.0001
         assert site["other_releases"]  # the standardization sums, released once
+
+
+class StoppingGrid(LocalGrid):
+    """A deployment's grid stopped by its operator in the round after ``stop_after``, once the
+    round has asked for the nodes: from then on Flower answers every message with an error (the
+    sites' replies can no longer be pulled) and ends the run at its next call to the SuperLink,
+    as it does for a stopped run's ServerApp (``stopped`` False: the sites fail the same way,
+    but the run was not stopped)."""
+
+    def __init__(self, sites: list[SiteSettings], stop_after: int, stopped: bool) -> None:
+        super().__init__(sites, 1)
+        self.stop_after, self.stops = stop_after, stopped
+        self.next_round_stops = self.failing = False
+
+    def on_round(self, server_round: int, _planned: int, _row: dict) -> None:
+        self.next_round_stops = server_round == self.stop_after
+
+    def get_node_ids(self) -> list[int]:
+        if self.failing and self.stops:
+            raise RunNotRunningException
+        return super().get_node_ids()
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.failing = self.failing or self.next_round_stops
+        if not self.failing:
+            return super().send_and_receive(messages, timeout=timeout)
+        unavailable = Error(code=0, reason="Reply message objects are unavailable.")
+        for number, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{number}"
+        return [Message(unavailable, reply_to=message) for message in messages]
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_run_stopped_mid_round_leaves_no_failed_summary(small, tmp_path, stopped):
+    """The stop fails the round's replies before it ends the ServerApp: the run must not write
+    a summary blaming the sites, and resumes from its checkpoint; sites failing on their own
+    still fail the run with its summary."""
+    files, spec = small
+    sites = [SiteSettings(n, f, spec, ledger=tmp_path / f"{n}.sqlite") for n, f in files.items()]
+    grid = StoppingGrid(sites, stop_after=2, stopped=stopped)
+    out = tmp_path / "run"
+    with pytest.raises(RunNotRunningException if stopped else RunFailed):
+        StudyRun(grid, spec, out, on_round=grid.on_round).run()
+    assert load_checkpoint(out, spec.to_toml())["round"] == 2
+    if stopped:
+        assert not (out / "summary.json").exists()
+    else:
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == "failed" and summary["rounds"] == 2
+        assert all(site["status"] == "failed" for site in summary["sites"].values())
 
 
 def test_the_scaling_warnings_are_restored_with_the_scaling(small, tmp_path):

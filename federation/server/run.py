@@ -12,6 +12,7 @@ Every phase talks to the sites through one ``SiteExchange`` and adds what it lea
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,25 @@ class StudyRun:
             write_final_model(self.outputs, self.state, arrays)
             return conclude(self.outputs, self.state, "completed", None)
         except RunFailed as error:
+            self._end_if_stopped()
             conclude(self.outputs, self.state, "failed", str(error))
             raise
         except Exception as error:
+            self._end_if_stopped()
             conclude(self.outputs, self.state, "failed", f"{type(error).__name__}: {error}")
             raise
         finally:
             self.outputs.stop_log()
+
+    def _end_if_stopped(self) -> None:
+        """Before a failed run writes its summary, one call to the SuperLink: a run its operator
+        stopped (``flwr stop``) ends there, with no summary, as Flower ends a stopped run's
+        ServerApp at its next call. A stop that lands mid-round fails the sites' replies (Flower
+        answers for them with an error) a moment before Flower's own stop reaches the ServerApp,
+        and a "failed" summary would then blame the sites for the stop; the run resumes from its
+        checkpoint instead. Any other error of the call leaves the failure to be written."""
+        with contextlib.suppress(Exception):
+            self.grid.get_node_ids()
 
     def _train(self) -> ArrayRecord:
         """The final global model: the setup phases, then every round still to run."""
