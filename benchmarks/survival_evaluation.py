@@ -5,9 +5,11 @@ data is there) a model is fitted (a Cox model on the pooled training rows, sciki
 as the discrete-time hazard model's linear risk score: the evaluation does not care how a model
 was trained), once at its fitted spread and once shrunk to 0.3 of it (the narrow scores of a
 DP-trained model, whose weights DP-SGD's clipping and noise keep small). It is then evaluated
-over and over as a run does: each site's release statistics (``client.survival_evaluation``,
-noise at the release's SD) on its own test partition, pooled and read by the aggregator's real code
-(``server.survival_evaluation``). The benchmark holds the data, so it also scores the same
+over and over as a run does: each site's statistics of both releases
+(``client.survival_evaluation``, noise at each release's SD) on its own test partition, pooled
+and read by the aggregator's real code (``server.survival_evaluation``); ``cindex`` is read from
+release 2, ``cindex_histograms`` from release 1 alone (the baseline: what a cell without
+release 2 shows). The benchmark holds the data, so it also scores the same
 model record by record on the same test rows (scikit-survival: Harrell's C-index, the
 cumulative/dynamic AUC at each horizon, the integrated Brier score) and reports, per epsilon
 and design, the released value's mean error (bias), SD and RMSE, how often its 95% interval
@@ -46,7 +48,7 @@ from tcga_brca import study_text as tcga_study_text
 
 from federation.client.evaluation import members_of
 from federation.client.features import encode
-from federation.client.survival_evaluation import survival_statistics
+from federation.client.survival_evaluation import concordance_statistics, survival_statistics
 from federation.server import evaluation as ev
 from federation.server import survival_evaluation as sev
 from federation.server import survival_metrics as sm
@@ -64,7 +66,7 @@ from models.registry import build_model
 DESIGNS = ("probe edges", "fixed edges")
 FIXED_EDGES = np.linspace(-4.0, 4.0, N_SCORE_BINS - 1)
 SHRINKS = (1.0, 0.3)
-METRICS = ("cindex", "integrated_brier")
+METRICS = ("cindex", "cindex_histograms", "integrated_brier")
 
 
 def cohorts(names: list[str], root: Path) -> dict[str, tuple[Path, dict[str, Path]]]:
@@ -140,6 +142,7 @@ def exact_metrics(spec, sites, model) -> dict[str, float]:
     auc, _ = cumulative_dynamic_auc(target, target, score, list(study.horizons))
     exact = {
         "cindex": float(concordance_index_censored(target["e"], target["t"], score)[0]),
+        "cindex_histograms": float(concordance_index_censored(target["e"], target["t"], score)[0]),
         "integrated_brier": float(
             integrated_brier_score(target, target, survival, np.array(study.intervals[: last + 1]))
         ),
@@ -148,26 +151,48 @@ def exact_metrics(spec, sites, model) -> dict[str, float]:
     return exact
 
 
-def released(spec, sites, edges, horizons, noise: float | None, rng) -> dict:
-    """One evaluation as the run does it (``noise`` None: exact counts): the pooled metrics.
-    Each site's statistics are the release's (``survival_statistics``, the same weights); their
-    noise is drawn here at the release's SD, seeded (OpenDP's exact sampler, which the sites
-    use, takes about 1.5 s per site release, too slow for hundreds of draws)."""
+def released(spec, sites, edges, horizons, noise: tuple[float, float] | None, rng) -> dict:
+    """One evaluation as the run does it (``noise`` None: exact counts), both releases: the
+    pooled metrics, and as ``cindex_histograms`` the C-index read from release 1 alone (the
+    baseline; what a cell without release 2 shows). Each site's statistics are the releases'
+    (``survival_statistics``, ``concordance_statistics``: the same weights); their noise is
+    drawn here at the releases' SD, seeded (OpenDP's exact sampler, which the sites use, takes
+    about 1.5 s per site release, too slow for hundreds of draws)."""
     cells = layout(spec)
     cuts = model_cuts(spec)
+    histogram_noise, rank_noise = noise or (1e-9, 1e-9)
     per_site = []
     for y, score, members in sites.values():
-        names, values, weights = survival_statistics(y, score, members, cells, cuts, edges)
-        if noise is not None:
-            values = values + rng.normal(0.0, noise, len(values)) / weights
-        record, start = {}, 0
-        for name, length in names:
-            record[name] = [float(v) for v in values[start : start + length]]
-            record[name] = record[name] if length > 1 else record[name][0]
-            start += length
-        per_site.append(sev.read_release(record, spec, cells, noise or 1e-9))
-    pooled = ev.reconcile(ev.pool(per_site), cells)
-    return sev.cell_metrics(pooled[POOLED_CELL], horizons)
+        statistics = survival_statistics(y, score, members, cells, cuts, edges)
+        record = _noised(statistics, histogram_noise if noise else None, rng)
+        per_site.append(sev.read_release(record, spec, cells, histogram_noise))
+    pooled = ev.pool(per_site)
+    queries = {c: q for c in cells.rank_cells() if (q := sev.concordance_query(pooled[c]))}
+    requests = {cell: query.request for cell, query in queries.items()}
+    ranks = []
+    for y, score, members in sites.values():
+        statistics = concordance_statistics(y, score, members, cells, cuts, edges, requests)
+        record = _noised(statistics, rank_noise if noise else None, rng)
+        ranks.append(sev.read_concordance(record, queries, cells, rank_noise))
+    histograms = sev.cell_metrics(ev.reconcile(pooled, cells)[POOLED_CELL], horizons)
+    cell = ev.reconcile(ev.with_ranks(pooled, ranks), cells)[POOLED_CELL]
+    metrics = sev.cell_metrics(cell, horizons)
+    metrics["cindex_histograms"] = histograms["cindex"]
+    metrics["cindex_histograms_ci"] = histograms["cindex_ci"]
+    return metrics
+
+
+def _noised(statistics, noise: float | None, rng) -> dict:
+    """A release's record from its exact statistics, with noise of ``noise`` (None: none)."""
+    names, values, weights = statistics
+    if noise is not None:
+        values = values + rng.normal(0.0, noise, len(values)) / weights
+    record, start = {}, 0
+    for name, length in names:
+        record[name] = [float(v) for v in values[start : start + length]]
+        record[name] = record[name] if length > 1 else record[name][0]
+        start += length
+    return record
 
 
 def summarize(triples: list[tuple[float | None, list[float] | None, float]]) -> dict:

@@ -26,10 +26,16 @@ from federation.client.partition import Partition, fresh_partition
 from federation.client.training import LocalSettings, train_plain
 from federation.errors import DataError, SpecError
 from federation.server.rounds import initial_model
+from federation.server.survival_evaluation import SWAMPED
 from federation.synth import study_toml, synthesize_cohort, write_cohort
 from federation.wire import protocol as p
 from federation.wire.evaluation import layout
 from federation.wire.spec import feature_names, load_spec, model_cuts, parse_spec
+from federation.wire.survival_evaluation import (
+    N_SCORE_BINS,
+    ConcordanceRequest,
+    concordance_requests_to_config,
+)
 from federation.wire.survival_evaluation import histogram_keys as survival_keys
 from models.registry import build_model
 from models.survival import PRIOR_HAZARD_PER_YEAR, hazard_loss, interval_targets, survival_at
@@ -326,9 +332,10 @@ def test_a_survival_site_sends_its_update_and_only_its_admitted_dp_evaluation(
     survival_cohort, tmp_path
 ):
     """Against an aggregator that asks for every release: the train reply is the DP update and
-    the whitelisted accounting keys; the evaluate reply is the one evaluation release the
-    ledger planned at setup and recorded before computing it (the layout's keys, noisy, at the
-    planned noise) with its epsilon; a rank release and a second evaluation are refused."""
+    the whitelisted accounting keys; the evaluate and ranks replies are the two evaluation
+    releases the ledger planned at setup, each recorded before it is computed (the layout's
+    keys, noisy, at the planned noise) with its epsilon; a crafted rank request (an undeclared
+    cell, shares of the wrong length) is refused, and a second evaluation too."""
     spec, files = survival_cohort
     ledger = tmp_path / "ledger.sqlite"
     context = node_context(next(iter(files.values())), spec, ledger=ledger)
@@ -340,7 +347,7 @@ def test_a_survival_site_sends_its_update_and_only_its_admitted_dp_evaluation(
     assert list(update) == ["baseline", "score.0.weight"] and update["baseline"].abs().sum() > 0
     book = Ledger(ledger)
     planned = [item for item in book.run("run-1")["planned"] if item[1] == "test"]
-    assert [item[0] for item in planned] == ["evaluation-histograms"]
+    assert [item[0] for item in planned] == ["evaluation-histograms", "evaluation-ranks"]
     reply = send(context, MessageType.EVALUATE, _survival_content(spec, 2))
     assert state_of(reply) == p.OK and set(reply) == {p.METRICS}
     metrics = dict(reply[p.METRICS])
@@ -349,16 +356,38 @@ def test_a_survival_site_sends_its_update_and_only_its_admitted_dp_evaluation(
     assert metrics[p.NOISE_MULTIPLIER] == planned[0][2]
     entries = np.concatenate([np.ravel(metrics[k]) for k in keys])
     assert len(entries) > 1000 and np.mean(entries != np.round(entries)) > 0.99  # noisy
+    cells = layout(spec).rank_cells()
+    size = (len(model_cuts(spec)) + 1) * (N_SCORE_BINS + 1)
+    shares = tuple(np.linspace(0.0, 0.5, size))
+    request = ConcordanceRequest(shares, shares, shares, shares, 0.6)
+    for crafted in (
+        {("intersection", "sex x race_ethnicity", "x"): request},  # not a rank cell
+        {cells[0]: ConcordanceRequest(shares[:-1], shares, shares, shares, 0.6)},
+    ):
+        content = _survival_content(spec, 2)
+        content[p.CONFIG].update(concordance_requests_to_config(crafted))
+        refused = send(context, p.EVALUATE_RANKS, content)
+        assert state_of(refused) == p.REFUSED and not dict(refused.get(p.METRICS, {}))
+    content = _survival_content(spec, 2)
+    content[p.CONFIG].update(concordance_requests_to_config(dict.fromkeys(cells, request)))
+    ranked = send(context, p.EVALUATE_RANKS, content)
+    assert state_of(ranked) == p.OK and set(ranked) == {p.METRICS}
+    sums = {f"ranks.{kind}.{p.encode_name(c)}.{p.encode_name(v)}.concordance"
+            for kind, c, v in cells}  # fmt: skip
+    assert set(ranked[p.METRICS]) == sums | {p.EPSILON, p.NOISE_MULTIPLIER}
+    assert ranked[p.METRICS][p.NOISE_MULTIPLIER] == planned[1][2]
+    assert ranked[p.METRICS][p.EPSILON] > metrics[p.EPSILON]
     assert [r["mechanism"] for r in book.releases()] == [
         "gaussian-sums",
         "dp-sgd",
         "evaluation-histograms",
+        "evaluation-ranks",
     ]
-    assert book.releases()[-1]["partition"] == "test"
-    for message_type in (p.EVALUATE_RANKS, MessageType.EVALUATE):  # unplanned, then used up
+    assert {r["partition"] for r in book.releases()[-2:]} == {"test"}
+    for message_type in (p.EVALUATE_RANKS, MessageType.EVALUATE):  # used up
         refused = send(context, message_type, _survival_content(spec, 2))
         assert state_of(refused) == p.REFUSED and not dict(refused.get(p.METRICS, {}))
-    assert len(book.releases()) == 3
+    assert len(book.releases()) == 4
 
 
 def _run_tables(spec, sites: dict[str, Path], run: Path) -> list:
@@ -400,11 +429,11 @@ def test_a_dp_survival_run_ranks_like_cox_and_releases_its_metrics(tmp_path):
     """End to end at epsilon 3 on a synthetic survival cohort: the run completes, the final
     model's exact test C-index is within 0.03 of a Cox fit's on the pooled training rows, the
     released C-index's interval holds the exact one, and the summary, the model card and the
-    report show the released metrics; each site's only test-partition release is its planned
-    evaluation."""
+    report show the released metrics; each site's only test-partition releases are its planned
+    evaluation's two."""
     from federation.simulation import simulate
 
-    files, spec_path = write_cohort(tmp_path / "data", 2, 600, seed=3, task="survival")
+    files, spec_path = write_cohort(tmp_path / "data", 2, 1000, seed=3, task="survival")
     spec = load_spec(spec_path).with_overrides(training={"rounds": 5})
     summary = simulate(spec, files, tmp_path / "run")
     assert summary["status"] == "completed", summary["error"]
@@ -413,7 +442,7 @@ def test_a_dp_survival_run_ranks_like_cox_and_releases_its_metrics(tmp_path):
     for name in files:
         releases = Ledger(tmp_path / "run" / "ledgers" / f"{name}.sqlite").releases()
         test = [r["mechanism"] for r in releases if r["partition"] == "test"]
-        assert test == ["evaluation-histograms"]
+        assert test == ["evaluation-histograms", "evaluation-ranks"]
     tables = _run_tables(spec, files, tmp_path / "run")
     outcome, risk = _final_scores(spec, tables, tmp_path / "run")
     x, y, tx, ty = _pooled_rows(spec, tables)
@@ -422,9 +451,11 @@ def test_a_dp_survival_run_ranks_like_cox_and_releases_its_metrics(tmp_path):
     assert ours > cox - 0.03, (ours, cox)
     pooled = summary["metrics"]["pooled"]
     # The interval, doubled about its centre (a 95% interval misses 1 in 20), holds the exact
-    # C-index; at these sizes (about 300 test records) the noise may make it n/a.
+    # C-index; at these sizes (about 500 test records) the noise may make it n/a.
     low, high = pooled["cindex_ci"]
     assert 1.5 * low - 0.5 * high <= ours <= 1.5 * high - 0.5 * low, (pooled, ours)
+    assert pooled["cindex_method"] == "rank release"
+    assert pooled["na_reason"].get("integrated_brier") != SWAMPED  # release 1 is mostly records
     if pooled["cindex"] is None:
         assert pooled["na_reason"]["cindex"] == "95% interval too wide (DP noise and sampling)"
     else:
@@ -433,7 +464,8 @@ def test_a_dp_survival_run_ranks_like_cox_and_releases_its_metrics(tmp_path):
     card = (tmp_path / "run" / "model_card.md").read_text(encoding="utf-8")
     report = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert "| Harrell's C-index (discrimination) |" in card
-    assert "time-dependent AUC at day 1825" in card and "not released" not in card
+    assert "time-dependent AUC at day 1825" in card
+    assert "not released" not in card
     assert "C-index (Harrell)" in report and "AUC at day 365" in report
 
 

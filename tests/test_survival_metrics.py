@@ -19,30 +19,46 @@ from sksurv.metrics import (
 )
 from sksurv.nonparametric import kaplan_meier_estimator
 
-from federation.client.survival_evaluation import survival_release, survival_statistics
+from federation.client.survival_evaluation import (
+    concordance_statistics,
+    concordance_terms,
+    survival_release,
+    survival_statistics,
+)
 from federation.server import survival_metrics as sm
-from federation.server.evaluation import MAX_CI_WIDTH, pool
+from federation.server.evaluation import MAX_CI_WIDTH, pool, with_ranks
 from federation.server.survival_evaluation import (
     SWAMPED,
     UNDEFINED,
     Horizons,
     SurvivalCell,
     cell_metrics,
+    concordance_query,
     noise_swamps_records,
+    read_concordance,
     read_release,
 )
 from federation.synth import study_toml
-from federation.wire.evaluation import POOLED_CELL, POOLED_TABLE, Layout, layout
+from federation.wire.evaluation import (
+    POOLED_CELL,
+    POOLED_TABLE,
+    Layout,
+    layout,
+)
 from federation.wire.spec import feature_names, model_cuts, parse_spec
 from federation.wire.survival_evaluation import (
     HISTOGRAM,
     N_SCORE_BINS,
     PROBE_LEVELS,
     STAT_SHARES,
+    ConcordanceRequest,
     bin_scores,
+    concordance_requests_from_config,
+    concordance_requests_to_config,
     histogram_shape,
     score_bins,
     score_edges,
+    score_grid,
     statistic_sd,
     survival_evaluation_noise,
 )
@@ -272,14 +288,15 @@ def _seeded_release(statistics, noise: float, rng: np.random.Generator) -> dict:
     return record
 
 
-def test_the_released_c_index_agrees_with_the_exact_one_under_seeded_noise():
-    """Three sites of 400 test records scored by a narrow (DP-trained) model, the study's own
-    layout (groups and intersections) and the noise of epsilon 3: over seeded noise draws the
-    pooled C-index as released is within 0.01 of the exact one on average, its error's SD under
-    0.03, and its 95% interval covers the exact value in at least 90% of the draws."""
+def test_the_c_index_from_the_histograms_alone_agrees_with_the_exact_one_under_seeded_noise():
+    """Where no rank release answers (a site failed it, an intersection's cells): three sites
+    of 400 test records scored by a narrow (DP-trained) model, the study's own layout (groups
+    and intersections) and release 1's noise at epsilon 3: over seeded noise draws the pooled
+    C-index read from the histograms is within 0.01 of the exact one on average, its error's SD
+    under 0.05, and its 95% interval covers the exact value in at least 90% of the draws."""
     spec = parse_spec(study_toml(task="survival"))
     cells = layout(spec)
-    noise = survival_evaluation_noise(3.0, 1e-5, "prv", 1)
+    noise, _ = survival_evaluation_noise(3.0, 1e-5, "prv", 1)
     edges = score_edges(spec, _linear_hazard_model(spec, 0.3))
     horizons = Horizons.of(spec, BASELINE, edges)
     rng = np.random.default_rng(7)
@@ -300,8 +317,135 @@ def test_the_released_c_index_agrees_with_the_exact_one_under_seeded_noise():
         metrics = cell_metrics(pool(released)[POOLED_CELL], horizons)
         errors.append(metrics["cindex"] - exact)
         covered.append(metrics["cindex_ci"][0] <= exact <= metrics["cindex_ci"][1])
-    assert abs(np.mean(errors)) < 0.01 and np.std(errors) < 0.03, (np.mean(errors), np.std(errors))
+    assert abs(np.mean(errors)) < 0.01 and np.std(errors) < 0.05, (np.mean(errors), np.std(errors))
     assert np.mean(covered) >= 0.9
+
+
+def _sites(spec, cells, n: int, parts: int, shrink: float, seed: int):
+    """``parts`` sites of a cohort of ``n`` test records scored by a model of ``shrink`` times
+    the true spread, each record at random levels of the layout's tables."""
+    rng = np.random.default_rng(seed)
+    score, time, event = _cohort(n, seed=seed)
+    outcome = np.column_stack([time, event.astype(float)])
+    sites = []
+    for rows in np.array_split(np.arange(n), parts):
+        members = {
+            table: rng.choice(np.array(levels, dtype=object), len(rows))
+            for table, levels in cells.tables.items()
+        }
+        sites.append((outcome[rows], shrink * score[rows], members))
+    return sites
+
+
+def test_the_rank_release_c_index_is_closer_to_the_exact_one_than_the_histograms():
+    """Both releases under seeded noise at epsilon 3 (the study's layout, three sites of 400
+    test records, a narrow model): release 2's C-index, pooled and per site, is unbiased, its
+    error's SD well under the histogram reading's and its 95% interval covers the exact
+    scikit-survival value in at least 90% of the draws."""
+    spec = parse_spec(study_toml(task="survival"))
+    cells = layout(spec)
+    histogram_noise, rank_noise = survival_evaluation_noise(3.0, 1e-5, "prv", 1)
+    edges = score_edges(spec, _linear_hazard_model(spec, 0.3))
+    horizons = Horizons.of(spec, BASELINE, edges)
+    sites = _sites(spec, cells, 1200, 3, 0.3, seed=5)
+    statistics = [survival_statistics(y, s, m, cells, CUTS, edges) for y, s, m in sites]
+
+    def exact(y, s):
+        return concordance_index_censored(y[:, 1] > 0.5, y[:, 0], s)[0]
+
+    pooled_exact = exact(
+        np.vstack([y for y, _, _ in sites]), np.concatenate([s for _, s, _ in sites])
+    )
+    rng = np.random.default_rng(11)
+    errors, histogram_errors, covered, site_errors = [], [], [], []
+    for _ in range(30):
+        released = [
+            read_release(_seeded_release(st, histogram_noise, rng), spec, cells, histogram_noise)
+            for st in statistics
+        ]
+        pooled = pool(released)
+        queries = {c: q for c in cells.rank_cells() if (q := concordance_query(pooled[c]))}
+        config = concordance_requests_to_config({c: q.request for c, q in queries.items()})
+        requests = concordance_requests_from_config(config, cells.rank_cells(), len(CUTS) + 1)
+        ranks = [
+            read_concordance(
+                _seeded_release(
+                    concordance_statistics(y, s, m, cells, CUTS, edges, requests), rank_noise, rng
+                ),
+                queries, cells, rank_noise,
+            )
+            for y, s, m in sites
+        ]  # fmt: skip
+        ranked = with_ranks(pooled, ranks)[POOLED_CELL]
+        metrics = cell_metrics(ranked, horizons)
+        assert metrics["cindex_method"] == "rank release"
+        errors.append(metrics["cindex"] - pooled_exact)
+        covered.append(metrics["cindex_ci"][0] <= pooled_exact <= metrics["cindex_ci"][1])
+        histogram_errors.append(
+            cell_metrics(pooled[POOLED_CELL], horizons)["cindex"] - pooled_exact
+        )
+        first = with_ranks(released[0], [ranks[0]])[POOLED_CELL]
+        site_errors.append(cell_metrics(first, horizons)["cindex"] - exact(*sites[0][:2]))
+    assert abs(np.mean(errors)) < 0.005 and np.std(errors) < 0.6 * np.std(histogram_errors)
+    assert np.mean(covered) >= 0.9
+    assert abs(np.mean(site_errors)) < 0.01 and np.std(site_errors) < 0.04
+
+
+def test_a_concordance_term_stays_within_its_bound_whatever_the_request():
+    """Release 2's sensitivity: against crafted requests (shares at random, not cumulative, or
+    all at 1; centers at 0, 0.5 and 1), every record's term lies within ``max(c, 1 - c)`` and
+    each cell's weight is ``sqrt(share) / bound``: removing one record moves the weighted
+    vector by at most 1 in L2."""
+    spec = parse_spec(study_toml(task="survival"))
+    cells = layout(spec)
+    y, s, members = _sites(spec, cells, 300, 1, 1.0, seed=2)[0]
+    rng = np.random.default_rng(0)
+    size = (len(CUTS) + 1) * (N_SCORE_BINS + 1)
+    for center in (0.0, 0.5, 1.0):
+        for shares in (rng.uniform(0, 1, size), np.ones(size)):
+            config = concordance_requests_to_config(
+                {c: ConcordanceRequest(*(tuple(np.roll(shares, k)) for k in range(4)), center)
+                 for c in cells.rank_cells()}
+            )  # fmt: skip
+            requests = concordance_requests_from_config(config, cells.rank_cells(), len(CUTS) + 1)
+            bound = max(center, 1 - center)
+            grid = score_grid(EDGES)
+            terms = concordance_terms(y, s, CUTS, grid, requests[POOLED_CELL])
+            assert np.all(np.abs(terms) <= bound + 1e-12)
+            _, full, weights = concordance_statistics(y, s, members, cells, CUTS, EDGES, requests)
+            for removed in rng.choice(len(y), 10, replace=False):
+                keep = np.arange(len(y)) != removed
+                rest = {t: m[keep] for t, m in members.items()}
+                _, less, _ = concordance_statistics(
+                    y[keep], s[keep], rest, cells, CUTS, EDGES, requests
+                )
+                assert np.linalg.norm((full - less) * weights) <= 1 + 1e-9
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"later": [0.5] * 3},  # the wrong length
+        {"within": [float("nan")] * 77},
+        {"earlier_events": [2.0] * 77},  # outside [0, 1]
+        {"center": 1.5},
+        {"center": "0.5"},
+        {"within_events": ["0.5"] * 77},
+    ],
+)
+def test_a_malformed_concordance_request_is_refused(change):
+    spec = parse_spec(study_toml(task="survival"))
+    cells = layout(spec)
+    size = (len(CUTS) + 1) * (N_SCORE_BINS + 1)
+    request = ConcordanceRequest(*[(0.5,) * size] * 4, 0.5)
+    config = concordance_requests_to_config({POOLED_CELL: request})
+    for field, value in change.items():
+        config[f"ranks.pooled.all.all.{field}"] = value
+    with pytest.raises(ValueError):
+        concordance_requests_from_config(config, cells.rank_cells(), len(CUTS) + 1)
+    config = concordance_requests_to_config({("intersection", "x", "y"): request})
+    with pytest.raises(ValueError, match="does not declare"):
+        concordance_requests_from_config(config, cells.rank_cells(), len(CUTS) + 1)
 
 
 @pytest.mark.parametrize(("records", "swamped"), [(4000, False), (150, True)])

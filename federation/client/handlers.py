@@ -42,14 +42,18 @@ from federation.client.plan import (
 from federation.client.queries import answer
 from federation.client.scoring import risks
 from federation.client.site import SiteSettings, site_partition, site_table
-from federation.client.survival_evaluation import survival_release
+from federation.client.survival_evaluation import concordance_release, survival_release
 from federation.client.training import LocalSettings, train_dp, train_plain
 from federation.errors import AllfedError, SpecError
 from federation.wire import protocol as p
 from federation.wire.evaluation import layout, rank_requests_from_config
 from federation.wire.queries import AnalysisRequest, build_query, planned_release
 from federation.wire.spec import StudySpec, estimated_columns, federated_columns, model_cuts
-from federation.wire.survival_evaluation import linear_predictors, score_edges
+from federation.wire.survival_evaluation import (
+    concordance_requests_from_config,
+    linear_predictors,
+    score_edges,
+)
 from models.registry import build_model
 from privacy.bounds import release_histograms
 from privacy.ledger import ALL, TEST, TRAIN, Ledger, PlannedRelease, RunPlan
@@ -444,13 +448,17 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     spec = request.spec
     run = bound_run(request)
     survival = spec.study.task == "survival"
-    if survival and ranks:  # a survival evaluation is one release (wire.survival_evaluation)
-        raise Refused(Refusal("plan-exhausted", None, "a survival run plans no rank release"))
     cells = layout(spec)
     requests = {}
     if ranks:
         try:
-            requests = rank_requests_from_config(request.config, cells.rank_cells())
+            if survival:
+                intervals = len(model_cuts(spec)) + 1
+                requests = concordance_requests_from_config(
+                    request.config, cells.rank_cells(), intervals
+                )
+            else:
+                requests = rank_requests_from_config(request.config, cells.rank_cells())
         except ValueError as error:
             raise Refused(Refusal("bad-config-value", "ranks", str(error))) from None
     x, y, model = _inputs(request, run, test=True)
@@ -464,7 +472,11 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     noise = planned.release.noise_multiplier
     if survival:
         scores, edges = linear_predictors(model, x), score_edges(spec, model)
-        released = survival_release(y, scores, members, cells, model_cuts(spec), edges, noise)
+        cuts = model_cuts(spec)
+        if ranks:
+            released = concordance_release(y, scores, members, cells, cuts, edges, requests, noise)
+        else:
+            released = survival_release(y, scores, members, cells, cuts, edges, noise)
     elif ranks:
         released = rank_release(y, risks(model, x), members, cells, requests, noise)
     else:

@@ -6,7 +6,7 @@ again at any later message and check it against the plan its ledger admitted: th
 standardization sums (training partition), the DP-SGD steps of every round (training partition,
 calibrated after the sums so that the partition lands at the target), and two evaluation
 releases per planned evaluation (test partition, calibrated to the study's evaluation budget;
-a survival study's evaluation is one release, ``wire.survival_evaluation``).
+a survival study's are ``wire.survival_evaluation``'s).
 """
 
 from __future__ import annotations
@@ -139,12 +139,8 @@ def site_plan(spec: StudySpec, n_train: int, with_sums: bool) -> SitePlan:
             prior,
         )
     evaluations = len(spec.training.evaluation_rounds())
-    if spec.study.task == "survival":  # one release per evaluation, no rank release
-        noise = survival_evaluation_noise(
-            privacy.evaluation_budget, privacy.delta, privacy.accountant, evaluations
-        )
-        return SitePlan(setup_noise, dp, evaluations, noise, None, bounds_noise)
-    histogram_noise, rank_noise = evaluation_noise(
+    noise = survival_evaluation_noise if spec.study.task == "survival" else evaluation_noise
+    histogram_noise, rank_noise = noise(
         privacy.evaluation_budget, privacy.delta, privacy.accountant, evaluations
     )
     return SitePlan(setup_noise, dp, evaluations, histogram_noise, rank_noise, bounds_noise)

@@ -43,9 +43,12 @@ class SiteEvaluator:
     """What every task's evaluator shares: the study's cells and budget, sending a message to
     the sites, and reading their replies (a bad reply is the site's failure, not the run's)."""
 
+    release_noise = staticmethod(evaluation_noise)  # the two releases' noise multipliers
+
     def __init__(self, spec: StudySpec, exchange: Exchange, reject: Reject) -> None:
         self.spec, self.exchange, self.reject = spec, exchange, reject
         self.layout = layout(spec)
+        self.histogram_noise, self.rank_noise = self.release_noise(*self.budget())
 
     def budget(self) -> tuple[float, float, str, int]:
         """The test partition's epsilon, delta, accountant and the run's evaluations, which
@@ -82,6 +85,46 @@ class SiteEvaluator:
                 self.reject(node, f"evaluation reply rejected: {error}")
         return sites, epsilon
 
+    def _read_ranks(
+        self,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        requests: Mapping[str, Any],
+        nodes: list[int],
+        names: dict[int, str],
+        epsilon: dict[int, float],
+        read: Callable[[Any], Any],
+    ) -> dict[int, Any]:
+        """Release 2 from ``nodes`` (``requests``: its config keys), each reply read by ``read``
+        and its epsilon so far noted in ``epsilon``; a reply with another noise or a malformed
+        release is logged, and that site keeps its release-1 metrics."""
+        rank_config = ConfigRecord(dict(config))
+        rank_config.update(requests)
+        ranks = {}
+        for node, metrics in self._send(p.EVALUATE_RANKS, arrays, rank_config, nodes).items():
+            try:
+                check_noise(metrics, self.rank_noise)
+                ranks[node] = read(metrics)
+                epsilon[node] = float(metrics[p.EPSILON])
+            except (KeyError, TypeError, ValueError) as error:
+                log.warning("site %s: rank release rejected: %s", names.get(node, node), error)
+        return ranks
+
+    def _with_ranks(
+        self,
+        pooled: Mapping[Cell, Any],
+        sites: Mapping[int, Mapping[Cell, Any]],
+        ranks: Mapping[int, Mapping[Cell, Any]],
+        names: dict[int, str],
+    ) -> tuple[dict[Cell, Any], dict[str, dict[Cell, Any]]]:
+        """The pooled cells (reconciled) and every site's cells by name, with their rank sums."""
+        cells = ev.reconcile(ev.with_ranks(pooled, ranks.values()), self.layout)
+        by_name = {
+            names[node]: ev.with_ranks(released, [ranks[node]] if node in ranks else [])
+            for node, released in sites.items()
+        }
+        return cells, by_name
+
     def _result(
         self,
         metrics: dict[str, Any],
@@ -106,10 +149,6 @@ class SiteEvaluator:
 class Evaluator(SiteEvaluator):
     """Evaluates models of ``spec`` over the sites ``exchange`` reaches."""
 
-    def __init__(self, spec: StudySpec, exchange: Exchange, reject: Reject) -> None:
-        super().__init__(spec, exchange, reject)
-        self.histogram_noise, self.rank_noise = evaluation_noise(*self.budget())
-
     def evaluate(
         self,
         arrays: ArrayRecord,
@@ -128,21 +167,11 @@ class Evaluator(SiteEvaluator):
             for cell in self.layout.rank_cells()
             if cell in pooled and (request := ev.rank_request(pooled[cell])) is not None
         }
-        rank_config = ConfigRecord(dict(config))
-        rank_config.update(rank_requests_to_config(requests))
-        ranks = {}
-        for node, metrics in self._send(p.EVALUATE_RANKS, arrays, rank_config, list(sites)).items():
-            try:
-                check_noise(metrics, self.rank_noise)
-                ranks[node] = ev.read_ranks(metrics, requests, self.layout, self.rank_noise)
-                epsilon[node] = float(metrics[p.EPSILON])
-            except (KeyError, TypeError, ValueError) as error:
-                log.warning("site %s: rank release rejected: %s", names.get(node, node), error)
-        cells = ev.reconcile(ev.with_ranks(pooled, ranks.values()), self.layout)
-        by_name = {
-            names[node]: ev.with_ranks(released, [ranks[node]] if node in ranks else [])
-            for node, released in sites.items()
-        }
+        ranks = self._read_ranks(
+            arrays, config, rank_requests_to_config(requests), list(sites), names, epsilon,
+            lambda metrics: ev.read_ranks(metrics, requests, self.layout, self.rank_noise),
+        )  # fmt: skip
+        cells, by_name = self._with_ranks(pooled, sites, ranks, names)
         metrics = ev.evaluation_tables(by_name, cells, self.layout)
         return self._result(metrics, by_name, cells, sites, epsilon)
 

@@ -161,17 +161,23 @@ count of {{ threshold }} or fewer is not shown.</p>
 {% if survival %}<ul>
 <li>Each site scored its own test records with the model's risk score and released, per cell
 (the site, every group level, every intersection of two groups), the records by status (an
-event, or censored), by time interval (the study's hazard intervals) and by risk-score bin
-(0.5 wide), the records and the events: one Gaussian release, recorded in the site's ledger
-before it was computed.</li>
+event, or censored), by time interval (the study's hazard intervals) and by risk-score bin (10
+bins at quantiles of the model's scores on public probe inputs), the records and the events:
+one Gaussian release, recorded in the site's ledger before it was computed.</li>
+<li>Harrell's C-index of the pooled records and of each group level comes from a second release:
+each site summed, over its records, its share of concordant comparable pairs against the pooled
+histograms of the first release, less the pooled C-index times its share of comparable pairs.
+Its interval adds that release's noise, the uncertainty of the histograms and the sampling
+variance. Where a site did not answer it, the C-index is read from the histograms.</li>
 <li>The noisy histograms are made non-negative by an isotonic fit of their cumulative counts;
-group levels are reconciled with the pooled totals. Two records in one score bin count as a tie,
-and two times in one interval as ordered either way, half the time each.</li>
-<li>Harrell's C-index over comparable pairs; Uno's C-index and the time-dependent (cumulative/
-dynamic) AUC weight events by the inverse of the censoring distribution's Kaplan-Meier curve;
-the integrated Brier score (IPCW) uses each score bin's predicted survival from the model's
-baseline hazards; observed risks are 1 − Kaplan-Meier. Intervals come from a parametric
-bootstrap over the release's noise and Poisson sampling.</li>
+group levels are reconciled with the pooled totals. Two records in one score bin are read from
+the pairs one bin apart, and two times in one interval as ordered either way, half the time
+each.</li>
+<li>Uno's C-index and the time-dependent (cumulative/dynamic) AUC weight events by the inverse
+of the censoring distribution's Kaplan-Meier curve; the integrated Brier score (IPCW) uses each
+score bin's predicted survival from the model's baseline hazards; observed risks are
+1 − Kaplan-Meier. Their intervals come from a parametric bootstrap over the release's noise and
+Poisson sampling.</li>
 </ul>{% else %}<ul>
 <li>Each site scored its own test records and released, per cell (the site, every group level,
 every intersection of two groups), histograms of the risk scores of each class on fixed bins

@@ -14,6 +14,12 @@ Poisson sampling of the cleaned bins plus a fresh draw of the release's noise at
 post-processed alike (seeded: the same release always gives the same intervals), the percentile
 and basic intervals joined (``evaluation.bootstrap_interval``).
 
+Harrell's C-index of a cell that release 2 answered (the pooled cell and the group levels, when
+every site that sent release 1 answered it; a site's own cells, when it did) is read from that
+release instead (``ranked_cindex``): the aggregator asks for it with the cell's cleaned
+histogram (``concordance_query``), and what is left of the histograms' error is of second
+order.
+
 The rules are the binary release's: a site, group or intersection level is published only when
 its noisy records, events and non-events each exceed the dissemination threshold, and a metric
 whose 95% interval is wider than ``MAX_CI_WIDTH`` is n/a, with the reason in ``na_reason``.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -31,6 +38,7 @@ import numpy as np
 from federation.server import survival_metrics as sm
 from federation.server.evaluation import (
     BOOTSTRAP_DRAWS,
+    CI_LEVEL,
     DEGENERATE_SHARE,
     MAX_CI_WIDTH,
     MIN_CALIBRATION_RECORDS,
@@ -40,13 +48,15 @@ from federation.server.evaluation import (
     histogram,
     metric_tables,
 )
-from federation.wire.evaluation import EVAL_PREFIX, Cell, Layout
+from federation.wire.evaluation import EVAL_PREFIX, RANKS_PREFIX, Cell, Layout, key
 from federation.wire.spec import StudySpec
 from federation.wire.survival_evaluation import (
+    CONCORDANCE,
     EVENTS,
     HISTOGRAM,
     RECORDS,
     STAT_SHARES,
+    ConcordanceRequest,
     bin_scores,
     histogram_keys,
     histogram_shape,
@@ -54,6 +64,7 @@ from federation.wire.survival_evaluation import (
 )
 
 UNIT = (0.0, 1.0)
+_Z = NormalDist().inv_cdf(0.5 + CI_LEVEL / 2)
 UNDEFINED = "undefined (no events, or no comparable pairs left after the DP noise)"
 # Where the noise's positive part in the cleaned histogram passes this share of the records,
 # the metrics read from it are withheld (``noise_swamps_records``). Measured with
@@ -74,6 +85,7 @@ class SurvivalCell:
     records: float
     events: float
     variance: dict[str, float]
+    ranks: ConcordanceSums | None = None
     sites: int = 1
 
     def __add__(self, other: SurvivalCell) -> SurvivalCell:
@@ -82,8 +94,31 @@ class SurvivalCell:
             self.records + other.records,
             self.events + other.events,
             {k: v + other.variance[k] for k, v in self.variance.items()},
+            None if self.ranks is None or other.ranks is None else self.ranks + other.ranks,
             self.sites + other.sites,
         )
+
+
+@dataclass(frozen=True)
+class ConcordanceQuery:
+    """What release 2 asks of a cell, and the cleaned pooled histogram ``reference`` (``Q``)
+    the aggregator read it from."""
+
+    request: ConcordanceRequest
+    reference: np.ndarray
+
+
+@dataclass(frozen=True)
+class ConcordanceSums:
+    """A cell's release 2, summed over sites: the sum, its noise variance, and the query it
+    answers."""
+
+    total: float
+    variance: float
+    query: ConcordanceQuery
+
+    def __add__(self, other: ConcordanceSums) -> ConcordanceSums:
+        return ConcordanceSums(self.total + other.total, self.variance + other.variance, self.query)
 
 
 def read_release(
@@ -125,6 +160,49 @@ def read_release(
 def clean(noisy: np.ndarray) -> np.ndarray:
     """Non-negative histograms from noisy ones: each row of score bins fitted isotonically."""
     return histogram(noisy)
+
+
+def concordance_query(release: SurvivalCell) -> ConcordanceQuery | None:
+    """What to ask of a cell in release 2: from its cleaned histogram ``Q``, per interval the
+    cumulative shares of its records (of all of them, so the terms stay within their bound)
+    in each of the request's parts (``survival_metrics.pair_parts``) at the score grid's
+    points, and ``Q``'s own C-index as the center; None when ``Q`` has no comparable pairs."""
+    reference = clean(release.hist)
+    center = float(sm.even_cindex(reference))
+    records = reference.sum()
+    if math.isnan(center) or records <= 0:
+        return None
+    start = np.zeros((reference.shape[1], 1))
+    shares = (
+        np.clip(np.concatenate([start, np.cumsum(part, -1)], -1) / records, 0.0, 1.0)
+        for part in sm.pair_parts(reference)
+    )
+    request = ConcordanceRequest(*(tuple(part.ravel().tolist()) for part in shares), center)
+    return ConcordanceQuery(request, reference)
+
+
+def read_concordance(
+    record: Mapping[str, Any],
+    queries: Mapping[Cell, ConcordanceQuery],
+    layout: Layout,
+    noise_multiplier: float,
+) -> dict[Cell, ConcordanceSums]:
+    """A site's release 2 per queried cell; ValueError unless it answers exactly the queries,
+    each sum a finite number."""
+    expected = {key(RANKS_PREFIX, cell, CONCORDANCE): cell for cell in queries}
+    present = {k for k in record if k.startswith(f"{RANKS_PREFIX}.")}
+    if present != set(expected):
+        raise ValueError("the rank release does not answer exactly the requested cells")
+    sums = {}
+    for name, cell in expected.items():
+        value = record[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite")
+        sd = layout.rank_sd(cell[:2], queries[cell].request.center, noise_multiplier)
+        sums[cell] = ConcordanceSums(float(value), sd**2, queries[cell])
+    return sums
 
 
 @dataclass(frozen=True)
@@ -197,9 +275,17 @@ def cell_metrics(release: SurvivalCell, horizons: Horizons, seed: int = 0) -> di
         n_events_se=round(math.sqrt(release.variance[EVENTS]), 1),
         uno_tau=horizons.horizons[-1],
     )
-    out.put("cindex", _interval(sm.harrell_cindex(noisy, variance)))
-    out.put("uno_cindex", _interval(sm.uno_cindex(noisy, last, variance)))
     swamped = noise_swamps_records(release)
+    # Release 2 reads the C-index against the cleaned histogram, first order in its error only
+    # while the histogram is mostly records (on Fed-TCGA-BRCA's 32 test events, where the noise
+    # outweighs them, it read 0.15-0.34 low); the noisy bins' reading is unbiased, only wider.
+    ranked = release.ranks is not None and not swamped
+    if ranked:
+        out.put("cindex", ranked_cindex(release, release.ranks, seed))
+    else:
+        out.put("cindex", _interval(sm.harrell_cindex(noisy, variance)))
+    out.values["cindex_method"] = "rank release" if ranked else "binned histograms"
+    out.put("uno_cindex", _interval(sm.uno_cindex(noisy, last, variance)))
     withheld = SWAMPED if swamped else None  # what is read from the cleaned bins
     out.put_or_withhold(
         "integrated_brier",
@@ -222,13 +308,44 @@ def cell_metrics(release: SurvivalCell, horizons: Horizons, seed: int = 0) -> di
     return out.as_dict()
 
 
+def ranked_cindex(release: SurvivalCell, sums: ConcordanceSums, seed: int) -> Interval:
+    """Harrell's C-index from release 2 (``wire.survival_evaluation``): ``c + T / pairs``, with
+    ``T`` the sites' sum (scaled back to counts: the request's shares are of ``Q``'s records)
+    against ``Q``, the cell's share ``alpha`` of ``Q`` (1 for the cell the query was read from,
+    a site's share for that site's cell), plus the second-order term ``T(H - alpha Q)`` read
+    from the cell's own cleaned histogram ``H`` (0 for the queried cell); ``pairs`` are ``H``'s,
+    less the half pair each event makes with itself there. The interval adds the sum's noise,
+    the second-order term's error from release 1's noise (redrawn) and the sampling variance
+    (Poisson redraws of ``H``)."""
+    center, reference = sums.query.request.center, sums.query.reference
+    own = clean(release.hist)
+    scale = own.sum()  # the sum's shares are of Q's records; alpha Q has H's records
+    alpha = scale / reference.sum()
+    pairs = float(sm.comparable_pairs(own)) - own[1].sum() / 2
+    if pairs <= 0:
+        return _Interval(None, None)
+    second = float(sm.excess_concordance(own - alpha * reference, center))
+    excess = scale * sums.total + second
+    value = center + excess / pairs
+    rng = np.random.default_rng(seed)
+    sd = math.sqrt(release.variance[HISTOGRAM])
+    redrawn = clean(own + rng.normal(0.0, sd, (BOOTSTRAP_DRAWS, *own.shape)))
+    errors = sm.excess_concordance(redrawn - alpha * reference, center) - second
+    sampled = sm.even_cindex(rng.poisson(np.broadcast_to(own, (BOOTSTRAP_DRAWS, *own.shape))))
+    variance = scale**2 * sums.variance + float(np.mean(errors**2))
+    variance = variance / pairs**2 + float(np.nanvar(sampled))
+    se = math.sqrt(variance)
+    return _Interval(value, [value - _Z * se, value + _Z * se], MAX_CI_WIDTH, UNIT)
+
+
 def noise_swamps_records(release: SurvivalCell) -> bool:
     """Whether the noise's positive part outweighs the records in the cleaned histogram: the
     expected mass ``cells x SD / sqrt(2 pi)`` a non-negative fit keeps from zero-mean noise,
     against ``MAX_NOISE_MASS_SHARE`` of the (noisy) records. The metrics read from the cleaned
     bins (the integrated Brier score, observed and predicted risk, calibration) are then
-    biased beyond what their intervals hold; the concordance metrics, read from the noisy bins,
-    are not. Public numbers only: the layout, the noise and the released count."""
+    biased beyond what their intervals hold, and so is release 2's C-index, read against them;
+    the concordance metrics read from the noisy bins are not. Public numbers only: the layout,
+    the noise and the released count."""
     mass = release.hist.size * math.sqrt(release.variance[HISTOGRAM]) / math.sqrt(2 * math.pi)
     return mass > MAX_NOISE_MASS_SHARE * max(release.records, 1.0)
 

@@ -181,3 +181,44 @@ def observed_and_predicted(
     records = part.sum((-3, -2))
     predicted = 1.0 - _ratio(np.sum(records * survival[bins, horizon_index], -1), records.sum(-1))
     return observed, predicted
+
+
+def pair_parts(hist: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per interval and score bin (``(..., intervals, score bins)``), the two sides of every
+    comparable pair (``wire.survival_evaluation``'s release 2), as counts: the records of later
+    intervals and of the interval itself (an event's partners), the events of earlier intervals
+    and of the interval itself (those a record is a partner of)."""
+    _, events, records = _parts(hist)
+    return _later(records), records, np.cumsum(events, -2) - events, events
+
+
+def pair_shares(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per interval and score bin, the partners an event there is compared with and the events
+    a record there is a partner of, two times in one interval ordered either way half the
+    time."""
+    later, within, earlier, within_events = pair_parts(hist)
+    return later + within / 2, earlier + within_events / 2
+
+
+def excess_concordance(hist: np.ndarray, center: float) -> np.ndarray:
+    """``T``: over the comparable pairs of ``hist`` (any signed counts: the form is bilinear),
+    the concordance less ``center``, records spread evenly within a score bin (a pair within
+    one bin is concordant half the time)."""
+    _, events, _ = _parts(hist)
+    partners, _ = pair_shares(hist)
+    lower = np.cumsum(partners, -1) - partners / 2  # per bin: partners below, half its own
+    total = partners.sum(-1, keepdims=True)
+    return np.sum(events * (lower - center * total), (-2, -1))
+
+
+def comparable_pairs(hist: np.ndarray) -> np.ndarray:
+    """The comparable pairs of ``hist`` (as ``excess_concordance`` counts them)."""
+    _, events, _ = _parts(hist)
+    partners, _ = pair_shares(hist)
+    return np.sum(events * partners.sum(-1, keepdims=True), (-2, -1))
+
+
+def even_cindex(hist: np.ndarray) -> np.ndarray:
+    """Harrell's C-index of ``hist`` with its records spread evenly within each score bin: the
+    ``c`` for which ``excess_concordance`` is 0."""
+    return _ratio(excess_concordance(hist, 0.0), comparable_pairs(hist))

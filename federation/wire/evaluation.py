@@ -41,6 +41,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 
@@ -253,44 +254,65 @@ def rank_requests_from_config(
 ) -> dict[Cell, RankRequest]:
     """The requests in a ``evaluate.ranks`` config: only declared cells, each complete and
     bounded; ValueError otherwise."""
-    fields: dict[Cell, dict[str, object]] = {}
-    for name, value in config.items():
-        if not name.startswith(f"{RANKS_PREFIX}."):
-            continue
-        cell, statistic = parse_key(name, RANKS_PREFIX)
-        if statistic not in (CDF_POS, CDF_NEG, CENTER):
-            raise ValueError(f"unknown rank field {statistic!r}")
-        fields.setdefault(cell, {})[statistic] = value
-    known = set(allowed)
     requests = {}
-    for cell, values in fields.items():
-        if cell not in known:
-            raise ValueError("a rank request names a cell the study does not declare")
-        if set(values) != {CDF_POS, CDF_NEG, CENTER}:
-            raise ValueError("a rank request needs cdf_pos, cdf_neg and center")
+    for cell, values in rank_fields(config, allowed, (CDF_POS, CDF_NEG)).items():
         cdfs = values[CDF_POS], values[CDF_NEG]
-        if not all(isinstance(cdf, list) for cdf in cdfs):
-            raise ValueError("a rank CDF must be a list of numbers")
-        center = values[CENTER]
-        if isinstance(center, bool) or not isinstance(center, int | float):
-            raise ValueError("a rank center must be a number")
-        request = RankRequest(*(tuple(float(v) for v in cdf) for cdf in cdfs), float(center))
+        request = RankRequest(*(tuple(cdf) for cdf in cdfs), float(values[CENTER]))
         request.check()
         requests[cell] = request
     return requests
 
 
+def rank_fields(
+    config: Mapping[str, object], allowed: list[Cell], lists: tuple[str, ...]
+) -> dict[Cell, dict[str, Any]]:
+    """Per requested cell of a ``evaluate.ranks`` config, its fields: each of ``lists`` a list
+    of numbers (as floats) and ``center`` a number; ValueError on an undeclared cell, an unknown
+    or missing field, or a value of another type. Shared by the binary and survival requests."""
+    fields: dict[Cell, dict[str, object]] = {}
+    for name, value in config.items():
+        if not name.startswith(f"{RANKS_PREFIX}."):
+            continue
+        cell, statistic = parse_key(name, RANKS_PREFIX)
+        if statistic not in (*lists, CENTER):
+            raise ValueError(f"unknown rank field {statistic!r}")
+        fields.setdefault(cell, {})[statistic] = value
+    known = set(allowed)
+    parsed: dict[Cell, dict[str, Any]] = {}
+    for cell, values in fields.items():
+        if cell not in known:
+            raise ValueError("a rank request names a cell the study does not declare")
+        if set(values) != {*lists, CENTER}:
+            raise ValueError(f"a rank request needs {', '.join(lists)} and center")
+        center = values[CENTER]
+        if isinstance(center, bool) or not isinstance(center, int | float):
+            raise ValueError("a rank center must be a number")
+        parsed[cell] = {CENTER: float(center)}
+        for statistic in lists:
+            value = values[statistic]
+            if not isinstance(value, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            ):
+                raise ValueError(f"a rank {statistic} must be a list of numbers")
+            parsed[cell][statistic] = tuple(float(v) for v in value)
+    return parsed
+
+
 def evaluation_noise(
-    epsilon: float, delta: float, accountant: str, evaluations: int
+    epsilon: float,
+    delta: float,
+    accountant: str,
+    evaluations: int,
+    histogram_share: float = HISTOGRAM_SHARE,
 ) -> tuple[float, float]:
     """Noise multipliers (release 1, release 2) of each evaluation such that all
     ``evaluations`` of a run, two releases each, compose to at most ``epsilon`` at ``delta`` on
     the test partition. Two Gaussians of noise z1 and z2 compose as one of noise z with
     1/z^2 = 1/z1^2 + 1/z2^2, so the pair splits one calibrated Gaussian's rho by
-    ``HISTOGRAM_SHARE``; the composed epsilon is then checked with the accountant itself."""
+    ``histogram_share``; the composed epsilon is then checked with the accountant itself."""
     z = calibrate_noise(epsilon, delta, 1.0, evaluations, accountant)
     while True:
-        pair = (z / math.sqrt(HISTOGRAM_SHARE), z / math.sqrt(1.0 - HISTOGRAM_SHARE))
+        pair = (z / math.sqrt(histogram_share), z / math.sqrt(1.0 - histogram_share))
         releases = [GaussianRelease(noise, 1.0, evaluations) for noise in pair]
         if compute_epsilon(releases, delta, accountant) <= epsilon:
             return pair

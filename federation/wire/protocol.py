@@ -81,7 +81,10 @@ MESSAGE_CONFIG = {
     "analyze": (RUN_KEY, ANALYSIS_REQUEST),
     "train": (*_MODEL_CONFIG, PROXIMAL_MU),
     "evaluate": _MODEL_CONFIG,
-    "ranks": (*_MODEL_CONFIG, r"ranks\.[^.]+\.[^.]+\.[^.]+\.(cdf_pos|cdf_neg|center)"),
+    "ranks": (
+        *_MODEL_CONFIG,
+        r"ranks\.[^.]+\.[^.]+\.[^.]+\.(cdf_pos|cdf_neg|later|within|earlier_events|within_events|center)",
+    ),
 }
 
 # Site -> server status (a ConfigRecord under STATUS, present in every setup and analyze reply
@@ -175,7 +178,11 @@ REPLY_KEYS = {
     },
     "ranks": {
         STATUS: _STATUS_KEYS,
-        METRICS: (EPSILON, NOISE_MULTIPLIER, rf"ranks\.{_EVAL_CELL}\.(rank_pos|rank_neg)"),
+        METRICS: (
+            EPSILON,
+            NOISE_MULTIPLIER,
+            rf"ranks\.{_EVAL_CELL}\.(rank_pos|rank_neg|concordance)",
+        ),
     },
     "analyze": {
         STATUS: _STATUS_KEYS,
