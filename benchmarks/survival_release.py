@@ -25,50 +25,28 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
+from tcga_brca import final_scores
 
 from federation.client.data import SiteTable, load_site_table
-from federation.client.features import clip_to_bounds, encode, resolve_scaling
+from federation.client.features import clip_to_bounds, encode
 from federation.client.partition import Partition
 from federation.simulation import simulate
 from federation.synth import write_cohort
 from federation.wire.spec import StudySpec, load_spec
-from models.registry import build_model
 from privacy.ledger import Ledger
 
 
-def run_tables(spec: StudySpec, sites: dict[str, Path], run: Path) -> list[SiteTable]:
-    """Every site's table with the partition its node pinned in its ledger in the run."""
-    tables = []
+def run_tables(spec: StudySpec, sites: dict[str, Path], run: Path) -> dict[str, SiteTable]:
+    """Every site's table with the partition its node pinned in its ledger in the run (the
+    synthetic cohorts split by a site's secret, not by a column)."""
+    tables = {}
     for name, path in sites.items():
         book = Ledger(run / "ledgers" / f"{name}.sqlite")
         partition = Partition(book.partition_definition(), book.partition_secret())
-        tables.append(load_site_table(path, spec, partition))
+        tables[name] = load_site_table(path, spec, partition)
     return tables
-
-
-def final_scores(spec: StudySpec, tables: list[SiteTable], run: Path):
-    """The test rows' (time, event) and the final model's risk scores, encoded as the nodes
-    encode them (the card's pooled scaling and bounds)."""
-    card = json.loads((run / "model_card.json").read_text(encoding="utf-8"))
-    pooled = [row for row in card["scaling"] if row["source"] == "federation"]
-    bounds = {row["feature"]: tuple(row["bounds"]) for row in card["scaling"] if row["bounds"]}
-    shape = card["model"]
-    model = build_model(shape["name"], len(card["features"]), shape["hidden"], shape["intervals"])
-    model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
-    model.eval()
-    outcomes, risks = [], []
-    for table in tables:
-        center, scale = resolve_scaling(
-            table, spec, [r["center"] for r in pooled], [r["scale"] for r in pooled], bounds
-        )
-        x, y = encode(table, spec, center, scale, test=True, bounds=bounds)
-        with torch.no_grad():
-            risks.append(model(torch.from_numpy(x)).squeeze(-1).numpy())
-        outcomes.append(y)
-    return np.concatenate(outcomes), np.concatenate(risks)
 
 
 def cox_cindex(spec: StudySpec, tables: list[SiteTable]) -> float:
@@ -104,7 +82,9 @@ def one_run(args: argparse.Namespace, seed: int, root: Path) -> dict:
     if summary["status"] != "completed":
         raise RuntimeError(f"the run did not complete: {summary['error']}")
     tables = run_tables(spec, files, root / "run")
-    outcome, risk = final_scores(spec, tables, root / "run")
+    scores = final_scores(spec, tables, root / "run").values()
+    outcome = np.concatenate([y for y, _ in scores])
+    risk = np.concatenate([r for _, r in scores])
     pooled = summary["metrics"]["pooled"]
     exact = harrell(outcome, risk)
     return {
@@ -112,7 +92,7 @@ def one_run(args: argparse.Namespace, seed: int, root: Path) -> dict:
         "test_records": len(outcome),
         "test_events": int(outcome[:, 1].sum()),
         "exact_cindex": exact,
-        "cox_cindex": cox_cindex(spec, tables),
+        "cox_cindex": cox_cindex(spec, list(tables.values())),
         "released_cindex": pooled["cindex"],
         "released_cindex_ci": pooled["cindex_ci"],
         "cindex_method": pooled["cindex_method"],

@@ -36,7 +36,7 @@ from heart import shared_data
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 
-from federation.client.data import load_site_table
+from federation.client.data import SiteTable, load_site_table
 from federation.client.features import encode, resolve_scaling
 from federation.client.partition import fresh_partition
 from federation.simulation import simulate
@@ -166,7 +166,8 @@ def one_run(spec, sites: dict[str, Path], out: Path) -> dict:
     seconds = round(time.perf_counter() - started, 1)
     if summary["status"] != "completed":
         raise RuntimeError(f"the run did not complete: {summary['error']}")
-    exact = _cindices(final_scores(spec, sites, out))
+    tables = {name: _table(spec, path) for name, path in sites.items()}
+    exact = _cindices(final_scores(spec, tables, out))
     pooled = summary["metrics"].get("pooled") or {}
     return {
         **exact,
@@ -187,8 +188,8 @@ def one_run(spec, sites: dict[str, Path], out: Path) -> dict:
     }
 
 
-def final_scores(spec, sites: dict[str, Path], out: Path) -> dict[str, tuple]:
-    """Each region's test (time, event) and the final model's risk scores, scaled as its node
+def final_scores(spec, tables: dict[str, SiteTable], out: Path) -> dict[str, tuple]:
+    """Each site's test (time, event) and the final model's risk scores, scaled as its node
     scales them (the card's pooled center, scale and bounds)."""
     card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
     pooled = [row for row in card["scaling"] if row["source"] == "federation"]
@@ -198,8 +199,7 @@ def final_scores(spec, sites: dict[str, Path], out: Path) -> dict[str, tuple]:
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     model.eval()
     scores = {}
-    for name, path in sites.items():
-        table = _table(spec, path)
+    for name, table in tables.items():
         center, scale = resolve_scaling(
             table, spec, [r["center"] for r in pooled], [r["scale"] for r in pooled], bounds
         )
