@@ -448,14 +448,13 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     spec = request.spec
     run = bound_run(request)
     survival = spec.study.task == "survival"
-    cells = layout(spec)
+    cells, cuts = layout(spec), model_cuts(spec)
     requests = {}
     if ranks:
         try:
             if survival:
-                intervals = len(model_cuts(spec)) + 1
                 requests = concordance_requests_from_config(
-                    request.config, cells.rank_cells(), intervals
+                    request.config, cells.rank_cells(), len(cuts) + 1
                 )
             else:
                 requests = rank_requests_from_config(request.config, cells.rank_cells())
@@ -472,7 +471,6 @@ def _evaluation(request: Request, ranks: bool) -> RecordDict:
     noise = planned.release.noise_multiplier
     if survival:
         scores, edges = linear_predictors(model, x), score_edges(spec, model)
-        cuts = model_cuts(spec)
         if ranks:
             released = concordance_release(y, scores, members, cells, cuts, edges, requests, noise)
         else:

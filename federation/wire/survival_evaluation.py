@@ -184,8 +184,8 @@ def bin_scores(edges: np.ndarray) -> np.ndarray:
     )
     low = np.concatenate([[z[0] - (z[1] - z[0])], z])  # each bin's lower z (a tail: one step)
     high = np.concatenate([z, [z[-1] + (z[-1] - z[-2])]])
-    edge_low = np.concatenate([[edges[0] - (edges[1] - edges[0])], edges])
-    edge_high = np.concatenate([edges, [edges[-1] + (edges[-1] - edges[-2])]])
+    grid = score_grid(edges)
+    edge_low, edge_high = grid[:-1], grid[1:]
     return edge_low + (means - low) / (high - low) * (edge_high - edge_low)
 
 
