@@ -1,7 +1,8 @@
 """Federated training in one process, with the node's own functions and no Flower.
 
-What a node does is called here directly: the standardization release (``scaling_sums`` plus
-OpenDP noise, pooled by ``pooled_scaling``), ``encode``, ``plan_dp`` and ``train_dp`` or
+What a node does is called here directly: the bounds release where the spec declares none
+(``estimated_bounds``), the standardization release (``scaling_sums`` plus OpenDP noise, pooled
+by ``pooled_scaling``), ``encode``, ``plan_dp`` and ``train_dp`` or
 ``train_plain``; the updates are averaged as FedAvg does (weighted by training records). It is
 the same computation as a simulated run, minus the messaging, so benchmarks can repeat it many
 times and swap a piece (a training variant) to find what decides the result.
@@ -20,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from federation.client.data import SiteTable, load_site_table, read_table
-from federation.client.features import encode, resolve_scaling, scaling_sums
+from federation.client.features import bounds_counts, encode, resolve_scaling, scaling_sums
 from federation.client.partition import fresh_partition
 from federation.client.training import (
     DPPlan,
@@ -31,9 +32,15 @@ from federation.client.training import (
 )
 from federation.server.rounds import initial_model
 from federation.server.standardization import pooled_scaling
-from federation.wire.spec import StudySpec, federated_columns, model_cuts
+from federation.wire.spec import StudySpec, estimated_columns, federated_columns, model_cuts
 from models.registry import build_model
 from privacy.accounting import GaussianRelease
+from privacy.bounds import (
+    BOUNDS_SHARE,
+    estimate_bounds,
+    histogram_noise_sd,
+    release_histograms,
+)
 from privacy.planner import share_noise
 from privacy.scaling import release_scaling_sums
 
@@ -85,38 +92,65 @@ def standardization_noise(spec: StudySpec) -> float:
     return share_noise(privacy.standardization_share, privacy.target_epsilon, privacy.delta)
 
 
+def estimated_bounds(
+    spec: StudySpec, tables: dict[str, SiteTable]
+) -> tuple[dict[str, tuple[float, float]], dict[str, str], tuple[GaussianRelease, ...]]:
+    """The private bounds of the columns the spec declares none for, as a run estimates them:
+    each site's noisy histograms (``bounds_counts``, ``release_histograms`` at ``BOUNDS_SHARE``
+    of the budget), pooled and read by ``estimate_bounds``; a column without bounds is scaled
+    per site, with a warning. Returns the bounds, the warnings and the release (none without
+    DP or without such columns)."""
+    names = estimated_columns(spec)
+    privacy = spec.privacy
+    if not names or not privacy.enabled:
+        return {}, {}, ()
+    noise = share_noise(BOUNDS_SHARE, privacy.target_epsilon, privacy.delta)
+    pooled = sum(release_histograms(bounds_counts(t, spec), noise) for t in tables.values())
+    noise_sd = histogram_noise_sd(len(names), noise, len(tables))
+    n_records = sum(t.n_train for t in tables.values())
+    bounds, warnings = {}, {}
+    for column, found in zip(names, estimate_bounds(pooled, noise_sd, n_records), strict=True):
+        if found is None:
+            warnings[column] = "no private bounds: scaled by each site's own statistics"
+        else:
+            bounds[column] = found
+    return bounds, warnings, (GaussianRelease(noise, 1.0, 1),)
+
+
 def federate(
     spec: StudySpec, tables: dict[str, SiteTable], exact_scaling: bool = False
 ) -> Federation:
-    """Pool the scaling as the run's setup does (noisy sums under DP), then encode each site.
-    ``exact_scaling`` (diagnosis only, not private): the exact pooled sums of the same columns."""
-    columns = [spec.features.numeric[i] for i in federated_columns(spec)]
-    prior: tuple[GaussianRelease, ...] = ()
+    """Estimate the bounds the spec leaves out and pool the scaling as the run's setup does
+    (noisy histograms and sums under DP), then encode each site. ``exact_scaling`` (diagnosis
+    only, not private): the exact pooled sums of the same columns."""
+    estimated, warnings, prior = estimated_bounds(spec, tables)
+    bounds = {**spec.features.bounds, **estimated}
+    columns = [spec.features.numeric[i] for i in federated_columns(spec, bounds)]
     sums, squares, counts = [], [], []
     if columns:
         noise = standardization_noise(spec) if spec.privacy.enabled else None
         for table in tables.values():
-            site_sums = scaling_sums(table, spec)
+            site_sums = scaling_sums(table, spec, bounds)
             if noise is not None and not exact_scaling:
                 site_sums = release_scaling_sums(site_sums, noise)
             sums.append(list(site_sums[0]))
             squares.append(list(site_sums[1]))
             counts.append(list(site_sums[2]))
         if noise is not None:
-            prior = (GaussianRelease(noise, 1.0, 1),)
-    center, scale, warnings = [], [], {}
+            prior = (*prior, GaussianRelease(noise, 1.0, 1))
+    center, scale = [], []
     if columns:
         pooled = pooled_scaling(
             spec, columns, sums, squares, counts,
             noise_multipliers=[1e-12 if exact_scaling else noise] * len(sums) if noise else (),
-            n_train=[t.n_train for t in tables.values()],
+            n_train=[t.n_train for t in tables.values()], bounds=bounds,
         )  # fmt: skip
-        center, scale, warnings = pooled.center, pooled.scale, pooled.warnings
+        center, scale, warnings = pooled.center, pooled.scale, {**warnings, **pooled.warnings}
     sites = []
     for name, table in tables.items():
-        c, s = resolve_scaling(table, spec, center, scale)
-        x_train, y_train = encode(table, spec, c, s, test=False)
-        x_test, y_test = encode(table, spec, c, s, test=True)
+        c, s = resolve_scaling(table, spec, center, scale, bounds)
+        x_train, y_train = encode(table, spec, c, s, test=False, bounds=bounds)
+        x_test, y_test = encode(table, spec, c, s, test=True, bounds=bounds)
         sites.append(SiteData(name, x_train, y_train, x_test, y_test))
     return Federation(spec, tuple(sites), prior, (list(center), list(scale)), warnings)
 
