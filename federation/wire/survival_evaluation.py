@@ -182,10 +182,8 @@ def bin_scores(edges: np.ndarray) -> np.ndarray:
     means = np.concatenate(
         [[-density[0] / PROBE_LEVELS[0]], inner, [density[-1] / (1 - PROBE_LEVELS[-1])]]
     )
-    low = np.concatenate([[z[0] - (z[1] - z[0])], z])  # each bin's lower z (a tail: one step)
-    high = np.concatenate([z, [z[-1] + (z[-1] - z[-2])]])
-    grid = score_grid(edges)
-    edge_low, edge_high = grid[:-1], grid[1:]
+    z_grid, grid = score_grid(z), score_grid(edges)  # both with the tails closed alike
+    low, high, edge_low, edge_high = z_grid[:-1], z_grid[1:], grid[:-1], grid[1:]
     return edge_low + (means - low) / (high - low) * (edge_high - edge_low)
 
 
