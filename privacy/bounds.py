@@ -13,8 +13,10 @@ the fine one; values beyond them are then clipped, as they are for declared boun
 Budget: the release is one Gaussian mechanism, accounted as ``GaussianRelease(z, 1.0, 1)`` and
 composed, before the standardization sums, with everything else the site releases in the run;
 ``BOUNDS_SHARE`` of the study's zCDP budget (``planner.share_noise(BOUNDS_SHARE, epsilon,
-delta)``) gives ``z``. One record adds 1 to one bin of each column where it has a value, so the
-vector of all columns' counts has L2 sensitivity sqrt(J) for J columns (``release_histograms``).
+delta)``) gives ``z``. Each column's histogram ends with a bin for the missing values, so one
+record adds 1 to exactly one bin of each column and the vector of all columns' counts has L2
+sensitivity sqrt(J) for J columns (``release_histograms``); the missing bin costs nothing and
+tells the server how many values the other bins should hold.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ EDGES_PER_DECADE = 10
 _EXPONENTS = np.arange(-1 * EDGES_PER_DECADE, 6 * EDGES_PER_DECADE + 1) / EDGES_PER_DECADE
 _MAGNITUDES = 10.0**_EXPONENTS
 GRID = np.concatenate([-_MAGNITUDES[::-1], [0.0], _MAGNITUDES])  # bin edges, increasing
-N_BINS = len(GRID) + 1  # with the two open-ended bins below and above the grid
+N_VALUE_BINS = len(GRID) + 1  # with the two open-ended bins below and above the grid
+MISSING_BIN = N_VALUE_BINS  # after the value bins: the records without a value
+N_BINS = N_VALUE_BINS + 1  # released per column
 BOUNDS_SHARE = 0.05
 LOW_QUANTILE, HIGH_QUANTILE = 0.01, 0.99
 MIN_KEPT = 0.8  # of the records, in bins above the noise, for a column to get bounds
@@ -39,14 +43,15 @@ _CLEAR = 5.0  # a bin this many noise SDs up is data wherever it lies (noise alo
 
 
 def bin_counts(values: np.ndarray) -> np.ndarray:
-    """Counts per column (rows of the result) and bin of ``values`` (records x columns); a
-    missing value (NaN) counts in no bin. Bin k holds values in [GRID[k-1], GRID[k])."""
+    """Counts per column (rows of the result) and bin of ``values`` (records x columns): bin
+    k < ``MISSING_BIN`` holds values in [GRID[k-1], GRID[k]), ``MISSING_BIN`` the missing ones
+    (NaN)."""
     values = np.asarray(values, dtype=float)
     counts = np.zeros((values.shape[1], N_BINS))
     for j in range(values.shape[1]):
         column = values[:, j]
-        column = column[~np.isnan(column)]
-        counts[j] = np.bincount(np.searchsorted(GRID, column, side="right"), minlength=N_BINS)
+        bins = np.where(np.isnan(column), MISSING_BIN, np.searchsorted(GRID, column, side="right"))
+        counts[j] = np.bincount(bins, minlength=N_BINS)
     return counts
 
 
@@ -88,11 +93,12 @@ def estimate_bounds(
     bounds then reach out over the tails' bins that the threshold dropped (``_reach``), and one bin
     further; an open-ended bin's bound is the grid's last edge.
 
-    ``n_records`` is the sites' public training-record total: where the bins that stand out of
-    the noise hold under ``MIN_KEPT`` of it at every resolution (values of order 1 that cross
-    zero, spread thinly over this grid), the column gets None rather than bounds that would
-    clip much of it. Where even all the records in one bin would not stand out of the noise, a
-    bin that does is noise, and no column gets bounds."""
+    ``n_records`` is the sites' public training-record total; less the pooled missing bin, it
+    is the column's count of present values. Where the bins that stand out of the noise hold
+    under ``MIN_KEPT`` of those at every resolution (values of order 1 that cross zero, spread
+    thinly over this grid), the column gets None rather than bounds that would clip much of it.
+    Where even all the records in one bin would not stand out of the noise, a bin that does is
+    noise, and no column gets bounds."""
     rows = np.asarray(pooled, dtype=float)
     if n_records < _Z * noise_sd:
         return [None] * len(rows)
@@ -103,31 +109,35 @@ def _column_bounds(
     row: np.ndarray, noise_sd: float, n_records: int, low_quantile: float, high_quantile: float
 ) -> tuple[float, float] | None:
     """One column's bounds, where some resolution's bins above the noise hold ``MIN_KEPT`` of
-    the records: at the finest that holds nearly (``_FULL``) as many as the one that holds the
-    most (the column's present values, which missing values make fewer than the records)."""
-    readings = [r for merged in RESOLUTIONS if (r := _read(row, merged, noise_sd, n_records))]
+    its present values (the records less the missing ones that stand out of the noise): at
+    the finest that holds nearly (``_FULL``) as many as the one that holds the most."""
+    values, missing = row[:MISSING_BIN], row[MISSING_BIN]
+    # Missing values as many as stand out of the noise (as a value bin is read): noise in
+    # the missing bin must not lower the share of values the column needs.
+    present = min(max(n_records - missing + _Z * noise_sd, 0.0), float(n_records))
+    readings = [r for merged in RESOLUTIONS if (r := _read(values, merged, noise_sd, present))]
     most = max((r[1].sum() for r in readings), default=0.0)
-    if most < MIN_KEPT * n_records:
+    if not readings or most < MIN_KEPT * present:
         return None
     finest = next(r for r in readings if r[1].sum() >= _FULL * most)
-    return _edges(row, *finest, noise_sd, low_quantile, high_quantile)
+    return _edges(values, *finest, noise_sd, low_quantile, high_quantile)
 
 
 def _read(
-    row: np.ndarray, merged: int, noise_sd: float, n_records: int
+    row: np.ndarray, merged: int, noise_sd: float, present: float
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The groups of ``merged`` bins and their counts taken as data, or None where this
-    resolution cannot tell the records from the noise."""
+    """The groups of ``merged`` value bins and their counts taken as data, or None where this
+    resolution cannot tell the ``present`` values from the noise."""
     groups = _GROUPS[merged]
     group_sd = noise_sd * np.sqrt(np.bincount(groups))
-    if n_records < _MIN_SIGNAL * group_sd.max():
+    if present < _MIN_SIGNAL * group_sd.max():
         return None  # a group of noise could pass for the records
     counts = np.bincount(groups, weights=row)
     kept = _around_the_mode(np.where(counts > _Z * group_sd, counts, 0.0))
     clear = counts > _CLEAR * group_sd  # e.g. an indicator's 0 and 1, a decade apart here
     kept[clear] = counts[clear]
     noise_of_total = noise_sd * math.sqrt(np.bincount(groups)[kept > 0].sum())
-    if kept.sum() <= 0 or kept.sum() > n_records + _Z * noise_of_total:
+    if kept.sum() <= 0 or kept.sum() > present + _Z * noise_of_total:
         return None  # nothing above the noise, or noise taken as data
     return groups, kept
 
@@ -168,20 +178,20 @@ def _reach(beyond: np.ndarray, noise_sd: float) -> int:
 
 
 def _merged_groups(merged: int) -> np.ndarray:
-    """The group of every bin when ``merged`` adjacent bins are read as one: from zero outward
+    """The group of every value bin when ``merged`` adjacent bins are read as one: from zero outward
     on either side (so that a decade is one group at ``merged`` = ``EDGES_PER_DECADE``), the
     two bins next to zero and the two open-ended bins on their own; groups numbered in order."""
     zero = int(np.searchsorted(GRID, 0.0))  # GRID[zero] == 0: bins zero and zero + 1 touch it
     below = (zero - 1 - np.arange(1, zero)) // merged  # bins 1 .. zero - 1, outward from zero
-    above = (np.arange(zero + 2, N_BINS - 1) - zero - 2) // merged
+    above = (np.arange(zero + 2, N_VALUE_BINS - 1) - zero - 2) // merged
     n_below = int(below.max()) + 1
-    groups = np.empty(N_BINS, dtype=int)
+    groups = np.empty(N_VALUE_BINS, dtype=int)
     groups[0] = 0
     groups[1:zero] = n_below - below
     groups[zero] = n_below + 1
     groups[zero + 1] = n_below + 2
-    groups[zero + 2 : N_BINS - 1] = n_below + 3 + above
-    groups[N_BINS - 1] = groups[N_BINS - 2] + 1
+    groups[zero + 2 : N_VALUE_BINS - 1] = n_below + 3 + above
+    groups[N_VALUE_BINS - 1] = groups[N_VALUE_BINS - 2] + 1
     return groups
 
 

@@ -7,6 +7,8 @@ from privacy.bounds import (
     _GROUPS,
     EDGES_PER_DECADE,
     GRID,
+    MISSING_BIN,
+    N_BINS,
     bin_counts,
     estimate_bounds,
     histogram_noise_sd,
@@ -32,16 +34,50 @@ def test_one_record_moves_the_histograms_by_at_most_their_sensitivity():
     values[3] = [1e9, np.nan, -1e-9]  # past the grid, missing, next to zero
     full = bin_counts(values)
     moved = [np.linalg.norm(full - bin_counts(np.delete(values, i, axis=0))) for i in range(80)]
-    assert max(moved) <= histogram_sensitivity(3) + 1e-12
-    assert max(moved) == pytest.approx(histogram_sensitivity(3))  # a complete record
-    assert min(moved) == pytest.approx(histogram_sensitivity(2))  # the one with a missing value
+    # Every record, a missing value too, is in exactly one bin of each column.
+    assert max(moved) == pytest.approx(histogram_sensitivity(3))
+    assert min(moved) == pytest.approx(histogram_sensitivity(3))
 
 
 def test_counts_land_in_the_grid_bins():
     counts = bin_counts(np.array([[GRID[0] - 1], [0.0], [GRID[-1]], [np.nan]]))
-    assert counts.sum() == 3
-    assert counts[0, 0] == 1 and counts[0, -1] == 1
+    assert counts.shape == (1, N_BINS) and counts.sum() == 4
+    assert counts[0, 0] == 1 and counts[0, MISSING_BIN - 1] == 1 and counts[0, MISSING_BIN] == 1
     assert counts[0, int(np.searchsorted(GRID, 0.0, side="right"))] == 1
+
+
+def test_a_column_missing_in_most_records_gets_bounds_for_its_present_values():
+    """A lab value measured in 40% of 3 sites x 1,000 records at epsilon 3: the missing bin
+    says how many values there are, and the bounds hold them (read against all the records,
+    as before the missing bin, the 40% could never make the 80% a column needs)."""
+    rng = np.random.default_rng(2)
+    noise = share_noise(0.05, 3.0, 1e-5)
+    sites = [
+        np.where(rng.random((1000, 1)) < 0.6, np.nan, rng.lognormal(5.3, 0.2, (1000, 1)))
+        for _ in range(3)
+    ]
+    values = np.concatenate(sites)
+    present = values[~np.isnan(values)]
+    found = 0
+    for _ in range(50):
+        pooled = sum(bin_counts(s) + rng.normal(0.0, noise, (1, N_BINS)) for s in sites)
+        (bounds,) = estimate_bounds(pooled, histogram_noise_sd(1, noise, 3), 3000)
+        if bounds is not None:
+            found += 1
+            assert np.mean((present >= bounds[0]) & (present <= bounds[1])) >= 0.98
+            assert bounds[1] - bounds[0] < 10 * (
+                np.percentile(present, 99) - np.percentile(present, 1)
+            )
+        without_count = pooled.copy()
+        without_count[0, MISSING_BIN] = 0.0  # every record taken for a value
+        assert estimate_bounds(without_count, histogram_noise_sd(1, noise, 3), 3000) == [None]
+    assert found >= 48
+
+
+def test_a_column_with_no_value_at_all_has_no_bounds():
+    rng = np.random.default_rng(8)
+    empty = bin_counts(np.full((500, 1), np.nan)) + rng.normal(0.0, 5.0, (1, N_BINS))
+    assert estimate_bounds(empty, 5.0, 500) == [None]
 
 
 def test_estimated_bounds_enclose_the_central_values():
@@ -54,7 +90,7 @@ def test_estimated_bounds_enclose_the_central_values():
     values = np.concatenate(sites)
     for _ in range(100):
         pooled = sum(
-            bin_counts(s) + rng.normal(0.0, noise * histogram_sensitivity(3), (3, len(GRID) + 1))
+            bin_counts(s) + rng.normal(0.0, noise * histogram_sensitivity(3), (3, N_BINS))
             for s in sites
         )
         bounds = estimate_bounds(pooled, histogram_noise_sd(3, noise, 3), 3000)
@@ -81,7 +117,7 @@ def test_noise_bins_are_never_taken_for_a_small_cohort():
     rng = np.random.default_rng(7)
     noise_sd = histogram_noise_sd(3, 40.0, 1)
     for _ in range(200):
-        noise = rng.normal(0.0, noise_sd, (3, len(GRID) + 1))
+        noise = rng.normal(0.0, noise_sd, (3, N_BINS))
         assert estimate_bounds(noise, noise_sd, 15) == [None, None, None]
 
 
@@ -92,7 +128,7 @@ def test_a_small_cohort_spread_over_many_bins_is_read_at_a_coarser_grid():
     noise_sd = 40.0  # under 150 ages a fine bin: under 3.5 noise SDs
     found = 0
     for _ in range(50):
-        noisy = bin_counts(ages) + rng.normal(0.0, noise_sd, (1, len(GRID) + 1))
+        noisy = bin_counts(ages) + rng.normal(0.0, noise_sd, (1, N_BINS))
         (bounds,) = estimate_bounds(noisy, noise_sd, 500)
         if bounds is not None:
             found += 1
@@ -107,7 +143,7 @@ def test_coarser_grids_never_take_noise_for_the_records():
     passed in about 1 draw in 10)."""
     rng = np.random.default_rng(5)
     for _ in range(300):
-        noise = rng.normal(0.0, 60.0, (1, len(GRID) + 1))
+        noise = rng.normal(0.0, 60.0, (1, N_BINS))
         assert estimate_bounds(noise, 60.0, 500) == [None]
 
 
@@ -121,7 +157,7 @@ def test_a_thin_tail_is_inside_the_bounds():
     noise_sd = 32.0
     inside = []
     for _ in range(20):
-        noisy = bin_counts(ages) + rng.normal(0.0, noise_sd, (1, len(GRID) + 1))
+        noisy = bin_counts(ages) + rng.normal(0.0, noise_sd, (1, N_BINS))
         ((low, high),) = estimate_bounds(noisy, noise_sd, len(ages))
         inside.append(np.mean((ages >= low) & (ages <= high)))
     assert np.mean(np.array(inside) >= 0.99) >= 0.5  # one bin beyond the run alone: never
