@@ -31,16 +31,12 @@ from federation.client.training import (
     train_plain,
 )
 from federation.server.rounds import initial_model
+from federation.server.site_setup import NO_PRIVATE_BOUNDS
 from federation.server.standardization import pooled_scaling
 from federation.wire.spec import StudySpec, estimated_columns, federated_columns, model_cuts
 from models.registry import build_model
 from privacy.accounting import GaussianRelease
-from privacy.bounds import (
-    BOUNDS_SHARE,
-    estimate_bounds,
-    histogram_noise_sd,
-    release_histograms,
-)
+from privacy.bounds import BOUNDS_SHARE, pooled_bounds, release_histograms
 from privacy.planner import share_noise
 from privacy.scaling import release_scaling_sums
 
@@ -97,7 +93,7 @@ def estimated_bounds(
 ) -> tuple[dict[str, tuple[float, float]], dict[str, str], tuple[GaussianRelease, ...]]:
     """The private bounds of the columns the spec declares none for, as a run estimates them:
     each site's noisy histograms (``bounds_counts``, ``release_histograms`` at ``BOUNDS_SHARE``
-    of the budget), pooled and read by ``estimate_bounds``; a column without bounds is scaled
+    of the budget), pooled and read by ``pooled_bounds``; a column without bounds is scaled
     per site, with a warning. Returns the bounds, the warnings and the release (none without
     DP or without such columns)."""
     names = estimated_columns(spec)
@@ -105,15 +101,17 @@ def estimated_bounds(
     if not names or not privacy.enabled:
         return {}, {}, ()
     noise = share_noise(BOUNDS_SHARE, privacy.target_epsilon, privacy.delta)
-    pooled = sum(release_histograms(bounds_counts(t, spec), noise) for t in tables.values())
-    noise_sd = histogram_noise_sd(len(names), noise, len(tables))
-    n_records = sum(t.n_train for t in tables.values())
+    found = pooled_bounds(
+        [release_histograms(bounds_counts(t, spec), noise) for t in tables.values()],
+        [noise] * len(tables),
+        sum(t.n_train for t in tables.values()),
+    )
     bounds, warnings = {}, {}
-    for column, found in zip(names, estimate_bounds(pooled, noise_sd, n_records), strict=True):
-        if found is None:
-            warnings[column] = "no private bounds: scaled by each site's own statistics"
+    for column, pair in zip(names, found, strict=True):
+        if pair is None:
+            warnings[column] = NO_PRIVATE_BOUNDS
         else:
-            bounds[column] = found
+            bounds[column] = pair
     return bounds, warnings, (GaussianRelease(noise, 1.0, 1),)
 
 

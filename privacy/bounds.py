@@ -22,6 +22,7 @@ tells the server how many values the other bins should hold.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -70,6 +71,20 @@ def release_histograms(counts: np.ndarray, noise_multiplier: float) -> np.ndarra
 def histogram_noise_sd(n_columns: int, noise_multiplier: float, n_sites: int) -> float:
     """SD of the noise on a bin of the sites' pooled (summed) counts."""
     return noise_multiplier * histogram_sensitivity(n_columns) * math.sqrt(n_sites)
+
+
+def pooled_bounds(
+    histograms: Sequence[np.ndarray], noise_multipliers: Sequence[float], n_records: int
+) -> list[tuple[float, float] | None]:
+    """Per column, the bounds ``estimate_bounds`` reads from the sites' released histograms
+    (each site's flattened or columns x ``N_BINS``, made with its noise multiplier, in order),
+    pooled by summing; ``n_records`` is those sites' public training-record total."""
+    if not histograms:
+        return []
+    rows = [np.reshape(np.asarray(h, dtype=float), (-1, N_BINS)) for h in histograms]
+    sensitivity = histogram_sensitivity(rows[0].shape[0])
+    noise_sd = math.sqrt(sum((z * sensitivity) ** 2 for z in noise_multipliers))
+    return estimate_bounds(sum(rows), noise_sd, n_records)
 
 
 def estimate_bounds(

@@ -13,6 +13,7 @@ from privacy.bounds import (
     estimate_bounds,
     histogram_noise_sd,
     histogram_sensitivity,
+    pooled_bounds,
     release_histograms,
 )
 from privacy.planner import share_noise
@@ -169,3 +170,17 @@ def test_coarser_grids_merge_bins_into_decades_from_zero():
     lower_edges = [GRID[k - 1] for k in starts]
     assert lower_edges == [-1e6, -1e5, -1e4, -1e3, -100, -10, -1, -0.1, 0, 0.1, 1, 10, 100,
                            1e3, 1e4, 1e5]  # fmt: skip
+
+
+def test_pooled_bounds_sum_the_sites_releases_with_their_noise():
+    """The server's pooling: the sites' flattened releases summed, the noise SD of each at its
+    own multiplier added in quadrature, as ``estimate_bounds`` reads them."""
+    sites = [columns(1000, seed=k) for k in range(3)]
+    noises = [4.0, 5.0, 6.0]
+    released = [release_histograms(bin_counts(s), z) for s, z in zip(sites, noises, strict=True)]
+    pooled = sum(released)
+    noise_sd = np.sqrt(sum((z * histogram_sensitivity(3)) ** 2 for z in noises))
+    expected = estimate_bounds(pooled, noise_sd, 3000)
+    assert pooled_bounds([r.ravel().tolist() for r in released], noises, 3000) == expected
+    assert expected[0] is not None
+    assert pooled_bounds([], [], 0) == []

@@ -15,10 +15,8 @@ A resumed run does 1 and 2 only: its checkpoint holds the run's bounds and scali
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from federation.server.exchange import SiteExchange
@@ -28,11 +26,15 @@ from federation.server.standardization import pooled_scaling
 from federation.server.state import RunState
 from federation.wire import protocol as p
 from federation.wire.spec import estimated_columns, federated_columns
-from privacy.bounds import estimate_bounds, histogram_sensitivity
+from privacy.bounds import pooled_bounds
 
 log = logging.getLogger("allfed.server")
 
 Releases = dict[int, Any]  # node -> the metrics of its setup (or scaling) reply
+NO_PRIVATE_BOUNDS = (
+    "no private bounds: too few of its values stand out of the histograms' noise; scaled by "
+    "each site's own statistics"
+)
 
 
 def census(
@@ -120,20 +122,17 @@ def estimate_private_bounds(
     }
     if not counts:
         return {}
-    pooled = sum(np.reshape(m[p.BOUNDS_HISTOGRAMS], (len(names), -1)) for m in counts.values())
-    noise_sd = math.sqrt(
-        sum((m[p.BOUNDS_NOISE] * histogram_sensitivity(len(names))) ** 2 for m in counts.values())
+    found = pooled_bounds(
+        [m[p.BOUNDS_HISTOGRAMS] for m in counts.values()],
+        [m[p.BOUNDS_NOISE] for m in counts.values()],
+        sum(state.sites[node].n_train for node in counts),
     )
-    n_records = sum(state.sites[node].n_train for node in counts)
-    for column, found in zip(names, estimate_bounds(pooled, noise_sd, n_records), strict=True):
-        if found is None:
-            state.scaling_warnings[column] = (
-                "no private bounds: too few of its values stand out of the histograms' "
-                "noise; scaled by each site's own statistics"
-            )
-            log.warning("pooled scaling of %s: %s", column, state.scaling_warnings[column])
+    for column, bounds in zip(names, found, strict=True):
+        if bounds is None:
+            state.scaling_warnings[column] = NO_PRIVATE_BOUNDS
+            log.warning("pooled scaling of %s: %s", column, NO_PRIVATE_BOUNDS)
         else:
-            state.estimated_bounds[column] = found
+            state.estimated_bounds[column] = bounds
     columns = len(federated_columns(state.spec, state.bounds))
     if not columns:
         return {}
