@@ -15,6 +15,7 @@ from privacy.planner import (
     GENEROUS_EPSILON,
     MIN_INPUT_VARIANCE,
     MODERATE_EPSILON,
+    STRICT_EPSILON,
     default_training,
     plan_study,
     share_noise,
@@ -78,6 +79,24 @@ def test_a_logistic_model_steps_in_proportion_to_the_budget_per_unit_of_input_va
     assert parse_spec(text + "target-epsilon = 8.0\n").planned(80).training.rounds == 40
     assert parse_spec(text + "target-epsilon = 3.0\n").planned(80).training.rounds == 20
     assert parse_spec(text + "enabled = false\n").planned(80).training.rounds == 40
+
+
+def test_a_logistic_model_keeps_a_rounds_reach_at_several_steps_a_round():
+    """Under DP, from epsilon 2: ten over the steps a round (sites of 320 records: 5 steps at
+    rate 2; 640: 10 at rate 1), rate 1 at epsilon 1 and between the two in proportion; rate 1
+    without DP and for any other model."""
+
+    def rate(n_train, epsilon, variance=0.7):
+        return default_training([n_train], epsilon, variance)["learning_rate"]
+
+    assert rate(320, 3.0) == rate(320, 8.0) == rate(320, STRICT_EPSILON) == pytest.approx(2.0)
+    assert rate(400, 3.0) == pytest.approx(10 / 6)
+    assert rate(640, 3.0) == rate(2000, 3.0) == 1.0  # ten steps a round (the most planned)
+    assert rate(320, 1.0) == rate(320, 0.5) == 1.0
+    assert rate(320, 1.5) == pytest.approx(1.5)
+    assert rate(320, None) == 1.0  # unclipped steps
+    assert default_training([320], 3.0, None)["learning_rate"] == 1.0  # an MLP, a survival model
+    assert default_training([320], 3.0, 0.7)["rounds"] == 10
 
 
 def test_a_specs_categorical_inputs_raise_a_logistic_models_planned_rate():
