@@ -1,12 +1,16 @@
 """Calibration of DP federated risk models: what under-predicted, why, and the result now.
 
-Two cohorts: the demo's (``write_cohort(dir, 3, 1000, seed=0)``: three synthetic sites of about
-1,000 records, 21% with the outcome) and FLamby's Fed-Heart-Disease (four hospitals of 30 to 199
-training records, ``/work/shared/data/uci-heart-disease``), its binary and one-hot columns
-declared categorical. Every model is scored by this script, record by record, on the pooled test
-rows: AUROC, mean predicted risk against observed, calibration-in-the-large (observed minus
-mean predicted), calibration intercept and slope (``scoring.py``), mean and SD over repeats (the
-DP noise comes from the OS, so repeats differ). Training runs in process with the node's own
+Three cohorts: the demo's (``write_cohort(dir, 3, 1000, seed=0)``: three synthetic sites of
+about 1,000 records, 21% with the outcome), a mid-sized synthetic one (``write_cohort(dir, 4,
+600, seed=1)``: sites of about 420 training records, 6 steps a round at the planner's settings)
+and FLamby's Fed-Heart-Disease (four hospitals of 30 to 199 training records,
+``/work/shared/data/uci-heart-disease``), its binary and one-hot columns declared categorical.
+Each cohort's sites are loaded once, so that every run and the centralized reference share one
+train/test split (the synthetic sites' hash partition is drawn afresh at every load). Every
+model is scored by this script, record by record, on the pooled test rows: AUROC, mean
+predicted risk against observed, calibration-in-the-large (observed minus mean predicted),
+calibration intercept and slope (``scoring.py``), mean and SD over repeats (the DP noise comes
+from the OS, so repeats differ). Training runs in process with the node's own
 functions (``inprocess.py``): the standardization release and pooling, ``encode``, the planner,
 ``train_dp`` / ``train_plain``, FedAvg weighted by records.
 
@@ -20,7 +24,7 @@ Parts:
   and at the spec's defaults.
 
     python benchmarks/calibration.py --json calibration.json [--parts ablation,final]
-        [--repeats 5] [--cohorts demo,heart] [--data DIR]
+        [--repeats 5] [--cohorts demo,mid,heart] [--data DIR]
 """
 
 from __future__ import annotations
@@ -56,9 +60,10 @@ EPSILONS = (None, 8.0, 3.0, 1.0)
 MODELS = ("logistic", "mlp")
 
 
-def demo_cohort(tmp: Path):
-    paths, spec_path = write_cohort(tmp / "demo", 3, 1000, seed=0)
-    return load_spec(spec_path), paths
+def synthetic_cohort(tmp: Path, name: str, sites: int, records: int, seed: int):
+    paths, spec_path = write_cohort(tmp / name, sites, records, seed=seed)
+    spec = load_spec(spec_path)
+    return spec, load_tables(spec, paths)
 
 
 def heart_cohort(tmp: Path, data: Path):
@@ -69,14 +74,15 @@ def heart_cohort(tmp: Path, data: Path):
         paths[center] = folder / f"{center}.csv"
         frame.to_csv(paths[center], index=False)
     training = {"rounds": 20, "batch-size": 32, "learning-rate": 2.0}
-    return parse_spec(categorical_study_text(3.0, training)), paths
+    spec = parse_spec(categorical_study_text(3.0, training))
+    return spec, load_tables(spec, paths)
 
 
-def allfed(spec, paths, epsilon, model, planned, repeats, trainer=None, exact_scaling=False):
-    """Scores of ``repeats`` federated runs (each with its own standardization release)."""
+def allfed(spec, tables, epsilon, model, planned, repeats, trainer=None, exact_scaling=False):
+    """Scores of ``repeats`` federated runs on the sites' ``tables`` (each run with its own
+    standardization release)."""
     run_spec = with_privacy(spec, epsilon)
     run_spec = run_spec.with_overrides(model={"name": model})
-    tables = load_tables(run_spec, paths)
     scores, warned = [], 0
     for _ in range(repeats if epsilon is not None else 1):
         federation = federate(run_spec, tables, exact_scaling=exact_scaling)
@@ -134,7 +140,7 @@ def unclipped(model, features, labels, max_grad_norm):
     clipped_gradient_sum(model, features, labels, float("inf"))
 
 
-def ablation(spec, paths, repeats) -> list[dict]:
+def ablation(spec, tables, repeats) -> list[dict]:
     """The demo at epsilon 3, the spec's defaults (10 rounds, batch 64, learning rate 0.5)."""
     rows = []
     cases = [
@@ -154,24 +160,43 @@ def ablation(spec, paths, repeats) -> list[dict]:
         ("logit-gradient clipping C=1 (node now), noisy scaling", None, False),
     ]  # fmt: skip
     for label, trainer, exact in cases:
-        result = allfed(spec, paths, 3.0, "logistic", False, repeats, trainer, exact)
+        result = allfed(spec, tables, 3.0, "logistic", False, repeats, trainer, exact)
         rows.append({"case": label, **result})
         print(_line(label, result), flush=True)
     return rows
 
 
+def at_rate_one(spec, tables, epsilon):
+    """The planner's settings of a logistic model under DP at learning rate 1 where every site
+    takes 5 or more steps a round (the rule before 2026-12-04, the baseline of the rate the
+    planner now raises there), else None."""
+    run = with_privacy(spec, epsilon).with_overrides(model={"name": "logistic"})
+    training = run.planned(min(t.n_train for t in tables.values())).training
+    if epsilon is None or training.steps_per_round < 5 or training.learning_rate == 1.0:
+        return None
+    kept = ("rounds", "local_epochs", "batch_size", "steps_per_round")
+    return spec.with_overrides(
+        training={**{k: getattr(training, k) for k in kept}, "learning_rate": 1.0}
+    )
+
+
 def final(cohorts: dict, repeats: int) -> dict:
     out = {}
-    for name, (spec, paths) in cohorts.items():
-        reference = centralized(spec, paths)
+    for name, (spec, tables) in cohorts.items():
+        reference = centralized(spec, tables)
         print(_line(f"{name}: centralized logistic regression (no DP)", reference), flush=True)
         rows = []
         for model in MODELS:
-            for planned in (True, False):
+            variants = [("planner", spec, True), ("spec defaults", spec, False)]
+            if model == "logistic":
+                variants.append(("planner at rate 1", None, False))
+            for settings, base, planned in variants:
                 for epsilon in EPSILONS:
+                    run_spec = base if base is not None else at_rate_one(spec, tables, epsilon)
+                    if run_spec is None:
+                        continue
                     started = time.perf_counter()
-                    result = allfed(spec, paths, epsilon, model, planned, repeats)
-                    settings = "planner" if planned else "spec defaults"
+                    result = allfed(run_spec, tables, epsilon, model, planned, repeats)
                     eps = "no DP" if epsilon is None else f"eps {epsilon:g}"
                     label = f"{name}: allfed {model}, {settings}, {eps}"
                     rows.append(
@@ -200,7 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--parts", default="ablation,final")
-    parser.add_argument("--cohorts", default="demo,heart")
+    parser.add_argument("--cohorts", default="demo,mid,heart")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data", default=str(default_data), help="folder of the raw UCI files")
     args = parser.parse_args()
@@ -208,7 +233,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="allfed-calibration-") as tmp:
         cohorts = {}
         if "demo" in args.cohorts:
-            cohorts["demo"] = demo_cohort(Path(tmp))
+            cohorts["demo"] = synthetic_cohort(Path(tmp), "demo", 3, 1000, seed=0)
+        if "mid" in args.cohorts:
+            cohorts["mid"] = synthetic_cohort(Path(tmp), "mid", 4, 600, seed=1)
         if "heart" in args.cohorts:
             cohorts["heart"] = heart_cohort(Path(tmp), Path(args.data))
         if "ablation" in args.parts and "demo" in cohorts:

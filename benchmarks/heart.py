@@ -233,7 +233,8 @@ def run(args: argparse.Namespace) -> dict:
             "batch-size": args.batch_size,
             "learning-rate": args.learning_rate,
         }
-        reference = centralized(parse_spec(text_of(None, training)), sites)
+        plain = parse_spec(text_of(None, training))
+        reference = centralized(plain, load_tables(plain, sites))  # the split column's split
         print(f"centralized logistic regression (no DP): {_scores(reference)}", flush=True)
         settings = [
             (model, scaling, bounds, epsilon)

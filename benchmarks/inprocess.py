@@ -228,11 +228,11 @@ def fedavg(
     return model
 
 
-def centralized(spec: StudySpec, paths: dict[str, Path]) -> dict[str, float]:
+def centralized(spec: StudySpec, tables: dict[str, SiteTable]) -> dict[str, float]:
     """Non-private logistic regression on the pooled training rows, scaled by their exact
-    pooled statistics, scored on the pooled test rows: the reference a federation aims at."""
-    plain = with_privacy(spec, None)
-    federation = federate(plain, load_tables(plain, paths))
+    pooled statistics, scored on the pooled test rows: the reference a federation aims at
+    (``tables``: the federation's own, so that both are scored on one split)."""
+    federation = federate(with_privacy(spec, None), tables)
     x, y = federation.train_rows()
     x_test, y_test = federation.test_rows()
     model = LogisticRegression(C=1e6, max_iter=10_000).fit(x, y)
