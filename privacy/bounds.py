@@ -37,7 +37,7 @@ MISSING_BIN = N_VALUE_BINS  # after the value bins: the records without a value
 N_BINS = N_VALUE_BINS + 1  # released per column
 BOUNDS_SHARE = 0.05
 LOW_QUANTILE, HIGH_QUANTILE = 0.01, 0.99
-MIN_KEPT = 0.8  # of the records, in bins above the noise, for a column to get bounds
+MIN_KEPT = 0.8  # of the present values, in bins above the noise, for a column to get bounds
 _Z = 3.5  # pooled counts below this many noise SDs are taken as empty (180 bins: noise alone
 # passes 3.5 SDs in one of them in 4% of columns, and then one bin past the data at most)
 _CLEAR = 5.0  # a bin this many noise SDs up is data wherever it lies (noise alone: 3 in 10^7)
